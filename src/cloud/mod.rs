@@ -1,0 +1,1 @@
+//! Alibaba Cloud clients: signed OpenAPI and instance metadata.

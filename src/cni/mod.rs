@@ -1,0 +1,2 @@
+//! CNI plugin: spec types and commands.
+pub mod plugin;

@@ -1,0 +1,4 @@
+//! CNI commands.
+pub fn main() -> u8 {
+    1
+}
