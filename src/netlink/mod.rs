@@ -1,1 +1,4 @@
-//! netlink
+//! STUB
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    format!("{mac:?}")
+}
