@@ -31,9 +31,7 @@ trap cleanup EXIT
 
 ip netns add "$NODE"
 ip -n "$NODE" link set lo up
-ip -n "$NODE" link add node0 type dummy
-ip -n "$NODE" addr add 192.168.251.1/32 dev node0
-ip -n "$NODE" link set node0 up
+ip -n "$NODE" addr add 192.168.251.1/32 dev lo
 for i in $(seq "$N"); do ip netns add "twbench-t$i-$$"; ip netns add "twbench-p$i-$$"; done
 
 cat > "$WORK/eni.json" <<JSON

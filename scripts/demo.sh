@@ -35,9 +35,7 @@ cleanup_before
 echo "==> node namespace $NODE (node address $NODE_IP, pod CIDR $POD_CIDR)"
 ip netns add "$NODE"
 ip -n "$NODE" link set lo up
-ip -n "$NODE" link add node0 type dummy
-ip -n "$NODE" addr add "$NODE_IP/32" dev node0
-ip -n "$NODE" link set node0 up
+ip -n "$NODE" addr add "$NODE_IP/32" dev lo
 
 cat > "$WORK/eni.json" <<JSON
 {

@@ -21,7 +21,12 @@ fn add_ping_check_del(version: &str, index: u8) {
     b.assert_ok();
     assert_eq!(a.json["cniVersion"], version);
     let carries_version = version.starts_with("0.");
-    assert_eq!(a.json["ips"][0].get("version").is_some(), carries_version, "{}", a.json);
+    assert_eq!(
+        a.json["ips"][0].get("version").is_some(),
+        carries_version,
+        "{}",
+        a.json
+    );
     assert_eq!(a.json["interfaces"][1]["sandbox"], pod_a.path());
     let (ip_a, ip_b) = (a.ip(), b.ip());
     assert_ne!(ip_a, ip_b);
@@ -35,20 +40,31 @@ fn add_ping_check_del(version: &str, index: u8) {
     let mut with_prev = conf.clone();
     with_prev["prevResult"] = a.json.clone();
     if version != "0.3.0" && version != "0.3.1" {
-        node.cni("CHECK", "ctr-a", &pod_a.path(), &with_prev).assert_ok();
+        node.cni("CHECK", "ctr-a", &pod_a.path(), &with_prev)
+            .assert_ok();
     } else {
         let r = node.cni("CHECK", "ctr-a", &pod_a.path(), &with_prev);
-        assert_eq!(r.code(), 1, "CHECK before 0.4.0 is an incompatible version: {}", r.json);
+        assert_eq!(
+            r.code(),
+            1,
+            "CHECK before 0.4.0 is an incompatible version: {}",
+            r.json
+        );
     }
     let mapping = node.cli(&["mapping"]);
     let text = String::from_utf8_lossy(&mapping.stdout);
     assert!(mapping.status.success(), "{text}");
     assert!(text.contains("Status | Pod Name"), "{text}");
-    assert!(text.contains("default/pod-ctr-a") && text.contains(&ip_a), "{text}");
+    assert!(
+        text.contains("default/pod-ctr-a") && text.contains(&ip_a),
+        "{text}"
+    );
 
-    node.cni("DEL", "ctr-a", &pod_a.path(), &with_prev).assert_ok();
+    node.cni("DEL", "ctr-a", &pod_a.path(), &with_prev)
+        .assert_ok();
     assert!(!pod_a.ping(&ip_b), "pod a must be cut off after DEL");
-    node.cni("DEL", "ctr-a", &pod_a.path(), &with_prev).assert_ok();
+    node.cni("DEL", "ctr-a", &pod_a.path(), &with_prev)
+        .assert_ok();
     node.cni("DEL", "ctr-a", "", &with_prev).assert_ok();
     if version != "0.3.0" && version != "0.3.1" {
         let r = node.cni("CHECK", "ctr-a", &pod_a.path(), &with_prev);
@@ -114,7 +130,8 @@ fn fifty_parallel_adds_get_distinct_addresses() {
         serde_json::from_slice(&std::fs::read(node.state_path()).unwrap()).unwrap();
     assert_eq!(state["allocations"].as_array().unwrap().len(), 50);
     for (i, p) in pods.iter().enumerate() {
-        node.cni("DEL", &format!("par-{i}"), &p.path(), &conf).assert_ok();
+        node.cni("DEL", &format!("par-{i}"), &p.path(), &conf)
+            .assert_ok();
     }
 }
 
@@ -136,12 +153,22 @@ fn sigkill_between_adds_keeps_every_allocation() {
     let third = node.cni("ADD", "k-2", &pods[2].path(), &conf);
     third.assert_ok();
     let ips: HashSet<String> = [first.ip(), second.ip(), third.ip()].into();
-    assert_eq!(ips.len(), 3, "a restart handed out an address twice: {ips:?}");
+    assert_eq!(
+        ips.len(),
+        3,
+        "a restart handed out an address twice: {ips:?}"
+    );
     // A retried ADD of the first pod gets its old address back.
-    assert_eq!(node.cni("ADD", "k-0", &pods[0].path(), &conf).ip(), first.ip());
+    assert_eq!(
+        node.cni("ADD", "k-0", &pods[0].path(), &conf).ip(),
+        first.ip()
+    );
     let mapping = String::from_utf8_lossy(&node.cli(&["mapping"]).stdout).into_owned();
     for ip in &ips {
-        assert!(mapping.contains(ip.as_str()), "{ip} missing from\n{mapping}");
+        assert!(
+            mapping.contains(ip.as_str()),
+            "{ip} missing from\n{mapping}"
+        );
     }
     assert!(pods[2].ping(&first.ip()));
 }
@@ -156,19 +183,37 @@ fn del_with_daemon_down_succeeds_and_gc_reclaims() {
     let a = node.cni("ADD", "gc-a", &pod_a.path(), &conf);
     a.assert_ok();
     node.cni("ADD", "gc-b", &pod_b.path(), &conf).assert_ok();
-    let host_if = a.json["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let host_if = a.json["interfaces"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(link_exists(&node.ns.name, &host_if));
 
-    assert!(node.kill_daemon(Signal::SIGTERM).success(), "TERM must exit 0");
+    assert!(
+        node.kill_daemon(Signal::SIGTERM).success(),
+        "TERM must exit 0"
+    );
     let mut with_prev = conf.clone();
     with_prev["prevResult"] = a.json.clone();
     let del = node.cni("DEL", "gc-a", &pod_a.path(), &with_prev);
     del.assert_ok();
-    assert!(del.stderr.contains("reclaimed later by GC"), "{}", del.stderr);
-    assert!(!link_exists(&node.ns.name, &host_if), "veth must go even with the daemon down");
+    assert!(
+        del.stderr.contains("reclaimed later by GC"),
+        "{}",
+        del.stderr
+    );
+    assert!(
+        !link_exists(&node.ns.name, &host_if),
+        "veth must go even with the daemon down"
+    );
 
     let status = node.cni("STATUS", "", "", &conf);
-    assert_eq!(status.code(), 50, "STATUS with the daemon down: {}", status.json);
+    assert_eq!(
+        status.code(),
+        50,
+        "STATUS with the daemon down: {}",
+        status.json
+    );
 
     node.start_daemon();
     node.cni("STATUS", "", "", &conf).assert_ok();
@@ -180,7 +225,10 @@ fn del_with_daemon_down_succeeds_and_gc_reclaims() {
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "gc-b", "ifname": "eth0"}]);
     node.cni("GC", "", "", &gc).assert_ok();
     assert_eq!(pool(&node)["in_use"], 1);
-    assert!(pod_b.ping(&node.node_ip), "GC must not touch valid attachments");
+    assert!(
+        pod_b.ping(&node.node_ip),
+        "GC must not touch valid attachments"
+    );
 }
 
 #[test]
@@ -198,7 +246,12 @@ fn status_reports_exhaustion() {
     let full = node.cni("ADD", "second", &pod2.path(), &conf);
     assert!(!full.ok);
     assert_eq!(full.code(), 103, "{}", full.json);
-    assert!(full.json["details"].as_str().unwrap().contains("10.250.23.0/30"));
+    assert!(
+        full.json["details"]
+            .as_str()
+            .unwrap()
+            .contains("10.250.23.0/30")
+    );
 }
 
 #[test]
@@ -213,18 +266,36 @@ fn bad_input_gets_the_right_error_code() {
     let r = cni_raw(&ns, "ADD", "bad-1", &pod.path(), b"{not json", &[]);
     assert_eq!((r.ok, r.code()), (false, 6), "{}", r.json);
 
-    let r = cni_in(&ns, "ADD", "bad-2", &pod.path(), &conf, &[("CNI_IFNAME", "")]);
+    let r = cni_in(
+        &ns,
+        "ADD",
+        "bad-2",
+        &pod.path(),
+        &conf,
+        &[("CNI_IFNAME", "")],
+    );
     assert_eq!(r.code(), 4, "{}", r.json);
     assert!(r.json["details"].as_str().unwrap().contains("CNI_IFNAME"));
 
-    let r = cni_in(&ns, "ADD", "bad-3", &pod.path(), &node.netconf("0.2.0"), &[]);
+    let r = cni_in(
+        &ns,
+        "ADD",
+        "bad-3",
+        &pod.path(),
+        &node.netconf("0.2.0"),
+        &[],
+    );
     assert_eq!(r.code(), 1, "{}", r.json);
 
     let file = node.dir.0.join("not-a-netns");
     std::fs::write(&file, b"x").unwrap();
     let r = node.cni("ADD", "bad-4", file.to_str().unwrap(), &conf);
     assert_eq!(r.code(), 4, "{}", r.json);
-    assert!(r.json["details"].as_str().unwrap().contains("not-a-netns"), "{}", r.json);
+    assert!(
+        r.json["details"].as_str().unwrap().contains("not-a-netns"),
+        "{}",
+        r.json
+    );
 
     let r = node.cni("ADD", "bad-5", "/run/netns/does-not-exist-terway", &conf);
     assert_eq!(r.code(), 4, "{}", r.json);
@@ -262,8 +333,16 @@ fn daemon_refuses_a_bad_config_and_a_corrupt_state_file() {
     let check = sh(&[BIN, "config", "check", node.config_path().to_str().unwrap()]);
     assert!(!check.status.success());
     let text = String::from_utf8_lossy(&check.stdout);
-    assert!(text.contains("key \"pod_cidr\"") && text.contains("10.250.300.0/24"), "{text}");
-    let run = node.ns.exec(&[BIN, "daemon", "--config", node.config_path().to_str().unwrap()]);
+    assert!(
+        text.contains("key \"pod_cidr\"") && text.contains("10.250.300.0/24"),
+        "{text}"
+    );
+    let run = node.ns.exec(&[
+        BIN,
+        "daemon",
+        "--config",
+        node.config_path().to_str().unwrap(),
+    ]);
     assert!(!run.status.success());
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(err.contains("pod_cidr"), "{err}");
@@ -271,13 +350,22 @@ fn daemon_refuses_a_bad_config_and_a_corrupt_state_file() {
     let mut node = Node::new(26);
     node.start_daemon();
     let pod = Netns::new("twpod");
-    node.cni("ADD", "st-1", &pod.path(), &node.netconf("1.0.0")).assert_ok();
+    node.cni("ADD", "st-1", &pod.path(), &node.netconf("1.0.0"))
+        .assert_ok();
     node.kill_daemon(Signal::SIGTERM);
     std::fs::write(node.state_path(), b"{\"schema\":1,\"allocations\":[").unwrap();
-    let run = node.ns.exec(&[BIN, "daemon", "--config", node.config_path().to_str().unwrap()]);
+    let run = node.ns.exec(&[
+        BIN,
+        "daemon",
+        "--config",
+        node.config_path().to_str().unwrap(),
+    ]);
     assert!(!run.status.success());
     let err = String::from_utf8_lossy(&run.stderr);
-    assert!(err.contains("state.json is corrupt") && err.contains("state.json.prev"), "{err}");
+    assert!(
+        err.contains("state.json is corrupt") && err.contains("state.json.prev"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -300,6 +388,12 @@ fn non_root_clients_are_refused() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("only root may talk to the terway daemon"), "{err}");
-    assert!(node.daemon_log().contains("refused a request from uid 65534"));
+    assert!(
+        err.contains("only root may talk to the terway daemon"),
+        "{err}"
+    );
+    assert!(
+        node.daemon_log()
+            .contains("refused a request from uid 65534")
+    );
 }

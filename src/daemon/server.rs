@@ -76,6 +76,15 @@ fn serve(mut stream: UnixStream, tx: Sender<Msg>) {
 
 fn read_request(stream: &mut UnixStream) -> Result<Request> {
     let cred = getsockopt(&*stream, PeerCredentials).ctx("rpc: read peer credentials")?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    // Read the whole request even from a refused peer: closing with unread data would reset
+    // the connection and the caller would never see why it was refused.
+    let mut buf = Vec::new();
+    stream
+        .take(MAX_REQUEST + 1)
+        .read_to_end(&mut buf)
+        .ctx("rpc: read request")?;
     if cred.uid() != 0 {
         log::warn!(
             "rpc: refused a request from uid {} (pid {})",
@@ -90,13 +99,6 @@ fn read_request(stream: &mut UnixStream) -> Result<Request> {
             ),
         ));
     }
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut buf = Vec::new();
-    stream
-        .take(MAX_REQUEST + 1)
-        .read_to_end(&mut buf)
-        .ctx("rpc: read request")?;
     if buf.len() as u64 > MAX_REQUEST {
         return Err(Error::new(
             Kind::Decode,
