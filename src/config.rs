@@ -291,7 +291,13 @@ impl Config {
         c.vpc_endpoint = p.string("vpc_endpoint");
         c.metadata_endpoint = p.string("metadata_endpoint");
         let mut problems = p.problems;
-        problems.extend(c.semantic_problems());
+        // A key that failed to parse already has its problem; "required" would only repeat it.
+        let semantic: Vec<Problem> = c
+            .semantic_problems()
+            .into_iter()
+            .filter(|sp| !problems.iter().any(|q| q.key == sp.key))
+            .collect();
+        problems.extend(semantic);
         if problems.is_empty() {
             Ok(c)
         } else {
@@ -406,10 +412,14 @@ impl Parser<'_> {
             .cloned()
             .collect();
         for k in unknown {
-            self.problem(
-                &k,
-                "unknown key (misspelt? see packaging/eni.json for the keys)".into(),
-            );
+            let hint = KNOWN_KEYS
+                .iter()
+                .map(|known| (edit_distance(&k, known), known))
+                .filter(|(d, _)| *d <= 2)
+                .min()
+                .map(|(_, known)| format!(" (did you mean \"{known}\"?)"))
+                .unwrap_or_default();
+            self.problem(&k, format!("unknown key{hint}"));
         }
     }
 
@@ -547,6 +557,21 @@ impl Parser<'_> {
     }
 }
 
+/// Levenshtein distance, for "did you mean" hints on misspelt keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 /// Parses Go-style durations as upstream configs use them: "30s", "5m", "1h30m", "500ms".
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let bad = || format!("invalid duration \"{s}\" (examples: 30s, 5m, 1h30m)");
@@ -664,6 +689,14 @@ mod tests {
     fn secrets_do_not_show_in_debug() {
         let c = Config::parse(r#"{"access_key":"AK","access_secret":"very-secret"}"#).unwrap();
         assert!(!format!("{c:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn misspelt_keys_get_a_hint() {
+        let p = Config::parse(r#"{"vswitchs":{}}"#).unwrap_err();
+        assert_eq!(p[0].msg, "unknown key (did you mean \"vswitches\"?)");
+        let p = Config::parse(r#"{"colour":1}"#).unwrap_err();
+        assert_eq!(p[0].msg, "unknown key");
     }
 
     #[test]
