@@ -306,3 +306,114 @@ fn setup_failure_removes_what_it_created() {
         "pod veth must be rolled back"
     );
 }
+
+/// ENIMultiIP: veth + policy routing. A "vpc" namespace is the VPC router behind an emulated
+/// ENI (a veth end with a fixed MAC); the node has no default route, so the pod reaching an
+/// address in the VPC proves its traffic took the ENI table.
+#[test]
+fn eni_policy_routing_end_to_end() {
+    use terway::datapath::policy;
+    use terway::netlink::find_link_by_mac;
+
+    require_root_and_tools();
+    let node = TestNs::new("node").with_node_addr("10.240.0.1/32");
+    let vpc = TestNs::new("vpc");
+    let pod = TestNs::new("pod");
+    let eni_mac = "02:00:00:00:10:01";
+    let gw = Ipv4Addr::new(10, 240, 0, 253);
+    let ip = Ipv4Addr::new(10, 240, 6, 10);
+
+    // A bridge with the ENI's MAC first: find_link_by_mac must skip it.
+    node.ip("link add br9 type bridge");
+    node.ip(&format!("link set br9 address {eni_mac}"));
+    node.ip(&format!(
+        "link add eni1 address {eni_mac} type veth peer name vpc0 netns {}",
+        vpc.name
+    ));
+    vpc.ip("link set lo up");
+    vpc.ip("addr add 10.250.0.1/32 dev lo");
+    vpc.ip(&format!("addr add {gw}/24 dev vpc0"));
+    vpc.ip("link set vpc0 up");
+    // The VPC knows which ENI owns the pod's address.
+    vpc.ip(&format!("route add {ip}/32 dev vpc0"));
+    vpc.ip(&format!(
+        "neigh add {ip} lladdr {eni_mac} dev vpc0 nud permanent"
+    ));
+
+    let table = node
+        .run(move || {
+            let mut nl = Netlink::open()?;
+            let mac = terway::netlink::parse_mac("02:00:00:00:10:01")?;
+            let eni = find_link_by_mac(&mut nl, &mac)?.expect("ENI found by MAC");
+            assert_eq!(eni.name, "eni1");
+            let table = policy::prepare_eni_table(&mut nl, eni.index, gw)?;
+            assert_eq!(table, 1000 + eni.index);
+            policy::prepare_eni_table(&mut nl, eni.index, gw)?; // idempotent
+            policy::check_eni_table(&mut nl, eni.index, gw)?;
+            Ok(table)
+        })
+        .expect("prepare ENI");
+    setup_pod(&node, &pod, "eth0", ip).expect("veth setup");
+    node.run(move || policy::setup_pod_rules(&mut Netlink::open()?, ip, table))
+        .expect("rules");
+    node.run(move || policy::setup_pod_rules(&mut Netlink::open()?, ip, table))
+        .expect("rules again");
+    node.run(move || policy::check_pod_rules(&mut Netlink::open()?, ip, table))
+        .expect("check rules");
+    let shown = node.ip("rule show");
+    assert!(
+        shown.contains(&format!("512:\tfrom all to {ip} lookup main")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("2048:\tfrom {ip} lookup {table}")),
+        "{shown}"
+    );
+
+    assert!(pod.ping("10.250.0.1"), "pod -> VPC through the ENI table");
+    assert!(pod.ping(NODE_ADDR), "pod -> node");
+
+    // A leftover rule for the same IP pointing at another ENI's table is replaced.
+    node.ip(&format!("rule add from {ip} lookup 1999 prio 2048"));
+    let e = node
+        .run(move || policy::check_pod_rules(&mut Netlink::open()?, ip, table))
+        .unwrap_err();
+    assert!(e.msg.contains("unexpected rule 2048: from"), "{}", e.msg);
+    node.run(move || policy::setup_pod_rules(&mut Netlink::open()?, ip, table))
+        .expect("rules over a stale one");
+    node.run(move || policy::check_pod_rules(&mut Netlink::open()?, ip, table))
+        .expect("check after replacing stale");
+
+    node.run(move || policy::teardown_pod_rules(&mut Netlink::open()?, ip))
+        .expect("teardown rules");
+    node.run(move || policy::teardown_pod_rules(&mut Netlink::open()?, ip))
+        .expect("teardown rules again");
+    let e = node
+        .run(move || policy::check_pod_rules(&mut Netlink::open()?, ip, table))
+        .unwrap_err();
+    assert_eq!(e.kind, Kind::Datapath);
+    assert!(
+        e.msg
+            .contains("rule 2048: from 10.240.6.10/32 to all lookup"),
+        "{}",
+        e.msg
+    );
+    assert!(!pod.ping("10.250.0.1"), "no rule, no way out");
+
+    // The ENI table check names what is wrong.
+    node.ip(&format!("route del default table {table}"));
+    let e = node
+        .run(move || {
+            let mut nl = Netlink::open()?;
+            let idx = table - 1000;
+            policy::check_eni_table(&mut nl, idx, gw)
+        })
+        .unwrap_err();
+    assert!(
+        e.msg.contains(&format!(
+            "default via {gw} dev eni1 onlink in table {table} is missing"
+        )),
+        "{}",
+        e.msg
+    );
+}
