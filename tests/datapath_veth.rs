@@ -417,3 +417,38 @@ fn eni_policy_routing_end_to_end() {
         e.msg
     );
 }
+
+#[test]
+fn move_rename_and_neighbours() {
+    require_root_and_tools();
+    let a = TestNs::new("a");
+    let b = TestNs::new("b");
+    a.ip("link add vA type veth peer name vB");
+    let mut nl_a = Netlink::open_in(&a.open()).unwrap();
+    let mut nl_b = Netlink::open_in(&b.open()).unwrap();
+    let vb = nl_a.link_by_name("vB").unwrap().unwrap();
+    nl_a.move_link_to_ns(vb.index, &b.open()).unwrap();
+    assert!(nl_a.link_by_name("vB").unwrap().is_none());
+    let vb = nl_b.link_by_name("vB").unwrap().expect("moved");
+    nl_b.set_link_name(vb.index, "eth0").unwrap();
+    let eth0 = nl_b.link_by_name("eth0").unwrap().expect("renamed");
+    assert_eq!(eth0.kind.as_deref(), Some("veth"));
+    assert_eq!(eth0.mac, vb.mac);
+
+    let va = nl_a.link_by_name("vA").unwrap().unwrap();
+    let ip: std::net::IpAddr = "169.254.1.1".parse().unwrap();
+    let mac = terway::netlink::parse_mac("02:00:00:00:00:aa").unwrap();
+    nl_a.replace_neigh_permanent(va.index, ip, mac).unwrap();
+    nl_a.replace_neigh_permanent(va.index, ip, mac).unwrap();
+    let n = nl_a.neighs(va.index).unwrap();
+    assert!(
+        n.iter()
+            .any(|n| n.ip == ip && n.mac == Some(mac) && n.permanent),
+        "{n:?}"
+    );
+    let shown = a.ip("neigh show dev vA");
+    assert!(
+        shown.contains("169.254.1.1 lladdr 02:00:00:00:00:aa PERMANENT"),
+        "{shown}"
+    );
+}

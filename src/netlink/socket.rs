@@ -76,11 +76,14 @@ impl NlSocket {
         let addr = sock.bind_auto().map_err(|e| io("bind", e))?;
         sock.connect(&SocketAddr::new(0, 0))
             .map_err(|e| io("connect", e))?;
-        // Without the request echoed back in errors; with the kernel's error text.
-        sock.set_cap_ack(true)
-            .map_err(|e| io("NETLINK_CAP_ACK", e))?;
-        sock.set_ext_ack(true)
-            .map_err(|e| io("NETLINK_EXT_ACK", e))?;
+        // Without the request echoed back in errors; with the kernel's error text. Both are
+        // niceties: old kernels without them still work.
+        if let Err(e) = sock.set_cap_ack(true) {
+            log::debug!("netlink: NETLINK_CAP_ACK unsupported: {e}");
+        }
+        if let Err(e) = sock.set_ext_ack(true) {
+            log::debug!("netlink: NETLINK_EXT_ACK unsupported: {e}");
+        }
         let tv = nix::sys::time::TimeVal::new(RECV_TIMEOUT.as_secs() as _, 0);
         nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
             .map_err(|e| io("SO_RCVTIMEO", e.into()))?;
