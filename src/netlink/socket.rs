@@ -192,7 +192,7 @@ impl NlSocket {
                     nl.message_type(),
                 );
                 let raw = &rest[..len];
-                off += align4(len).max(len);
+                off += align4(len);
                 if mseq != seq || (port != 0 && port != self.port) {
                     // A late reply to an earlier, abandoned request: not ours.
                     log::debug!("netlink: skipping message seq {mseq} (want {seq})");
@@ -225,7 +225,7 @@ impl NlSocket {
                         None => continue,
                         Some(code) => {
                             return Err(NlError::Errno {
-                                code: code.get().abs(),
+                                code: errno_of(code.get()),
                                 ext: ext_ack_msg(flags, &e.header),
                             });
                         }
@@ -233,7 +233,7 @@ impl NlSocket {
                     NetlinkPayload::Done(d) => {
                         if d.code != 0 {
                             return Err(NlError::Errno {
-                                code: d.code.abs(),
+                                code: errno_of(d.code),
                                 ext: None,
                             });
                         }
@@ -256,6 +256,11 @@ fn recv_error(e: std::io::Error) -> Error {
     } else {
         err!(Kind::Datapath, "netlink recv: {e}")
     }
+}
+
+/// The kernel sends negative errnos; a nonsensical i32::MIN must not overflow.
+fn errno_of(code: i32) -> i32 {
+    code.checked_abs().unwrap_or(libc::EIO)
 }
 
 fn align4(n: usize) -> usize {
