@@ -452,3 +452,36 @@ fn move_rename_and_neighbours() {
         "{shown}"
     );
 }
+
+/// Runtimes run ADDs concurrently: pods set up in parallel on one node must not interfere.
+#[test]
+fn parallel_setups_on_one_node() {
+    require_root_and_tools();
+    let node = std::sync::Arc::new(TestNs::new("node").with_node_addr("10.240.0.1/32"));
+    let pods: Vec<std::sync::Arc<TestNs>> = (0..6)
+        .map(|i| std::sync::Arc::new(TestNs::new(&format!("par{i}"))))
+        .collect();
+    let ip_of = |i: usize| Ipv4Addr::new(10, 240, 7, 10 + i as u8);
+    let handles: Vec<_> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| {
+            let (node, pod) = (node.clone(), pod.clone());
+            std::thread::spawn(move || setup_pod(&node, &pod, "eth0", ip_of(i)))
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        h.join()
+            .expect("setup thread")
+            .unwrap_or_else(|e| panic!("pod {i}: {e}"));
+    }
+    for (i, pod) in pods.iter().enumerate() {
+        check_pod(&node, pod, "eth0", ip_of(i)).unwrap_or_else(|e| panic!("pod {i}: {e}"));
+    }
+    for i in 1..pods.len() {
+        assert!(pods[0].ping(&ip_of(i).to_string()), "pod0 -> pod{i}");
+    }
+    for pod in &pods {
+        teardown_pod(&node, pod, "eth0").expect("teardown");
+    }
+}
