@@ -306,3 +306,182 @@ fn setup_failure_removes_what_it_created() {
         "pod veth must be rolled back"
     );
 }
+
+/// ENIMultiIP: veth + policy routing. A "vpc" namespace is the VPC router behind an emulated
+/// ENI (a veth end with a fixed MAC); the node has no default route, so the pod reaching an
+/// address in the VPC proves its traffic took the ENI table.
+#[test]
+fn eni_policy_routing_end_to_end() {
+    use terway::datapath::policy;
+    use terway::netlink::find_link_by_mac;
+
+    require_root_and_tools();
+    let node = TestNs::new("node").with_node_addr("10.240.0.1/32");
+    let vpc = TestNs::new("vpc");
+    let pod = TestNs::new("pod");
+    let eni_mac = "02:00:00:00:10:01";
+    let gw = Ipv4Addr::new(10, 240, 0, 253);
+    let ip = Ipv4Addr::new(10, 240, 6, 10);
+
+    // A bridge with the ENI's MAC first: find_link_by_mac must skip it.
+    node.ip("link add br9 type bridge");
+    node.ip(&format!("link set br9 address {eni_mac}"));
+    node.ip(&format!(
+        "link add eni1 address {eni_mac} type veth peer name vpc0 netns {}",
+        vpc.name
+    ));
+    vpc.ip("link set lo up");
+    vpc.ip("addr add 10.250.0.1/32 dev lo");
+    vpc.ip(&format!("addr add {gw}/24 dev vpc0"));
+    vpc.ip("link set vpc0 up");
+    // The VPC knows which ENI owns the pod's address.
+    vpc.ip(&format!("route add {ip}/32 dev vpc0"));
+    vpc.ip(&format!(
+        "neigh add {ip} lladdr {eni_mac} dev vpc0 nud permanent"
+    ));
+
+    let table = node
+        .run(move || {
+            let mut nl = Netlink::open()?;
+            let mac = terway::netlink::parse_mac("02:00:00:00:10:01")?;
+            let eni = find_link_by_mac(&mut nl, &mac)?.expect("ENI found by MAC");
+            assert_eq!(eni.name, "eni1");
+            let table = policy::prepare_eni_table(&mut nl, eni.index, gw)?;
+            assert_eq!(table, 1000 + eni.index);
+            policy::prepare_eni_table(&mut nl, eni.index, gw)?; // idempotent
+            policy::check_eni_table(&mut nl, eni.index, gw)?;
+            Ok(table)
+        })
+        .expect("prepare ENI");
+    setup_pod(&node, &pod, "eth0", ip).expect("veth setup");
+    node.run(move || policy::setup_pod_rules(&mut Netlink::open()?, ip, table))
+        .expect("rules");
+    node.run(move || policy::setup_pod_rules(&mut Netlink::open()?, ip, table))
+        .expect("rules again");
+    node.run(move || policy::check_pod_rules(&mut Netlink::open()?, ip, table))
+        .expect("check rules");
+    let shown = node.ip("rule show");
+    assert!(
+        shown.contains(&format!("512:\tfrom all to {ip} lookup main")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("2048:\tfrom {ip} lookup {table}")),
+        "{shown}"
+    );
+
+    assert!(pod.ping("10.250.0.1"), "pod -> VPC through the ENI table");
+    assert!(pod.ping(NODE_ADDR), "pod -> node");
+
+    // A leftover rule for the same IP pointing at another ENI's table is replaced.
+    node.ip(&format!("rule add from {ip} lookup 1999 prio 2048"));
+    let e = node
+        .run(move || policy::check_pod_rules(&mut Netlink::open()?, ip, table))
+        .unwrap_err();
+    assert!(e.msg.contains("unexpected rule 2048: from"), "{}", e.msg);
+    node.run(move || policy::setup_pod_rules(&mut Netlink::open()?, ip, table))
+        .expect("rules over a stale one");
+    node.run(move || policy::check_pod_rules(&mut Netlink::open()?, ip, table))
+        .expect("check after replacing stale");
+
+    node.run(move || policy::teardown_pod_rules(&mut Netlink::open()?, ip))
+        .expect("teardown rules");
+    node.run(move || policy::teardown_pod_rules(&mut Netlink::open()?, ip))
+        .expect("teardown rules again");
+    let e = node
+        .run(move || policy::check_pod_rules(&mut Netlink::open()?, ip, table))
+        .unwrap_err();
+    assert_eq!(e.kind, Kind::Datapath);
+    assert!(
+        e.msg
+            .contains("rule 2048: from 10.240.6.10/32 to all lookup"),
+        "{}",
+        e.msg
+    );
+    assert!(!pod.ping("10.250.0.1"), "no rule, no way out");
+
+    // The ENI table check names what is wrong.
+    node.ip(&format!("route del default table {table}"));
+    let e = node
+        .run(move || {
+            let mut nl = Netlink::open()?;
+            let idx = table - 1000;
+            policy::check_eni_table(&mut nl, idx, gw)
+        })
+        .unwrap_err();
+    assert!(
+        e.msg.contains(&format!(
+            "default via {gw} dev eni1 onlink in table {table} is missing"
+        )),
+        "{}",
+        e.msg
+    );
+}
+
+#[test]
+fn move_rename_and_neighbours() {
+    require_root_and_tools();
+    let a = TestNs::new("a");
+    let b = TestNs::new("b");
+    a.ip("link add vA type veth peer name vB");
+    let mut nl_a = Netlink::open_in(&a.open()).unwrap();
+    let mut nl_b = Netlink::open_in(&b.open()).unwrap();
+    let vb = nl_a.link_by_name("vB").unwrap().unwrap();
+    nl_a.move_link_to_ns(vb.index, &b.open()).unwrap();
+    assert!(nl_a.link_by_name("vB").unwrap().is_none());
+    let vb = nl_b.link_by_name("vB").unwrap().expect("moved");
+    nl_b.set_link_name(vb.index, "eth0").unwrap();
+    let eth0 = nl_b.link_by_name("eth0").unwrap().expect("renamed");
+    assert_eq!(eth0.kind.as_deref(), Some("veth"));
+    assert_eq!(eth0.mac, vb.mac);
+
+    let va = nl_a.link_by_name("vA").unwrap().unwrap();
+    let ip: std::net::IpAddr = "169.254.1.1".parse().unwrap();
+    let mac = terway::netlink::parse_mac("02:00:00:00:00:aa").unwrap();
+    nl_a.replace_neigh_permanent(va.index, ip, mac).unwrap();
+    nl_a.replace_neigh_permanent(va.index, ip, mac).unwrap();
+    let n = nl_a.neighs(va.index).unwrap();
+    assert!(
+        n.iter()
+            .any(|n| n.ip == ip && n.mac == Some(mac) && n.permanent),
+        "{n:?}"
+    );
+    let shown = a.ip("neigh show dev vA");
+    assert!(
+        shown.contains("169.254.1.1 lladdr 02:00:00:00:00:aa PERMANENT"),
+        "{shown}"
+    );
+}
+
+/// Runtimes run ADDs concurrently: pods set up in parallel on one node must not interfere.
+#[test]
+fn parallel_setups_on_one_node() {
+    require_root_and_tools();
+    let node = std::sync::Arc::new(TestNs::new("node").with_node_addr("10.240.0.1/32"));
+    let pods: Vec<std::sync::Arc<TestNs>> = (0..6)
+        .map(|i| std::sync::Arc::new(TestNs::new(&format!("par{i}"))))
+        .collect();
+    let ip_of = |i: usize| Ipv4Addr::new(10, 240, 7, 10 + i as u8);
+    let handles: Vec<_> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| {
+            let (node, pod) = (node.clone(), pod.clone());
+            std::thread::spawn(move || setup_pod(&node, &pod, "eth0", ip_of(i)))
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        h.join()
+            .expect("setup thread")
+            .unwrap_or_else(|e| panic!("pod {i}: {e}"));
+    }
+    for (i, pod) in pods.iter().enumerate() {
+        check_pod(&node, pod, "eth0", ip_of(i)).unwrap_or_else(|e| panic!("pod {i}: {e}"));
+    }
+    for i in 1..pods.len() {
+        assert!(pods[0].ping(&ip_of(i).to_string()), "pod0 -> pod{i}");
+    }
+    for pod in &pods {
+        teardown_pod(&node, pod, "eth0").expect("teardown");
+    }
+}

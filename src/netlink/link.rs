@@ -9,7 +9,7 @@ use netlink_packet_route::RouteNetlinkMessage as M;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 /// Kinds that share a MAC with the device they sit on, so they are never "the" ENI.
 pub const SHARED_MAC_KINDS: &[&str] = &["ipvlan", "ipvtap", "bridge", "vlan"];
@@ -86,6 +86,26 @@ pub fn find_link_by_mac_skipping(
     }))
 }
 
+/// RTM_NEWLINK body for a veth whose peer is created in the namespace open at `peer_ns_fd`.
+fn veth_message(name: &str, peer_name: &str, peer_ns_fd: RawFd, mtu: u32) -> LinkMessage {
+    let mut peer = LinkMessage::default();
+    peer.attributes = vec![
+        LinkAttribute::IfName(peer_name.to_string()),
+        LinkAttribute::Mtu(mtu),
+        LinkAttribute::NetNsFd(peer_ns_fd),
+    ];
+    let mut msg = LinkMessage::default();
+    msg.attributes = vec![
+        LinkAttribute::IfName(name.to_string()),
+        LinkAttribute::Mtu(mtu),
+        LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]),
+    ];
+    msg
+}
+
 impl Netlink {
     pub fn links(&mut self) -> Result<Vec<Link>> {
         let msgs = self
@@ -133,21 +153,7 @@ impl Netlink {
     ) -> Result<()> {
         check_ifname(name)?;
         check_ifname(peer_name)?;
-        let mut peer = LinkMessage::default();
-        peer.attributes = vec![
-            LinkAttribute::IfName(peer_name.to_string()),
-            LinkAttribute::Mtu(mtu),
-            LinkAttribute::NetNsFd(peer_ns.fd().as_raw_fd()),
-        ];
-        let mut msg = LinkMessage::default();
-        msg.attributes = vec![
-            LinkAttribute::IfName(name.to_string()),
-            LinkAttribute::Mtu(mtu),
-            LinkAttribute::LinkInfo(vec![
-                LinkInfo::Kind(InfoKind::Veth),
-                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
-            ]),
-        ];
+        let msg = veth_message(name, peer_name, peer_ns.fd().as_raw_fd(), mtu);
         self.sock
             .request(M::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
             .map_err(|e| {
@@ -243,6 +249,28 @@ mod tests {
         for bad in ["", "tw0123456789abcd", "a/b", "a b", "..", "eth0:1"] {
             assert!(check_ifname(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn veth_message_carries_the_peer_and_its_namespace() {
+        use netlink_packet_core::{Emitable, Parseable};
+        let msg = veth_message("tw0123456789abc", "eth0", 42, 1450);
+        let mut buf = vec![0u8; msg.buffer_len()];
+        msg.emit(&mut buf);
+        let back = LinkMessage::parse(buf.as_slice()).unwrap();
+        assert_eq!(link_from(&back).name, "tw0123456789abc");
+        let infos = back.attributes.iter().find_map(|a| match a {
+            LinkAttribute::LinkInfo(i) => Some(i.clone()),
+            _ => None,
+        });
+        let peer = infos.unwrap().into_iter().find_map(|i| match i {
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) => Some(p),
+            _ => None,
+        });
+        let peer = peer.expect("veth peer in IFLA_INFO_DATA");
+        assert_eq!(link_from(&peer).name, "eth0");
+        assert_eq!(link_from(&peer).mtu, 1450);
+        assert!(peer.attributes.contains(&LinkAttribute::NetNsFd(42)));
     }
 
     #[test]

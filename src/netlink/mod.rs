@@ -14,7 +14,7 @@ use crate::error::{Kind, Result, ResultExt};
 use crate::netns::NetNs;
 use socket::NlSocket;
 
-pub use link::find_link_by_mac;
+pub use link::{SHARED_MAC_KINDS, find_link_by_mac, find_link_by_mac_skipping};
 
 /// The main routing table.
 pub const TABLE_MAIN: u32 = 254;

@@ -76,11 +76,14 @@ impl NlSocket {
         let addr = sock.bind_auto().map_err(|e| io("bind", e))?;
         sock.connect(&SocketAddr::new(0, 0))
             .map_err(|e| io("connect", e))?;
-        // Without the request echoed back in errors; with the kernel's error text.
-        sock.set_cap_ack(true)
-            .map_err(|e| io("NETLINK_CAP_ACK", e))?;
-        sock.set_ext_ack(true)
-            .map_err(|e| io("NETLINK_EXT_ACK", e))?;
+        // Without the request echoed back in errors; with the kernel's error text. Both are
+        // niceties: old kernels without them still work.
+        if let Err(e) = sock.set_cap_ack(true) {
+            log::debug!("netlink: NETLINK_CAP_ACK unsupported: {e}");
+        }
+        if let Err(e) = sock.set_ext_ack(true) {
+            log::debug!("netlink: NETLINK_EXT_ACK unsupported: {e}");
+        }
         let tv = nix::sys::time::TimeVal::new(RECV_TIMEOUT.as_secs() as _, 0);
         nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
             .map_err(|e| io("SO_RCVTIMEO", e.into()))?;
@@ -189,7 +192,7 @@ impl NlSocket {
                     nl.message_type(),
                 );
                 let raw = &rest[..len];
-                off += align4(len).max(len);
+                off += align4(len);
                 if mseq != seq || (port != 0 && port != self.port) {
                     // A late reply to an earlier, abandoned request: not ours.
                     log::debug!("netlink: skipping message seq {mseq} (want {seq})");
@@ -222,7 +225,7 @@ impl NlSocket {
                         None => continue,
                         Some(code) => {
                             return Err(NlError::Errno {
-                                code: code.get().abs(),
+                                code: errno_of(code.get()),
                                 ext: ext_ack_msg(flags, &e.header),
                             });
                         }
@@ -230,7 +233,7 @@ impl NlSocket {
                     NetlinkPayload::Done(d) => {
                         if d.code != 0 {
                             return Err(NlError::Errno {
-                                code: d.code.abs(),
+                                code: errno_of(d.code),
                                 ext: None,
                             });
                         }
@@ -253,6 +256,11 @@ fn recv_error(e: std::io::Error) -> Error {
     } else {
         err!(Kind::Datapath, "netlink recv: {e}")
     }
+}
+
+/// The kernel sends negative errnos; a nonsensical i32::MIN must not overflow.
+fn errno_of(code: i32) -> i32 {
+    code.checked_abs().unwrap_or(libc::EIO)
 }
 
 fn align4(n: usize) -> usize {
