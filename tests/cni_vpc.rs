@@ -397,3 +397,69 @@ fn non_root_clients_are_refused() {
             .contains("refused a request from uid 65534")
     );
 }
+
+#[test]
+fn hup_reloads_the_config_without_touching_pods() {
+    require_root();
+    let mut node = Node::new(28);
+    node.start_daemon();
+    let conf = node.netconf("1.0.0");
+    let pod = Netns::new("twpod");
+    let a = node.cni("ADD", "hup-a", &pod.path(), &conf);
+    a.assert_ok();
+    let pool = |node: &Node| -> serde_json::Value {
+        serde_json::from_slice(&node.cli(&["pool", "--json"]).stdout).unwrap()
+    };
+    let pid = nix::unistd::Pid::from_raw(node.daemon.as_ref().unwrap().id() as i32);
+    // A CIDR that still holds the pod's address is taken, watermarks too.
+    node.write_config(&json!({"daemon_mode": "VPC", "pod_cidr": "10.250.0.0/16",
+        "max_pool_size": 9, "socket_path": node.socket(), "state_path": node.state_path()}));
+    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
+    assert!(
+        wait_until(
+            std::time::Duration::from_secs(5),
+            || pool(&node)["pod_cidr"] == "10.250.0.0/16"
+        ),
+        "reload not applied: {}",
+        node.daemon_log()
+    );
+    assert_eq!(pool(&node)["max_pool_size"], 9);
+    // One that would strand the pod is refused and the running config kept.
+    node.write_config(&json!({"daemon_mode": "VPC", "pod_cidr": "10.251.0.0/24",
+        "socket_path": node.socket(), "state_path": node.state_path()}));
+    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
+    assert!(wait_until(std::time::Duration::from_secs(5), || node
+        .daemon_log()
+        .contains("does not hold 1 address(es) pods still use")));
+    assert_eq!(pool(&node)["pod_cidr"], "10.250.0.0/16");
+    assert!(
+        pod.ping(&node.node_ip),
+        "the pod keeps working through reloads"
+    );
+    assert_eq!(pool(&node)["in_use"], 1);
+}
+
+#[test]
+fn allocations_of_an_earlier_boot_are_dropped() {
+    require_root();
+    let mut node = Node::new(29);
+    node.start_daemon();
+    let pod = Netns::new("twpod");
+    node.cni("ADD", "boot-a", &pod.path(), &node.netconf("1.0.0"))
+        .assert_ok();
+    node.kill_daemon(Signal::SIGTERM);
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(node.state_path()).unwrap()).unwrap();
+    assert_eq!(state["allocations"].as_array().unwrap().len(), 1);
+    state["boot_id"] = json!("00000000-0000-0000-0000-000000000000");
+    std::fs::write(node.state_path(), serde_json::to_vec(&state).unwrap()).unwrap();
+    node.start_daemon();
+    let pool: serde_json::Value =
+        serde_json::from_slice(&node.cli(&["pool", "--json"]).stdout).unwrap();
+    assert_eq!(pool["in_use"], 0, "{pool}");
+    assert!(
+        node.daemon_log().contains("node rebooted"),
+        "{}",
+        node.daemon_log()
+    );
+}
