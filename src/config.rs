@@ -334,6 +334,15 @@ impl Config {
                 "access_key and access_secret must be given together".into(),
             );
         }
+        if self.daemon_mode != Mode::Vpc && self.security_groups.is_empty() {
+            problem(
+                "security_group",
+                format!(
+                    "required in {} mode: the security group new ENIs join",
+                    self.daemon_mode
+                ),
+            );
+        }
         match (self.daemon_mode, self.pod_cidr) {
             (Mode::Vpc, None) => problem(
                 "pod_cidr",
@@ -650,6 +659,8 @@ mod tests {
         assert_eq!(c.vswitches["cn-shanghai-f"], vec!["vsw-AAA", "vsw-BBB"]);
         assert_eq!(c.security_groups, vec!["sg-xxxxxxx"]);
         assert_eq!(c.daemon_mode, Mode::EniMultiIp);
+        let p = Config::parse(r#"{"daemon_mode":"ENIMultiIP"}"#).unwrap_err();
+        assert_eq!(p[0].key, "security_group");
     }
 
     #[test]
@@ -681,13 +692,13 @@ mod tests {
 
     #[test]
     fn hash_inside_strings_is_kept() {
-        let c = Config::parse(r##"{"eni_tags":{"k":"a#b"}} # trailing"##).unwrap();
+        let c = Config::parse(r##"{"eni_tags":{"k":"a#b"},"security_group":"sg-1"} # trailing"##).unwrap();
         assert_eq!(c.eni_tags["k"], "a#b");
     }
 
     #[test]
     fn secrets_do_not_show_in_debug() {
-        let c = Config::parse(r#"{"access_key":"AK","access_secret":"very-secret"}"#).unwrap();
+        let c = Config::parse(r#"{"access_key":"AK","access_secret":"very-secret","security_group":"sg-1"}"#).unwrap();
         assert!(!format!("{c:?}").contains("very-secret"));
     }
 

@@ -32,6 +32,23 @@ pub struct VpcPoolState {
     pub cursor: Option<Ipv4Addr>,
 }
 
+/// Shared ENI mode: the pool and the node facts worth caching across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EniPoolState {
+    pub instance_id: String,
+    pub instance_type: String,
+    /// DescribeInstanceTypes answer for `instance_type` (it never changes for an instance).
+    pub limits: Option<InstanceLimits>,
+    pub pool: crate::pool::eni::PoolState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceLimits {
+    pub eni_quantity: u32,
+    pub eni_private_ip_quantity: u32,
+    pub eni_total_quantity: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub schema: u32,
@@ -40,6 +57,8 @@ pub struct State {
     pub allocations: Vec<StoredAllocation>,
     #[serde(default)]
     pub vpc: Option<VpcPoolState>,
+    #[serde(default)]
+    pub eni: Option<EniPoolState>,
 }
 
 impl State {
@@ -49,6 +68,7 @@ impl State {
             boot_id,
             allocations: Vec::new(),
             vpc: None,
+            eni: None,
         }
     }
 }

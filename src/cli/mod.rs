@@ -1,6 +1,7 @@
 //! Command line: subcommands of `terway` (also reached as `terwayd` and `terway-cli`).
 
 pub mod max_pods;
+pub mod metadata;
 pub mod table;
 
 use crate::config::{Config, DEFAULT_SOCKET_PATH};
@@ -36,6 +37,9 @@ pub enum Command {
     Mapping(ClientArgs),
     /// Show the address pool: mode, CIDR or ENIs, in use / idle / capacity, watermarks.
     Pool(ClientArgs),
+    /// Show what the instance metadata service says: vSwitch -> ENIs -> IPs, and ENIs that
+    /// have no Linux device on this node.
+    Metadata(MetadataArgs),
     /// Compute the maximum pods per node for an instance type, per network mode.
     MaxPods(MaxPodsArgs),
     /// Work with daemon config files.
@@ -55,6 +59,16 @@ pub struct ClientArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MetadataArgs {
+    /// Metadata service base URL; by default the one the daemon uses (asked over --socket),
+    /// else http://100.100.100.200.
+    #[arg(long, env = "TERWAY_METADATA_ENDPOINT")]
+    pub endpoint: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +112,7 @@ pub fn main(argv0: &str, mut args: Vec<std::ffi::OsString>) -> ExitCode {
         Command::Mapping(a) => mapping(&a),
         Command::Pool(a) => pool(&a),
         Command::MaxPods(a) => print_max_pods(&a),
+        Command::Metadata(a) => show_metadata(&a),
         Command::Config(ConfigCommand::Check { file, json }) => config_check(&file, json),
         Command::Emulate(a) => crate::emulate::run(a).map(|_| ExitCode::SUCCESS),
         Command::Version => {
@@ -134,9 +149,20 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
 }
 
 fn mapping(a: &ClientArgs) -> Result<ExitCode> {
-    let Reply::Mapping(rows) = ask(&a.socket, Request::Mapping)? else {
+    let Reply::Mapping(mut rows) = ask(&a.socket, Request::Mapping)? else {
         return Err(Error::new(Kind::Internal, "unexpected reply to mapping"));
     };
+    if let Reply::Pool(PoolView {
+        eni: Some(_),
+        metadata_endpoint: Some(endpoint),
+        ..
+    }) = ask(&a.socket, Request::Pool)?
+    {
+        match metadata::read(&endpoint) {
+            Ok(view) => metadata::compare(&mut rows, &view),
+            Err(e) => eprintln!("terway: cannot compare with metadata: {e}"),
+        }
+    }
     if a.json {
         print_json(&rows)?;
     } else {
@@ -182,6 +208,9 @@ fn pool(a: &ClientArgs) -> Result<ExitCode> {
 
 pub fn render_pool(v: &PoolView) -> String {
     let mut out = format!("mode:       {}\n", v.mode);
+    if let Some(id) = &v.instance_id {
+        out.push_str(&format!("instance:   {id}\n"));
+    }
     if let Some(c) = &v.pod_cidr {
         out.push_str(&format!("pod CIDR:   {c}\n"));
     }
@@ -189,7 +218,77 @@ pub fn render_pool(v: &PoolView) -> String {
         "in use:     {}\nidle:       {}\ncapacity:   {}\nwatermarks: min_pool_size {}, max_pool_size {}\n",
         v.in_use, v.idle, v.capacity, v.min_pool_size, v.max_pool_size
     ));
+    if let Some(e) = &v.eni {
+        out.push_str(&render_enis(e));
+    }
     out
+}
+
+fn render_enis(e: &crate::pool::eni::PoolSnapshot) -> String {
+    let mut out = format!(
+        "max pods:   {} ({} secondary ENIs allowed)\npending:    {} address(es) requested\n\n",
+        e.capacity, e.max_enis, e.pending_ips
+    );
+    let rows: Vec<Vec<String>> = e
+        .enis
+        .iter()
+        .map(|n| {
+            let used = n.ips.iter().filter(|i| i.owner.is_some()).count();
+            let invalid = n.ips.iter().filter(|i| i.invalid).count();
+            vec![
+                n.id.clone(),
+                n.mac.clone(),
+                n.vswitch_id.clone(),
+                n.primary_ip.to_string(),
+                format!("{used} / {}", n.ips.len()),
+                if invalid > 0 { format!("{invalid} lost") } else { String::new() },
+            ]
+        })
+        .collect();
+    out.push_str(&table::render(
+        &["ENI", "MAC", "vSwitch", "Primary IP", "In Use / IPs", "Problems"],
+        &rows,
+    ));
+    let now = crate::daemon::now_ms();
+    for b in &e.blocked_vswitches {
+        out.push_str(&format!(
+            "blocked:    {} for {} s more: {}\n",
+            b.id,
+            b.until_ms.saturating_sub(now).div_ceil(1000),
+            b.reason
+        ));
+    }
+    out
+}
+
+fn show_metadata(a: &MetadataArgs) -> Result<ExitCode> {
+    let endpoint = match &a.endpoint {
+        Some(e) => e.clone(),
+        None => match ask(&a.client.socket, Request::Pool) {
+            Ok(Reply::Pool(PoolView {
+                metadata_endpoint: Some(e),
+                ..
+            })) => e,
+            _ => "http://100.100.100.200".into(),
+        },
+    };
+    let view = metadata::read(&endpoint)?;
+    if a.client.json {
+        print_json(&view)?;
+    } else {
+        print!("{}", metadata::render(&view));
+    }
+    let missing = view
+        .vswitches
+        .values()
+        .flatten()
+        .filter(|e| e.device.is_none())
+        .count();
+    Ok(if missing > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_max_pods(a: &MaxPodsArgs) -> Result<ExitCode> {

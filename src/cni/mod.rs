@@ -4,3 +4,4 @@ pub mod conf;
 pub mod env;
 pub mod plugin;
 pub mod result;
+pub mod wiring;

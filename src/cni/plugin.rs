@@ -6,6 +6,7 @@
 use super::conf::{NetConf, version_at_least};
 use super::env::{Command, Env};
 use super::result::{AddResult, error_json, version_json};
+use super::wiring;
 use crate::datapath::{self, POD_GATEWAY, veth};
 use crate::netlink::format_mac;
 use crate::netns::NetNs;
@@ -95,7 +96,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     let Reply::Allocated(alloc) = reply else {
         return Err(unexpected(&reply));
     };
-    let host_ifname = datapath::host_veth_name(&env.container_id, &env.ifname);
+    let host_ifname = wiring::host_ifname(&env.container_id, &env.ifname);
     let spec = veth::VethSpec {
         netns: &netns,
         ifname: &env.ifname,
@@ -103,7 +104,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value> {
         ip: alloc.ipv4,
         mtu: conf.mtu,
     };
-    let info = match veth::setup(&spec) {
+    let info = match wiring::wire(&spec, &alloc.datapath) {
         Ok(i) => i,
         Err(e) => {
             // Roll back: the address goes back to the daemon, the error to the runtime.
@@ -148,20 +149,25 @@ fn prev_host_ifnames(conf: &NetConf) -> Vec<String> {
 /// DEL never blocks pod deletion: the wiring is removed first, then the address released; when
 /// the daemon is down the address stays recorded and GC (or the daemon's own sweep) frees it.
 fn del(env: &Env, conf: &NetConf) -> Result<()> {
-    let mut names = vec![datapath::host_veth_name(&env.container_id, &env.ifname)];
+    let mut names = vec![wiring::host_ifname(&env.container_id, &env.ifname)];
     for n in prev_host_ifnames(conf) {
         if !names.contains(&n) {
             names.push(n);
         }
     }
-    let mut torn_down = true;
-    for name in &names {
-        if let Err(e) = veth::teardown(name) {
-            torn_down = false;
-            eprintln!("terway: DEL {}: remove {name}: {e}", env.key());
-        }
-    }
-    if !torn_down {
+    // The daemon knows best which address this attachment still holds; prevResult may name one
+    // that was released and handed to another pod since (a repeated DEL).
+    let ips = match call(
+        &conf.daemon_socket,
+        &Request::Get { key: env.key() },
+        CALL_TIMEOUT,
+    ) {
+        Ok(Reply::Found(Some(a))) => vec![a.ipv4],
+        Ok(_) => Vec::new(),
+        Err(_) => conf.prev_ips(),
+    };
+    if let Err(e) = wiring::unwire(&names, &ips) {
+        eprintln!("terway: DEL {}: {e}", env.key());
         // Keep the address held so nobody gets it while the old route may still exist; GC
         // retries the teardown and releases it once the container is gone for good.
         return Ok(());
@@ -239,14 +245,15 @@ fn check(env: &Env, conf: &NetConf) -> Result<()> {
             ),
         ));
     }
-    let host_ifname = datapath::host_veth_name(&env.container_id, &env.ifname);
-    veth::check(&veth::VethSpec {
+    let host_ifname = wiring::host_ifname(&env.container_id, &env.ifname);
+    let spec = veth::VethSpec {
         netns: &netns,
         ifname: &env.ifname,
         host_ifname: &host_ifname,
         ip: alloc.ipv4,
         mtu: conf.mtu,
-    })
+    };
+    wiring::check(&spec, &alloc.datapath)
     .map_err(|e| e.context(format!("CHECK {}", env.key())))
 }
 
@@ -276,9 +283,9 @@ fn gc(conf: &NetConf) -> Result<()> {
     };
     // Keep going on errors: one stuck link must not keep the others.
     for a in released {
-        let name = datapath::host_veth_name(&a.key.container_id, &a.key.ifname);
-        if let Err(e) = veth::teardown(&name) {
-            eprintln!("terway: GC {}: remove {name}: {e}", a.key);
+        let name = wiring::host_ifname(&a.key.container_id, &a.key.ifname);
+        if let Err(e) = wiring::unwire(&[name], &[a.ipv4]) {
+            eprintln!("terway: GC {}: {e}", a.key);
         }
     }
     Ok(())

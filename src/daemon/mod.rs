@@ -1,6 +1,12 @@
-//! The node daemon: one thread owns the address state and the state file; the RPC acceptor and
-//! the signal thread talk to it over one channel.
+//! The node daemon: one thread owns the address state and the state file; the RPC acceptor, the
+//! signal thread and the cloud workers talk to it over one channel.
+//!
+//! Each mode is a [`Backend`]: requests, cloud results and timer ticks go in, replies come out
+//! through an [`Outbox`]. The loop saves the state file once per batch and only then sends the
+//! replies, so nothing is handed out that is not on disk.
 
+pub mod eni;
+pub mod eni_cloud;
 pub mod server;
 pub mod vpc;
 
@@ -12,7 +18,6 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use vpc::VpcIpam;
 
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
@@ -24,30 +29,54 @@ pub struct DaemonArgs {
 pub enum Msg {
     Rpc(Request, Sender<Response>),
     Signal(i32),
+    Cloud(eni::CloudDone),
+}
+
+/// Replies produced while handling a batch; sent only after the state is saved.
+#[derive(Default)]
+pub struct Outbox {
+    replies: Vec<(Sender<Response>, Response, bool)>,
+    dirty: bool,
+}
+
+impl Outbox {
+    /// Queues a reply. `mutating` replies depend on state that must reach the disk first.
+    pub fn reply(&mut self, tx: Sender<Response>, resp: Response, mutating: bool) {
+        self.dirty |= mutating;
+        self.replies.push((tx, resp, mutating));
+    }
+
+    /// The state changed without a reply depending on it (a cloud result, a reload).
+    pub fn touch(&mut self) {
+        self.dirty = true;
+    }
+}
+
+/// One daemon mode. Time is unix milliseconds, passed in.
+pub trait Backend {
+    fn on_request(&mut self, req: Request, reply: Sender<Response>, now: u64, out: &mut Outbox);
+    fn on_cloud(&mut self, done: eni::CloudDone, now: u64, out: &mut Outbox);
+    /// Called after every batch and when `next_deadline` passes.
+    fn on_tick(&mut self, now: u64, out: &mut Outbox);
+    fn next_deadline(&self, now: u64) -> Option<u64>;
+    fn write_state(&self, state: &mut State);
+    /// Applies a re-read config; an error keeps the running one.
+    fn reload(&mut self, config: &Config) -> Result<()>;
 }
 
 /// Most messages handled before one save: concurrent ADDs share one fsync.
 const MAX_BATCH: usize = 256;
 const IDLE_TICK: Duration = Duration::from_secs(60);
 
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 pub fn run(args: DaemonArgs) -> Result<()> {
     let config = Config::load(&args.config)?;
-    if config.daemon_mode != Mode::Vpc {
-        return Err(Error::new(
-            Kind::InvalidConfig,
-            format!(
-                "config {}: daemon_mode {} is not supported by this build yet (use VPC)",
-                args.config.display(),
-                config.daemon_mode
-            ),
-        ));
-    }
-    let Some(pod_cidr) = config.pod_cidr else {
-        return Err(Error::new(
-            Kind::InvalidConfig,
-            "pod_cidr is required in VPC mode",
-        ));
-    };
     let store = Store::new(&config.state_path);
     if let Some(dir) = config.state_path.parent() {
         std::fs::create_dir_all(dir).with_ctx(|| format!("create {}", dir.display()))?;
@@ -69,10 +98,21 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         Some(s) => s,
         None => State::new(boot_id.clone()),
     };
-    let mut ipam = VpcIpam::from_state(pod_cidr, &state)
-        .map_err(|e| e.context(format!("state file {}", store.path().display())))?;
-    ipam.set_watermarks(config.min_pool_size, config.max_pool_size);
-    ipam.write_state(&mut state);
+    let (tx, rx) = mpsc::channel();
+    let mut backend: Box<dyn Backend> = match config.daemon_mode {
+        Mode::Vpc => Box::new(vpc::VpcIpam::start(&config, &state)?),
+        Mode::EniMultiIp => Box::new(eni::EniBackend::start(&config, &state, tx.clone())?),
+        Mode::EniOnly => {
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                format!(
+                    "config {}: daemon_mode ENIOnly is not supported by this build yet (use VPC or ENIMultiIP)",
+                    args.config.display()
+                ),
+            ));
+        }
+    };
+    backend.write_state(&mut state);
     state.schema = crate::store::SCHEMA;
     store.save(&state)?;
     if let Err(e) = crate::sysctl::set("net/ipv4/ip_forward", "1") {
@@ -80,7 +120,6 @@ pub fn run(args: DaemonArgs) -> Result<()> {
     }
 
     let listener = server::bind(&config.socket_path)?;
-    let (tx, rx) = mpsc::channel();
     spawn_signal_thread(tx.clone())?;
     let acceptor_tx = tx.clone();
     std::thread::Builder::new()
@@ -89,21 +128,23 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         .ctx("spawn the RPC acceptor")?;
     drop(tx);
     log::info!(
-        "terway daemon {} in VPC mode: pod CIDR {pod_cidr}, {} allocation(s), socket {}, state {}",
+        "terway daemon {} in {} mode: {} allocation(s), socket {}, state {}",
         crate::VERSION,
-        ipam.in_use(),
+        config.daemon_mode,
+        state.allocations.len(),
         config.socket_path.display(),
         store.path().display()
     );
+    let socket_path = config.socket_path.clone();
     let mut daemon = Daemon {
         config_path: args.config,
         config,
         store,
         state,
-        ipam,
+        backend,
     };
     let result = daemon.event_loop(rx);
-    let _ = std::fs::remove_file(&daemon.config.socket_path);
+    let _ = std::fs::remove_file(&socket_path);
     result
 }
 
@@ -128,27 +169,34 @@ struct Daemon {
     config: Config,
     store: Store,
     state: State,
-    ipam: VpcIpam,
+    backend: Box<dyn Backend>,
 }
 
 impl Daemon {
     fn event_loop(&mut self, rx: Receiver<Msg>) -> Result<()> {
         loop {
-            let first = match rx.recv_timeout(IDLE_TICK) {
-                Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => continue,
+            let now = now_ms();
+            let wait = self
+                .backend
+                .next_deadline(now)
+                .map(|d| Duration::from_millis(d.saturating_sub(now)))
+                .unwrap_or(IDLE_TICK)
+                .min(IDLE_TICK);
+            let mut batch = Vec::new();
+            match rx.recv_timeout(wait) {
+                Ok(m) => batch.push(m),
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(Error::new(Kind::Internal, "all message senders are gone"));
                 }
-            };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
+            }
+            while !batch.is_empty() && batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(m) => batch.push(m),
                     Err(_) => break,
                 }
             }
-            if self.handle_batch(batch) {
+            if self.handle_batch(batch)? {
                 log::info!("terway daemon stopping: state saved");
                 return Ok(());
             }
@@ -156,26 +204,17 @@ impl Daemon {
     }
 
     /// Applies a batch, saves once, then replies. Returns true when asked to stop.
-    fn handle_batch(&mut self, batch: Vec<Msg>) -> bool {
-        let before = self.ipam.clone();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut replies: Vec<(Sender<Response>, Response, bool)> = Vec::new();
-        let mut dirty = false;
+    fn handle_batch(&mut self, batch: Vec<Msg>) -> Result<bool> {
+        let now = now_ms();
+        let mut out = Outbox::default();
         let mut stop = false;
         for msg in batch {
             match msg {
-                Msg::Rpc(req, reply_tx) => {
-                    let (resp, changed) = self.ipam.handle(req, now);
-                    dirty |= changed;
-                    replies.push((reply_tx, resp, changed));
-                }
+                Msg::Rpc(req, reply_tx) => self.backend.on_request(req, reply_tx, now, &mut out),
+                Msg::Cloud(done) => self.backend.on_cloud(done, now, &mut out),
                 Msg::Signal(SIGHUP) => {
-                    // A new pod CIDR moves the cursor: persist it like any other change.
                     self.reload();
-                    dirty = true;
+                    out.touch();
                 }
                 Msg::Signal(sig) => {
                     log::info!("terway daemon: signal {sig}, shutting down");
@@ -183,22 +222,29 @@ impl Daemon {
                 }
             }
         }
-        if dirty || stop {
-            self.ipam.write_state(&mut self.state);
+        if !stop {
+            self.backend.on_tick(now, &mut out);
+        }
+        let mut fatal = None;
+        if out.dirty || stop {
+            self.backend.write_state(&mut self.state);
             if let Err(e) = self.store.save(&self.state) {
-                // Nothing that is not on disk may be handed out: undo and fail those replies.
-                log::error!("{e}");
-                self.ipam = before;
-                self.ipam.write_state(&mut self.state);
-                for r in replies.iter_mut().filter(|r| r.2) {
+                // Fail-stop: what is in memory but not on disk must not be handed out. The
+                // state on disk stays the truth; the restarted daemon reconciles from it.
+                log::error!("{e}; stopping so the state file stays the truth");
+                for r in out.replies.iter_mut().filter(|r| r.2) {
                     r.1 = Err(e.clone());
                 }
+                fatal = Some(e);
             }
         }
-        for (tx, resp, _) in replies {
+        for (tx, resp, _) in out.replies {
             let _ = tx.send(resp);
         }
-        stop
+        match fatal {
+            Some(e) => Err(e),
+            None => Ok(stop),
+        }
     }
 
     /// SIGHUP: re-read the config; keep the old one if the new one is broken or unsafe.
@@ -218,9 +264,7 @@ impl Daemon {
             );
             return;
         }
-        if let Some(cidr) = config.pod_cidr
-            && let Err(e) = self.ipam.change_cidr(cidr)
-        {
+        if let Err(e) = self.backend.reload(&config) {
             log::error!("reload: keeping the running config: {e}");
             return;
         }
@@ -232,8 +276,6 @@ impl Daemon {
                 log::warn!("reload: {what} changes only on restart");
             }
         }
-        self.ipam
-            .set_watermarks(config.min_pool_size, config.max_pool_size);
         self.config = Config {
             socket_path: self.config.socket_path.clone(),
             state_path: self.config.state_path.clone(),

@@ -1,6 +1,9 @@
 //! VPC mode: pod addresses from the node's pod CIDR. Pure bookkeeping: requests in, replies
 //! out, the daemon loop persists the result before answering.
 
+use super::eni::CloudDone;
+use super::{Backend, Outbox};
+use crate::config::Config;
 use crate::pool::cidr::CidrPool;
 use crate::rpc::{
     Allocation, AttachKey, Datapath, MappingRow, PoolView, Reply, Request, Response, StatusView,
@@ -10,6 +13,7 @@ use crate::{Error, Kind, Result};
 use ipnetwork::Ipv4Network;
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
+use std::sync::mpsc::Sender;
 
 #[derive(Debug, Clone)]
 pub struct VpcIpam {
@@ -21,6 +25,20 @@ pub struct VpcIpam {
 }
 
 impl VpcIpam {
+    /// The VPC-mode backend from the config and the loaded state.
+    pub fn start(config: &Config, state: &State) -> Result<VpcIpam> {
+        let Some(pod_cidr) = config.pod_cidr else {
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                "pod_cidr is required in VPC mode",
+            ));
+        };
+        let mut ipam = VpcIpam::from_state(pod_cidr, state)
+            .map_err(|e| e.context(format!("state file {}", config.state_path.display())))?;
+        ipam.set_watermarks(config.min_pool_size, config.max_pool_size);
+        Ok(ipam)
+    }
+
     /// Rebuilds from the state file. Allocations outside `pod_cidr` (the config changed while the
     /// daemon was stopped) are refused rather than dropped: those pods still use the addresses.
     pub fn from_state(pod_cidr: Ipv4Network, state: &State) -> Result<VpcIpam> {
@@ -169,6 +187,9 @@ impl VpcIpam {
                 Ok(Reply::Pool(PoolView {
                     mode: "VPC".into(),
                     pod_cidr: Some(self.pool.cidr().to_string()),
+                    eni: None,
+                    metadata_endpoint: None,
+                    instance_id: None,
                     in_use: self.allocs.len() as u64,
                     idle: self.free(),
                     capacity: self.pool.capacity(),
@@ -210,6 +231,33 @@ impl VpcIpam {
         self.write_state(&mut state);
         let next = VpcIpam::from_state(cidr, &state)?;
         self.pool = next.pool;
+        Ok(())
+    }
+}
+
+impl Backend for VpcIpam {
+    fn on_request(&mut self, req: Request, reply: Sender<Response>, now: u64, out: &mut Outbox) {
+        let (resp, changed) = self.handle(req, now / 1000);
+        out.reply(reply, resp, changed);
+    }
+
+    fn on_cloud(&mut self, _done: CloudDone, _now: u64, _out: &mut Outbox) {}
+
+    fn on_tick(&mut self, _now: u64, _out: &mut Outbox) {}
+
+    fn next_deadline(&self, _now: u64) -> Option<u64> {
+        None
+    }
+
+    fn write_state(&self, state: &mut State) {
+        VpcIpam::write_state(self, state)
+    }
+
+    fn reload(&mut self, config: &Config) -> Result<()> {
+        if let Some(cidr) = config.pod_cidr {
+            self.change_cidr(cidr)?;
+        }
+        self.set_watermarks(config.min_pool_size, config.max_pool_size);
         Ok(())
     }
 }

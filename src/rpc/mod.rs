@@ -72,6 +72,9 @@ pub enum Request {
 pub enum Datapath {
     /// veth pair, pod address /32, host route to the pod (VPC mode).
     Veth,
+    /// veth as above plus policy routing: traffic from the pod leaves through its ENI, whose
+    /// route table (`table`, prepared by the daemon) points at the vSwitch gateway.
+    VethPolicy { table: u32, eni_id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +104,14 @@ pub struct MappingRow {
 pub struct PoolView {
     pub mode: String,
     pub pod_cidr: Option<String>,
+    /// Shared ENI mode: per-ENI usage, blocked vSwitches, max pods.
+    #[serde(default)]
+    pub eni: Option<crate::pool::eni::PoolSnapshot>,
+    /// Where the daemon reads instance metadata (the CLI compares against it).
+    #[serde(default)]
+    pub metadata_endpoint: Option<String>,
+    #[serde(default)]
+    pub instance_id: Option<String>,
     pub in_use: u64,
     pub idle: u64,
     pub capacity: u64,
