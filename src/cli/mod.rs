@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "terway", version, about = "VPC-native container networking for Alibaba Cloud ECS nodes")]
+#[command(
+    name = "terway",
+    version,
+    about = "VPC-native container networking for Alibaba Cloud ECS nodes"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -6,5 +6,8 @@ use crate::{Error, Kind, Result};
 pub struct EmulateArgs {}
 
 pub fn run(_args: EmulateArgs) -> Result<()> {
-    Err(Error::new(Kind::Internal, "terway emulate is not built yet"))
+    Err(Error::new(
+        Kind::Internal,
+        "terway emulate is not built yet",
+    ))
 }
