@@ -1,4 +1,16 @@
-//! `terway emulate`: a local Alibaba Cloud. Being built (issue 3).
+//! `terway emulate`: a local Alibaba Cloud (ECS/VPC OpenAPI + instance metadata), strict enough
+//! that code passing against it works against the real service. Layers: `model*` (pure state),
+//! `api` (actions, parameters, JSON), `http` (server, signatures, faults, admin), `metadata`,
+//! `topology` (namespaces).
+
+pub mod config;
+pub mod errors;
+pub mod faults;
+pub mod model;
+pub mod model_eni;
+pub mod model_route;
+#[cfg(test)]
+mod model_tests;
 
 use crate::{Error, Kind, Result};
 
