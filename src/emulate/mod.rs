@@ -3,12 +3,16 @@
 //! `api` (actions, parameters, JSON), `http` (server, signatures, faults, admin), `metadata`,
 //! `topology` (namespaces).
 
+pub mod api;
+pub mod api_vpc;
 pub mod config;
 pub mod errors;
 pub mod faults;
+pub mod metadata;
 pub mod model;
 pub mod model_eni;
 pub mod model_route;
+pub mod params;
 #[cfg(test)]
 mod model_tests;
 
