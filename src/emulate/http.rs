@@ -306,15 +306,17 @@ fn api_call(
         params.extend(sign::parse_query(text).ok_or_else(|| errors::invalid("Body"))?);
     }
     let p = Params(params);
-    let (action, version) = if v3 {
-        (
-            header("x-acs-action").ok_or_else(|| errors::missing("x-acs-action"))?,
-            header("x-acs-version").ok_or_else(|| errors::missing("x-acs-version"))?,
-        )
+    let action = if v3 {
+        header("x-acs-action").ok_or_else(|| errors::missing("x-acs-action"))?
     } else {
-        (p.req("Action")?, p.req("Version")?)
+        p.req("Action")?
     };
     let product = api::product(action).ok_or_else(errors::unknown_action)?;
+    let version = if v3 {
+        header("x-acs-version").ok_or_else(|| errors::missing("x-acs-version"))?
+    } else {
+        p.req("Version")?
+    };
     if version != api::version_of(product) {
         return Err(errors::invalid_version());
     }
