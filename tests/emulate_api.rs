@@ -254,6 +254,18 @@ fn bad_requests_get_real_codes_and_never_kill_the_server() {
     assert_eq!(s, 400, "{b}");
     let (s, _) = emu.raw("GET", "/somewhere", &[], b"");
     assert_eq!(s, 404);
+    // Clients that stall mid-body (more of them than acceptor threads) hang nobody else.
+    let stalled: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&emu.addr).unwrap();
+            let req = "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nAction=";
+            std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    emu.ok("DescribeInstanceTypes", &[]);
+    drop(stalled);
     assert_eq!(emu.raw("GET", "/admin/health", &[], b"").1, "ok");
 }
 

@@ -106,7 +106,7 @@ impl Shared {
     }
 }
 
-/// Starts `threads` workers answering requests of `server` until it is unblocked.
+/// Starts `threads` acceptors handing requests of `server` to their own threads until unblocked.
 pub fn serve(
     server: Arc<tiny_http::Server>,
     shared: Arc<Shared>,
@@ -118,7 +118,15 @@ pub fn serve(
             let (server, shared) = (server.clone(), shared.clone());
             std::thread::spawn(move || {
                 while let Ok(req) = server.recv() {
-                    handle(&shared, req, mode);
+                    // One thread per request: a client that stalls mid-body (or an injected
+                    // latency) holds only its own thread, never the acceptors.
+                    let shared = shared.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("emulate-req".into())
+                        .spawn(move || handle(&shared, req, mode));
+                    if let Err(e) = spawned {
+                        log::warn!("cannot start a request thread: {e}");
+                    }
                 }
             })
         })
