@@ -163,6 +163,35 @@ fn vpc_routes_by_eni_and_drops_spoofed_sources() {
     let r = get_in(&a, "100.100.100.201", "/?Action=DescribeRegions");
     assert!(r.contains("InvalidAction.NotFound"), "{r}");
 
+    // VPC mode: a route entry sends a pod CIDR to an instance.
+    ipn(&b, &["addr", "add", "10.200.0.5/32", "dev", "lo"]);
+    assert!(!ping(&a, None, "10.200.0.5"), "no route entry yet");
+    let rt = emu.0.ok("DescribeVSwitches", &[("VSwitchId", VSW_A)])["VSwitches"]["VSwitch"][0]["RouteTable"]["RouteTableId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rte = emu.0.ok(
+        "CreateRouteEntry",
+        &[
+            ("RouteTableId", &rt),
+            ("DestinationCidrBlock", "10.200.0.0/24"),
+            ("NextHopType", "Instance"),
+            ("NextHopId", &b),
+        ],
+    )["RouteEntryId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    emu.0
+        .wait_until(5, "pod CIDR routed to B", || ping(&a, None, "10.200.0.5"));
+    emu.0.ok(
+        "DeleteRouteEntry",
+        &[("RouteTableId", &rt), ("RouteEntryId", &rte)],
+    );
+    emu.0.wait_until(5, "pod CIDR route removed", || {
+        !ping(&a, None, "10.200.0.5")
+    });
+
     // Two ENIs with secondary addresses on node A.
     let e1 = emu.0.create_eni(VSW_A, "1");
     let e2 = emu.0.create_eni(VSW_A, "1");

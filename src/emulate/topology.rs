@@ -76,8 +76,14 @@ struct EniLink {
     vpc_index: u32,
 }
 
-/// What the kernel should look like: ENI id → its link and addresses.
-pub type Desired = BTreeMap<String, WantEni>;
+/// What the kernel should look like.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// ENI id → its link and addresses.
+    pub enis: BTreeMap<String, WantEni>,
+    /// Custom route entries (VPC mode): destination → the ENI (primary of the next-hop instance).
+    pub cidrs: BTreeMap<Ipv4Network, String>,
+}
 
 /// What the kernel should look like for one ENI.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +101,7 @@ pub struct Topology {
     nl: Netlink,
     nodes: BTreeMap<String, NetNs>,
     links: BTreeMap<String, EniLink>,
-    routes: BTreeMap<Ipv4Addr, u32>,
+    routes: BTreeMap<Ipv4Network, u32>,
 }
 
 impl Topology {
@@ -179,7 +185,18 @@ impl Topology {
 
     /// The desired kernel state for the model (computed under the model lock, applied outside).
     pub fn desired(m: &Model) -> Desired {
-        m.enis
+        let cidrs = m
+            .routes
+            .iter()
+            .filter(|r| r.next_hop_type == "Instance")
+            .filter_map(|r| {
+                let dst: Ipv4Network = r.destination.parse().ok()?;
+                let eni = m.instances.get(&r.next_hop_id)?.primary_eni_id.clone();
+                Some((dst, eni))
+            })
+            .collect();
+        let enis = m
+            .enis
             .iter()
             .filter(|e| e.eni_type != EniType::Member)
             .filter(|e| e.eni_type == EniType::Primary || e.status == EniStatus::InUse)
@@ -206,7 +223,8 @@ impl Topology {
                     },
                 ))
             })
-            .collect()
+            .collect();
+        Desired { enis, cidrs }
     }
 
     /// Makes the kernel match the model: ENI links appear/disappear, /32 routes follow the
@@ -215,7 +233,7 @@ impl Topology {
         let stale: Vec<String> = self
             .links
             .keys()
-            .filter(|id| !want.contains_key(*id))
+            .filter(|id| !want.enis.contains_key(*id))
             .cloned()
             .collect();
         for id in stale {
@@ -226,7 +244,7 @@ impl Topology {
                 self.routes.retain(|_, idx| *idx != l.vpc_index);
             }
         }
-        for (id, w) in want {
+        for (id, w) in &want.enis {
             if !self.links.contains_key(id.as_str()) {
                 let link = self
                     .add_eni(id, w)
@@ -235,14 +253,19 @@ impl Topology {
             }
         }
         let mut routes = BTreeMap::new();
-        for (id, w) in want {
+        for (id, w) in &want.enis {
             if let Some(l) = self.links.get(id) {
                 for ip in &w.ips {
-                    routes.insert(*ip, l.vpc_index);
+                    routes.insert(Ipv4Network::from(*ip), l.vpc_index);
                 }
             }
         }
-        let old: Vec<(Ipv4Addr, u32)> = self.routes.iter().map(|(a, b)| (*a, *b)).collect();
+        for (dst, eni) in &want.cidrs {
+            if let Some(l) = self.links.get(eni) {
+                routes.insert(*dst, l.vpc_index);
+            }
+        }
+        let old: Vec<(Ipv4Network, u32)> = self.routes.iter().map(|(a, b)| (*a, *b)).collect();
         for (ip, idx) in old {
             if routes.get(&ip) != Some(&idx) {
                 self.nl.del_route(&host_route(ip, idx))?;
@@ -312,9 +335,9 @@ impl Topology {
     }
 }
 
-fn host_route(ip: Ipv4Addr, oif: u32) -> Route {
+fn host_route(dst: Ipv4Network, oif: u32) -> Route {
     Route {
-        dst: Ipv4Network::from(ip),
+        dst,
         gateway: None,
         oif: Some(oif),
         table: TABLE_MAIN,
