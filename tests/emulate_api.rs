@@ -81,6 +81,11 @@ fn signatures_v3_v2_and_their_errors() {
     );
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["VSwitches"]["VSwitch"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        emu.admin("GET", "/admin/calls", "")["DescribeVSwitches"]["ok"],
+        1,
+        "audited by action, even from a form body"
+    );
     // Wrong secret, tampered parameter, unknown key.
     let (s, v) = emu.call_v2(
         "wrong",
