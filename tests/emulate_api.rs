@@ -833,4 +833,23 @@ fn metadata_tokens_and_ram_role_credentials_work_against_the_api() {
         &[],
     );
     assert_eq!(s, 400, "{v}");
+
+    // Hardened mode: every metadata GET needs a token.
+    let path = fast_config("hardened", 300, 600);
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    v["metadata_require_token"] = true.into();
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    let hard = Emu::start(&["--config", path.to_str().unwrap()]);
+    assert_eq!(hard.meta(A, "instance-id").0, 401);
+    let (_, token) = hard.raw(
+        "PUT",
+        &format!("/instances/{A}/latest/api/token"),
+        &[("X-aliyun-ecs-metadata-token-ttl-seconds", "21600")],
+        b"",
+    );
+    let p = format!("/instances/{A}/latest/meta-data/instance-id");
+    assert_eq!(
+        hard.raw("GET", &p, &[("X-aliyun-ecs-metadata-token", &token)], b""),
+        (200, A.to_string())
+    );
 }

@@ -1,7 +1,18 @@
 //! `terway emulate`: a local Alibaba Cloud (ECS/VPC OpenAPI + instance metadata), strict enough
 //! that code passing against it works against the real service. Layers: `model*` (pure state),
-//! `api*` (actions, parameters, JSON), `http` (server, signatures, faults, admin), `metadata`,
-//! `topology` (network namespaces).
+//! `api*` and `params` (actions, parameters, JSON), `http` (server, signatures, faults, admin),
+//! `metadata` (pure answers), `topology` (network namespaces), `config` (region description).
+//!
+//! Endpoints on `--listen`:
+//! - `/` the RPC OpenAPI (ECS 2014-05-26 and VPC 2016-04-28 actions), V3 or V2 signed;
+//! - `/instances/<instance-id>/latest/...` the metadata service of one instance;
+//! - `/admin/model` (GET: the whole model as JSON), `/admin/calls` (GET: calls per action with
+//!   error codes; DELETE or `POST /admin/calls/reset`: zero them), `/admin/faults` (GET/PUT:
+//!   latency, rate limits, error rate, vSwitch free-address caps), `/admin/timing` (GET/PUT:
+//!   attach/detach delays and metadata lag), `/admin/health`.
+//!
+//! With `--netns`, inside the VPC: metadata at `100.100.100.200:80` (the instance is found by
+//! the source address) and the OpenAPI at `100.100.100.201:80`.
 
 pub mod api;
 pub mod api_vpc;
@@ -195,6 +206,7 @@ fn follow_model(
     rx: &std::sync::mpsc::Receiver<()>,
     stop: &std::sync::atomic::AtomicBool,
 ) {
+    let mut last_error = String::new();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let _ = rx.recv_timeout(std::time::Duration::from_millis(100));
         let want = {
@@ -202,8 +214,14 @@ fn follow_model(
             m.advance(http::now_ms());
             topology::Topology::desired(&m)
         };
-        if let Err(e) = t.sync(&want) {
-            log::warn!("topology: {e}");
+        match t.sync(&want) {
+            // Retried on the next tick; said once, not every 100 ms.
+            Err(e) if e.msg != last_error => {
+                eprintln!("terway emulate: topology: {e}");
+                last_error = e.msg;
+            }
+            Err(_) => {}
+            Ok(()) => last_error.clear(),
         }
     }
 }
