@@ -259,6 +259,22 @@ fn bad_requests_get_real_codes_and_never_kill_the_server() {
     assert_eq!(s, 400, "{b}");
     let (s, _) = emu.raw("GET", "/somewhere", &[], b"");
     assert_eq!(s, 404);
+    // Junk on the wire.
+    for junk in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nX: \xff\xfe\r\n\r\n",
+        b"\x00\x01\x02\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+    ] {
+        let mut s = std::net::TcpStream::connect(&emu.addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        std::io::Write::write_all(&mut s, junk).unwrap();
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut buf);
+    }
+    let (s, b) = emu.raw("GET", "/?Action=DescribeInstanceTypes&Version=2014-05-26&RegionId=cn-hangzhou&AccessKeyId=x&Signature=y&SignatureMethod=HMAC-SHA256&SignatureVersion=1.0&SignatureNonce=1&Timestamp=2020", &[], b"");
+    assert_eq!(s, 400, "{b}");
     // Clients that stall mid-body (more of them than acceptor threads) hang nobody else.
     let stalled: Vec<std::net::TcpStream> = (0..8)
         .map(|_| {
