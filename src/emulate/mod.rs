@@ -58,7 +58,7 @@ pub struct EmulateArgs {
     /// Name of the namespace acting as the VPC router (with --netns / --cleanup).
     #[arg(long, value_name = "NAME", default_value = "vpc")]
     pub vpc_netns: String,
-    /// HTTP worker threads per listener.
+    /// Acceptor threads per listener (each request then runs on its own thread).
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
 }

@@ -566,11 +566,19 @@ impl Model {
         Ok(())
     }
 
-    /// The instance owning an address (any live IPv4 of its ENIs), for metadata by source address.
+    /// The instance owning an address, for metadata by source address: any live IPv4 of its
+    /// ENIs, or an address of a route entry pointing at it (VPC-mode pods).
     pub fn instance_by_ip(&self, ip: Ipv4Addr) -> Option<&str> {
         self.enis
             .iter()
             .filter(|e| e.primary_ip == ip || e.live_secondary().any(|s| s == ip))
             .find_map(|e| e.instance_id.as_deref())
+            .or_else(|| {
+                self.routes
+                    .iter()
+                    .filter(|r| Cidr4::parse(&r.destination).is_some_and(|c| c.contains(ip)))
+                    .max_by_key(|r| Cidr4::parse(&r.destination).map_or(0, |c| c.prefix))
+                    .map(|r| r.next_hop_id.as_str())
+            })
     }
 }
