@@ -1,1 +1,2 @@
 //! Alibaba Cloud clients: signed OpenAPI and instance metadata.
+pub mod sign;

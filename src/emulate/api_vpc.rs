@@ -1,0 +1,210 @@
+//! Actions about the region itself: instance types, instances (ECS), vSwitches and route entries (VPC).
+
+use crate::emulate::api::{Page, eni_json};
+use crate::emulate::errors::{self, ApiError};
+use crate::emulate::model::{Model, Ms};
+use crate::emulate::params::{Params, decode_token, encode_token};
+use serde_json::{Value, json};
+
+pub fn dispatch(m: &mut Model, action: &str, p: &Params, now: Ms) -> Result<Value, ApiError> {
+    match action {
+        "DescribeInstanceTypes" => instance_types(m, p),
+        "DescribeInstances" => instances(m, p, now),
+        "DescribeVSwitches" => vswitches(m, p, now),
+        "CreateRouteEntry" => {
+            let table = p.req("RouteTableId")?;
+            let dest = p.req("DestinationCidrBlock")?;
+            let hop_type = p.opt("NextHopType").unwrap_or("Instance");
+            let hop = p.req("NextHopId")?;
+            let id = m.create_route(table, dest, hop_type, hop, now)?;
+            Ok(json!({"RouteEntryId": id}))
+        }
+        "DeleteRouteEntry" => {
+            let entry = p.opt("RouteEntryId");
+            let dest = p.opt("DestinationCidrBlock");
+            if entry.is_none() && dest.is_none() {
+                return Err(errors::missing("RouteEntryId"));
+            }
+            let table = match (p.opt("RouteTableId"), entry) {
+                (Some(t), _) => t.to_string(),
+                (None, Some(_)) => m.route_table_id.clone(),
+                (None, None) => return Err(errors::missing("RouteTableId")),
+            };
+            m.delete_route(&table, entry, dest, p.opt("NextHopId"), now)?;
+            Ok(json!({}))
+        }
+        "DescribeRouteEntryList" => routes(m, p, now),
+        _ => Err(errors::unknown_action()),
+    }
+}
+
+fn instance_types(m: &Model, p: &Params) -> Result<Value, ApiError> {
+    let wanted = p.list("InstanceTypes", 10)?;
+    let all: Vec<Value> = m
+        .instance_types
+        .iter()
+        .filter(|t| wanted.is_empty() || wanted.contains(&t.id))
+        .map(|t| {
+            let family = t.id.rsplit_once('.').map_or(t.id.as_str(), |(f, _)| f);
+            json!({
+                "InstanceTypeId": t.id,
+                "InstanceTypeFamily": family,
+                "CpuCoreCount": t.cpu,
+                "MemorySize": f64::from(t.memory_gib),
+                "EniQuantity": t.eni_quantity,
+                "EniPrivateIpAddressQuantity": t.eni_private_ip_address_quantity,
+                "EniIpv6AddressQuantity": t.eni_ipv6_address_quantity,
+                "EniTotalQuantity": t.eni_total_quantity,
+                "EniTrunkSupported": t.eni_trunk_supported,
+                "PrimaryEniQueueNumber": 1,
+                "SecondaryEniQueueNumber": 1,
+            })
+        })
+        .collect();
+    let page = Page::from_params(p, all.len(), 100, 1600)?;
+    Ok(json!({
+        "NextToken": page.next_token.clone().unwrap_or_default(),
+        "InstanceTypes": {"InstanceType": all[page.start..page.end]},
+    }))
+}
+
+fn instances(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
+    m.advance(now);
+    let ids: Vec<String> = match p.opt("InstanceIds") {
+        Some(s) => serde_json::from_str(s).map_err(|_| errors::invalid("InstanceIds"))?,
+        None => Vec::new(),
+    };
+    let list: Vec<Value> = m
+        .instances
+        .values()
+        .filter(|i| ids.is_empty() || ids.contains(&i.id))
+        .filter(|i| p.opt("ZoneId").is_none_or(|z| z == i.zone_id))
+        .map(|i| {
+            let enis: Vec<Value> = m
+                .enis
+                .iter()
+                .filter(|e| e.instance_id.as_deref() == Some(&i.id))
+                .map(|e| {
+                    let v = eni_json(m, e);
+                    json!({
+                        "NetworkInterfaceId": v["NetworkInterfaceId"],
+                        "MacAddress": v["MacAddress"],
+                        "PrimaryIpAddress": v["PrivateIpAddress"],
+                        "Type": v["Type"],
+                    })
+                })
+                .collect();
+            let primary = m
+                .eni(&i.primary_eni_id)
+                .map(|e| e.primary_ip.to_string())
+                .unwrap_or_default();
+            json!({
+                "InstanceId": i.id,
+                "InstanceType": i.instance_type,
+                "ZoneId": i.zone_id,
+                "RegionId": m.region_id,
+                "Status": i.status,
+                "InstanceNetworkType": "vpc",
+                "VpcAttributes": {
+                    "VpcId": m.vpc_id,
+                    "VSwitchId": i.vswitch_id,
+                    "PrivateIpAddress": {"IpAddress": [primary]},
+                },
+                "NetworkInterfaces": {"NetworkInterface": enis},
+            })
+        })
+        .collect();
+    let page = Page::from_params(p, list.len(), 10, 100)?;
+    let mut v = page.json();
+    v["Instances"] = json!({"Instance": list[page.start..page.end]});
+    Ok(v)
+}
+
+fn vswitches(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
+    m.advance(now);
+    if let Some(vpc) = p.opt("VpcId")
+        && vpc != m.vpc_id
+    {
+        return Err(ApiError::new(
+            404,
+            "InvalidVpcId.NotFound",
+            "The specified VPC does not exist.",
+        ));
+    }
+    let list: Vec<Value> = m
+        .vswitches
+        .values()
+        .filter(|v| p.opt("VSwitchId").is_none_or(|id| id == v.id))
+        .filter(|v| p.opt("ZoneId").is_none_or(|z| z == v.zone_id))
+        .map(|v| {
+            json!({
+                "VSwitchId": v.id,
+                "VpcId": m.vpc_id,
+                "Status": "Available",
+                "CidrBlock": v.cidr.to_string(),
+                "Ipv6CidrBlock": v.ipv6_cidr.map(|c| c.to_string()).unwrap_or_default(),
+                "ZoneId": v.zone_id,
+                "AvailableIpAddressCount": v.available(),
+                "Description": "",
+                "VSwitchName": v.id,
+                "IsDefault": false,
+                "ResourceGroupId": "",
+                "RouteTable": {"RouteTableId": m.route_table_id, "RouteTableType": "System"},
+                "Tags": {"Tag": []},
+            })
+        })
+        .collect();
+    let page = Page::from_params(p, list.len(), 10, 50)?;
+    let mut v = page.json();
+    v["VSwitches"] = json!({"VSwitch": list[page.start..page.end]});
+    Ok(v)
+}
+
+fn routes(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
+    let table = p.req("RouteTableId")?.to_string();
+    let kind = p.opt("RouteEntryType");
+    if kind.is_some_and(|k| !["System", "Custom", "BGP"].contains(&k)) {
+        return Err(errors::invalid("RouteEntryType"));
+    }
+    let dest = p.opt("DestinationCidrBlock");
+    let list: Vec<Value> = m
+        .list_routes(&table, now)?
+        .into_iter()
+        .filter(|r| kind.is_none_or(|k| k == r.kind))
+        .filter(|r| dest.is_none_or(|d| d == r.destination))
+        .map(|r| {
+            json!({
+                "RouteEntryId": r.id,
+                "RouteTableId": table,
+                "DestinationCidrBlock": r.destination,
+                "Type": r.kind,
+                "Status": "Available",
+                "IpVersion": "ipv4",
+                "RouteEntryName": "",
+                "Description": "",
+                "NextHops": {"NextHop": [{
+                    "NextHopType": r.next_hop_type,
+                    "NextHopId": r.next_hop_id,
+                    "Enabled": 1,
+                    "Weight": 0,
+                }]},
+            })
+        })
+        .collect();
+    // This action pages with the singular `MaxResult` (20..=100, default 50).
+    let size = p.num("MaxResult", 100)?.unwrap_or(50).max(1) as usize;
+    let start = match p.opt("NextToken") {
+        Some(t) => decode_token(t)?.min(list.len()),
+        None => 0,
+    };
+    let end = start.saturating_add(size).min(list.len());
+    let next = if end < list.len() {
+        encode_token(end)
+    } else {
+        String::new()
+    };
+    Ok(json!({
+        "NextToken": next,
+        "RouteEntrys": {"RouteEntry": list[start..end]},
+    }))
+}
