@@ -410,7 +410,7 @@ fn hup_reloads_the_config_without_touching_pods() {
     let pool = |node: &Node| -> serde_json::Value {
         serde_json::from_slice(&node.cli(&["pool", "--json"]).stdout).unwrap()
     };
-    let pid = nix::unistd::Pid::from_raw(node.daemon.as_ref().unwrap().id() as i32);
+    let pid = node.daemon.as_ref().unwrap().pid();
     // A CIDR that still holds the pod's address is taken, watermarks too.
     node.write_config(&json!({"daemon_mode": "VPC", "pod_cidr": "10.250.0.0/16",
         "max_pool_size": 9, "socket_path": node.socket(), "state_path": node.state_path()}));

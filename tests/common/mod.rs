@@ -9,6 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod cloud;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_terway");
 
 /// Root tests must run as root: fail loudly, never pass by skipping.
@@ -117,7 +119,7 @@ pub struct Node {
     pub dir: TempDir,
     pub node_ip: String,
     pub pod_cidr: String,
-    pub daemon: Option<Child>,
+    pub daemon: Option<DaemonProc>,
 }
 
 impl Node {
@@ -177,31 +179,12 @@ impl Node {
     /// Starts the daemon and waits until its socket answers.
     pub fn start_daemon(&mut self) {
         assert!(self.daemon.is_none(), "daemon already running");
-        let log = std::fs::File::create(self.dir.0.join("daemon.log")).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns.name, BIN, "daemon", "--config"])
-            .arg(self.config_path())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn daemon");
-        self.daemon = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = self.cli(&["pool"]);
-            if out.status.success() {
-                return;
-            }
-            if let Some(Ok(Some(status))) = self.daemon.as_mut().map(|c| c.try_wait()) {
-                panic!("daemon exited with {status}: {}", self.daemon_log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not come up within 10 s: {}",
-                self.daemon_log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.daemon = Some(DaemonProc::start(
+            &self.ns.name,
+            &self.config_path(),
+            &self.socket(),
+            &self.dir.0.join("daemon.log"),
+        ));
     }
 
     pub fn daemon_log(&self) -> String {
@@ -209,11 +192,7 @@ impl Node {
     }
 
     pub fn kill_daemon(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
-        let mut child = self.daemon.take().expect("daemon running");
-        // `ip netns exec` execs the daemon in place, so the child pid is the daemon's.
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, signal).unwrap();
-        child.wait().unwrap()
+        self.daemon.take().expect("daemon running").stop(signal)
     }
 
     /// Runs a CLI subcommand against this node's daemon.
@@ -241,12 +220,67 @@ impl Node {
     }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+/// A `terway daemon` running inside a namespace (via `ip netns exec`, which execs it in place,
+/// so the child's pid is the daemon's). Killed on drop.
+pub struct DaemonProc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl DaemonProc {
+    pub fn start(ns: &str, config: &Path, socket: &str, log: &Path) -> DaemonProc {
+        let log_file = std::fs::File::create(log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, BIN, "daemon", "--config"])
+            .arg(config)
+            .env("TERWAY_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn daemon");
+        let mut d = DaemonProc {
+            child,
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = Command::new(BIN)
+                .args(["pool", "--socket", socket])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return d;
+            }
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("daemon exited with {status}: {}", d.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not come up within 60 s: {}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn stop(mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        nix::sys::signal::kill(self.pid(), signal).unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -1,0 +1,239 @@
+//! An emulated region (`terway emulate --netns`) with unique instance ids per test, and ENI-mode
+//! nodes: a daemon per instance namespace using the config the emulator wrote for it.
+
+use super::*;
+use std::io::{BufRead, BufReader};
+
+/// Emulator settings a test may change before it starts.
+pub struct CloudSpec {
+    pub attach_ms: u64,
+    pub lag_ms: u64,
+    /// Extra per-node daemon config keys (watermarks, reclaim timing…).
+    pub node_extra: Value,
+    /// Edits to the region config (vSwitches, instance types, faults).
+    pub region: Box<dyn FnOnce(&mut Value)>,
+}
+
+impl Default for CloudSpec {
+    fn default() -> CloudSpec {
+        CloudSpec {
+            attach_ms: 300,
+            lag_ms: 300,
+            node_extra: serde_json::json!({}),
+            region: Box::new(|_| {}),
+        }
+    }
+}
+
+pub struct Cloud {
+    child: Child,
+    pub addr: String,
+    pub dir: TempDir,
+    pub instances: Vec<String>,
+    pub vswitches: Vec<String>,
+    agent: ureq::Agent,
+}
+
+impl Cloud {
+    pub fn start(spec: CloudSpec) -> Cloud {
+        require_root();
+        let out = Command::new(BIN)
+            .args(["emulate", "--print-config"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let mut region: Value = serde_json::from_slice(&out.stdout).unwrap();
+        // Namespaces are named after instance ids: make them unique per test run.
+        let tag = unique("x").replace('-', "");
+        let mut text = serde_json::to_string(&region).unwrap();
+        for (i, inst) in region["instances"].as_array().unwrap().iter().enumerate() {
+            let id = inst["id"].as_str().unwrap();
+            text = text.replace(id, &format!("i-tw{tag}{i}"));
+        }
+        region = serde_json::from_str(&text).unwrap();
+        region["timing"] = serde_json::json!({"attach_delay_ms": spec.attach_ms,
+            "detach_delay_ms": spec.attach_ms, "metadata_lag_ms": spec.lag_ms});
+        (spec.region)(&mut region);
+        let dir = TempDir::new("cloud");
+        let cfg = dir.0.join("region.json");
+        std::fs::write(&cfg, serde_json::to_vec_pretty(&region).unwrap()).unwrap();
+        let nodes = dir.0.join("nodes");
+        let mut child = Command::new(BIN)
+            .args(["emulate", "--netns", "--listen", "127.0.0.1:0"])
+            .args(["--vpc-netns", &format!("twvpc{tag}")])
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--node-configs")
+            .arg(&nodes)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.0.join("emulate.log")).unwrap())
+            .spawn()
+            .expect("spawn terway emulate");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = match lines.next() {
+            Some(Ok(l)) => l,
+            _ => panic!(
+                "emulator printed nothing: {}",
+                std::fs::read_to_string(dir.0.join("emulate.log")).unwrap_or_default()
+            ),
+        };
+        let addr = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected banner {first}"))
+            .to_string();
+        std::thread::spawn(move || for _ in lines {});
+        let instances: Vec<String> = region["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect();
+        let vswitches = region["vswitches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            wait_until(Duration::from_secs(20), || instances
+                .iter()
+                .all(|i| nodes.join(format!("{i}.json")).exists())),
+            "emulator wrote no node configs"
+        );
+        for i in &instances {
+            let p = nodes.join(format!("{i}.json"));
+            let mut v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            for (k, x) in spec.node_extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(20)))
+            .build()
+            .into();
+        Cloud {
+            child,
+            addr,
+            dir,
+            instances,
+            vswitches,
+            agent,
+        }
+    }
+
+    pub fn node_config(&self, i: usize) -> PathBuf {
+        self.dir.0.join("nodes").join(format!("{}.json", self.instances[i]))
+    }
+
+    /// Rewrites keys of node `i`'s daemon config.
+    pub fn edit_node_config(&self, i: usize, edit: impl FnOnce(&mut Value)) {
+        let p = self.node_config(i);
+        let mut v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    }
+
+    pub fn node(&self, i: usize) -> EniNode {
+        let v: Value = serde_json::from_slice(&std::fs::read(self.node_config(i)).unwrap()).unwrap();
+        EniNode {
+            ns: self.instances[i].clone(),
+            config: self.node_config(i),
+            socket: v["socket_path"].as_str().unwrap().to_string(),
+            state: PathBuf::from(v["state_path"].as_str().unwrap()),
+            log: self.dir.0.join(format!("daemon-{i}.log")),
+            daemon: None,
+        }
+    }
+
+    pub fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let url = format!("http://{}{path}", self.addr);
+        let resp = match (method, body) {
+            ("GET", _) => self.agent.get(&url).call(),
+            ("DELETE", _) => self.agent.delete(&url).call(),
+            ("PUT", Some(b)) => self.agent.put(&url).send(b.to_string().as_bytes()),
+            (_, b) => self
+                .agent
+                .post(&url)
+                .send(b.map(|b| b.to_string()).unwrap_or_default().as_bytes()),
+        };
+        let mut r = resp.unwrap_or_else(|e| panic!("admin {method} {path}: {e}"));
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("emulate.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        // TERM: the emulator removes every namespace and link it made.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// A node of the emulated region: the instance's namespace, its daemon, CNI calls inside it.
+pub struct EniNode {
+    pub ns: String,
+    pub config: PathBuf,
+    pub socket: String,
+    pub state: PathBuf,
+    pub log: PathBuf,
+    pub daemon: Option<DaemonProc>,
+}
+
+impl EniNode {
+    pub fn start_daemon(&mut self) {
+        assert!(self.daemon.is_none());
+        self.daemon = Some(DaemonProc::start(&self.ns, &self.config, &self.socket, &self.log));
+    }
+
+    pub fn stop_daemon(&mut self, sig: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        self.daemon.take().expect("daemon running").stop(sig)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn netconf(&self) -> Value {
+        serde_json::json!({"cniVersion": "1.0.0", "name": "terway", "type": "terway",
+            "daemon_socket": self.socket})
+    }
+
+    pub fn cni(&self, command: &str, container_id: &str, netns: &str) -> CniOutcome {
+        cni_in(&self.ns, command, container_id, netns, &self.netconf(), &[])
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--json", "--socket", &self.socket])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", &self.ns, BIN];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--socket", &self.socket]);
+        sh(&full)
+    }
+
+    pub fn pool(&self) -> Value {
+        self.cli_json(&["pool"])
+    }
+}
