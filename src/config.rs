@@ -1,1 +1,716 @@
-//! config
+//! Daemon configuration: the Terway `eni_conf` keys users already have, plus ours.
+//!
+//! Parsing collects *every* problem (with the key it concerns) instead of stopping at the first,
+//! so `terway config check` can show them all at once. `#` annotations as in the upstream docs
+//! are tolerated: they are stripped outside strings before the JSON is parsed.
+
+use crate::{Error, Kind, Result, ResultExt};
+use ipnetwork::Ipv4Network;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/terway/eni.json";
+pub const DEFAULT_SOCKET_PATH: &str = "/run/terway/terway.sock";
+pub const DEFAULT_STATE_PATH: &str = "/var/lib/terway/state.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Mode {
+    #[serde(rename = "VPC")]
+    Vpc,
+    #[serde(rename = "ENIMultiIP")]
+    EniMultiIp,
+    #[serde(rename = "ENIOnly")]
+    EniOnly,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Vpc => "VPC",
+            Mode::EniMultiIp => "ENIMultiIP",
+            Mode::EniOnly => "ENIOnly",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VSwitchPolicy {
+    Ordered,
+    Random,
+    Most,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EniPolicy {
+    MostIps,
+    LeastIps,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpStack {
+    Ipv4,
+    Dual,
+}
+
+/// A secret that never shows in Debug output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub version: Option<String>,
+    pub daemon_mode: Mode,
+    pub pod_cidr: Option<Ipv4Network>,
+    pub socket_path: PathBuf,
+    pub state_path: PathBuf,
+    pub max_pool_size: u32,
+    pub min_pool_size: u32,
+    pub vswitches: BTreeMap<String, Vec<String>>,
+    pub vswitch_selection_policy: VSwitchPolicy,
+    pub eni_selection_policy: EniPolicy,
+    pub security_groups: Vec<String>,
+    pub service_cidr: Option<Ipv4Network>,
+    pub eni_tags: BTreeMap<String, String>,
+    pub credential_path: Option<PathBuf>,
+    pub access_key: Option<String>,
+    pub access_secret: Option<Secret>,
+    pub max_eni: Option<u32>,
+    pub min_eni: Option<u32>,
+    pub ip_stack: IpStack,
+    pub idle_ip_reclaim_after: Option<Duration>,
+    pub idle_ip_reclaim_interval: Option<Duration>,
+    pub idle_ip_reclaim_batch_size: Option<u32>,
+    pub ip_pool_sync_period: Option<Duration>,
+    pub enable_eni_trunking: bool,
+    pub eniip_virtual_type: Option<String>,
+    pub region_id: Option<String>,
+    pub ecs_endpoint: Option<String>,
+    pub vpc_endpoint: Option<String>,
+    pub metadata_endpoint: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            version: None,
+            daemon_mode: Mode::EniMultiIp,
+            pod_cidr: None,
+            socket_path: PathBuf::from(DEFAULT_SOCKET_PATH),
+            state_path: PathBuf::from(DEFAULT_STATE_PATH),
+            max_pool_size: 5,
+            min_pool_size: 0,
+            vswitches: BTreeMap::new(),
+            vswitch_selection_policy: VSwitchPolicy::Ordered,
+            eni_selection_policy: EniPolicy::MostIps,
+            security_groups: Vec::new(),
+            service_cidr: None,
+            eni_tags: BTreeMap::new(),
+            credential_path: None,
+            access_key: None,
+            access_secret: None,
+            max_eni: None,
+            min_eni: None,
+            ip_stack: IpStack::Ipv4,
+            idle_ip_reclaim_after: None,
+            idle_ip_reclaim_interval: None,
+            idle_ip_reclaim_batch_size: None,
+            ip_pool_sync_period: None,
+            enable_eni_trunking: false,
+            eniip_virtual_type: None,
+            region_id: None,
+            ecs_endpoint: None,
+            vpc_endpoint: None,
+            metadata_endpoint: None,
+        }
+    }
+}
+
+/// One problem in a config file, tied to the key it concerns (empty key: the file as a whole).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub msg: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.msg)
+        } else {
+            write!(f, "key \"{}\": {}", self.key, self.msg)
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file. The error lists every problem with its key.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_ctx(|| format!("config {}", path.display()))?;
+        Config::parse(&text).map_err(|problems| {
+            let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            Error::new(
+                Kind::InvalidConfig,
+                format!("config {}: {}", path.display(), list.join("; ")),
+            )
+        })
+    }
+
+    /// Parses config text; on failure returns every problem found.
+    pub fn parse(text: &str) -> std::result::Result<Config, Vec<Problem>> {
+        let value: Value = serde_json::from_str(&strip_hash_comments(text)).map_err(|e| {
+            vec![Problem {
+                key: String::new(),
+                msg: format!("not valid JSON: {e}"),
+            }]
+        })?;
+        let Value::Object(map) = value else {
+            return Err(vec![Problem {
+                key: String::new(),
+                msg: "must be a JSON object".into(),
+            }]);
+        };
+        let mut p = Parser {
+            map: &map,
+            problems: Vec::new(),
+        };
+        let mut c = Config::default();
+        p.check_unknown_keys();
+        if let Some(v) = p.string("version") {
+            c.version = Some(v);
+        }
+        if let Some(v) = p.string("daemon_mode") {
+            match v.as_str() {
+                "VPC" => c.daemon_mode = Mode::Vpc,
+                "ENIMultiIP" => c.daemon_mode = Mode::EniMultiIp,
+                "ENIOnly" => c.daemon_mode = Mode::EniOnly,
+                other => p.problem(
+                    "daemon_mode",
+                    format!("unknown mode \"{other}\" (expected VPC, ENIMultiIP or ENIOnly)"),
+                ),
+            }
+        }
+        c.pod_cidr = p.cidr("pod_cidr");
+        c.service_cidr = p.cidr("service_cidr");
+        if let Some(v) = p.path("socket_path") {
+            c.socket_path = v;
+        }
+        if let Some(v) = p.path("state_path") {
+            c.state_path = v;
+        }
+        if let Some(v) = p.uint("max_pool_size") {
+            c.max_pool_size = v;
+        }
+        if let Some(v) = p.uint("min_pool_size") {
+            c.min_pool_size = v;
+        }
+        if let Some(v) = p.vswitches() {
+            c.vswitches = v;
+        }
+        if let Some(v) = p.string("vswitch_selection_policy") {
+            c.vswitch_selection_policy = match v.as_str() {
+                "ordered" => VSwitchPolicy::Ordered,
+                "random" => VSwitchPolicy::Random,
+                "most" => VSwitchPolicy::Most,
+                other => {
+                    p.problem(
+                        "vswitch_selection_policy",
+                        format!("unknown policy \"{other}\" (expected ordered, random or most)"),
+                    );
+                    VSwitchPolicy::Ordered
+                }
+            };
+        }
+        if let Some(v) = p.string("eni_selection_policy") {
+            c.eni_selection_policy = match v.as_str() {
+                "most_ips" => EniPolicy::MostIps,
+                "least_ips" => EniPolicy::LeastIps,
+                other => {
+                    p.problem(
+                        "eni_selection_policy",
+                        format!("unknown policy \"{other}\" (expected most_ips or least_ips)"),
+                    );
+                    EniPolicy::MostIps
+                }
+            };
+        }
+        if let Some(v) = p.string("security_group") {
+            c.security_groups.push(v);
+        }
+        if let Some(v) = p.string_list("security_groups") {
+            for sg in v {
+                if !c.security_groups.contains(&sg) {
+                    c.security_groups.push(sg);
+                }
+            }
+        }
+        if let Some(v) = p.string_map("eni_tags") {
+            c.eni_tags = v;
+        }
+        c.credential_path = p.path("credential_path");
+        c.access_key = p.string("access_key");
+        c.access_secret = p.string("access_secret").map(Secret);
+        c.max_eni = p.uint("max_eni");
+        c.min_eni = p.uint("min_eni");
+        if let Some(v) = p.string("ip_stack") {
+            c.ip_stack = match v.as_str() {
+                "ipv4" => IpStack::Ipv4,
+                "dual" => IpStack::Dual,
+                other => {
+                    p.problem(
+                        "ip_stack",
+                        format!("unknown ip_stack \"{other}\" (expected ipv4 or dual)"),
+                    );
+                    IpStack::Ipv4
+                }
+            };
+        }
+        c.idle_ip_reclaim_after = p.duration("idle_ip_reclaim_after");
+        c.idle_ip_reclaim_interval = p.duration("idle_ip_reclaim_interval");
+        c.idle_ip_reclaim_batch_size = p.uint("idle_ip_reclaim_batch_size");
+        c.ip_pool_sync_period = p.duration("ip_pool_sync_period");
+        c.enable_eni_trunking = p.bool("enable_eni_trunking").unwrap_or(false);
+        c.eniip_virtual_type = p.string("eniip_virtual_type");
+        c.region_id = p.string("region_id");
+        c.ecs_endpoint = p.string("ecs_endpoint");
+        c.vpc_endpoint = p.string("vpc_endpoint");
+        c.metadata_endpoint = p.string("metadata_endpoint");
+        let mut problems = p.problems;
+        // A key that failed to parse already has its problem; "required" would only repeat it.
+        let semantic: Vec<Problem> = c
+            .semantic_problems()
+            .into_iter()
+            .filter(|sp| !problems.iter().any(|q| q.key == sp.key))
+            .collect();
+        problems.extend(semantic);
+        if problems.is_empty() {
+            Ok(c)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Cross-key rules that only make sense once every key parsed.
+    fn semantic_problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut problem = |key: &str, msg: String| {
+            out.push(Problem {
+                key: key.into(),
+                msg,
+            })
+        };
+        if self.min_pool_size > self.max_pool_size {
+            problem(
+                "min_pool_size",
+                format!(
+                    "{} is above max_pool_size {}",
+                    self.min_pool_size, self.max_pool_size
+                ),
+            );
+        }
+        if let (Some(min), Some(max)) = (self.min_eni, self.max_eni)
+            && min > max
+        {
+            problem("min_eni", format!("{min} is above max_eni {max}"));
+        }
+        if self.access_key.is_some() != self.access_secret.is_some() {
+            problem(
+                "access_key",
+                "access_key and access_secret must be given together".into(),
+            );
+        }
+        match (self.daemon_mode, self.pod_cidr) {
+            (Mode::Vpc, None) => problem(
+                "pod_cidr",
+                "required in VPC mode (the node's pod CIDR, e.g. \"10.244.1.0/24\")".into(),
+            ),
+            (Mode::Vpc, Some(c)) if c.prefix() > 30 => problem(
+                "pod_cidr",
+                format!("{c} is too small: a pod CIDR needs at least a /30"),
+            ),
+            (Mode::Vpc, Some(c)) if c.network() != c.ip() => problem(
+                "pod_cidr",
+                format!(
+                    "{c} has host bits set (did you mean {}/{}?)",
+                    c.network(),
+                    c.prefix()
+                ),
+            ),
+            _ => {}
+        }
+        out
+    }
+}
+
+const KNOWN_KEYS: &[&str] = &[
+    "version",
+    "daemon_mode",
+    "pod_cidr",
+    "socket_path",
+    "state_path",
+    "max_pool_size",
+    "min_pool_size",
+    "vswitches",
+    "vswitch_selection_policy",
+    "eni_selection_policy",
+    "security_group",
+    "security_groups",
+    "service_cidr",
+    "eni_tags",
+    "credential_path",
+    "access_key",
+    "access_secret",
+    "max_eni",
+    "min_eni",
+    "ip_stack",
+    "idle_ip_reclaim_after",
+    "idle_ip_reclaim_interval",
+    "idle_ip_reclaim_batch_size",
+    "ip_pool_sync_period",
+    "enable_eni_trunking",
+    "eniip_virtual_type",
+    "region_id",
+    "ecs_endpoint",
+    "vpc_endpoint",
+    "metadata_endpoint",
+];
+
+/// Typed accessors that record a problem instead of failing.
+struct Parser<'a> {
+    map: &'a Map<String, Value>,
+    problems: Vec<Problem>,
+}
+
+impl Parser<'_> {
+    fn problem(&mut self, key: &str, msg: String) {
+        self.problems.push(Problem {
+            key: key.into(),
+            msg,
+        });
+    }
+
+    fn check_unknown_keys(&mut self) {
+        let unknown: Vec<String> = self
+            .map
+            .keys()
+            .filter(|k| !KNOWN_KEYS.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        for k in unknown {
+            let hint = KNOWN_KEYS
+                .iter()
+                .map(|known| (edit_distance(&k, known), known))
+                .filter(|(d, _)| *d <= 2)
+                .min()
+                .map(|(_, known)| format!(" (did you mean \"{known}\"?)"))
+                .unwrap_or_default();
+            self.problem(&k, format!("unknown key{hint}"));
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn string(&mut self, key: &str) -> Option<String> {
+        match self.get(key)? {
+            Value::String(s) => Some(s.clone()),
+            other => {
+                let msg = format!("expected a string, got {other}");
+                self.problem(key, msg);
+                None
+            }
+        }
+    }
+
+    fn path(&mut self, key: &str) -> Option<PathBuf> {
+        let s = self.string(key)?;
+        if s.is_empty() {
+            self.problem(key, "must not be empty".into());
+            return None;
+        }
+        Some(PathBuf::from(s))
+    }
+
+    fn bool(&mut self, key: &str) -> Option<bool> {
+        match self.get(key)? {
+            Value::Bool(b) => Some(*b),
+            Value::String(s) if s == "true" || s == "false" => Some(s == "true"),
+            other => {
+                let msg = format!("expected true or false, got {other}");
+                self.problem(key, msg);
+                None
+            }
+        }
+    }
+
+    /// Upstream configs carry numbers both as JSON numbers and as strings.
+    fn uint(&mut self, key: &str) -> Option<u32> {
+        let v = self.get(key)?;
+        let parsed = match v {
+            Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+            Value::String(s) => s.trim().parse::<u32>().ok(),
+            _ => None,
+        };
+        if parsed.is_none() {
+            let msg = format!("expected a non-negative whole number, got {v}");
+            self.problem(key, msg);
+        }
+        parsed
+    }
+
+    fn duration(&mut self, key: &str) -> Option<Duration> {
+        let s = self.string(key)?;
+        match parse_duration(&s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(key, e);
+                None
+            }
+        }
+    }
+
+    fn cidr(&mut self, key: &str) -> Option<Ipv4Network> {
+        let s = self.string(key)?;
+        match s.parse::<Ipv4Network>() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.problem(key, format!("invalid IPv4 CIDR \"{s}\": {e}"));
+                None
+            }
+        }
+    }
+
+    fn string_list(&mut self, key: &str) -> Option<Vec<String>> {
+        let v = self.get(key)?.clone();
+        let items = match &v {
+            Value::Array(a) => a.iter().map(|x| x.as_str().map(String::from)).collect(),
+            _ => None,
+        };
+        if items.is_none() {
+            self.problem(key, format!("expected a list of strings, got {v}"));
+        }
+        items
+    }
+
+    fn string_map(&mut self, key: &str) -> Option<BTreeMap<String, String>> {
+        let v = self.get(key)?.clone();
+        let items = match &v {
+            Value::Object(m) => m
+                .iter()
+                .map(|(k, x)| x.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect(),
+            _ => None,
+        };
+        if items.is_none() {
+            self.problem(key, format!("expected an object of strings, got {v}"));
+        }
+        items
+    }
+
+    fn vswitches(&mut self) -> Option<BTreeMap<String, Vec<String>>> {
+        let v = self.get("vswitches")?.clone();
+        let items: Option<BTreeMap<String, Vec<String>>> = match &v {
+            Value::Object(m) => m
+                .iter()
+                .map(|(zone, ids)| {
+                    let ids = ids.as_array()?;
+                    let ids: Option<Vec<String>> =
+                        ids.iter().map(|x| x.as_str().map(String::from)).collect();
+                    Some((zone.clone(), ids?))
+                })
+                .collect(),
+            _ => None,
+        };
+        match items {
+            None => self.problem(
+                "vswitches",
+                format!("expected {{\"<zone>\": [\"vsw-…\", …]}}, got {v}"),
+            ),
+            Some(ref m) => {
+                for id in m.values().flatten() {
+                    if !id.starts_with("vsw-") {
+                        self.problem(
+                            "vswitches",
+                            format!("\"{id}\" is not a vSwitch id (they start with vsw-)"),
+                        );
+                    }
+                }
+            }
+        }
+        items
+    }
+}
+
+/// Levenshtein distance, for "did you mean" hints on misspelt keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Parses Go-style durations as upstream configs use them: "30s", "5m", "1h30m", "500ms".
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let bad = || format!("invalid duration \"{s}\" (examples: 30s, 5m, 1h30m)");
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(bad)?;
+        let n: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let secs = match &rest[..unit_len] {
+            "ms" => n / 1000.0,
+            "s" => n,
+            "m" => n * 60.0,
+            "h" => n * 3600.0,
+            _ => return Err(bad()),
+        };
+        total += Duration::from_secs_f64(secs);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// Removes `# …` annotations (outside strings) so configs copied from the docs still parse.
+fn strip_hash_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let mut in_str = false;
+        let mut escaped = false;
+        let mut cut = line.len();
+        for (i, ch) in line.char_indices() {
+            match ch {
+                _ if escaped => escaped = false,
+                '\\' if in_str => escaped = true,
+                '"' => in_str = !in_str,
+                '#' if !in_str => {
+                    cut = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        out.push_str(&line[..cut]);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_config_with_annotations_parses() {
+        let text = r#"{
+"version": "1", # 版本
+"max_pool_size": 80, # 资源池最大水位
+"min_pool_size": 20, # 资源池最小水位
+"credential_path": "/var/addon/token-config",
+"vswitches": {"cn-shanghai-f":["vsw-AAA", "vsw-BBB"]}, # 关联的虚拟交换机
+"eni_tags": {"ack.aliyun.com":"xxxxxxxxx"},
+"service_cidr": "172.16.0.0/16", # 服务CIDR
+"security_group": "sg-xxxxxxx", # 安全组ID
+"vswitch_selection_policy": "ordered"
+}"#;
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.max_pool_size, 80);
+        assert_eq!(c.min_pool_size, 20);
+        assert_eq!(c.vswitches["cn-shanghai-f"], vec!["vsw-AAA", "vsw-BBB"]);
+        assert_eq!(c.security_groups, vec!["sg-xxxxxxx"]);
+        assert_eq!(c.daemon_mode, Mode::EniMultiIp);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = r#"{"daemon_mode":"VPC","pod_cidr":"10.0.0.0/33","max_pool_size":"lots",
+            "vswitches":{"z":["sw-1"]},"colour":"blue","idle_ip_reclaim_after":"5 minutes"}"#;
+        let problems = Config::parse(text).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "colour",
+            "pod_cidr",
+            "max_pool_size",
+            "vswitches",
+            "idle_ip_reclaim_after",
+        ] {
+            assert!(keys.contains(&k), "{k} missing from {problems:?}");
+        }
+    }
+
+    #[test]
+    fn vpc_mode_needs_a_usable_pod_cidr() {
+        let p = Config::parse(r#"{"daemon_mode":"VPC"}"#).unwrap_err();
+        assert_eq!(p[0].key, "pod_cidr");
+        let p = Config::parse(r#"{"daemon_mode":"VPC","pod_cidr":"10.1.2.3/24"}"#).unwrap_err();
+        assert!(p[0].msg.contains("10.1.2.0/24"), "{p:?}");
+        let c = Config::parse(r#"{"daemon_mode":"VPC","pod_cidr":"10.1.2.0/24"}"#).unwrap();
+        assert_eq!(c.pod_cidr.unwrap().prefix(), 24);
+    }
+
+    #[test]
+    fn hash_inside_strings_is_kept() {
+        let c = Config::parse(r##"{"eni_tags":{"k":"a#b"}} # trailing"##).unwrap();
+        assert_eq!(c.eni_tags["k"], "a#b");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let c = Config::parse(r#"{"access_key":"AK","access_secret":"very-secret"}"#).unwrap();
+        assert!(!format!("{c:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn misspelt_keys_get_a_hint() {
+        let p = Config::parse(r#"{"vswitchs":{}}"#).unwrap_err();
+        assert_eq!(p[0].msg, "unknown key (did you mean \"vswitches\"?)");
+        let p = Config::parse(r#"{"colour":1}"#).unwrap_err();
+        assert_eq!(p[0].msg, "unknown key");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn malformed_json_is_one_clear_problem() {
+        let p = Config::parse("{ not json").unwrap_err();
+        assert!(p[0].msg.starts_with("not valid JSON"), "{p:?}");
+    }
+}

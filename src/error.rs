@@ -23,6 +23,8 @@ pub enum Kind {
     InvalidConfig,
     /// CNI 11: transient, the runtime should retry later (daemon down, pool still filling).
     TryAgain,
+    /// CNI 50 (STATUS only): the plugin cannot serve ADD now.
+    NotAvailable,
     /// 100: a bug or an unexpected state.
     Internal,
     /// 101: a network namespace is missing or is not a namespace.
@@ -51,6 +53,7 @@ impl Kind {
             Kind::Decode => 6,
             Kind::InvalidConfig => 7,
             Kind::TryAgain => 11,
+            Kind::NotAvailable => 50,
             Kind::Internal => 100,
             Kind::Netns => 101,
             Kind::Datapath => 102,

@@ -1,1 +1,129 @@
-//! netns
+//! Network namespace handles. A [`NetNs`] is a validated, open namespace file; work inside it is
+//! done on a short-lived thread that `setns`es, so no long-lived thread ever sits in a foreign
+//! namespace.
+
+use crate::err;
+use crate::error::{Kind, Result};
+use nix::sched::CloneFlags;
+use nix::sys::statfs::{NSFS_MAGIC, PROC_SUPER_MAGIC, fstatfs};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+/// `NS_GET_NSTYPE` from `<linux/nsfs.h>`: `_IO(0xb7, 0x3)`.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// An open network namespace file (`/proc/<pid>/ns/net`, `/var/run/netns/<name>`, ...).
+#[derive(Debug)]
+pub struct NetNs {
+    path: PathBuf,
+    file: File,
+}
+
+impl NetNs {
+    /// Opens `path` and checks it really is a network namespace.
+    pub fn open(path: &Path) -> Result<NetNs> {
+        let shown = path.display();
+        let file = File::open(path).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => err!(Kind::Netns, "netns {shown} does not exist"),
+            _ => err!(Kind::Netns, "open netns {shown}: {e}"),
+        })?;
+        let fs = fstatfs(&file).map_err(|e| err!(Kind::Netns, "statfs netns {shown}: {e}"))?;
+        let fs_type = fs.filesystem_type();
+        if fs_type != NSFS_MAGIC && fs_type != PROC_SUPER_MAGIC {
+            return Err(err!(
+                Kind::Netns,
+                "{shown} is not a network namespace (not an nsfs or proc file)"
+            ));
+        }
+        // nsfs also holds mount, pid, ... namespaces: ask the kernel which type this one is.
+        // SAFETY: the fd is open for the duration of the call; the ioctl takes no argument.
+        let ty = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+        if ty < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(err!(
+                Kind::Netns,
+                "{shown} is not a network namespace (NS_GET_NSTYPE: {e})"
+            ));
+        }
+        if ty != libc::CLONE_NEWNET {
+            return Err(err!(
+                Kind::Netns,
+                "{shown} is not a network namespace (it is a namespace of another type)"
+            ));
+        }
+        Ok(NetNs {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// The namespace of the calling thread (`/proc/thread-self/ns/net`).
+    pub fn current() -> Result<NetNs> {
+        NetNs::open(Path::new("/proc/thread-self/ns/net"))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open namespace file, e.g. for `IFLA_NET_NS_FD`.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// Runs `f` on a fresh thread that has joined this namespace. The thread ends with `f`, so
+    /// the namespace switch never leaks into other work.
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let fd = self.file.as_fd();
+        let path = &self.path;
+        std::thread::scope(|s| {
+            let handle = std::thread::Builder::new()
+                .name("netns".into())
+                .spawn_scoped(s, move || {
+                    nix::sched::setns(fd, CloneFlags::CLONE_NEWNET).map_err(|e| {
+                        err!(Kind::Netns, "setns into {}: {}", path.display(), e.desc())
+                    })?;
+                    f()
+                })
+                .map_err(|e| err!(Kind::Internal, "spawn netns thread: {e}"))?;
+            handle.join().map_err(|_| {
+                err!(
+                    Kind::Internal,
+                    "thread working in netns {} panicked",
+                    path.display()
+                )
+            })?
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_path_is_named() {
+        let e = NetNs::open(Path::new("/nonexistent/netns/x")).unwrap_err();
+        assert_eq!(e.kind, Kind::Netns);
+        assert!(e.msg.contains("/nonexistent/netns/x"), "{}", e.msg);
+        assert!(e.msg.contains("does not exist"), "{}", e.msg);
+    }
+
+    #[test]
+    fn regular_file_is_rejected() {
+        let e = NetNs::open(Path::new("/proc/self/status")).unwrap_err();
+        assert_eq!(e.kind, Kind::Netns);
+        assert!(e.msg.contains("is not a network namespace"), "{}", e.msg);
+    }
+
+    #[test]
+    fn other_namespace_type_is_rejected() {
+        let e = NetNs::open(Path::new("/proc/self/ns/uts")).unwrap_err();
+        assert_eq!(e.kind, Kind::Netns);
+        assert!(e.msg.contains("another type"), "{}", e.msg);
+    }
+}

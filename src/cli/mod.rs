@@ -1,13 +1,26 @@
 //! Command line: subcommands of `terway` (also reached as `terwayd` and `terway-cli`).
 
-use clap::{Parser, Subcommand};
+pub mod max_pods;
+pub mod table;
+
+use crate::config::{Config, DEFAULT_SOCKET_PATH};
+use crate::rpc::client::call;
+use crate::rpc::{MappingRow, PoolView, Reply, Request};
+use crate::{Error, Kind, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "terway",
     version,
-    about = "VPC-native container networking for Alibaba Cloud ECS nodes"
+    about = "VPC-native container networking for Alibaba Cloud ECS nodes",
+    long_about = "VPC-native container networking for Alibaba Cloud ECS nodes.\n\n\
+        One binary, many roles: exec'd by a container runtime with CNI_COMMAND set it is the CNI \
+        plugin; `terway daemon` (or argv[0] terwayd) is the node daemon; the other subcommands \
+        are the operator CLI (argv[0] terway-cli works too)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -16,26 +29,217 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the node daemon: address pool, state file and the RPC socket the CNI plugin uses.
+    Daemon(crate::daemon::DaemonArgs),
+    /// Show which pod holds which address (Status | Pod Name | Res ID | Factory Res ID).
+    /// Exits non-zero when the daemon and the cloud disagree about any address.
+    Mapping(ClientArgs),
+    /// Show the address pool: mode, CIDR or ENIs, in use / idle / capacity, watermarks.
+    Pool(ClientArgs),
+    /// Compute the maximum pods per node for an instance type, per network mode.
+    MaxPods(MaxPodsArgs),
+    /// Work with daemon config files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Run a local Alibaba Cloud (ECS/VPC OpenAPI and instance metadata) for tests and demos.
     Emulate(crate::emulate::EmulateArgs),
     /// Print the version.
     Version,
 }
 
-pub fn main(_argv0: &str, args: Vec<std::ffi::OsString>) -> ExitCode {
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The daemon's RPC socket.
+    #[arg(long, env = "TERWAY_SOCKET", default_value = DEFAULT_SOCKET_PATH)]
+    pub socket: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MaxPodsArgs {
+    /// ENIs the instance type supports (EniQuantity), the primary ENI included.
+    #[arg(long)]
+    pub eni_quantity: u32,
+    /// Private IPs per ENI (EniPrivateIpAddressQuantity).
+    #[arg(long)]
+    pub eni_ips: u32,
+    /// All network interfaces including trunk members (EniTotalQuantity).
+    #[arg(long)]
+    pub eni_total: Option<u32>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a daemon config file and print every problem with the key it concerns.
+    Check {
+        /// The config file, e.g. /etc/terway/eni.json.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn main(argv0: &str, mut args: Vec<std::ffi::OsString>) -> ExitCode {
+    if argv0 == "terwayd" {
+        args.insert(1, "daemon".into());
+    }
     let cli = Cli::parse_from(args);
+    if matches!(cli.command, Command::Daemon(_) | Command::Emulate(_)) {
+        init_logging();
+    }
     let result = match cli.command {
-        Command::Emulate(a) => crate::emulate::run(a),
+        Command::Daemon(a) => crate::daemon::run(a).map(|_| ExitCode::SUCCESS),
+        Command::Mapping(a) => mapping(&a),
+        Command::Pool(a) => pool(&a),
+        Command::MaxPods(a) => print_max_pods(&a),
+        Command::Config(ConfigCommand::Check { file, json }) => config_check(&file, json),
+        Command::Emulate(a) => crate::emulate::run(a).map(|_| ExitCode::SUCCESS),
         Command::Version => {
             println!("terway {}", crate::VERSION);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("terway: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().filter_or("TERWAY_LOG", "info"))
+        .format_timestamp_millis()
+        .init();
+}
+
+const CLI_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn ask(socket: &std::path::Path, req: Request) -> Result<Reply> {
+    call(socket, &req, CLI_TIMEOUT).map_err(Error::from)
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    let s = serde_json::to_string_pretty(v)
+        .map_err(|e| Error::new(Kind::Internal, format!("encode JSON: {e}")))?;
+    println!("{s}");
+    Ok(())
+}
+
+fn mapping(a: &ClientArgs) -> Result<ExitCode> {
+    let Reply::Mapping(rows) = ask(&a.socket, Request::Mapping)? else {
+        return Err(Error::new(Kind::Internal, "unexpected reply to mapping"));
+    };
+    if a.json {
+        print_json(&rows)?;
+    } else {
+        print!("{}", render_mapping(&rows));
+    }
+    let bad = rows
+        .iter()
+        .filter(|r| r.status != "Normal" && r.status != "Idle")
+        .count();
+    if bad > 0 {
+        eprintln!("terway: {bad} address(es) where the daemon and the cloud disagree");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn render_mapping(rows: &[MappingRow]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.status.clone(),
+                r.pod.clone(),
+                r.res_id.clone(),
+                r.factory_res_id.clone(),
+            ]
+        })
+        .collect();
+    table::render(&["Status", "Pod Name", "Res ID", "Factory Res ID"], &cells)
+}
+
+fn pool(a: &ClientArgs) -> Result<ExitCode> {
+    let Reply::Pool(view) = ask(&a.socket, Request::Pool)? else {
+        return Err(Error::new(Kind::Internal, "unexpected reply to pool"));
+    };
+    if a.json {
+        print_json(&view)?;
+    } else {
+        print!("{}", render_pool(&view));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn render_pool(v: &PoolView) -> String {
+    let mut out = format!("mode:       {}\n", v.mode);
+    if let Some(c) = &v.pod_cidr {
+        out.push_str(&format!("pod CIDR:   {c}\n"));
+    }
+    out.push_str(&format!(
+        "in use:     {}\nidle:       {}\ncapacity:   {}\nwatermarks: min_pool_size {}, max_pool_size {}\n",
+        v.in_use, v.idle, v.capacity, v.min_pool_size, v.max_pool_size
+    ));
+    out
+}
+
+fn print_max_pods(a: &MaxPodsArgs) -> Result<ExitCode> {
+    let m = max_pods::max_pods(a.eni_quantity, a.eni_ips, a.eni_total);
+    if a.json {
+        print_json(&m)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows = vec![
+        vec!["shared ENI (ENIMultiIP)".to_string(), m.shared.to_string()],
+        vec![
+            "exclusive ENI (ENIOnly)".to_string(),
+            m.exclusive.to_string(),
+        ],
+    ];
+    rows.push(vec![
+        "trunk member ENIs".to_string(),
+        m.trunk
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "(give --eni-total)".into()),
+    ]);
+    print!("{}", table::render(&["Mode", "Max Pods"], &rows));
+    for n in &m.notes {
+        println!("note: {n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn config_check(file: &std::path::Path, json: bool) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Error::io(format!("config {}", file.display()), e))?;
+    let problems = Config::parse(&text).err().unwrap_or_default();
+    if json {
+        let list: Vec<serde_json::Value> = problems
+            .iter()
+            .map(|p| serde_json::json!({"key": p.key, "problem": p.msg}))
+            .collect();
+        print_json(
+            &serde_json::json!({"file": file, "ok": problems.is_empty(), "problems": list}),
+        )?;
+    } else if problems.is_empty() {
+        println!("{}: ok", file.display());
+    } else {
+        for p in &problems {
+            println!("{}: {p}", file.display());
+        }
+    }
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -1,4 +1,310 @@
-//! CNI commands.
+//! The CNI commands: ADD, DEL, CHECK, VERSION, GC, STATUS.
+//!
+//! The plugin asks the daemon for an address, wires the pod, and prints the result. It never
+//! exits with anything but 0 or 1; on failure the CNI error object on stdout carries the code.
+
+use super::conf::{NetConf, version_at_least};
+use super::env::{Command, Env};
+use super::result::{AddResult, error_json, version_json};
+use crate::datapath::{self, POD_GATEWAY, veth};
+use crate::netlink::format_mac;
+use crate::netns::NetNs;
+use crate::rpc::client::{CallError, call};
+use crate::rpc::{Allocation, Reply, Request};
+use crate::{Error, Kind, Result};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+/// ADD may wait while the daemon grows the pool (bounded there at 60 s by default).
+const ALLOC_TIMEOUT: Duration = Duration::from_secs(75);
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Entry point when a runtime execs us; returns the process exit status (0 or 1).
 pub fn main() -> u8 {
+    std::panic::set_hook(Box::new(|info| {
+        // A panic is a bug; the runtime still gets a well-formed error.
+        let e = Error::new(Kind::Internal, format!("terway plugin bug: {info}"));
+        println!("{}", error_json(None, &e));
+    }));
+    let mut stdin = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
+        return fail(None, &Error::io("read network config from stdin", e));
+    }
+    let (version, outcome) = run(Env::from_process(), &stdin);
+    match outcome {
+        Ok(Some(out)) => {
+            let mut o = std::io::stdout().lock();
+            let _ = writeln!(o, "{out}");
+            0
+        }
+        Ok(None) => 0,
+        Err(e) => fail(version.as_deref(), &e),
+    }
+}
+
+fn fail(version: Option<&str>, e: &Error) -> u8 {
+    println!("{}", error_json(version, e));
     1
+}
+
+/// Runs one command; returns the negotiated version (for the error object) and the output.
+fn run(env: Result<Env>, stdin: &[u8]) -> (Option<String>, Result<Option<Value>>) {
+    let env = match env {
+        Ok(e) => e,
+        Err(e) => return (None, Err(e)),
+    };
+    if env.command == Command::Version {
+        return (None, Ok(Some(version_json())));
+    }
+    let conf = match NetConf::parse(stdin) {
+        Ok(c) => c,
+        Err(e) => return (None, Err(e)),
+    };
+    let version = Some(conf.cni_version.clone());
+    let out = match env.command {
+        Command::Add => add(&env, &conf).map(Some),
+        Command::Del => del(&env, &conf).map(|_| None),
+        Command::Check => check(&env, &conf).map(|_| None),
+        Command::Gc => gc(&conf).map(|_| None),
+        Command::Status => status(&conf).map(|_| None),
+        Command::Version => Ok(Some(version_json())),
+    };
+    (version, out)
+}
+
+fn open_netns(path: &str) -> Result<NetNs> {
+    NetNs::open(Path::new(path))
+        .map_err(|e| Error::new(Kind::InvalidEnv, format!("CNI_NETNS {}", e.msg)))
+}
+
+fn add(env: &Env, conf: &NetConf) -> Result<Value> {
+    // Validate the namespace before taking an address for it.
+    let netns = open_netns(&env.netns)?;
+    let reply = call(
+        &conf.daemon_socket,
+        &Request::Alloc {
+            key: env.key(),
+            network: conf.name.clone(),
+            pod: env.pod(),
+            netns: env.netns.clone(),
+        },
+        ALLOC_TIMEOUT,
+    )?;
+    let Reply::Allocated(alloc) = reply else {
+        return Err(unexpected(&reply));
+    };
+    let host_ifname = datapath::host_veth_name(&env.container_id, &env.ifname);
+    let spec = veth::VethSpec {
+        netns: &netns,
+        ifname: &env.ifname,
+        host_ifname: &host_ifname,
+        ip: alloc.ipv4,
+        mtu: conf.mtu,
+    };
+    let info = match veth::setup(&spec) {
+        Ok(i) => i,
+        Err(e) => {
+            // Roll back: the address goes back to the daemon, the error to the runtime.
+            let _ = call(
+                &conf.daemon_socket,
+                &Request::Release { key: env.key() },
+                CALL_TIMEOUT,
+            );
+            return Err(e.context(format!("set up pod {} ({})", env.pod(), env.key())));
+        }
+    };
+    Ok(AddResult {
+        host_ifname: info.host_ifname,
+        host_mac: format_mac(&info.host_mac),
+        pod_ifname: env.ifname.clone(),
+        pod_mac: format_mac(&info.pod_mac),
+        mtu: info.mtu,
+        sandbox: env.netns.clone(),
+        ipv4: alloc.ipv4,
+        gateway: POD_GATEWAY,
+    }
+    .to_json(&conf.cni_version))
+}
+
+/// Host-side interfaces a previous result names (those without a sandbox).
+fn prev_host_ifnames(conf: &NetConf) -> Vec<String> {
+    let Some(list) = conf
+        .prev_result
+        .as_ref()
+        .and_then(|r| r.get("interfaces"))
+        .and_then(Value::as_array)
+    else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter(|i| i.get("sandbox").is_none_or(|s| s.as_str() == Some("")))
+        .filter_map(|i| i.get("name")?.as_str().map(String::from))
+        .filter(|n| n.starts_with(datapath::HOST_VETH_PREFIX))
+        .collect()
+}
+
+/// DEL never blocks pod deletion: the wiring is removed first, then the address released; when
+/// the daemon is down the address stays recorded and GC (or the daemon's own sweep) frees it.
+fn del(env: &Env, conf: &NetConf) -> Result<()> {
+    let mut names = vec![datapath::host_veth_name(&env.container_id, &env.ifname)];
+    for n in prev_host_ifnames(conf) {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    let mut torn_down = true;
+    for name in &names {
+        if let Err(e) = veth::teardown(name) {
+            torn_down = false;
+            eprintln!("terway: DEL {}: remove {name}: {e}", env.key());
+        }
+    }
+    if !torn_down {
+        // Keep the address held so nobody gets it while the old route may still exist; GC
+        // retries the teardown and releases it once the container is gone for good.
+        return Ok(());
+    }
+    match call(
+        &conf.daemon_socket,
+        &Request::Release { key: env.key() },
+        CALL_TIMEOUT,
+    ) {
+        Ok(_) => Ok(()),
+        Err(CallError {
+            unreachable: true,
+            error,
+        }) => {
+            eprintln!(
+                "terway: DEL {}: {error}; the address {} is reclaimed later by GC",
+                env.key(),
+                describe_ips(&conf.prev_ips())
+            );
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("terway: DEL {}: release: {}", env.key(), e.error);
+            Ok(())
+        }
+    }
+}
+
+fn describe_ips(ips: &[std::net::Ipv4Addr]) -> String {
+    if ips.is_empty() {
+        "(unknown: no prevResult)".into()
+    } else {
+        ips.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn check(env: &Env, conf: &NetConf) -> Result<()> {
+    if !version_at_least(&conf.cni_version, "0.4.0") {
+        return Err(Error::new(
+            Kind::IncompatibleVersion,
+            format!(
+                "CHECK needs cniVersion 0.4.0 or later, got {}",
+                conf.cni_version
+            ),
+        ));
+    }
+    let netns = open_netns(&env.netns)?;
+    let reply = call(
+        &conf.daemon_socket,
+        &Request::Get { key: env.key() },
+        CALL_TIMEOUT,
+    )?;
+    let alloc: Allocation = match reply {
+        Reply::Found(Some(a)) => a,
+        Reply::Found(None) => {
+            return Err(Error::new(
+                Kind::UnknownContainer,
+                format!("CHECK: the daemon has no allocation for {}", env.key()),
+            ));
+        }
+        other => return Err(unexpected(&other)),
+    };
+    let prev = conf.prev_ips();
+    if !prev.is_empty() && !prev.contains(&alloc.ipv4) {
+        return Err(Error::new(
+            Kind::Datapath,
+            format!(
+                "CHECK {}: prevResult says {} but the daemon allocated {}",
+                env.key(),
+                describe_ips(&prev),
+                alloc.ipv4
+            ),
+        ));
+    }
+    let host_ifname = datapath::host_veth_name(&env.container_id, &env.ifname);
+    veth::check(&veth::VethSpec {
+        netns: &netns,
+        ifname: &env.ifname,
+        host_ifname: &host_ifname,
+        ip: alloc.ipv4,
+        mtu: conf.mtu,
+    })
+    .map_err(|e| e.context(format!("CHECK {}", env.key())))
+}
+
+fn gc(conf: &NetConf) -> Result<()> {
+    if !version_at_least(&conf.cni_version, "1.1.0") {
+        return Err(Error::new(
+            Kind::IncompatibleVersion,
+            format!("GC needs cniVersion 1.1.0, got {}", conf.cni_version),
+        ));
+    }
+    let Some(valid) = conf.valid_attachments.clone() else {
+        return Err(Error::new(
+            Kind::InvalidConfig,
+            "GC: \"cni.dev/valid-attachments\" is missing",
+        ));
+    };
+    let reply = call(
+        &conf.daemon_socket,
+        &Request::Gc {
+            network: conf.name.clone(),
+            valid,
+        },
+        CALL_TIMEOUT,
+    )?;
+    let Reply::Collected(released) = reply else {
+        return Err(unexpected(&reply));
+    };
+    // Keep going on errors: one stuck link must not keep the others.
+    for a in released {
+        let name = datapath::host_veth_name(&a.key.container_id, &a.key.ifname);
+        if let Err(e) = veth::teardown(&name) {
+            eprintln!("terway: GC {}: remove {name}: {e}", a.key);
+        }
+    }
+    Ok(())
+}
+
+fn status(conf: &NetConf) -> Result<()> {
+    if !version_at_least(&conf.cni_version, "1.1.0") {
+        return Err(Error::new(
+            Kind::IncompatibleVersion,
+            format!("STATUS needs cniVersion 1.1.0, got {}", conf.cni_version),
+        ));
+    }
+    match call(&conf.daemon_socket, &Request::Status, CALL_TIMEOUT) {
+        Ok(Reply::Status(s)) if s.free > 0 => Ok(()),
+        Ok(Reply::Status(s)) => Err(Error::new(
+            Kind::NotAvailable,
+            format!("terway daemon ({} mode) has no free address", s.mode),
+        )),
+        Ok(other) => Err(unexpected(&other)),
+        Err(e) => Err(Error::new(Kind::NotAvailable, e.error.msg)),
+    }
+}
+
+fn unexpected(reply: &Reply) -> Error {
+    Error::new(
+        Kind::Internal,
+        format!("unexpected reply from the daemon: {reply:?}"),
+    )
 }

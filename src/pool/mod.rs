@@ -1,1 +1,3 @@
-//! pool
+//! Pure address-pool logic: no I/O, no clocks. The daemon drives it and persists its state.
+
+pub mod cidr;

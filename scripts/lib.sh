@@ -1,0 +1,28 @@
+# Shared helpers for the scripts (sourced, not run).
+
+# Installs Debian packages that are missing; apt-get update only when something is needed.
+ensure_packages() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "==> installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+require_root() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "$0 must run as root: it creates network namespaces and veth pairs" >&2
+        exit 1
+    fi
+}
+
+require_cargo() {
+    if ! command -v cargo >/dev/null; then
+        [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+    fi
+    command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+}

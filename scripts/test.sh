@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs them all: unit tests and the root integration tests
+# (network namespaces, veths, real plugin and daemon processes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+require_root
+require_cargo
+ensure_packages iproute2 iputils-ping procps gcc
+# Leftovers of an interrupted earlier run would only confuse the next one.
+for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(tw(node|pod|bench)-|tw-test-)' || true); do
+    ip netns del "$ns" 2>/dev/null || true
+done
+cargo fmt --all -- --check
+cargo test --all-targets --no-fail-fast 2>&1

@@ -1,0 +1,238 @@
+//! Policy routing for ENIMultiIP (REFERENCE §5): traffic *from* a pod leaves through the ENI that
+//! owns its address, via a per-ENI table; traffic *to* a pod is looked up in main (where the veth
+//! datapath put `podIP/32 dev <host veth>`) before any ENI table can claim it.
+//!
+//! - per ENI: link up, `rp_filter` 0, table `1000 + ifindex`: `default via <gw> dev <eni> onlink`
+//! - per pod: rule 512 `to podIP lookup main`, rule 2048 `from podIP lookup <ENI table>`
+//!
+//! Everything here acts on the node: `nl` must be a socket of the calling thread's namespace
+//! (sysctls are written in the calling thread's namespace).
+
+use crate::err;
+use crate::error::{Kind, Result};
+use crate::netlink::{Link, Netlink, Route, Rule, TABLE_MAIN};
+use crate::sysctl;
+use ipnetwork::Ipv4Network;
+use std::net::Ipv4Addr;
+
+/// ENI tables are numbered `ENI_TABLE_BASE + ENI ifindex`, as upstream Terway does.
+pub const ENI_TABLE_BASE: u32 = 1000;
+/// Priority of `to podIP lookup main`: before every `from` rule.
+pub const PRIO_TO_POD: u32 = 512;
+/// Priority of `from podIP lookup <ENI table>`.
+pub const PRIO_FROM_POD: u32 = 2048;
+
+/// 0.0.0.0/0, built at compile time.
+const DEFAULT_DST: Ipv4Network = match Ipv4Network::new_checked(Ipv4Addr::UNSPECIFIED, 0) {
+    Some(n) => n,
+    None => panic!("0.0.0.0/0 is valid"),
+};
+
+/// The routing table of the ENI with interface index `eni_index`.
+pub fn eni_table(eni_index: u32) -> u32 {
+    ENI_TABLE_BASE + eni_index
+}
+
+fn eni_default_route(eni_index: u32, gateway: Ipv4Addr) -> Route {
+    Route {
+        dst: DEFAULT_DST,
+        gateway: Some(gateway),
+        oif: Some(eni_index),
+        table: eni_table(eni_index),
+        scope_link: false,
+        onlink: true,
+    }
+}
+
+fn eni_link(nl: &mut Netlink, eni_index: u32) -> Result<Link> {
+    nl.link_by_index(eni_index)?.ok_or_else(|| {
+        err!(
+            Kind::Datapath,
+            "ENI with ifindex {eni_index} does not exist on the node"
+        )
+    })
+}
+
+/// Readies an ENI for pod traffic and returns its table: link up, `rp_filter` 0 and
+/// `default via <gateway> dev <eni> onlink` in table `1000 + eni_index`. Idempotent.
+pub fn prepare_eni_table(nl: &mut Netlink, eni_index: u32, gateway: Ipv4Addr) -> Result<u32> {
+    let link = eni_link(nl, eni_index)?;
+    let ctx =
+        |e: crate::Error| e.context(format!("prepare ENI {} (ifindex {eni_index})", link.name));
+    nl.set_link_up(eni_index).map_err(ctx)?;
+    let key = sysctl::rp_filter_key(&link.name);
+    if sysctl::get(&key).map_err(ctx)? != "0" {
+        sysctl::set(&key, "0").map_err(ctx)?;
+    }
+    nl.replace_route(&eni_default_route(eni_index, gateway))
+        .map_err(ctx)?;
+    Ok(eni_table(eni_index))
+}
+
+/// Verifies [`prepare_eni_table`]; the error lists what is missing or wrong.
+pub fn check_eni_table(nl: &mut Netlink, eni_index: u32, gateway: Ipv4Addr) -> Result<()> {
+    let link = eni_link(nl, eni_index)?;
+    let table = eni_table(eni_index);
+    let mut problems = Vec::new();
+    if !link.up {
+        problems.push(format!("ENI {} is down", link.name));
+    }
+    let rp = sysctl::get(&sysctl::rp_filter_key(&link.name))?;
+    if rp != "0" {
+        problems.push(format!("rp_filter on {} is {rp}, want 0", link.name));
+    }
+    let want = eni_default_route(eni_index, gateway);
+    match nl.routes(table)?.into_iter().find(|r| r.dst.prefix() == 0) {
+        None => problems.push(format!(
+            "default via {gateway} dev {} onlink in table {table} is missing",
+            link.name
+        )),
+        Some(r) if r.gateway != want.gateway || r.oif != want.oif || !r.onlink => {
+            problems.push(format!(
+                "default route in table {table} is via {} oif {}{}, want via {gateway} dev {} onlink",
+                r.gateway.map_or("-".into(), |g| g.to_string()),
+                r.oif.map_or("-".into(), |o| o.to_string()),
+                if r.onlink { " onlink" } else { "" },
+                link.name
+            ));
+        }
+        Some(_) => {}
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(err!(
+            Kind::Datapath,
+            "ENI {} (table {table}) is not ready: {}",
+            link.name,
+            problems.join("; ")
+        ))
+    }
+}
+
+/// The two rules of a pod whose address lives on the ENI with table `table`.
+pub fn pod_rules(pod_ip: Ipv4Addr, table: u32) -> [Rule; 2] {
+    let host = Ipv4Network::from(pod_ip);
+    [
+        Rule {
+            priority: PRIO_TO_POD,
+            src: None,
+            dst: Some(host),
+            table: TABLE_MAIN,
+        },
+        Rule {
+            priority: PRIO_FROM_POD,
+            src: Some(host),
+            dst: None,
+            table,
+        },
+    ]
+}
+
+/// This pod's rules as they are now, whatever table they point to.
+fn existing_pod_rules(nl: &mut Netlink, pod_ip: Ipv4Addr) -> Result<Vec<Rule>> {
+    let host = Some(Ipv4Network::from(pod_ip));
+    Ok(nl
+        .rules()?
+        .into_iter()
+        .filter(|r| {
+            (r.priority == PRIO_TO_POD && r.dst == host && r.src.is_none())
+                || (r.priority == PRIO_FROM_POD && r.src == host && r.dst.is_none())
+        })
+        .collect())
+}
+
+/// Installs the pod's rules. Rules for the same pod IP pointing to another table (a leftover
+/// from an earlier owner of the address) are removed, since they would shadow the new ones.
+pub fn setup_pod_rules(nl: &mut Netlink, pod_ip: Ipv4Addr, table: u32) -> Result<()> {
+    let want = pod_rules(pod_ip, table);
+    let ctx = |e: crate::Error| e.context(format!("set up policy rules for pod {pod_ip}"));
+    for stale in existing_pod_rules(nl, pod_ip).map_err(ctx)? {
+        if !want.contains(&stale) {
+            log::info!("removing stale rule for {pod_ip}: lookup {}", stale.table);
+            nl.del_rule(&stale).map_err(ctx)?;
+        }
+    }
+    for r in &want {
+        nl.add_rule(r).map_err(ctx)?;
+    }
+    Ok(())
+}
+
+/// Removes every rule of this pod IP (any table). Idempotent.
+pub fn teardown_pod_rules(nl: &mut Netlink, pod_ip: Ipv4Addr) -> Result<()> {
+    let ctx = |e: crate::Error| e.context(format!("remove policy rules of pod {pod_ip}"));
+    for r in existing_pod_rules(nl, pod_ip).map_err(ctx)? {
+        nl.del_rule(&r).map_err(ctx)?;
+    }
+    Ok(())
+}
+
+/// Verifies the pod's rules: both present, nothing pointing elsewhere.
+pub fn check_pod_rules(nl: &mut Netlink, pod_ip: Ipv4Addr, table: u32) -> Result<()> {
+    let want = pod_rules(pod_ip, table);
+    let have = existing_pod_rules(nl, pod_ip)?;
+    let mut problems = Vec::new();
+    for r in &want {
+        if !have.contains(r) {
+            problems.push(format!("rule {} is missing", show_rule(r)));
+        }
+    }
+    for r in &have {
+        if !want.contains(r) {
+            problems.push(format!("unexpected rule {}", show_rule(r)));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(err!(
+            Kind::Datapath,
+            "policy routing of pod {pod_ip} is broken: {}",
+            problems.join("; ")
+        ))
+    }
+}
+
+fn show_rule(r: &Rule) -> String {
+    let side = |n: Option<Ipv4Network>| n.map_or("all".to_string(), |n| n.to_string());
+    format!(
+        "{}: from {} to {} lookup {}",
+        r.priority,
+        side(r.src),
+        side(r.dst),
+        if r.table == TABLE_MAIN {
+            "main".to_string()
+        } else {
+            r.table.to_string()
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_rules_follow_the_recipe() {
+        let ip = Ipv4Addr::new(10, 240, 6, 10);
+        let [to, from] = pod_rules(ip, eni_table(3));
+        assert_eq!(
+            show_rule(&to),
+            "512: from all to 10.240.6.10/32 lookup main"
+        );
+        assert_eq!(
+            show_rule(&from),
+            "2048: from 10.240.6.10/32 to all lookup 1003"
+        );
+    }
+
+    #[test]
+    fn eni_route_is_default_onlink_in_its_table() {
+        let r = eni_default_route(5, Ipv4Addr::new(10, 240, 0, 253));
+        assert_eq!(r.table, 1005);
+        assert_eq!(r.dst.prefix(), 0);
+        assert!(r.onlink && !r.scope_link);
+        assert_eq!(r.oif, Some(5));
+    }
+}

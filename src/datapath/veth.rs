@@ -1,0 +1,420 @@
+//! veth datapath (ENIMultiIP default and VPC mode): the pod's `eth0` is one end of a veth pair,
+//! the other end stays on the node. The pod routes everything via 169.254.1.1, a permanent
+//! neighbour that resolves to the host veth's MAC; the node routes the pod IP/32 onto the veth.
+
+use super::POD_GATEWAY;
+use crate::err;
+use crate::error::{Error, Kind, Result};
+use crate::netlink::{Link, Netlink, Route, TABLE_MAIN, format_mac};
+use crate::netns::NetNs;
+use crate::sysctl;
+use ipnetwork::{IpNetwork, Ipv4Network};
+use std::net::{IpAddr, Ipv4Addr};
+
+/// 0.0.0.0/0; `new_checked` is const, so a bad prefix would fail the build, not at runtime.
+const DEFAULT_DST: Ipv4Network = match Ipv4Network::new_checked(Ipv4Addr::UNSPECIFIED, 0) {
+    Some(n) => n,
+    None => panic!("0.0.0.0/0 is valid"),
+};
+
+/// What to build.
+#[derive(Debug)]
+pub struct VethSpec<'a> {
+    /// The pod's network namespace.
+    pub netns: &'a NetNs,
+    /// Interface name inside the pod (`CNI_IFNAME`, usually `eth0`).
+    pub ifname: &'a str,
+    /// Host-side veth name, see [`super::host_veth_name`].
+    pub host_ifname: &'a str,
+    pub ip: Ipv4Addr,
+    pub mtu: u32,
+}
+
+/// What was built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethInfo {
+    pub host_ifname: String,
+    pub host_mac: [u8; 6],
+    pub pod_mac: [u8; 6],
+    pub mtu: u32,
+}
+
+impl VethSpec<'_> {
+    fn describe(&self) -> String {
+        format!(
+            "veth datapath for {} (host {}, pod {} in netns {})",
+            self.ip,
+            self.host_ifname,
+            self.ifname,
+            self.netns.path().display()
+        )
+    }
+
+    fn pod_net(&self) -> Ipv4Network {
+        Ipv4Network::from(self.ip)
+    }
+
+    fn host_route(&self, host_index: u32) -> Route {
+        Route {
+            dst: self.pod_net(),
+            gateway: None,
+            oif: Some(host_index),
+            table: TABLE_MAIN,
+            scope_link: true,
+            onlink: false,
+        }
+    }
+
+    fn pod_default_route(&self, pod_index: u32) -> Route {
+        Route {
+            dst: DEFAULT_DST,
+            gateway: Some(POD_GATEWAY),
+            oif: Some(pod_index),
+            table: TABLE_MAIN,
+            scope_link: false,
+            onlink: true,
+        }
+    }
+}
+
+fn validate(spec: &VethSpec) -> Result<()> {
+    let ip = spec.ip;
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() {
+        return Err(err!(
+            Kind::InvalidConfig,
+            "{ip} is not a usable pod address"
+        ));
+    }
+    if ip == POD_GATEWAY {
+        return Err(err!(
+            Kind::InvalidConfig,
+            "{ip} is the pod gateway address and cannot be a pod address"
+        ));
+    }
+    if !(68..=65535).contains(&spec.mtu) {
+        return Err(err!(
+            Kind::InvalidConfig,
+            "MTU {} is out of range (68-65535)",
+            spec.mtu
+        ));
+    }
+    Ok(())
+}
+
+/// Builds the datapath. On failure everything created here is removed again.
+pub fn setup(spec: &VethSpec) -> Result<VethInfo> {
+    setup_inner(spec).map_err(|e| e.context(format!("set up {}", spec.describe())))
+}
+
+fn setup_inner(spec: &VethSpec) -> Result<VethInfo> {
+    validate(spec)?;
+    let mut host = Netlink::open()?;
+    remove_stale(&mut host, spec.host_ifname)?;
+    let mut pod = Netlink::open_in(spec.netns)?;
+    if pod.link_by_name(spec.ifname)?.is_some() {
+        return Err(err!(
+            Kind::Datapath,
+            "interface {} already exists in netns {}",
+            spec.ifname,
+            spec.netns.path().display()
+        ));
+    }
+    host.create_veth(spec.host_ifname, spec.ifname, spec.netns, spec.mtu)?;
+    match configure(&mut host, &mut pod, spec) {
+        Ok(info) => Ok(info),
+        Err(e) => {
+            // Deleting the host end removes the pod end and every route through them.
+            if let Err(undo) = delete_host_veth(&mut host, spec.host_ifname) {
+                log::warn!("rollback of {}: {undo}", spec.host_ifname);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// A host veth of the same name is a leftover of a crashed ADD for this very container.
+fn remove_stale(host: &mut Netlink, host_ifname: &str) -> Result<()> {
+    if let Some(link) = host.link_by_name(host_ifname)? {
+        log::info!("removing stale host veth {host_ifname}");
+        ensure_veth(&link)?;
+        host.delete_link(link.index)?;
+    }
+    Ok(())
+}
+
+fn ensure_veth(link: &Link) -> Result<()> {
+    match link.kind.as_deref() {
+        Some("veth") => Ok(()),
+        other => Err(err!(
+            Kind::Datapath,
+            "{} exists but is a {} link, not a veth: refusing to touch it",
+            link.name,
+            other.unwrap_or("physical")
+        )),
+    }
+}
+
+fn require(nl: &mut Netlink, name: &str, where_: &str) -> Result<Link> {
+    nl.link_by_name(name)?
+        .ok_or_else(|| err!(Kind::Datapath, "{where_} link {name} vanished during setup"))
+}
+
+fn configure(host: &mut Netlink, pod: &mut Netlink, spec: &VethSpec) -> Result<VethInfo> {
+    let host_link = require(host, spec.host_ifname, "host")?;
+    let pod_link = require(pod, spec.ifname, "pod")?;
+    let host_mac = host_link
+        .mac
+        .ok_or_else(|| err!(Kind::Datapath, "host veth {} has no MAC", host_link.name))?;
+    let pod_mac = pod_link
+        .mac
+        .ok_or_else(|| err!(Kind::Datapath, "pod veth {} has no MAC", pod_link.name))?;
+
+    // Pod side. Links go up before routes: an onlink nexthop needs its device up.
+    if let Some(lo) = pod.link_by_name("lo")? {
+        pod.set_link_up(lo.index)?;
+    }
+    pod.add_addr(pod_link.index, IpNetwork::V4(spec.pod_net()))?;
+    pod.set_link_up(pod_link.index)?;
+
+    // Host side, in the calling thread's namespace.
+    host.set_link_up(host_link.index)?;
+    set_if_differs(&sysctl::rp_filter_key(spec.host_ifname), "0")?;
+    set_if_differs("net/ipv4/ip_forward", "1")?;
+    host.replace_route(&spec.host_route(host_link.index))?;
+
+    pod.replace_route(&spec.pod_default_route(pod_link.index))?;
+    pod.replace_neigh_permanent(pod_link.index, IpAddr::V4(POD_GATEWAY), host_mac)?;
+
+    Ok(VethInfo {
+        host_ifname: spec.host_ifname.to_string(),
+        host_mac,
+        pod_mac,
+        mtu: spec.mtu,
+    })
+}
+
+/// Writes a sysctl only when needed: writing `ip_forward` resets per-device settings.
+fn set_if_differs(key: &str, value: &str) -> Result<()> {
+    if sysctl::get(key)? != value {
+        sysctl::set(key, value)?;
+    }
+    Ok(())
+}
+
+/// Verifies the whole datapath; the error lists every missing or wrong piece.
+pub fn check(spec: &VethSpec) -> Result<()> {
+    let mut problems = Vec::new();
+    check_inner(spec, &mut problems)
+        .map_err(|e| e.context(format!("check {}", spec.describe())))?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(err!(
+            Kind::Datapath,
+            "{} is broken: {}",
+            spec.describe(),
+            problems.join("; ")
+        ))
+    }
+}
+
+fn check_link(link: &Link, spec: &VethSpec, side: &str, problems: &mut Vec<String>) {
+    if link.kind.as_deref() != Some("veth") {
+        let kind = link.kind.as_deref().unwrap_or("physical");
+        problems.push(format!(
+            "{side} link {} is a {kind} link, not a veth",
+            link.name
+        ));
+    }
+    if !link.up {
+        problems.push(format!("{side} link {} is down", link.name));
+    }
+    if link.mtu != spec.mtu {
+        problems.push(format!(
+            "{side} link {} has MTU {}, want {}",
+            link.name, link.mtu, spec.mtu
+        ));
+    }
+}
+
+fn check_inner(spec: &VethSpec, problems: &mut Vec<String>) -> Result<()> {
+    validate(spec)?;
+    let mut host = Netlink::open()?;
+    let host_link = host.link_by_name(spec.host_ifname)?;
+    match &host_link {
+        None => problems.push(format!("host veth {} is missing", spec.host_ifname)),
+        Some(link) => {
+            check_link(link, spec, "host", problems);
+            let want = spec.host_route(link.index);
+            let found = host
+                .routes(TABLE_MAIN)?
+                .into_iter()
+                .find(|r| r.dst == want.dst);
+            match found {
+                None => problems.push(format!(
+                    "host route {} dev {} is missing",
+                    want.dst, spec.host_ifname
+                )),
+                Some(r) if r.oif != want.oif || r.gateway.is_some() || !r.scope_link => {
+                    problems.push(format!(
+                        "host route to {} is {}, want dev {} scope link",
+                        want.dst,
+                        show_route(&r),
+                        spec.host_ifname
+                    ));
+                }
+                Some(_) => {}
+            }
+            let rp = sysctl::get(&sysctl::rp_filter_key(spec.host_ifname))?;
+            if rp != "0" {
+                problems.push(format!("rp_filter on {} is {rp}, want 0", spec.host_ifname));
+            }
+        }
+    }
+    if sysctl::get("net/ipv4/ip_forward")? != "1" {
+        problems.push("net.ipv4.ip_forward is not 1 on the node".into());
+    }
+
+    let mut pod = Netlink::open_in(spec.netns)?;
+    match pod.link_by_name("lo")? {
+        Some(lo) if !lo.up => problems.push("pod lo is down".into()),
+        _ => {}
+    }
+    let Some(pod_link) = pod.link_by_name(spec.ifname)? else {
+        problems.push(format!("pod interface {} is missing", spec.ifname));
+        return Ok(());
+    };
+    check_link(&pod_link, spec, "pod", problems);
+    let want_addr = IpNetwork::V4(spec.pod_net());
+    if !pod
+        .addrs(Some(pod_link.index))?
+        .iter()
+        .any(|a| a.addr == want_addr)
+    {
+        problems.push(format!(
+            "pod address {want_addr} on {} is missing",
+            spec.ifname
+        ));
+    }
+    let want = spec.pod_default_route(pod_link.index);
+    let default = pod
+        .routes(TABLE_MAIN)?
+        .into_iter()
+        .find(|r| r.dst.prefix() == 0);
+    match default {
+        None => problems.push(format!(
+            "pod default route via {POD_GATEWAY} dev {} onlink is missing",
+            spec.ifname
+        )),
+        Some(r) if r.gateway != want.gateway || r.oif != want.oif || !r.onlink => {
+            problems.push(format!(
+                "pod default route is {}, want via {POD_GATEWAY} dev {} onlink",
+                show_route(&r),
+                spec.ifname
+            ));
+        }
+        Some(_) => {}
+    }
+    let gw = IpAddr::V4(POD_GATEWAY);
+    let neigh = pod.neighs(pod_link.index)?.into_iter().find(|n| n.ip == gw);
+    let host_mac = host_link.as_ref().and_then(|l| l.mac);
+    match neigh {
+        None => problems.push(format!(
+            "pod neighbour {POD_GATEWAY} on {} is missing",
+            spec.ifname
+        )),
+        Some(n) => {
+            if !n.permanent {
+                problems.push(format!("pod neighbour {POD_GATEWAY} is not permanent"));
+            }
+            if host_mac.is_some() && n.mac != host_mac {
+                problems.push(format!(
+                    "pod neighbour {POD_GATEWAY} points to {}, want the host veth MAC {}",
+                    n.mac.as_ref().map_or("nothing".into(), format_mac),
+                    host_mac.as_ref().map_or(String::new(), format_mac)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn show_route(r: &Route) -> String {
+    let mut s = r.dst.to_string();
+    if let Some(gw) = r.gateway {
+        s.push_str(&format!(" via {gw}"));
+    }
+    if let Some(oif) = r.oif {
+        s.push_str(&format!(" oif #{oif}"));
+    }
+    if r.scope_link {
+        s.push_str(" scope link");
+    }
+    if r.onlink {
+        s.push_str(" onlink");
+    }
+    s
+}
+
+/// Removes the datapath by deleting the host veth (the kernel removes the pod end with it).
+/// Idempotent: a missing link is success.
+pub fn teardown(host_ifname: &str) -> Result<()> {
+    let mut host = Netlink::open()?;
+    delete_host_veth(&mut host, host_ifname)
+        .map_err(|e| e.context(format!("tear down host veth {host_ifname}")))
+}
+
+fn delete_host_veth(host: &mut Netlink, host_ifname: &str) -> Result<(), Error> {
+    match host.link_by_name(host_ifname)? {
+        None => Ok(()),
+        Some(link) => {
+            ensure_veth(&link)?;
+            host.delete_link(link.index)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(ns: &NetNs, ip: Ipv4Addr, mtu: u32) -> VethSpec<'_> {
+        VethSpec {
+            netns: ns,
+            ifname: "eth0",
+            host_ifname: "tw0000000000000",
+            ip,
+            mtu,
+        }
+    }
+
+    #[test]
+    fn bad_specs_are_rejected_before_touching_anything() {
+        let ns = NetNs::open(std::path::Path::new("/proc/self/ns/net")).unwrap();
+        for (ip, mtu, what) in [
+            (Ipv4Addr::UNSPECIFIED, 1500, "not a usable"),
+            (Ipv4Addr::new(224, 0, 0, 1), 1500, "not a usable"),
+            (Ipv4Addr::new(127, 0, 0, 1), 1500, "not a usable"),
+            (POD_GATEWAY, 1500, "gateway"),
+            (Ipv4Addr::new(10, 0, 0, 1), 20, "MTU"),
+        ] {
+            let e = validate(&spec(&ns, ip, mtu)).unwrap_err();
+            assert_eq!(e.kind, Kind::InvalidConfig);
+            assert!(e.msg.contains(what), "{}", e.msg);
+        }
+        validate(&spec(&ns, Ipv4Addr::new(10, 0, 0, 1), 1500)).unwrap();
+    }
+
+    #[test]
+    fn routes_have_the_recipe_shape() {
+        let ns = NetNs::open(std::path::Path::new("/proc/self/ns/net")).unwrap();
+        let s = spec(&ns, Ipv4Addr::new(10, 240, 1, 2), 1500);
+        let host = s.host_route(7);
+        assert_eq!(host.dst.to_string(), "10.240.1.2/32");
+        assert!(host.scope_link && host.gateway.is_none());
+        let def = s.pod_default_route(3);
+        assert_eq!(def.dst.prefix(), 0);
+        assert_eq!(def.gateway, Some(POD_GATEWAY));
+        assert!(def.onlink);
+    }
+}

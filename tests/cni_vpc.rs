@@ -1,0 +1,399 @@
+//! VPC mode end to end, as root: the real plugin binary exec'd like a runtime does, the real
+//! daemon in a node namespace, pods in their own namespaces, pings through the kernel.
+
+mod common;
+
+use common::*;
+use nix::sys::signal::Signal;
+use serde_json::json;
+use std::collections::HashSet;
+
+fn add_ping_check_del(version: &str, index: u8) {
+    require_root();
+    let mut node = Node::new(index);
+    node.start_daemon();
+    let conf = node.netconf(version);
+    let pod_a = Netns::new("twpod");
+    let pod_b = Netns::new("twpod");
+    let a = node.cni("ADD", "ctr-a", &pod_a.path(), &conf);
+    a.assert_ok();
+    let b = node.cni("ADD", "ctr-b", &pod_b.path(), &conf);
+    b.assert_ok();
+    assert_eq!(a.json["cniVersion"], version);
+    let carries_version = version.starts_with("0.");
+    assert_eq!(
+        a.json["ips"][0].get("version").is_some(),
+        carries_version,
+        "{}",
+        a.json
+    );
+    assert_eq!(a.json["interfaces"][1]["sandbox"], pod_a.path());
+    let (ip_a, ip_b) = (a.ip(), b.ip());
+    assert_ne!(ip_a, ip_b);
+    assert!(ip_a.starts_with(&format!("10.250.{index}.")), "{ip_a}");
+
+    assert!(pod_a.ping(&ip_b), "pod a -> pod b {ip_b}");
+    assert!(pod_b.ping(&ip_a), "pod b -> pod a {ip_a}");
+    assert!(pod_a.ping(&node.node_ip), "pod a -> node");
+    assert!(node.ns.ping(&ip_a), "node -> pod a");
+
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = a.json.clone();
+    if version != "0.3.0" && version != "0.3.1" {
+        node.cni("CHECK", "ctr-a", &pod_a.path(), &with_prev)
+            .assert_ok();
+    } else {
+        let r = node.cni("CHECK", "ctr-a", &pod_a.path(), &with_prev);
+        assert_eq!(
+            r.code(),
+            1,
+            "CHECK before 0.4.0 is an incompatible version: {}",
+            r.json
+        );
+    }
+    let mapping = node.cli(&["mapping"]);
+    let text = String::from_utf8_lossy(&mapping.stdout);
+    assert!(mapping.status.success(), "{text}");
+    assert!(text.contains("Status | Pod Name"), "{text}");
+    assert!(
+        text.contains("default/pod-ctr-a") && text.contains(&ip_a),
+        "{text}"
+    );
+
+    node.cni("DEL", "ctr-a", &pod_a.path(), &with_prev)
+        .assert_ok();
+    assert!(!pod_a.ping(&ip_b), "pod a must be cut off after DEL");
+    node.cni("DEL", "ctr-a", &pod_a.path(), &with_prev)
+        .assert_ok();
+    node.cni("DEL", "ctr-a", "", &with_prev).assert_ok();
+    if version != "0.3.0" && version != "0.3.1" {
+        let r = node.cni("CHECK", "ctr-a", &pod_a.path(), &with_prev);
+        assert!(!r.ok && r.code() == 3, "CHECK after DEL: {}", r.json);
+    }
+    node.cni("DEL", "ctr-b", &pod_b.path(), &conf).assert_ok();
+    let pool: serde_json::Value =
+        serde_json::from_slice(&node.cli(&["pool", "--json"]).stdout).unwrap();
+    assert_eq!(pool["in_use"], 0, "{pool}");
+}
+
+#[test]
+fn lifecycle_cni_0_3_0() {
+    add_ping_check_del("0.3.0", 10);
+}
+
+#[test]
+fn lifecycle_cni_0_3_1() {
+    add_ping_check_del("0.3.1", 11);
+}
+
+#[test]
+fn lifecycle_cni_0_4_0() {
+    add_ping_check_del("0.4.0", 12);
+}
+
+#[test]
+fn lifecycle_cni_1_0_0() {
+    add_ping_check_del("1.0.0", 13);
+}
+
+#[test]
+fn lifecycle_cni_1_1_0() {
+    add_ping_check_del("1.1.0", 14);
+}
+
+#[test]
+fn fifty_parallel_adds_get_distinct_addresses() {
+    require_root();
+    let mut node = Node::new(20);
+    node.start_daemon();
+    let conf = node.netconf("1.0.0");
+    let pods: Vec<Netns> = (0..50).map(|_| Netns::new("twpod")).collect();
+    let ips: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (node, conf) = (&node, &conf);
+                s.spawn(move || {
+                    let r = node.cni("ADD", &format!("par-{i}"), &p.path(), conf);
+                    r.assert_ok();
+                    r.ip()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let distinct: HashSet<&String> = ips.iter().collect();
+    assert_eq!(distinct.len(), 50, "{ips:?}");
+    assert!(pods[0].ping(&ips[49]), "pod 0 -> pod 49");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(node.state_path()).unwrap()).unwrap();
+    assert_eq!(state["allocations"].as_array().unwrap().len(), 50);
+    for (i, p) in pods.iter().enumerate() {
+        node.cni("DEL", &format!("par-{i}"), &p.path(), &conf)
+            .assert_ok();
+    }
+}
+
+#[test]
+fn sigkill_between_adds_keeps_every_allocation() {
+    require_root();
+    let mut node = Node::new(21);
+    node.start_daemon();
+    let conf = node.netconf("1.0.0");
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("twpod")).collect();
+    let first = node.cni("ADD", "k-0", &pods[0].path(), &conf);
+    first.assert_ok();
+    node.kill_daemon(Signal::SIGKILL);
+    node.start_daemon();
+    let second = node.cni("ADD", "k-1", &pods[1].path(), &conf);
+    second.assert_ok();
+    node.kill_daemon(Signal::SIGKILL);
+    node.start_daemon();
+    let third = node.cni("ADD", "k-2", &pods[2].path(), &conf);
+    third.assert_ok();
+    let ips: HashSet<String> = [first.ip(), second.ip(), third.ip()].into();
+    assert_eq!(
+        ips.len(),
+        3,
+        "a restart handed out an address twice: {ips:?}"
+    );
+    // A retried ADD of the first pod gets its old address back.
+    assert_eq!(
+        node.cni("ADD", "k-0", &pods[0].path(), &conf).ip(),
+        first.ip()
+    );
+    let mapping = String::from_utf8_lossy(&node.cli(&["mapping"]).stdout).into_owned();
+    for ip in &ips {
+        assert!(
+            mapping.contains(ip.as_str()),
+            "{ip} missing from\n{mapping}"
+        );
+    }
+    assert!(pods[2].ping(&first.ip()));
+}
+
+#[test]
+fn del_with_daemon_down_succeeds_and_gc_reclaims() {
+    require_root();
+    let mut node = Node::new(22);
+    node.start_daemon();
+    let conf = node.netconf("1.1.0");
+    let (pod_a, pod_b) = (Netns::new("twpod"), Netns::new("twpod"));
+    let a = node.cni("ADD", "gc-a", &pod_a.path(), &conf);
+    a.assert_ok();
+    node.cni("ADD", "gc-b", &pod_b.path(), &conf).assert_ok();
+    let host_if = a.json["interfaces"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(link_exists(&node.ns.name, &host_if));
+
+    assert!(
+        node.kill_daemon(Signal::SIGTERM).success(),
+        "TERM must exit 0"
+    );
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = a.json.clone();
+    let del = node.cni("DEL", "gc-a", &pod_a.path(), &with_prev);
+    del.assert_ok();
+    assert!(
+        del.stderr.contains("reclaimed later by GC"),
+        "{}",
+        del.stderr
+    );
+    assert!(
+        !link_exists(&node.ns.name, &host_if),
+        "veth must go even with the daemon down"
+    );
+
+    let status = node.cni("STATUS", "", "", &conf);
+    assert_eq!(
+        status.code(),
+        50,
+        "STATUS with the daemon down: {}",
+        status.json
+    );
+
+    node.start_daemon();
+    node.cni("STATUS", "", "", &conf).assert_ok();
+    let pool = |node: &Node| -> serde_json::Value {
+        serde_json::from_slice(&node.cli(&["pool", "--json"]).stdout).unwrap()
+    };
+    assert_eq!(pool(&node)["in_use"], 2, "the address stays held until GC");
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "gc-b", "ifname": "eth0"}]);
+    node.cni("GC", "", "", &gc).assert_ok();
+    assert_eq!(pool(&node)["in_use"], 1);
+    assert!(
+        pod_b.ping(&node.node_ip),
+        "GC must not touch valid attachments"
+    );
+}
+
+#[test]
+fn status_reports_exhaustion() {
+    require_root();
+    let mut node = Node::with_cidr(23, "10.250.23.0/30");
+    node.start_daemon();
+    let conf = node.netconf("1.1.0");
+    node.cni("STATUS", "", "", &conf).assert_ok();
+    let pod = Netns::new("twpod");
+    node.cni("ADD", "only", &pod.path(), &conf).assert_ok();
+    let status = node.cni("STATUS", "", "", &conf);
+    assert_eq!(status.code(), 50, "{}", status.json);
+    let pod2 = Netns::new("twpod");
+    let full = node.cni("ADD", "second", &pod2.path(), &conf);
+    assert!(!full.ok);
+    assert_eq!(full.code(), 103, "{}", full.json);
+    assert!(
+        full.json["details"]
+            .as_str()
+            .unwrap()
+            .contains("10.250.23.0/30")
+    );
+}
+
+#[test]
+fn bad_input_gets_the_right_error_code() {
+    require_root();
+    let mut node = Node::new(24);
+    node.start_daemon();
+    let conf = node.netconf("1.0.0");
+    let pod = Netns::new("twpod");
+    let ns = node.ns.name.clone();
+
+    let r = cni_raw(&ns, "ADD", "bad-1", &pod.path(), b"{not json", &[]);
+    assert_eq!((r.ok, r.code()), (false, 6), "{}", r.json);
+
+    let r = cni_in(
+        &ns,
+        "ADD",
+        "bad-2",
+        &pod.path(),
+        &conf,
+        &[("CNI_IFNAME", "")],
+    );
+    assert_eq!(r.code(), 4, "{}", r.json);
+    assert!(r.json["details"].as_str().unwrap().contains("CNI_IFNAME"));
+
+    let r = cni_in(
+        &ns,
+        "ADD",
+        "bad-3",
+        &pod.path(),
+        &node.netconf("0.2.0"),
+        &[],
+    );
+    assert_eq!(r.code(), 1, "{}", r.json);
+
+    let file = node.dir.0.join("not-a-netns");
+    std::fs::write(&file, b"x").unwrap();
+    let r = node.cni("ADD", "bad-4", file.to_str().unwrap(), &conf);
+    assert_eq!(r.code(), 4, "{}", r.json);
+    assert!(
+        r.json["details"].as_str().unwrap().contains("not-a-netns"),
+        "{}",
+        r.json
+    );
+
+    let r = node.cni("ADD", "bad-5", "/run/netns/does-not-exist-terway", &conf);
+    assert_eq!(r.code(), 4, "{}", r.json);
+
+    let r = cni_in(&ns, "FROB", "bad-6", &pod.path(), &conf, &[]);
+    assert_eq!(r.code(), 4, "{}", r.json);
+
+    let mut bad_mtu = conf.clone();
+    bad_mtu["mtu"] = json!(12);
+    let r = node.cni("ADD", "bad-7", &pod.path(), &bad_mtu);
+    assert_eq!(r.code(), 7, "{}", r.json);
+
+    // None of the failures may have taken an address.
+    let pool: serde_json::Value =
+        serde_json::from_slice(&node.cli(&["pool", "--json"]).stdout).unwrap();
+    assert_eq!(pool["in_use"], 0, "{pool}");
+
+    // A vanished netns: ADD fails cleanly, DEL still succeeds.
+    let gone = Netns::new("twpod");
+    let path = gone.path();
+    drop(gone);
+    assert_eq!(node.cni("ADD", "bad-8", &path, &conf).code(), 4);
+    node.cni("DEL", "bad-8", &path, &conf).assert_ok();
+
+    let v = cni_in(&ns, "VERSION", "", "", &json!({"cniVersion": "1.1.0"}), &[]);
+    assert!(v.ok && v.json["supportedVersions"].as_array().unwrap().len() >= 4);
+}
+
+#[test]
+fn daemon_refuses_a_bad_config_and_a_corrupt_state_file() {
+    require_root();
+    let node = Node::new(25);
+    node.write_config(&json!({"daemon_mode": "VPC", "pod_cidr": "10.250.300.0/24",
+        "socket_path": node.socket(), "state_path": node.state_path()}));
+    let check = sh(&[BIN, "config", "check", node.config_path().to_str().unwrap()]);
+    assert!(!check.status.success());
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        text.contains("key \"pod_cidr\"") && text.contains("10.250.300.0/24"),
+        "{text}"
+    );
+    let run = node.ns.exec(&[
+        BIN,
+        "daemon",
+        "--config",
+        node.config_path().to_str().unwrap(),
+    ]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("pod_cidr"), "{err}");
+
+    let mut node = Node::new(26);
+    node.start_daemon();
+    let pod = Netns::new("twpod");
+    node.cni("ADD", "st-1", &pod.path(), &node.netconf("1.0.0"))
+        .assert_ok();
+    node.kill_daemon(Signal::SIGTERM);
+    std::fs::write(node.state_path(), b"{\"schema\":1,\"allocations\":[").unwrap();
+    let run = node.ns.exec(&[
+        BIN,
+        "daemon",
+        "--config",
+        node.config_path().to_str().unwrap(),
+    ]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("state.json is corrupt") && err.contains("state.json.prev"),
+        "{err}"
+    );
+}
+
+#[test]
+fn non_root_clients_are_refused() {
+    require_root();
+    use std::os::unix::process::CommandExt;
+    let mut node = Node::new(27);
+    node.start_daemon();
+    let mode = std::fs::metadata(node.socket()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+    // Let "nobody" reach the directory and the socket, so the daemon's own check must refuse.
+    std::fs::set_permissions(&node.dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(node.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["pool", "--socket", &node.socket()])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("only root may talk to the terway daemon"),
+        "{err}"
+    );
+    assert!(
+        node.daemon_log()
+            .contains("refused a request from uid 65534")
+    );
+}

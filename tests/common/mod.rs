@@ -1,0 +1,365 @@
+//! Shared fixtures for the root integration tests: throwaway network namespaces, a daemon per
+//! "node" namespace, and CNI invocations of the real binary. Everything is removed on drop.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_terway");
+
+/// Root tests must run as root: fail loudly, never pass by skipping.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this integration test needs root (network namespaces, veths); run it as root (CI does)"
+    );
+    for tool in ["ip", "ping"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
+            .unwrap_or(false);
+        assert!(
+            found,
+            "`{tool}` is not installed: run scripts/test.sh, which installs iproute2 and iputils-ping"
+        );
+    }
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A unique short name: namespace names end up in paths and must stay readable.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+pub fn sh(cmd: &[&str]) -> Output {
+    Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"))
+}
+
+pub fn sh_ok(cmd: &[&str]) -> String {
+    let out = sh(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Netns {
+        let name = unique(prefix);
+        sh_ok(&["ip", "netns", "add", &name]);
+        sh_ok(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, cmd: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(cmd);
+        sh(&full)
+    }
+
+    pub fn ping(&self, ip: &str) -> bool {
+        self.exec(&["ping", "-c", "1", "-W", "2", ip])
+            .status
+            .success()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = sh(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let d = std::env::temp_dir().join(unique(&format!("terway-{name}")));
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A node: its own namespace with a node address on lo, a daemon config, and
+/// (when started) a daemon running inside the namespace.
+pub struct Node {
+    pub ns: Netns,
+    pub dir: TempDir,
+    pub node_ip: String,
+    pub pod_cidr: String,
+    pub daemon: Option<Child>,
+}
+
+impl Node {
+    /// `index` picks distinct addresses per test: pods in 10.250.<index>.0/24.
+    pub fn new(index: u8) -> Node {
+        Node::with_cidr(index, &format!("10.250.{index}.0/24"))
+    }
+
+    pub fn with_cidr(index: u8, pod_cidr: &str) -> Node {
+        let ns = Netns::new("twnode");
+        let node_ip = format!("192.168.250.{index}");
+        // On lo: the build machines' kernel has no dummy driver; a /32 on lo is as good a
+        // node address for source selection and local delivery.
+        sh_ok(&[
+            "ip",
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{node_ip}/32"),
+            "dev",
+            "lo",
+        ]);
+        let dir = TempDir::new("node");
+        let node = Node {
+            ns,
+            dir,
+            node_ip,
+            pod_cidr: pod_cidr.into(),
+            daemon: None,
+        };
+        node.write_config(&serde_json::json!({
+            "daemon_mode": "VPC",
+            "pod_cidr": pod_cidr,
+            "socket_path": node.socket(),
+            "state_path": node.state_path(),
+        }));
+        node
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.0.join("eni.json")
+    }
+
+    pub fn write_config(&self, v: &Value) {
+        std::fs::write(self.config_path(), serde_json::to_vec_pretty(v).unwrap()).unwrap();
+    }
+
+    pub fn socket(&self) -> String {
+        self.dir.0.join("terway.sock").display().to_string()
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.0.join("state.json")
+    }
+
+    /// Starts the daemon and waits until its socket answers.
+    pub fn start_daemon(&mut self) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        let log = std::fs::File::create(self.dir.0.join("daemon.log")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns.name, BIN, "daemon", "--config"])
+            .arg(self.config_path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn daemon");
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.cli(&["pool"]);
+            if out.status.success() {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.daemon.as_mut().map(|c| c.try_wait()) {
+                panic!("daemon exited with {status}: {}", self.daemon_log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not come up within 10 s: {}",
+                self.daemon_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn kill_daemon(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let mut child = self.daemon.take().expect("daemon running");
+        // `ip netns exec` execs the daemon in place, so the child pid is the daemon's.
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).unwrap();
+        child.wait().unwrap()
+    }
+
+    /// Runs a CLI subcommand against this node's daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("TERWAY_SOCKET", self.socket())
+            .output()
+            .unwrap()
+    }
+
+    /// The network config the runtime would pass.
+    pub fn netconf(&self, version: &str) -> Value {
+        serde_json::json!({
+            "cniVersion": version,
+            "name": "terway",
+            "type": "terway",
+            "daemon_socket": self.socket(),
+        })
+    }
+
+    /// Execs the plugin inside the node namespace as a runtime would.
+    pub fn cni(&self, command: &str, container_id: &str, netns: &str, conf: &Value) -> CniOutcome {
+        cni_in(&self.ns.name, command, container_id, netns, conf, &[])
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct CniOutcome {
+    pub ok: bool,
+    pub json: Value,
+    pub stderr: String,
+}
+
+impl CniOutcome {
+    pub fn code(&self) -> u64 {
+        self.json["code"].as_u64().unwrap_or(0)
+    }
+
+    pub fn ip(&self) -> String {
+        let addr = self.json["ips"][0]["address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no ip in {}", self.json));
+        addr.split('/').next().unwrap().to_string()
+    }
+
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Self {
+        assert!(self.ok, "CNI failed: {} {}", self.json, self.stderr);
+        self
+    }
+}
+
+/// Execs the plugin in namespace `ns_name` with the given CNI env; `extra_env` overrides.
+pub fn cni_in(
+    ns_name: &str,
+    command: &str,
+    container_id: &str,
+    netns: &str,
+    conf: &Value,
+    extra_env: &[(&str, &str)],
+) -> CniOutcome {
+    let stdin = serde_json::to_vec(conf).unwrap();
+    cni_raw(ns_name, command, container_id, netns, &stdin, extra_env)
+}
+
+pub fn cni_raw(
+    ns_name: &str,
+    command: &str,
+    container_id: &str,
+    netns: &str,
+    stdin: &[u8],
+    extra_env: &[(&str, &str)],
+) -> CniOutcome {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns_name, BIN])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod-{container_id}"),
+        );
+    for (k, v) in extra_env {
+        if v.is_empty() {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, v);
+        }
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("plugin printed non-JSON ({e}): {text}"))
+    };
+    let code = out.status.code();
+    assert!(
+        code == Some(0) || code == Some(1),
+        "plugin exit status must be 0 or 1, got {code:?}: {text}"
+    );
+    CniOutcome {
+        ok: out.status.success(),
+        json,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Waits until `f` holds or the timeout passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    f()
+}
+
+pub fn link_exists(ns: &str, name: &str) -> bool {
+    sh(&["ip", "-n", ns, "link", "show", name]).status.success()
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
