@@ -27,15 +27,20 @@ pub fn product(action: &str) -> Option<&'static str> {
         | "UnassignIpv6Addresses"
         | "DescribeInstanceTypes"
         | "DescribeInstances" => Some("Ecs"),
-        "DescribeVSwitches" | "CreateRouteEntry" | "DeleteRouteEntry" | "DescribeRouteEntryList" => {
-            Some("Vpc")
-        }
+        "DescribeVSwitches"
+        | "CreateRouteEntry"
+        | "DeleteRouteEntry"
+        | "DescribeRouteEntryList" => Some("Vpc"),
         _ => None,
     }
 }
 
 pub fn version_of(product: &str) -> &'static str {
-    if product == "Vpc" { VPC_VERSION } else { ECS_VERSION }
+    if product == "Vpc" {
+        VPC_VERSION
+    } else {
+        ECS_VERSION
+    }
 }
 
 /// Actions whose `ClientToken` makes a retry return the first answer.
@@ -52,7 +57,9 @@ pub fn handle(m: &mut Model, action: &str, p: &Params, now: Ms) -> Result<Value,
     if region != m.region_id {
         return Err(errors::region_not_found());
     }
-    let token = p.opt("ClientToken").filter(|_| IDEMPOTENT.contains(&action));
+    let token = p
+        .opt("ClientToken")
+        .filter(|_| IDEMPOTENT.contains(&action));
     if let Some(t) = token {
         if t.len() > 64 || !t.is_ascii() {
             return Err(errors::invalid("ClientToken"));
@@ -90,7 +97,12 @@ fn dispatch(m: &mut Model, action: &str, p: &Params, now: Ms) -> Result<Value, A
         "DescribeNetworkInterfaces" => describe(m, p, now),
         "AssignPrivateIpAddresses" => {
             let eni = p.req("NetworkInterfaceId")?.to_string();
-            let (count, ips) = count_or_list(p, "SecondaryPrivateIpAddressCount", "PrivateIpAddress", parse_v4)?;
+            let (count, ips) = count_or_list(
+                p,
+                "SecondaryPrivateIpAddressCount",
+                "PrivateIpAddress",
+                parse_v4,
+            )?;
             let got = m.assign_ips(&eni, count, &ips, now)?;
             Ok(json!({"AssignedPrivateIpAddressesSet": {
                 "NetworkInterfaceId": eni,
@@ -156,7 +168,11 @@ fn addr_list<A>(p: &Params, name: &str, parse: fn(&str) -> Option<A>) -> Result<
     parse_all(&list, name, parse)
 }
 
-fn parse_all<A>(list: &[String], name: &str, parse: fn(&str) -> Option<A>) -> Result<Vec<A>, ApiError> {
+fn parse_all<A>(
+    list: &[String],
+    name: &str,
+    parse: fn(&str) -> Option<A>,
+) -> Result<Vec<A>, ApiError> {
     list.iter()
         .enumerate()
         .map(|(i, s)| parse(s).ok_or_else(|| errors::invalid(&format!("{name}.{}", i + 1))))
@@ -182,7 +198,11 @@ fn create(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
         None => None,
     };
     let secondary_count = p.num("SecondaryPrivateIpAddressCount", 49)?.unwrap_or(0) as usize;
-    let secondary_ips = parse_all(&p.list("PrivateIpAddress", 49)?, "PrivateIpAddress", parse_v4)?;
+    let secondary_ips = parse_all(
+        &p.list("PrivateIpAddress", 49)?,
+        "PrivateIpAddress",
+        parse_v4,
+    )?;
     if secondary_count > 0 && !secondary_ips.is_empty() {
         return Err(errors::invalid("SecondaryPrivateIpAddressCount"));
     }
@@ -197,7 +217,10 @@ fn create(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
         ipv6_count,
         tags: p.tags("Tag")?,
         description: p.opt("Description").unwrap_or_default().to_string(),
-        name: p.opt("NetworkInterfaceName").unwrap_or_default().to_string(),
+        name: p
+            .opt("NetworkInterfaceName")
+            .unwrap_or_default()
+            .to_string(),
     };
     let id = m.create_eni(&req, now)?;
     let eni = m.eni(&id)?;
@@ -213,7 +236,15 @@ fn create(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
 fn describe(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
     let status = p.opt("Status").map(str::to_string);
     if let Some(s) = &status
-        && !["Available", "Attaching", "InUse", "Detaching", "Deleting", "CreateFailed"].contains(&s.as_str())
+        && ![
+            "Available",
+            "Attaching",
+            "InUse",
+            "Detaching",
+            "Deleting",
+            "CreateFailed",
+        ]
+        .contains(&s.as_str())
     {
         return Err(errors::invalid("Status"));
     }
@@ -233,7 +264,10 @@ fn describe(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
     };
     let all = m.describe_enis(&filter, now);
     let page = Page::from_params(p, all.len(), 10, 1000)?;
-    let items: Vec<Value> = all[page.start..page.end].iter().map(|e| eni_json(m, e)).collect();
+    let items: Vec<Value> = all[page.start..page.end]
+        .iter()
+        .map(|e| eni_json(m, e))
+        .collect();
     let mut v = page.json();
     v["NetworkInterfaceSets"] = json!({"NetworkInterfaceSet": items});
     Ok(v)
@@ -299,7 +333,10 @@ pub fn eni_json(m: &Model, e: &Eni) -> Value {
         e.live_secondary()
             .map(|ip| json!({"PrivateIpAddress": ip.to_string(), "Primary": false})),
     );
-    let v6: Vec<Value> = e.live_ipv6().map(|ip| json!({"Ipv6Address": ip.to_string()})).collect();
+    let v6: Vec<Value> = e
+        .live_ipv6()
+        .map(|ip| json!({"Ipv6Address": ip.to_string()}))
+        .collect();
     let tags: Vec<Value> = e
         .tags
         .iter()

@@ -94,7 +94,10 @@ fn instances(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
                     })
                 })
                 .collect();
-            let primary = m.eni(&i.primary_eni_id).map(|e| e.primary_ip.to_string()).unwrap_or_default();
+            let primary = m
+                .eni(&i.primary_eni_id)
+                .map(|e| e.primary_ip.to_string())
+                .unwrap_or_default();
             json!({
                 "InstanceId": i.id,
                 "InstanceType": i.instance_type,
@@ -122,7 +125,11 @@ fn vswitches(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
     if let Some(vpc) = p.opt("VpcId")
         && vpc != m.vpc_id
     {
-        return Err(ApiError::new(404, "InvalidVpcId.NotFound", "The specified VPC does not exist."));
+        return Err(ApiError::new(
+            404,
+            "InvalidVpcId.NotFound",
+            "The specified VPC does not exist.",
+        ));
     }
     let list: Vec<Value> = m
         .vswitches
@@ -191,7 +198,11 @@ fn routes(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
         None => 0,
     };
     let end = start.saturating_add(size).min(list.len());
-    let next = if end < list.len() { encode_token(end) } else { String::new() };
+    let next = if end < list.len() {
+        encode_token(end)
+    } else {
+        String::new()
+    };
     Ok(json!({
         "NextToken": next,
         "RouteEntrys": {"RouteEntry": list[start..end]},

@@ -21,7 +21,8 @@ pub const STS_PREFIX: &str = "STS.emu.";
 pub fn sts_credentials(master_secret: &str, instance_id: &str) -> StsCredentials {
     StsCredentials {
         key_id: format!("{STS_PREFIX}{instance_id}"),
-        secret: sha256_hex(format!("secret:{master_secret}:{instance_id}").as_bytes())[..32].to_string(),
+        secret: sha256_hex(format!("secret:{master_secret}:{instance_id}").as_bytes())[..32]
+            .to_string(),
         token: sha256_hex(format!("token:{master_secret}:{instance_id}").as_bytes()),
     }
 }
@@ -96,8 +97,19 @@ pub fn answer(m: &Model, inst: &str, path: &str, now: Ms, master_secret: &str) -
     let simple = match path {
         "" => Some(
             [
-                "hostname", "instance-id", "instance/", "mac", "network/", "private-ipv4", "ram/",
-                "region-id", "vpc-cidr-block", "vpc-id", "vswitch-cidr-block", "vswitch-id", "zone-id",
+                "hostname",
+                "instance-id",
+                "instance/",
+                "mac",
+                "network/",
+                "private-ipv4",
+                "ram/",
+                "region-id",
+                "vpc-cidr-block",
+                "vpc-id",
+                "vswitch-cidr-block",
+                "vswitch-id",
+                "zone-id",
             ]
             .join("\n"),
         ),
@@ -183,7 +195,10 @@ mod tests {
         let macs = |m: &Model, t| answer(m, A, "network/interfaces/macs/", t, "s").unwrap();
         assert_eq!(macs(&m, 0).lines().count(), 1);
         assert_eq!(answer(&m, A, "mac", 0, "s").unwrap(), m.enis[0].mac);
-        assert_eq!(answer(&m, A, "instance/instance-type", 0, "s").unwrap(), "ecs.g7.4xlarge");
+        assert_eq!(
+            answer(&m, A, "instance/instance-type", 0, "s").unwrap(),
+            "ecs.g7.4xlarge"
+        );
         let req = CreateEni {
             vswitch_id: "vsw-emu0000000000000000a".into(),
             security_group_ids: vec!["sg-emu00000000000000001".into()],
@@ -204,20 +219,34 @@ mod tests {
         assert_eq!(macs(&m, 1100).lines().count(), 2);
         let mac = m.eni(&id).unwrap().mac.clone();
         let base = format!("network/interfaces/macs/{mac}/");
-        let ips: Vec<String> =
-            serde_json::from_str(&answer(&m, A, &format!("{base}private-ipv4s"), 1100, "s").unwrap()).unwrap();
+        let ips: Vec<String> = serde_json::from_str(
+            &answer(&m, A, &format!("{base}private-ipv4s"), 1100, "s").unwrap(),
+        )
+        .unwrap();
         assert_eq!(ips.len(), 3);
-        assert_eq!(answer(&m, A, &format!("{base}gateway"), 1100, "s").unwrap(), "172.16.0.253");
-        assert_eq!(answer(&m, A, &format!("{base}netmask"), 1100, "s").unwrap(), "255.255.255.0");
-        assert_eq!(answer(&m, A, &format!("{base}network-interface-id"), 1100, "s").unwrap(), id);
+        assert_eq!(
+            answer(&m, A, &format!("{base}gateway"), 1100, "s").unwrap(),
+            "172.16.0.253"
+        );
+        assert_eq!(
+            answer(&m, A, &format!("{base}netmask"), 1100, "s").unwrap(),
+            "255.255.255.0"
+        );
+        assert_eq!(
+            answer(&m, A, &format!("{base}network-interface-id"), 1100, "s").unwrap(),
+            id
+        );
         let v6: Vec<String> =
-            serde_json::from_str(&answer(&m, A, &format!("{base}ipv6s"), 1100, "s").unwrap()).unwrap();
+            serde_json::from_str(&answer(&m, A, &format!("{base}ipv6s"), 1100, "s").unwrap())
+                .unwrap();
         assert_eq!(v6.len(), 1);
         let new = m.assign_ips(&id, 1, &[], 2000).unwrap();
         let count = |m: &Model, t| {
-            serde_json::from_str::<Vec<String>>(&answer(m, A, &format!("{base}private-ipv4s"), t, "s").unwrap())
-                .unwrap()
-                .len()
+            serde_json::from_str::<Vec<String>>(
+                &answer(m, A, &format!("{base}private-ipv4s"), t, "s").unwrap(),
+            )
+            .unwrap()
+            .len()
         };
         assert_eq!(count(&m, 2500), 3);
         assert_eq!(count(&m, 3000), 4);
@@ -235,7 +264,10 @@ mod tests {
     #[test]
     fn ram_role_credentials() {
         let m = Model::new(&EmuConfig::embedded().unwrap(), 0).unwrap();
-        assert_eq!(answer(&m, A, "ram/security-credentials/", 0, "s").unwrap(), "TerwayEmulatorRole");
+        assert_eq!(
+            answer(&m, A, "ram/security-credentials/", 0, "s").unwrap(),
+            "TerwayEmulatorRole"
+        );
         let doc = answer(&m, A, "ram/security-credentials/TerwayEmulatorRole", 0, "s").unwrap();
         let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
         assert_eq!(v["AccessKeyId"], sts_credentials("s", A).key_id);

@@ -145,7 +145,11 @@ mod tests {
     use super::*;
 
     fn p(kv: &[(&str, &str)]) -> Params {
-        Params(kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        Params(
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -162,17 +166,25 @@ mod tests {
         ]);
         assert_eq!(q.num("Count", 10).unwrap(), Some(3));
         assert_eq!(q.num("Count", 2).unwrap_err().code, "InvalidParameter");
-        assert_eq!(q.num("Bad", 10).unwrap_err().message, "The specified parameter \"Bad\" is not valid.");
+        assert_eq!(
+            q.num("Bad", 10).unwrap_err().message,
+            "The specified parameter \"Bad\" is not valid."
+        );
         assert!(q.num("Neg", 10).is_err());
         assert_eq!(q.num("Absent", 10).unwrap(), None);
         assert_eq!(q.list("Ip", 10).unwrap(), vec!["a", "b"]);
         assert_eq!(q.list("Ip", 1).unwrap_err().code, "InvalidParameter");
         assert_eq!(q.tags("Tag").unwrap_err().code, "MissingParameter");
-        assert_eq!(p(&[("Tag.1.Key", "k")]).tags("Tag").unwrap(), vec![("k".into(), "".into())]);
+        assert_eq!(
+            p(&[("Tag.1.Key", "k")]).tags("Tag").unwrap(),
+            vec![("k".into(), "".into())]
+        );
         assert!(p(&[("Ip.0", "x")]).list("Ip", 10).is_err());
         assert!(p(&[("Ip.x", "x")]).list("Ip", 10).is_err());
         assert_eq!(q.req("Nope").unwrap_err().code, "MissingParameter");
-        assert!(p(&[("A", "1"), ("ClientToken", "x")]).fingerprint() == p(&[("A", "1")]).fingerprint());
+        assert!(
+            p(&[("A", "1"), ("ClientToken", "x")]).fingerprint() == p(&[("A", "1")]).fingerprint()
+        );
     }
 
     #[test]
