@@ -79,6 +79,21 @@ impl Metadata {
         &self.base
     }
 
+    /// Replaces the cached session token, e.g. with a stale one to exercise the 401 path.
+    #[doc(hidden)]
+    pub fn set_session_token(&self, token: &str) {
+        *self.lock() = Token::Valid(
+            token.to_string(),
+            Instant::now() + Duration::from_secs(TOKEN_TTL_SECS) - TOKEN_MARGIN,
+        );
+    }
+
+    /// Whether a session token is cached (tests of the token flow).
+    #[doc(hidden)]
+    pub fn has_session_token(&self) -> bool {
+        matches!(&*self.lock(), Token::Valid(..))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Token> {
         self.token.lock().unwrap_or_else(|p| p.into_inner())
     }
