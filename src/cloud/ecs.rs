@@ -488,3 +488,56 @@ impl Ecs {
         all.into_iter().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_parameters_are_numbered_from_one() {
+        let mut p = Params::default();
+        p.set("VSwitchId", "vsw-1")
+            .list("SecurityGroupIds", &["sg-1", "sg-2"])
+            .tags(&[("k".into(), "v".into())]);
+        let names: Vec<String> = p.borrow().iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(
+            names,
+            [
+                "VSwitchId=vsw-1",
+                "SecurityGroupIds.1=sg-1",
+                "SecurityGroupIds.2=sg-2",
+                "Tag.1.Key=k",
+                "Tag.1.Value=v"
+            ]
+        );
+        assert_ne!(client_token(), client_token());
+        assert!(client_token().len() <= 64, "the API's ClientToken limit");
+    }
+
+    #[test]
+    fn clients_are_shareable_between_worker_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Ecs>();
+        shareable::<crate::cloud::Metadata>();
+        shareable::<CredentialProvider>();
+    }
+
+    #[test]
+    fn default_endpoints_and_config() {
+        let c = CloudConfig::new("cn-beijing");
+        assert_eq!(c.ecs_endpoint, "https://ecs-vpc.cn-beijing.aliyuncs.com");
+        assert_eq!(c.vpc_endpoint, "https://vpc-vpc.cn-beijing.aliyuncs.com");
+        let creds = Arc::new(CredentialProvider::new(
+            crate::cloud::CredentialSource::Static {
+                access_key: "k".into(),
+                access_secret: "s".into(),
+            },
+            None,
+        ));
+        let bad = CloudConfig {
+            ecs_endpoint: "ftp://x".into(),
+            ..CloudConfig::new("cn-beijing")
+        };
+        assert_eq!(Ecs::new(bad, creds).unwrap_err().code, "InvalidEndpoint");
+    }
+}
