@@ -81,6 +81,11 @@ fn signatures_v3_v2_and_their_errors() {
     );
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["VSwitches"]["VSwitch"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        emu.admin("GET", "/admin/calls", "")["DescribeVSwitches"]["ok"],
+        1,
+        "audited by action, even from a form body"
+    );
     // Wrong secret, tampered parameter, unknown key.
     let (s, v) = emu.call_v2(
         "wrong",
@@ -254,6 +259,34 @@ fn bad_requests_get_real_codes_and_never_kill_the_server() {
     assert_eq!(s, 400, "{b}");
     let (s, _) = emu.raw("GET", "/somewhere", &[], b"");
     assert_eq!(s, 404);
+    // Junk on the wire.
+    for junk in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nX: \xff\xfe\r\n\r\n",
+        b"\x00\x01\x02\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+    ] {
+        let mut s = std::net::TcpStream::connect(&emu.addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        std::io::Write::write_all(&mut s, junk).unwrap();
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut buf);
+    }
+    let (s, b) = emu.raw("GET", "/?Action=DescribeInstanceTypes&Version=2014-05-26&RegionId=cn-hangzhou&AccessKeyId=x&Signature=y&SignatureMethod=HMAC-SHA256&SignatureVersion=1.0&SignatureNonce=1&Timestamp=2020", &[], b"");
+    assert_eq!(s, 400, "{b}");
+    // Clients that stall mid-body (more of them than acceptor threads) hang nobody else.
+    let stalled: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&emu.addr).unwrap();
+            let req = "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nAction=";
+            std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    emu.ok("DescribeInstanceTypes", &[]);
+    drop(stalled);
     assert_eq!(emu.raw("GET", "/admin/health", &[], b"").1, "ok");
 }
 
@@ -816,4 +849,23 @@ fn metadata_tokens_and_ram_role_credentials_work_against_the_api() {
         &[],
     );
     assert_eq!(s, 400, "{v}");
+
+    // Hardened mode: every metadata GET needs a token.
+    let path = fast_config("hardened", 300, 600);
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    v["metadata_require_token"] = true.into();
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    let hard = Emu::start(&["--config", path.to_str().unwrap()]);
+    assert_eq!(hard.meta(A, "instance-id").0, 401);
+    let (_, token) = hard.raw(
+        "PUT",
+        &format!("/instances/{A}/latest/api/token"),
+        &[("X-aliyun-ecs-metadata-token-ttl-seconds", "21600")],
+        b"",
+    );
+    let p = format!("/instances/{A}/latest/meta-data/instance-id");
+    assert_eq!(
+        hard.raw("GET", &p, &[("X-aliyun-ecs-metadata-token", &token)], b""),
+        (200, A.to_string())
+    );
 }

@@ -367,6 +367,13 @@ pub fn sign_v2(method: &str, params: &[(String, String)], secret: &str) -> Strin
     base64::engine::general_purpose::STANDARD.encode(hmac_sha1(key.as_bytes(), sts.as_bytes()))
 }
 
+/// The complete V2 query string (or form body): `params` plus their `Signature`, encoded.
+pub fn sign_v2_query(method: &str, params: &[(String, String)], secret: &str) -> String {
+    let mut all = params.to_vec();
+    all.push(("Signature".into(), sign_v2(method, params, secret)));
+    canonical_query(&all)
+}
+
 /// The common V2 parameters for a request (add `Signature` = [`sign_v2`] of all params after).
 pub fn v2_common_params(
     action: &str,
@@ -619,6 +626,10 @@ mod tests {
         assert_eq!(
             sign_v2("GET", &params, "testsecret"),
             "OLeaidS1JvxuMvnyHOwuJ+uX5qY="
+        );
+        assert!(
+            sign_v2_query("GET", &params, "testsecret")
+                .contains("&Signature=OLeaidS1JvxuMvnyHOwuJ%2BuX5qY%3D&")
         );
         let mut signed = params.clone();
         signed.push(("Signature".into(), "OLeaidS1JvxuMvnyHOwuJ+uX5qY=".into()));

@@ -203,6 +203,14 @@ impl EmuConfig {
                 ));
             }
         }
+        if let Some(v) = self
+            .faults
+            .vswitch_free_cap
+            .keys()
+            .find(|k| !self.vswitches.iter().any(|v| &v.id == *k))
+        {
+            return bad(format!("faults.vswitch_free_cap names unknown vSwitch {v}"));
+        }
         if self.access_keys.is_empty() {
             return bad("at least one access key is needed".into());
         }

@@ -106,7 +106,7 @@ impl Shared {
     }
 }
 
-/// Starts `threads` workers answering requests of `server` until it is unblocked.
+/// Starts `threads` acceptors handing requests of `server` to their own threads until unblocked.
 pub fn serve(
     server: Arc<tiny_http::Server>,
     shared: Arc<Shared>,
@@ -118,11 +118,37 @@ pub fn serve(
             let (server, shared) = (server.clone(), shared.clone());
             std::thread::spawn(move || {
                 while let Ok(req) = server.recv() {
-                    handle(&shared, req, mode);
+                    // One thread per request: a client that stalls mid-body (or an injected
+                    // latency) holds only its own thread, never the acceptors.
+                    let shared = shared.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("emulate-req".into())
+                        .spawn(move || handle(&shared, req, mode));
+                    if let Err(e) = spawned {
+                        log::warn!("cannot start a request thread: {e}");
+                    }
                 }
             })
         })
         .collect()
+}
+
+/// The parts of a request the API looks at.
+struct HttpReq<'a> {
+    method: &'a str,
+    path: &'a str,
+    query: &'a str,
+    headers: &'a [(String, String)],
+    body: &'a [u8],
+}
+
+impl HttpReq<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 struct Reply {
@@ -175,7 +201,17 @@ fn handle(shared: &Shared, mut req: tiny_http::Request, mode: Mode) {
             .read_to_end(&mut body)
             .is_err()
         || body.len() > shared.max_body;
-    let reply = if path.starts_with("/admin/") && mode == Mode::Local {
+    let reply = if too_large {
+        let rid = shared.request_id();
+        record(shared, "<unknown>", Err("RequestEntityTooLarge"));
+        let region = lock(&shared.model).region_id.clone();
+        error_reply(
+            &errors::body_too_large(shared.max_body),
+            &rid,
+            "Ecs",
+            &region,
+        )
+    } else if path.starts_with("/admin/") && mode == Mode::Local {
         admin(shared, &method, &path, &body)
     } else if let Some(rest) = path
         .strip_prefix("/instances/")
@@ -192,12 +228,15 @@ fn handle(shared: &Shared, mut req: tiny_http::Request, mode: Mode) {
             Some(i) => metadata_http(shared, &i, &path, &method, &headers),
             None => Reply::text(403, "Forbidden: unknown source address"),
         }
-    } else if too_large {
-        let rid = shared.request_id();
-        record(shared, "<unknown>", Err("RequestEntityTooLarge"));
-        error_reply(&errors::body_too_large(shared.max_body), &rid, "Ecs", "")
     } else {
-        api_http(shared, &method, &path, &query, &headers, &body)
+        let r = HttpReq {
+            method: &method,
+            path: &path,
+            query: &query,
+            headers: &headers,
+            body: &body,
+        };
+        api_http(shared, &r)
     };
     let mut resp = tiny_http::Response::from_string(reply.body).with_status_code(reply.status);
     if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", reply.content_type) {
@@ -228,35 +267,14 @@ fn error_reply(e: &ApiError, request_id: &str, product: &str, region: &str) -> R
     )
 }
 
-fn api_http(
-    shared: &Shared,
-    method: &str,
-    path: &str,
-    query: &str,
-    headers: &[(String, String)],
-    body: &[u8],
-) -> Reply {
+fn api_http(shared: &Shared, r: &HttpReq<'_>) -> Reply {
     let rid = shared.request_id();
     let region = lock(&shared.model).region_id.clone();
-    let header = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| v.as_str())
-    };
-    let v3 = header("authorization").is_some();
-    let action_hint = if v3 {
-        header("x-acs-action").map(str::to_string)
-    } else {
-        sign::parse_query(query)
-            .and_then(|q| q.into_iter().find(|(k, _)| k == "Action").map(|(_, v)| v))
-    };
-    let action_name = action_hint.clone().unwrap_or_else(|| "<unknown>".into());
-    let product = action_hint
-        .as_deref()
-        .and_then(api::product)
-        .unwrap_or("Ecs");
-    let result = api_call(shared, method, path, query, headers, body, v3);
+    let v3 = r.header("authorization").is_some();
+    let mut action_seen = None;
+    let result = api_call(shared, r, v3, &mut action_seen);
+    let action_name = action_seen.unwrap_or_else(|| "<unknown>".into());
+    let product = api::product(&action_name).unwrap_or("Ecs");
     match result {
         Ok(mut v) => {
             record(shared, &action_name, Ok(()));
@@ -278,25 +296,19 @@ fn api_http(
 
 fn api_call(
     shared: &Shared,
-    method: &str,
-    path: &str,
-    query: &str,
-    headers: &[(String, String)],
-    body: &[u8],
+    r: &HttpReq<'_>,
     v3: bool,
+    action_seen: &mut Option<String>,
 ) -> Result<Value, ApiError> {
+    let (method, path, headers, body) = (r.method, r.path, r.headers, r.body);
     if method != "GET" && method != "POST" {
         return Err(errors::unknown_action());
     }
     if path != "/" {
         return Err(errors::unknown_action());
     }
-    let header = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| v.as_str())
-    };
+    let header = |n: &str| r.header(n);
+    let query = r.query;
     let query_params = sign::parse_query(query).ok_or_else(|| errors::invalid("QueryString"))?;
     let mut params = query_params.clone();
     let form =
@@ -306,15 +318,18 @@ fn api_call(
         params.extend(sign::parse_query(text).ok_or_else(|| errors::invalid("Body"))?);
     }
     let p = Params(params);
-    let (action, version) = if v3 {
-        (
-            header("x-acs-action").ok_or_else(|| errors::missing("x-acs-action"))?,
-            header("x-acs-version").ok_or_else(|| errors::missing("x-acs-version"))?,
-        )
+    let action = if v3 {
+        header("x-acs-action").ok_or_else(|| errors::missing("x-acs-action"))?
     } else {
-        (p.req("Action")?, p.req("Version")?)
+        p.req("Action")?
     };
+    *action_seen = Some(action.to_string());
     let product = api::product(action).ok_or_else(errors::unknown_action)?;
+    let version = if v3 {
+        header("x-acs-version").ok_or_else(|| errors::missing("x-acs-version"))?
+    } else {
+        p.req("Version")?
+    };
     if version != api::version_of(product) {
         return Err(errors::invalid_version());
     }

@@ -65,7 +65,7 @@ fn ipv6s(e: &Eni, lag: Ms, now: Ms) -> Vec<String> {
 }
 
 fn ipv6_gateway(c: &Cidr6) -> String {
-    let mask = u128::MAX << (128 - u32::from(c.prefix));
+    let mask = c.mask();
     let net = u128::from(c.addr) & mask;
     Ipv6Addr::from(net | (!mask - 2)).to_string()
 }

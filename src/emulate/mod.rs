@@ -1,7 +1,18 @@
 //! `terway emulate`: a local Alibaba Cloud (ECS/VPC OpenAPI + instance metadata), strict enough
 //! that code passing against it works against the real service. Layers: `model*` (pure state),
-//! `api*` (actions, parameters, JSON), `http` (server, signatures, faults, admin), `metadata`,
-//! `topology` (network namespaces).
+//! `api*` and `params` (actions, parameters, JSON), `http` (server, signatures, faults, admin),
+//! `metadata` (pure answers), `topology` (network namespaces), `config` (region description).
+//!
+//! Endpoints on `--listen`:
+//! - `/` the RPC OpenAPI (ECS 2014-05-26 and VPC 2016-04-28 actions), V3 or V2 signed;
+//! - `/instances/<instance-id>/latest/...` the metadata service of one instance;
+//! - `/admin/model` (GET: the whole model as JSON), `/admin/calls` (GET: calls per action with
+//!   error codes; DELETE or `POST /admin/calls/reset`: zero them), `/admin/faults` (GET/PUT:
+//!   latency, rate limits, error rate, vSwitch free-address caps), `/admin/timing` (GET/PUT:
+//!   attach/detach delays and metadata lag), `/admin/health`.
+//!
+//! With `--netns`, inside the VPC: metadata at `100.100.100.200:80` (the instance is found by
+//! the source address) and the OpenAPI at `100.100.100.201:80`.
 
 pub mod api;
 pub mod api_vpc;
@@ -16,6 +27,7 @@ pub mod model_route;
 #[cfg(test)]
 mod model_tests;
 pub mod params;
+pub mod topology;
 
 use crate::{Kind, Result, ResultExt, err};
 use config::{EmuConfig, NodeEndpoints};
@@ -43,7 +55,10 @@ pub struct EmulateArgs {
     /// Remove namespaces and links left by a previous run, then exit.
     #[arg(long)]
     pub cleanup: bool,
-    /// HTTP worker threads per listener.
+    /// Name of the namespace acting as the VPC router (with --netns / --cleanup).
+    #[arg(long, value_name = "NAME", default_value = "vpc")]
+    pub vpc_netns: String,
+    /// Acceptor threads per listener (each request then runs on its own thread).
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
 }
@@ -59,41 +74,159 @@ pub fn run(args: EmulateArgs) -> Result<()> {
         println!("{}", cfg.to_pretty_json());
         return Ok(());
     }
-    if args.cleanup || args.netns {
-        return Err(err!(Kind::Internal, "--netns/--cleanup are not built yet"));
-    }
     let model = model::Model::new(&cfg, http::now_ms())?;
-    let shared = Arc::new(http::Shared::new(&cfg, model));
+    let names = topology::namespaces(&model, &args.vpc_netns);
+    if args.cleanup {
+        need_root("--cleanup")?;
+        let gone = topology::cleanup(&names)?;
+        println!(
+            "removed namespaces: {}",
+            if gone.is_empty() {
+                "none".into()
+            } else {
+                gone.join(" ")
+            }
+        );
+        return Ok(());
+    }
+    // Handlers first: a TERM during setup must still tear down what was built.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .ctx("install signal handlers")?;
+    let topo = if args.netns {
+        need_root("--netns")?;
+        Some(topology::Topology::build(&model, &args.vpc_netns)?)
+    } else {
+        None
+    };
+    let result = serve_until_signal(&args, &cfg, model, topo, &mut signals);
+    if args.netns {
+        let gone = topology::cleanup(&names);
+        if let Err(e) = &gone {
+            eprintln!("terway emulate: teardown: {e}");
+        }
+        result?;
+        gone?;
+        return Ok(());
+    }
+    result
+}
+
+fn need_root(what: &str) -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(err!(
+            Kind::Permission,
+            "{what} needs root (it creates network namespaces)"
+        ))
+    }
+}
+
+fn serve_until_signal(
+    args: &EmulateArgs,
+    cfg: &EmuConfig,
+    model: model::Model,
+    topo: Option<topology::Topology>,
+    signals: &mut signal_hook::iterator::Signals,
+) -> Result<()> {
+    let shared = Arc::new(http::Shared::new(cfg, model));
     let server = tiny_http::Server::http(args.listen.as_str())
         .map_err(|e| err!(Kind::Io, "listen on {}: {e}", args.listen))?;
     let addr = server
         .server_addr()
         .to_ip()
         .ok_or_else(|| err!(Kind::Io, "listen on {}: not an IP address", args.listen))?;
-    let server = Arc::new(server);
-    let workers = http::serve(
-        server.clone(),
+    let mut servers = vec![Arc::new(server)];
+    http::serve(
+        servers[0].clone(),
         shared.clone(),
         http::Mode::Local,
         args.threads,
     );
     let base = format!("http://{addr}");
+    let mut syncer = None;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(t) = topo {
+        for (ip, mode) in [
+            (topology::METADATA_IP, http::Mode::Metadata),
+            (topology::API_IP, http::Mode::Api),
+        ] {
+            let l = t.listen(ip, 80)?;
+            let s = Arc::new(
+                tiny_http::Server::from_listener(l, None)
+                    .map_err(|e| err!(Kind::Io, "serve on {ip}:80: {e}"))?,
+            );
+            http::serve(s.clone(), shared.clone(), mode, args.threads);
+            servers.push(s);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        *http::lock(&shared.on_change) = Some(tx);
+        let (shared2, stop2) = (shared.clone(), stop.clone());
+        syncer = Some(std::thread::spawn(move || {
+            follow_model(t, &shared2, &rx, &stop2)
+        }));
+    }
     if let Some(dir) = &args.node_configs {
-        config::write_node_configs(&cfg, dir, |id| NodeEndpoints {
-            api: base.clone(),
-            metadata: format!("{base}/instances/{id}"),
+        config::write_node_configs(cfg, dir, |id| {
+            if args.netns {
+                NodeEndpoints {
+                    api: format!("http://{}", topology::API_IP),
+                    metadata: format!("http://{}", topology::METADATA_IP),
+                }
+            } else {
+                NodeEndpoints {
+                    api: base.clone(),
+                    metadata: format!("{base}/instances/{id}"),
+                }
+            }
         })?;
     }
-    print_banner(&cfg, &base, &addr.to_string(), args.node_configs.as_ref());
-    wait_for_signal()?;
-    server.unblock();
-    for _ in 1..workers.len() {
-        server.unblock();
+    print_banner(cfg, args, &base, &addr.to_string());
+    let _ = signals.forever().next();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(h) = syncer {
+        let _ = h.join();
+    }
+    for s in &servers {
+        for _ in 0..args.threads.max(1) {
+            s.unblock();
+        }
     }
     Ok(())
 }
 
-fn print_banner(cfg: &EmuConfig, base: &str, addr: &str, node_configs: Option<&PathBuf>) {
+/// Keeps the namespaces in step with the model: after every mutating call and on a short tick
+/// (attach/detach complete on their own after a delay).
+fn follow_model(
+    mut t: topology::Topology,
+    shared: &http::Shared,
+    rx: &std::sync::mpsc::Receiver<()>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    let mut last_error = String::new();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let _ = rx.recv_timeout(std::time::Duration::from_millis(100));
+        let want = {
+            let mut m = http::lock(&shared.model);
+            m.advance(http::now_ms());
+            topology::Topology::desired(&m)
+        };
+        match t.sync(&want) {
+            // Retried on the next tick; said once, not every 100 ms.
+            Err(e) if e.msg != last_error => {
+                eprintln!("terway emulate: topology: {e}");
+                last_error = e.msg;
+            }
+            Err(_) => {}
+            Ok(()) => last_error.clear(),
+        }
+    }
+}
+
+fn print_banner(cfg: &EmuConfig, args: &EmulateArgs, base: &str, addr: &str) {
     let mut out = std::io::stdout().lock();
     // The first line is for scripts and tests: the bound address.
     let _ = writeln!(out, "listening on {addr}");
@@ -120,18 +253,23 @@ fn print_banner(cfg: &EmuConfig, base: &str, addr: &str, node_configs: Option<&P
             i.id, i.instance_type, i.vswitch
         );
     }
-    if let Some(d) = node_configs {
+    if args.netns {
+        let _ = writeln!(
+            out,
+            "  in the VPC: metadata http://{}/latest/meta-data/, OpenAPI http://{}/",
+            topology::METADATA_IP,
+            topology::API_IP
+        );
+        let nodes: Vec<&str> = cfg.instances.iter().map(|i| i.id.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "  namespaces: vpc {}, nodes {}",
+            args.vpc_netns,
+            nodes.join(" ")
+        );
+    }
+    if let Some(d) = &args.node_configs {
         let _ = writeln!(out, "  node configs: {}/<instance-id>.json", d.display());
     }
     let _ = out.flush();
-}
-
-fn wait_for_signal() -> Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .ctx("install signal handlers")?;
-    let _ = signals.forever().next();
-    Ok(())
 }

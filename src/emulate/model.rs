@@ -83,8 +83,13 @@ impl Cidr6 {
         let prefix: u8 = p.parse().ok()?;
         (prefix <= 120).then_some(Cidr6 { addr, prefix })
     }
+    pub fn mask(&self) -> u128 {
+        u128::MAX
+            .checked_shl(128 - u32::from(self.prefix))
+            .unwrap_or(0)
+    }
     pub fn contains(&self, ip: Ipv6Addr) -> bool {
-        let mask = u128::MAX << (128 - u32::from(self.prefix));
+        let mask = self.mask();
         u128::from(ip) & mask == u128::from(self.addr) & mask
     }
 }
@@ -177,15 +182,22 @@ impl VSwitch {
     pub(crate) fn take6(&mut self, n: usize) -> Result<Vec<Ipv6Addr>, ApiError> {
         let cidr = self.ipv6_cidr.ok_or_else(errors::ipv6_not_enabled)?;
         // Interface identifiers from ::1000 up, like the cloud's (never the subnet router anycast).
-        let base = u128::from(cidr.addr) + 0x1000;
+        let net = u128::from(cidr.addr) & cidr.mask();
         let mut out = Vec::new();
-        let mut i = 0u128;
-        while out.len() < n && i < 1 << 20 {
-            let ip = Ipv6Addr::from(base + i);
+        for i in 0x1000u128..0x1000 + (1 << 20) {
+            if out.len() >= n {
+                break;
+            }
+            let Some(ip) = net
+                .checked_add(i)
+                .map(Ipv6Addr::from)
+                .filter(|ip| cidr.contains(*ip))
+            else {
+                break;
+            };
             if !self.used6.contains(&ip) {
                 out.push(ip);
             }
-            i += 1;
         }
         if out.len() < n {
             return Err(errors::ip_not_enough(&self.id));
@@ -389,7 +401,10 @@ impl Model {
                 }
                 None => vsw
                     .take(1)
-                    .map_err(|e| err!(Kind::InvalidConfig, "instance {}: {}", i.id, e.message))?[0],
+                    .map_err(|e| err!(Kind::InvalidConfig, "instance {}: {}", i.id, e.message))?
+                    .first()
+                    .copied()
+                    .ok_or_else(|| err!(Kind::InvalidConfig, "instance {}: no address", i.id))?,
             };
             let eni_id = m.new_id("eni-");
             let mac = m.new_mac();
@@ -551,11 +566,19 @@ impl Model {
         Ok(())
     }
 
-    /// The instance owning an address (any live IPv4 of its ENIs), for metadata by source address.
+    /// The instance owning an address, for metadata by source address: any live IPv4 of its
+    /// ENIs, or an address of a route entry pointing at it (VPC-mode pods).
     pub fn instance_by_ip(&self, ip: Ipv4Addr) -> Option<&str> {
         self.enis
             .iter()
             .filter(|e| e.primary_ip == ip || e.live_secondary().any(|s| s == ip))
             .find_map(|e| e.instance_id.as_deref())
+            .or_else(|| {
+                self.routes
+                    .iter()
+                    .filter(|r| Cidr4::parse(&r.destination).is_some_and(|c| c.contains(ip)))
+                    .max_by_key(|r| Cidr4::parse(&r.destination).map_or(0, |c| c.prefix))
+                    .map(|r| r.next_hop_id.as_str())
+            })
     }
 }

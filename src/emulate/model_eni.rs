@@ -91,7 +91,7 @@ impl Model {
                 // Explicit secondaries come first in `exact`; the primary is the first auto pick.
                 let all: Vec<Ipv4Addr> = ips.collect();
                 let split = req.secondary_ips.len();
-                let primary = all[split];
+                let primary = *all.get(split).ok_or_else(errors::internal)?;
                 let mut sec = all[..split].to_vec();
                 sec.extend_from_slice(&all[split + 1..]);
                 (primary, sec)

@@ -309,6 +309,8 @@ fn routes() {
             .code,
         "InvalidInstanceId.NotFound"
     );
+    assert_eq!(m.instance_by_ip(Ipv4Addr::new(10, 10, 0, 7)), Some(A));
+    assert_eq!(m.instance_by_ip(Ipv4Addr::new(10, 11, 0, 7)), None);
     let list = m.list_routes(&rt, 0).unwrap();
     assert_eq!(list.iter().filter(|r| r.kind == "Custom").count(), 1);
     assert_eq!(list.iter().filter(|r| r.kind == "System").count(), 2);
