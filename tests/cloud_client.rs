@@ -392,7 +392,8 @@ fn wrong_keys_get_the_clouds_codes_without_retries_or_secrets() {
 #[test]
 fn throttling_and_server_errors_are_retried() {
     let emu = Emu::fast("cc-retry");
-    let ecs = client(&emu, 8);
+    // Enough attempts that even the shortest jitter draws outlast the 1 s throttle window.
+    let ecs = client(&emu, 10);
     emu.admin("DELETE", "/admin/calls", "");
     emu.admin(
         "PUT",
