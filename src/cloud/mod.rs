@@ -1,2 +1,24 @@
 //! Alibaba Cloud clients: signed OpenAPI and instance metadata.
+//!
+//! - [`ecs::Ecs`]: typed ECS/VPC actions over two [`openapi::OpenApi`] clients (V3 signing,
+//!   per-action rate limits, retries with backoff).
+//! - [`metadata::Metadata`]: the instance metadata service with the token flow.
+//! - [`credentials::CredentialProvider`]: static keys, a credential file, or the RAM role.
+pub mod credentials;
+pub mod ecs;
+pub mod error;
+pub mod http;
+pub mod metadata;
+pub mod openapi;
+pub mod parse;
+pub mod ratelimit;
+pub mod retry;
 pub mod sign;
+
+pub use credentials::{CredentialProvider, CredentialSource, Credentials};
+pub use ecs::{CloudConfig, Ecs, EniFilter, EniInfo, InstanceTypeLimits, VSwitchInfo};
+pub use error::CloudError;
+pub use http::HttpConfig;
+pub use metadata::{MetaEni, Metadata};
+pub use openapi::{OpenApi, OpenApiConfig};
+pub use retry::RetryPolicy;

@@ -1,0 +1,363 @@
+//! Typed views of the ECS/VPC answers, parsed from the real field names and nesting. Lenient
+//! where the cloud is inconsistent (numbers sometimes strings, absent empty lists), strict where
+//! a wrong value would hurt (addresses, CIDRs): those fail with a `Decode` error, never a panic.
+
+use crate::cloud::error::CloudError;
+use serde_json::Value;
+use std::net::Ipv4Addr;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EniInfo {
+    pub id: String,
+    pub status: String,
+    /// `Primary`, `Secondary`, `Trunk`, `Member`.
+    pub eni_type: String,
+    pub mac: String,
+    pub vswitch_id: String,
+    pub zone_id: String,
+    pub primary_ip: Ipv4Addr,
+    /// Private IPv4 addresses other than the primary.
+    pub secondary_ips: Vec<Ipv4Addr>,
+    pub instance_id: Option<String>,
+    pub tags: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceTypeLimits {
+    pub id: String,
+    pub eni_quantity: u32,
+    pub eni_private_ip_quantity: u32,
+    pub eni_ipv6_quantity: u32,
+    pub eni_total_quantity: u32,
+    pub trunk_supported: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VSwitchInfo {
+    pub id: String,
+    pub zone_id: String,
+    pub cidr: ipnetwork::Ipv4Network,
+    pub available_ips: u64,
+}
+
+/// `v.a.b.c` by names.
+pub fn at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, k| v.get(k))
+}
+
+/// A string field; numbers are accepted and rendered.
+pub fn text(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::Bool(b)) => b.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn num(v: &Value, key: &str) -> u64 {
+    match v.get(key) {
+        Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
+        Some(Value::String(s)) => s.trim().parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn num32(v: &Value, key: &str) -> u32 {
+    u32::try_from(num(v, key)).unwrap_or(u32::MAX)
+}
+
+fn flag(v: &Value, key: &str) -> bool {
+    match v.get(key) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        Some(Value::Number(n)) => n.as_u64().is_some_and(|x| x != 0),
+        _ => false,
+    }
+}
+
+/// The array at `path` (e.g. `["PrivateIpSets", "PrivateIpSet"]`); absent or null is empty.
+/// The XML-to-JSON heritage sometimes yields a single object instead of a one-element array.
+pub fn items<'a>(v: &'a Value, path: &[&str]) -> Vec<&'a Value> {
+    match at(v, path) {
+        Some(Value::Array(a)) => a.iter().collect(),
+        Some(Value::Null) | None => Vec::new(),
+        Some(other) => vec![other],
+    }
+}
+
+fn ipv4(action: &str, what: &str, s: &str) -> Result<Ipv4Addr, CloudError> {
+    s.trim()
+        .parse()
+        .map_err(|_| CloudError::decode(action, format!("{what}: not an IPv4 address: {s:?}")))
+}
+
+/// One ENI from `CreateNetworkInterface` or `NetworkInterfaceSets.NetworkInterfaceSet[]`.
+pub fn eni(action: &str, v: &Value) -> Result<EniInfo, CloudError> {
+    let id = text(v, "NetworkInterfaceId");
+    if id.is_empty() {
+        return Err(CloudError::decode(
+            action,
+            "an ENI without NetworkInterfaceId",
+        ));
+    }
+    let primary_text = text(v, "PrivateIpAddress");
+    let mut primary = None;
+    let mut secondary_ips = Vec::new();
+    for s in items(v, &["PrivateIpSets", "PrivateIpSet"]) {
+        let ip = ipv4(
+            action,
+            &format!("{id} PrivateIpSet"),
+            &text(s, "PrivateIpAddress"),
+        )?;
+        if flag(s, "Primary") {
+            primary = Some(ip);
+        } else {
+            secondary_ips.push(ip);
+        }
+    }
+    let primary_ip = match primary {
+        Some(p) => p,
+        None => ipv4(action, &format!("{id} PrivateIpAddress"), &primary_text)?,
+    };
+    secondary_ips.retain(|ip| *ip != primary_ip);
+    let tags = items(v, &["Tags", "Tag"])
+        .into_iter()
+        .map(|t| {
+            let k = text(t, "TagKey");
+            if k.is_empty() {
+                (text(t, "Key"), text(t, "Value"))
+            } else {
+                (k, text(t, "TagValue"))
+            }
+        })
+        .collect();
+    let instance = text(v, "InstanceId");
+    let instance = if instance.is_empty() {
+        at(v, &["Attachment", "InstanceId"])
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    } else {
+        instance
+    };
+    Ok(EniInfo {
+        id,
+        status: text(v, "Status"),
+        eni_type: text(v, "Type"),
+        mac: text(v, "MacAddress").to_ascii_lowercase(),
+        vswitch_id: text(v, "VSwitchId"),
+        zone_id: text(v, "ZoneId"),
+        primary_ip,
+        secondary_ips,
+        instance_id: (!instance.is_empty()).then_some(instance),
+        tags,
+    })
+}
+
+/// A `DescribeNetworkInterfaces` page: the ENIs and the `NextToken` (`None` on the last page).
+pub fn eni_page(action: &str, v: &Value) -> Result<(Vec<EniInfo>, Option<String>), CloudError> {
+    let list = items(v, &["NetworkInterfaceSets", "NetworkInterfaceSet"])
+        .into_iter()
+        .map(|e| eni(action, e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = text(v, "NextToken");
+    Ok((list, (!next.is_empty()).then_some(next)))
+}
+
+/// `AssignedPrivateIpAddressesSet.PrivateIpSet.PrivateIpAddress[]`.
+pub fn assigned_ips(action: &str, v: &Value) -> Result<Vec<Ipv4Addr>, CloudError> {
+    let path = [
+        "AssignedPrivateIpAddressesSet",
+        "PrivateIpSet",
+        "PrivateIpAddress",
+    ];
+    if at(v, &path).is_none() {
+        return Err(CloudError::decode(
+            action,
+            "no AssignedPrivateIpAddressesSet.PrivateIpSet.PrivateIpAddress in the answer",
+        ));
+    }
+    items(v, &path)
+        .into_iter()
+        .map(|s| ipv4(action, "PrivateIpAddress", s.as_str().unwrap_or_default()))
+        .collect()
+}
+
+/// `InstanceTypes.InstanceType[]` and the `NextToken`.
+pub fn instance_types(v: &Value) -> (Vec<InstanceTypeLimits>, Option<String>) {
+    let list = items(v, &["InstanceTypes", "InstanceType"])
+        .into_iter()
+        .map(|t| InstanceTypeLimits {
+            id: text(t, "InstanceTypeId"),
+            eni_quantity: num32(t, "EniQuantity"),
+            eni_private_ip_quantity: num32(t, "EniPrivateIpAddressQuantity"),
+            eni_ipv6_quantity: num32(t, "EniIpv6AddressQuantity"),
+            eni_total_quantity: num32(t, "EniTotalQuantity"),
+            trunk_supported: flag(t, "EniTrunkSupported"),
+        })
+        .collect();
+    let next = text(v, "NextToken");
+    (list, (!next.is_empty()).then_some(next))
+}
+
+/// `VSwitches.VSwitch[]` and `TotalCount`.
+pub fn vswitches(action: &str, v: &Value) -> Result<(Vec<VSwitchInfo>, u64), CloudError> {
+    let list = items(v, &["VSwitches", "VSwitch"])
+        .into_iter()
+        .map(|s| {
+            let id = text(s, "VSwitchId");
+            let cidr_text = text(s, "CidrBlock");
+            let cidr = cidr_text.parse().map_err(|_| {
+                CloudError::decode(
+                    action,
+                    format!("{id} CidrBlock: not an IPv4 CIDR: {cidr_text:?}"),
+                )
+            })?;
+            Ok(VSwitchInfo {
+                zone_id: text(s, "ZoneId"),
+                cidr,
+                available_ips: num(s, "AvailableIpAddressCount"),
+                id,
+            })
+        })
+        .collect::<Result<Vec<_>, CloudError>>()?;
+    Ok((list, num(v, "TotalCount")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn describe_page() -> Value {
+        json!({
+            "RequestId": "R",
+            "NextToken": "tok-2",
+            "TotalCount": 3,
+            "NetworkInterfaceSets": {"NetworkInterfaceSet": [{
+                "NetworkInterfaceId": "eni-1",
+                "Status": "InUse",
+                "Type": "Secondary",
+                "MacAddress": "00:16:3E:00:00:01",
+                "VSwitchId": "vsw-a",
+                "ZoneId": "cn-hangzhou-k",
+                "PrivateIpAddress": "172.16.0.10",
+                "InstanceId": "i-1",
+                "PrivateIpSets": {"PrivateIpSet": [
+                    {"PrivateIpAddress": "172.16.0.10", "Primary": true},
+                    {"PrivateIpAddress": "172.16.0.11", "Primary": false},
+                    {"PrivateIpAddress": "172.16.0.12", "Primary": false}
+                ]},
+                "Ipv6Sets": {"Ipv6Set": []},
+                "Tags": {"Tag": [{"TagKey": "creator", "TagValue": "terway"}]}
+            }, {
+                "NetworkInterfaceId": "eni-2",
+                "Status": "Available",
+                "Type": "Secondary",
+                "MacAddress": "00:16:3e:00:00:02",
+                "PrivateIpAddress": "172.16.0.20",
+                "InstanceId": "",
+                "PrivateIpSets": {"PrivateIpSet": {"PrivateIpAddress": "172.16.0.20", "Primary": "true"}}
+            }]}
+        })
+    }
+
+    #[test]
+    fn describe_network_interfaces_shape() {
+        let (list, next) = eni_page("DescribeNetworkInterfaces", &describe_page()).unwrap();
+        assert_eq!(next.as_deref(), Some("tok-2"));
+        assert_eq!(list.len(), 2);
+        let a = &list[0];
+        assert_eq!(
+            (a.id.as_str(), a.status.as_str(), a.mac.as_str()),
+            ("eni-1", "InUse", "00:16:3e:00:00:01")
+        );
+        assert_eq!(a.primary_ip, Ipv4Addr::new(172, 16, 0, 10));
+        assert_eq!(
+            a.secondary_ips,
+            vec![Ipv4Addr::new(172, 16, 0, 11), Ipv4Addr::new(172, 16, 0, 12)]
+        );
+        assert_eq!(a.instance_id.as_deref(), Some("i-1"));
+        assert_eq!(a.tags, vec![("creator".to_string(), "terway".to_string())]);
+        let b = &list[1];
+        assert_eq!((b.instance_id.clone(), b.secondary_ips.len()), (None, 0));
+        assert_eq!(b.primary_ip, Ipv4Addr::new(172, 16, 0, 20));
+        let (empty, none) = eni_page("D", &json!({"NextToken": ""})).unwrap();
+        assert!(empty.is_empty() && none.is_none());
+    }
+
+    #[test]
+    fn bad_addresses_are_decode_errors() {
+        let mut v = describe_page();
+        v["NetworkInterfaceSets"]["NetworkInterfaceSet"][0]["PrivateIpSets"]["PrivateIpSet"][1]["PrivateIpAddress"] =
+            json!("172.16.0.300");
+        let e = eni_page("DescribeNetworkInterfaces", &v).unwrap_err();
+        assert_eq!(e.code, "Decode");
+        assert!(e.message.contains("eni-1"), "{e}");
+        assert!(eni("X", &json!({"Status": "InUse"})).is_err());
+        assert!(eni("X", &json!({"NetworkInterfaceId": "eni-1"})).is_err());
+    }
+
+    #[test]
+    fn create_answer_shape() {
+        let v = json!({
+            "RequestId": "R", "NetworkInterfaceId": "eni-9", "Status": "Available",
+            "Type": "Secondary", "MacAddress": "00:16:3e:00:00:09", "PrivateIpAddress": "172.16.0.9",
+            "VSwitchId": "vsw-a", "VpcId": "vpc-1", "ZoneId": "z",
+            "PrivateIpSets": {"PrivateIpSet": [
+                {"PrivateIpAddress": "172.16.0.9", "Primary": true},
+                {"PrivateIpAddress": "172.16.0.8", "Primary": false}]},
+            "Tags": {"Tag": [{"Key": "k", "Value": "v"}]}
+        });
+        let e = eni("CreateNetworkInterface", &v).unwrap();
+        assert_eq!(e.secondary_ips, vec![Ipv4Addr::new(172, 16, 0, 8)]);
+        assert_eq!(e.tags, vec![("k".to_string(), "v".to_string())]);
+        assert_eq!(e.instance_id, None);
+    }
+
+    #[test]
+    fn assign_answer_shape() {
+        let v = json!({"RequestId": "R", "AssignedPrivateIpAddressesSet": {
+            "NetworkInterfaceId": "eni-1",
+            "PrivateIpSet": {"PrivateIpAddress": ["172.16.0.5", "172.16.0.6"]}}});
+        assert_eq!(
+            assigned_ips("AssignPrivateIpAddresses", &v).unwrap(),
+            vec![Ipv4Addr::new(172, 16, 0, 5), Ipv4Addr::new(172, 16, 0, 6)]
+        );
+        assert_eq!(assigned_ips("A", &json!({})).unwrap_err().code, "Decode");
+        let bad =
+            json!({"AssignedPrivateIpAddressesSet": {"PrivateIpSet": {"PrivateIpAddress": [5]}}});
+        assert!(assigned_ips("A", &bad).is_err());
+    }
+
+    #[test]
+    fn instance_types_and_vswitches_shapes() {
+        let v = json!({"NextToken": "", "InstanceTypes": {"InstanceType": [{
+            "InstanceTypeId": "ecs.g7.4xlarge", "EniQuantity": 8, "EniPrivateIpAddressQuantity": 30,
+            "EniIpv6AddressQuantity": 30, "EniTotalQuantity": 50, "EniTrunkSupported": true}]}});
+        let (t, next) = instance_types(&v);
+        assert_eq!(next, None);
+        assert_eq!(
+            t,
+            vec![InstanceTypeLimits {
+                id: "ecs.g7.4xlarge".into(),
+                eni_quantity: 8,
+                eni_private_ip_quantity: 30,
+                eni_ipv6_quantity: 30,
+                eni_total_quantity: 50,
+                trunk_supported: true,
+            }]
+        );
+        let v = json!({"TotalCount": 1, "PageNumber": 1, "VSwitches": {"VSwitch": [{
+            "VSwitchId": "vsw-a", "ZoneId": "cn-hangzhou-k", "CidrBlock": "172.16.0.0/24",
+            "Ipv6CidrBlock": "", "AvailableIpAddressCount": 249}]}});
+        let (s, total) = vswitches("DescribeVSwitches", &v).unwrap();
+        assert_eq!(total, 1);
+        assert_eq!(s[0].cidr, "172.16.0.0/24".parse().unwrap());
+        assert_eq!(s[0].available_ips, 249);
+        let mut bad = v.clone();
+        bad["VSwitches"]["VSwitch"][0]["CidrBlock"] = json!("x");
+        assert!(vswitches("DescribeVSwitches", &bad).is_err());
+    }
+}
