@@ -1,0 +1,601 @@
+//! Shared-ENI mode (ENIMultiIP): secondary ENIs of the instance and their private IPs.
+//!
+//! Pure: no I/O, no clock, no randomness. The daemon passes the time (monotonic ms) and a random
+//! number in, runs the [`CloudOp`]s that [`Pool::plan`] returns on its workers and feeds the
+//! results back through [`Pool::apply`].
+//!
+//! Invariants kept by every operation:
+//! - an IP has at most one owner, and appears on at most one ENI;
+//! - an owned IP is never unassigned or deleted (an ENI is deleted only when nothing on it is owned);
+//! - an IP whose unassign/delete is in flight (`releasing`) or that the cloud lost (`invalid`) is
+//!   never handed out.
+
+mod plan;
+mod reconcile;
+#[cfg(test)]
+mod tests;
+
+use crate::config::{EniPolicy, VSwitchPolicy};
+use crate::rpc::AttachKey;
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// min_pool_size: refill when fewer IPs are idle.
+    pub min_idle: u32,
+    /// max_pool_size: release when more IPs stay idle for `release_after_ms`.
+    pub max_idle: u32,
+    /// Secondary ENIs allowed: min(EniQuantity - 1, max_eni).
+    pub max_enis: u32,
+    /// EniPrivateIpAddressQuantity (the ENI's own primary IP counts).
+    pub ips_per_eni: u32,
+    /// Most IPs per create/assign call (10).
+    pub batch: u32,
+    /// Wait after demand first appears before planning a fill.
+    pub coalesce_ms: u64,
+    /// Idle above max must last this long before it is released.
+    pub release_after_ms: u64,
+    /// An exhausted vSwitch is skipped this long.
+    pub vswitch_backoff_ms: u64,
+    /// After a failed op, wait this long before planning the same kind again.
+    pub retry_after_ms: u64,
+    /// Candidate vSwitches of the node's zone, in config order.
+    pub vswitches: Vec<String>,
+    pub vswitch_policy: VSwitchPolicy,
+    /// MostIps (take from the ENI with most idle) | LeastIps (pack).
+    pub eni_policy: EniPolicy,
+    /// An idle IP last held by the same pod name is given back to it within this window.
+    pub sticky_ms: u64,
+}
+
+/// What the cloud says about one ENI (from CreateNetworkInterface / DescribeNetworkInterfaces / metadata).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EniFacts {
+    pub id: String,
+    pub mac: String,
+    pub vswitch_id: String,
+    pub vswitch_cidr: Ipv4Network,
+    pub gateway: Ipv4Addr,
+    pub primary_ip: Ipv4Addr,
+    pub secondary_ips: Vec<Ipv4Addr>,
+}
+
+pub type OpId = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloudOp {
+    /// Create an ENI in `vswitch_id` with `secondary_count` secondary IPs (total IPs = 1 + secondary_count), attach it, wait until InUse.
+    CreateEni {
+        op: OpId,
+        vswitch_id: String,
+        secondary_count: u32,
+    },
+    AssignIps {
+        op: OpId,
+        eni_id: String,
+        count: u32,
+    },
+    UnassignIps {
+        op: OpId,
+        eni_id: String,
+        ips: Vec<Ipv4Addr>,
+    },
+    /// Detach (wait until Available) and delete.
+    DeleteEni { op: OpId, eni_id: String },
+}
+
+impl CloudOp {
+    pub fn id(&self) -> OpId {
+        match self {
+            CloudOp::CreateEni { op, .. }
+            | CloudOp::AssignIps { op, .. }
+            | CloudOp::UnassignIps { op, .. }
+            | CloudOp::DeleteEni { op, .. } => *op,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudFailure {
+    /// e.g. "InvalidVSwitchId.IpNotEnough", "Throttling.User", "EniPerInstanceLimitExceeded"
+    pub code: String,
+    /// e.g. The specified VSwitch "vsw-x" has not enough IpAddress.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloudOutcome {
+    EniCreated {
+        op: OpId,
+        eni: EniFacts,
+    },
+    IpsAssigned {
+        op: OpId,
+        eni_id: String,
+        ips: Vec<Ipv4Addr>,
+    },
+    IpsUnassigned {
+        op: OpId,
+        eni_id: String,
+        ips: Vec<Ipv4Addr>,
+    },
+    EniDeleted {
+        op: OpId,
+        eni_id: String,
+    },
+    Failed {
+        op: OpId,
+        failure: CloudFailure,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub eni_id: String,
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub vswitch_cidr: Ipv4Network,
+}
+
+/// One IP of an ENI. `pod` is the owner's pod name, or the last owner's while idle (sticky rule).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct IpState {
+    ip: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<AttachKey>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pod: String,
+    /// Idle since (unowned) or allocated at (owned).
+    #[serde(default)]
+    since: u64,
+    /// The cloud no longer has it; kept only until its owner releases it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    invalid: bool,
+    /// An unassign/delete is in flight (not persisted across restarts: reset in `Pool::new`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    releasing: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl IpState {
+    fn new_idle(ip: Ipv4Addr, now: u64) -> IpState {
+        IpState {
+            ip,
+            owner: None,
+            pod: String::new(),
+            since: now,
+            invalid: false,
+            releasing: false,
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.owner.is_none() && !self.invalid && !self.releasing
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct EniState {
+    id: String,
+    mac: String,
+    vswitch_id: String,
+    vswitch_cidr: Ipv4Network,
+    gateway: Ipv4Addr,
+    primary_ip: Ipv4Addr,
+    ips: Vec<IpState>,
+    /// The cloud said QuotaExceeded.PrivateIpAddress: assign nothing more until something is unassigned.
+    #[serde(default, skip_serializing_if = "is_false")]
+    full: bool,
+    /// Not attached any more (reconcile); only kept for its owned, invalid IPs.
+    #[serde(default, skip_serializing_if = "is_false")]
+    gone: bool,
+    /// A DeleteEni is in flight.
+    #[serde(default, skip_serializing_if = "is_false")]
+    deleting: bool,
+}
+
+impl EniState {
+    fn lease(&self, ip: Ipv4Addr) -> Lease {
+        Lease {
+            eni_id: self.id.clone(),
+            mac: self.mac.clone(),
+            ip,
+            gateway: self.gateway,
+            vswitch_cidr: self.vswitch_cidr,
+        }
+    }
+
+    /// Part of the pool: can serve, take and give back IPs.
+    fn live(&self) -> bool {
+        !self.gone && !self.deleting
+    }
+
+    fn idle_count(&self) -> u32 {
+        if !self.live() {
+            return 0;
+        }
+        self.ips.iter().filter(|i| i.is_idle()).count() as u32
+    }
+
+    fn owned_count(&self) -> u32 {
+        self.ips.iter().filter(|i| i.owner.is_some()).count() as u32
+    }
+}
+
+/// Persisted part (goes into the daemon's state file as JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolState {
+    #[serde(default)]
+    enis: Vec<EniState>,
+    #[serde(default)]
+    blocked: Vec<BlockedVSwitch>,
+}
+
+/// For the CLI (`terway pool`, `terway mapping`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolSnapshot {
+    pub enis: Vec<EniSnapshot>,
+    pub in_use: u32,
+    pub idle: u32,
+    pub capacity: u32,
+    pub max_enis: u32,
+    pub pending_ips: u32,
+    pub min_idle: u32,
+    pub max_idle: u32,
+    pub blocked_vswitches: Vec<BlockedVSwitch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EniSnapshot {
+    pub id: String,
+    pub mac: String,
+    pub vswitch_id: String,
+    pub primary_ip: Ipv4Addr,
+    pub ips: Vec<IpSnapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpSnapshot {
+    pub ip: Ipv4Addr,
+    pub owner: Option<AttachKey>,
+    pub primary: bool,
+    pub invalid: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockedVSwitch {
+    pub id: String,
+    pub until_ms: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Held by pods, but the cloud no longer has them (now marked invalid, never handed out).
+    pub lost: Vec<(AttachKey, Ipv4Addr)>,
+    /// The cloud has them, the pool did not know: now idle.
+    pub adopted: Vec<Ipv4Addr>,
+    /// Idle IPs the cloud no longer has: dropped.
+    pub removed_idle: Vec<Ipv4Addr>,
+}
+
+/// An op the workers are running, with what the pool needs to account for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Flight {
+    Create { vswitch: String, count: u32 },
+    Assign { eni: String, count: u32 },
+    Unassign { eni: String, ips: Vec<Ipv4Addr> },
+    Delete { eni: String },
+}
+
+impl Flight {
+    fn eni(&self) -> Option<&str> {
+        match self {
+            Flight::Create { .. } => None,
+            Flight::Assign { eni, .. } | Flight::Unassign { eni, .. } | Flight::Delete { eni } => {
+                Some(eni)
+            }
+        }
+    }
+}
+
+pub struct Pool {
+    cfg: PoolConfig,
+    st: PoolState,
+    flights: BTreeMap<OpId, Flight>,
+    next_op: OpId,
+    /// When the current shortfall was first seen by `plan` (coalescing window start).
+    demand_since: Option<u64>,
+    /// Since when idle has been above max_idle without interruption.
+    above_max_since: Option<u64>,
+    /// No op of that kind is planned before these times (after a failure).
+    retry_create: u64,
+    retry_assign: u64,
+    retry_release: u64,
+    /// EniPerInstanceLimitExceeded: no create before this time.
+    eni_limit_until: u64,
+    vswitch_free: BTreeMap<String, u64>,
+    /// Something changed that `plan` should look at now.
+    replan: bool,
+    last_plan: Option<u64>,
+}
+
+impl Pool {
+    pub fn new(cfg: PoolConfig, state: PoolState) -> Pool {
+        let mut st = state;
+        let mut seen = std::collections::BTreeSet::new();
+        for eni in &mut st.enis {
+            // Ops of a previous process are gone: what they were releasing is idle again
+            // (the startup reconcile drops what the cloud did unassign).
+            eni.deleting = false;
+            for ip in &mut eni.ips {
+                ip.releasing = false;
+            }
+            // A hand-edited or corrupt file must not make an IP appear twice.
+            eni.ips.retain(|ip| seen.insert(ip.ip));
+            eni.ips.retain(|ip| !(ip.invalid && ip.owner.is_none()));
+        }
+        st.enis.retain(|e| !(e.gone && e.ips.is_empty()));
+        Pool {
+            cfg,
+            st,
+            flights: BTreeMap::new(),
+            next_op: 1,
+            demand_since: None,
+            above_max_since: None,
+            retry_create: 0,
+            retry_assign: 0,
+            retry_release: 0,
+            eni_limit_until: 0,
+            vswitch_free: BTreeMap::new(),
+            replan: true,
+            last_plan: None,
+        }
+    }
+
+    /// Reload: new vSwitches / watermarks. Owned IPs and blocks are left as they are.
+    pub fn set_config(&mut self, cfg: PoolConfig) {
+        self.cfg = cfg;
+        self.replan = true;
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.cfg
+    }
+
+    pub fn state(&self) -> &PoolState {
+        &self.st
+    }
+
+    /// An idle IP for `key` (pod_name = "ns/name", for the sticky rule), or None when nothing is idle.
+    /// A key that already holds a valid IP gets the same lease again.
+    pub fn allocate(&mut self, key: &AttachKey, pod_name: &str, now: u64) -> Option<Lease> {
+        if let Some((e, i)) = self.find_owned(key) {
+            let eni = &self.st.enis[e];
+            if !eni.ips[i].invalid {
+                return Some(eni.lease(eni.ips[i].ip));
+            }
+            // Its address is gone from the cloud: drop it and hand out a real one.
+            self.st.enis[e].ips.remove(i);
+            self.drop_empty_gone();
+        }
+        let (e, i) = self
+            .pick_sticky(pod_name, now)
+            .or_else(|| self.pick_by_policy(now))?;
+        let eni = &mut self.st.enis[e];
+        let ip = &mut eni.ips[i];
+        ip.owner = Some(key.clone());
+        ip.pod = pod_name.to_string();
+        ip.since = now;
+        let addr = ip.ip;
+        let lease = eni.lease(addr);
+        if self.idle() < self.cfg.min_idle {
+            self.replan = true;
+        }
+        self.touch(now);
+        Some(lease)
+    }
+
+    pub fn lease_of(&self, key: &AttachKey) -> Option<Lease> {
+        let (e, i) = self.find_owned(key)?;
+        let eni = &self.st.enis[e];
+        Some(eni.lease(eni.ips[i].ip))
+    }
+
+    /// Back to idle (idle_since = now). None if the key held nothing.
+    pub fn release(&mut self, key: &AttachKey, now: u64) -> Option<Lease> {
+        let (e, i) = self.find_owned(key)?;
+        let eni = &mut self.st.enis[e];
+        let lease = eni.lease(eni.ips[i].ip);
+        if eni.ips[i].invalid || eni.gone {
+            // The cloud no longer has it: nothing to give back to the pool.
+            eni.ips.remove(i);
+            self.drop_empty_gone();
+        } else {
+            let ip = &mut eni.ips[i];
+            ip.owner = None;
+            ip.since = now;
+        }
+        self.touch(now);
+        Some(lease)
+    }
+
+    /// Tell the pool how many free addresses a vSwitch has (DescribeVSwitches), for `Most`.
+    pub fn set_vswitch_free(&mut self, vswitch_id: &str, free: u64) {
+        self.vswitch_free.insert(vswitch_id.to_string(), free);
+    }
+
+    pub fn snapshot(&self, now: u64) -> PoolSnapshot {
+        let mut enis: Vec<EniSnapshot> = self
+            .st
+            .enis
+            .iter()
+            .map(|e| {
+                let mut ips: Vec<IpSnapshot> = e
+                    .ips
+                    .iter()
+                    .map(|i| IpSnapshot {
+                        ip: i.ip,
+                        owner: i.owner.clone(),
+                        primary: i.ip == e.primary_ip,
+                        invalid: i.invalid,
+                    })
+                    .collect();
+                ips.sort_by_key(|i| i.ip);
+                EniSnapshot {
+                    id: e.id.clone(),
+                    mac: e.mac.clone(),
+                    vswitch_id: e.vswitch_id.clone(),
+                    primary_ip: e.primary_ip,
+                    ips,
+                }
+            })
+            .collect();
+        enis.sort_by(|a, b| a.id.cmp(&b.id));
+        PoolSnapshot {
+            enis,
+            in_use: self.in_use(),
+            idle: self.idle(),
+            capacity: self.capacity(),
+            max_enis: self.cfg.max_enis,
+            pending_ips: self.pending_ips(),
+            min_idle: self.cfg.min_idle,
+            max_idle: self.cfg.max_idle,
+            blocked_vswitches: self
+                .st
+                .blocked
+                .iter()
+                .filter(|b| b.until_ms > now)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// IPs that can be handed out now.
+    pub fn idle(&self) -> u32 {
+        self.st.enis.iter().map(|e| e.idle_count()).sum()
+    }
+
+    /// IPs held by pods (including invalid ones a pod still holds).
+    pub fn in_use(&self) -> u32 {
+        self.st.enis.iter().map(|e| e.owned_count()).sum()
+    }
+
+    /// max_enis × ips_per_eni (each secondary ENI's own primary IP serves a pod too).
+    pub fn capacity(&self) -> u32 {
+        self.cfg.max_enis.saturating_mul(self.cfg.ips_per_eni)
+    }
+
+    /// IPs requested by create/assign ops in flight.
+    pub fn pending_ips(&self) -> u32 {
+        self.flights
+            .values()
+            .map(|f| match f {
+                Flight::Create { count, .. } | Flight::Assign { count, .. } => *count,
+                _ => 0,
+            })
+            .fold(0u32, |a, b| a.saturating_add(b))
+    }
+
+    /// Number of cloud ops handed out by `plan` and not yet applied.
+    pub fn ops_in_flight(&self) -> usize {
+        self.flights.len()
+    }
+
+    fn find_owned(&self, key: &AttachKey) -> Option<(usize, usize)> {
+        self.st.enis.iter().enumerate().find_map(|(e, eni)| {
+            eni.ips
+                .iter()
+                .position(|ip| ip.owner.as_ref() == Some(key))
+                .map(|i| (e, i))
+        })
+    }
+
+    fn sticky_for(&self, ip: &IpState, now: u64) -> bool {
+        !ip.pod.is_empty() && now.saturating_sub(ip.since) < self.cfg.sticky_ms
+    }
+
+    fn pick_sticky(&self, pod_name: &str, now: u64) -> Option<(usize, usize)> {
+        if pod_name.is_empty() {
+            return None;
+        }
+        self.st.enis.iter().enumerate().find_map(|(e, eni)| {
+            if !eni.live() {
+                return None;
+            }
+            eni.ips
+                .iter()
+                .position(|ip| ip.is_idle() && ip.pod == pod_name && self.sticky_for(ip, now))
+                .map(|i| (e, i))
+        })
+    }
+
+    fn pick_by_policy(&self, now: u64) -> Option<(usize, usize)> {
+        let candidates = self
+            .st
+            .enis
+            .iter()
+            .enumerate()
+            .map(|(e, eni)| (e, eni.idle_count()))
+            .filter(|(_, n)| *n > 0);
+        let e = match self.cfg.eni_policy {
+            // max_by_key returns the last maximum: compare with the index reversed so that ties
+            // go to the first ENI.
+            EniPolicy::MostIps => candidates
+                .max_by_key(|(e, n)| (*n, std::cmp::Reverse(*e)))
+                .map(|(e, _)| e)?,
+            EniPolicy::LeastIps => candidates.min_by_key(|(e, n)| (*n, *e)).map(|(e, _)| e)?,
+        };
+        // Longest idle first, so a just-released IP (stale conntrack/ARP) is reused last; IPs
+        // kept for a recently deleted pod (sticky) only when nothing else is left.
+        self.st.enis[e]
+            .ips
+            .iter()
+            .enumerate()
+            .filter(|(_, ip)| ip.is_idle())
+            .min_by_key(|(_, ip)| (self.sticky_for(ip, now), ip.since, ip.ip))
+            .map(|(i, _)| (e, i))
+    }
+
+    fn contains_ip(&self, ip: Ipv4Addr) -> bool {
+        self.st
+            .enis
+            .iter()
+            .any(|e| e.ips.iter().any(|i| i.ip == ip))
+    }
+
+    fn eni_index(&self, id: &str) -> Option<usize> {
+        self.st.enis.iter().position(|e| e.id == id)
+    }
+
+    fn drop_empty_gone(&mut self) {
+        self.st.enis.retain(|e| !(e.gone && e.ips.is_empty()));
+    }
+
+    /// Track how long idle has been above max_idle without interruption.
+    fn touch(&mut self, now: u64) {
+        if self.idle() > self.cfg.max_idle {
+            self.above_max_since.get_or_insert(now);
+        } else {
+            self.above_max_since = None;
+        }
+    }
+
+    fn is_blocked(&self, vswitch: &str, now: u64) -> bool {
+        self.st
+            .blocked
+            .iter()
+            .any(|b| b.id == vswitch && b.until_ms > now)
+    }
+
+    fn eni_busy(&self, id: &str) -> bool {
+        self.flights.values().any(|f| f.eni() == Some(id))
+    }
+}

@@ -1,0 +1,611 @@
+//! Planning cloud work (fill, release), applying its outcomes, and telling the daemon when to
+//! come back or to give up.
+
+use super::{
+    BlockedVSwitch, CloudFailure, CloudOp, CloudOutcome, EniFacts, EniState, Flight, IpState, Pool,
+};
+use crate::config::VSwitchPolicy;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+const IP_NOT_ENOUGH: &str = "InvalidVSwitchId.IpNotEnough";
+const ENI_LIMIT: &str = "EniPerInstanceLimitExceeded";
+const ENI_FULL: &str = "QuotaExceeded.PrivateIpAddress";
+const IP_ALREADY_UNASSIGNED: &str = "InvalidIp.IpUnassigned";
+const ENI_NOT_FOUND: &str = "InvalidEniId.NotFound";
+
+impl Pool {
+    /// Cloud work to do now, given `waiting` allocations the daemon is holding. Marks them in flight.
+    /// `random` is a fresh random number (used by VSwitchPolicy::Random only).
+    pub fn plan(&mut self, now: u64, waiting: u32, random: u64) -> Vec<CloudOp> {
+        self.replan = false;
+        self.last_plan = Some(now);
+        self.st.blocked.retain(|b| b.until_ms > now);
+        self.touch(now);
+        let mut ops = Vec::new();
+        let idle = self.idle();
+        let coming = idle.saturating_add(self.pending_ips());
+        let target = waiting.saturating_add(self.cfg.min_idle);
+        if coming < target {
+            let start = *self.demand_since.get_or_insert(now);
+            // Coalesce: a burst of pods arriving together becomes a few large calls.
+            if now >= start.saturating_add(self.cfg.coalesce_ms) {
+                let need = target - coming;
+                // Round requests up to a batch, but never past what leaves max_idle after the
+                // waiters are served, so a fill does not feed the release path.
+                let ceiling = waiting.saturating_add(self.cfg.max_idle);
+                let allowance = need.max(ceiling.saturating_sub(coming));
+                self.plan_fill(now, need, allowance, random, &mut ops);
+            }
+        } else {
+            self.demand_since = None;
+            if waiting == 0 {
+                self.plan_release(now, &mut ops);
+            }
+        }
+        self.touch(now);
+        ops
+    }
+
+    fn new_op(&mut self, flight: Flight) -> u64 {
+        let op = self.next_op;
+        self.next_op = self.next_op.wrapping_add(1).max(1);
+        self.flights.insert(op, flight);
+        op
+    }
+
+    /// Free slots on a live ENI, minus what assigns in flight will add.
+    fn room(&self, eni: &EniState) -> u32 {
+        if !eni.live() || eni.full {
+            return 0;
+        }
+        let pending: u32 = self
+            .flights
+            .values()
+            .map(|f| match f {
+                Flight::Assign { eni: id, count } if *id == eni.id => *count,
+                _ => 0,
+            })
+            .sum();
+        self.cfg
+            .ips_per_eni
+            .saturating_sub(eni.ips.len() as u32)
+            .saturating_sub(pending)
+    }
+
+    /// ENIs attached or being created (gone ENIs are not attached any more).
+    pub(super) fn eni_count(&self) -> u32 {
+        let creates = self
+            .flights
+            .values()
+            .filter(|f| matches!(f, Flight::Create { .. }))
+            .count();
+        (self.st.enis.iter().filter(|e| !e.gone).count() + creates) as u32
+    }
+
+    fn creates_allowed(&self, now: u64) -> bool {
+        now >= self.eni_limit_until && self.eni_count() < self.cfg.max_enis
+    }
+
+    fn candidates(&self, now: u64) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for v in &self.cfg.vswitches {
+            if !self.is_blocked(v, now) && !out.contains(&v.as_str()) {
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    fn pick_vswitch(&self, now: u64, random: u64, free: &BTreeMap<String, u64>) -> Option<String> {
+        let c = self.candidates(now);
+        if c.is_empty() {
+            return None;
+        }
+        let chosen = match self.cfg.vswitch_policy {
+            VSwitchPolicy::Ordered => c[0],
+            VSwitchPolicy::Random => c[(random % c.len() as u64) as usize],
+            // Unknown counts last; ties keep config order (min_by_key returns the first).
+            VSwitchPolicy::Most => c
+                .iter()
+                .enumerate()
+                .min_by_key(|(i, v)| match free.get(**v) {
+                    Some(n) => (0, u64::MAX - n, *i),
+                    None => (1, 0, *i),
+                })
+                .map(|(_, v)| *v)
+                .unwrap_or(c[0]),
+        };
+        Some(chosen.to_string())
+    }
+
+    /// Claim `need` (at most `allowance`) IPs: room on existing ENIs first, then room the ENIs
+    /// being created will have, then new ENIs. Claimed room is served by ops now, or in later
+    /// rounds (one op per ENI at a time); only what no existing ENI can take creates an ENI.
+    fn plan_fill(
+        &mut self,
+        now: u64,
+        mut need: u32,
+        mut allowance: u32,
+        random: u64,
+        ops: &mut Vec<CloudOp>,
+    ) {
+        let batch = self.cfg.batch.max(1);
+        let per_eni = self.cfg.ips_per_eni;
+
+        let mut enis: Vec<(u32, String, bool)> = self
+            .st
+            .enis
+            .iter()
+            .filter(|e| !self.is_blocked(&e.vswitch_id, now))
+            .map(|e| (self.room(e), e.id.clone(), self.eni_busy(&e.id)))
+            .filter(|(room, _, _)| *room > 0)
+            .collect();
+        // Most room first: fewer calls for the same number of IPs.
+        enis.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        // First a batch on every idle ENI (in parallel), then the rest of their room is
+        // claimed for later rounds (one op per ENI at a time), before any new ENI.
+        for (room, eni_id, busy) in &mut enis {
+            if need == 0 {
+                return;
+            }
+            if *busy || now < self.retry_assign {
+                continue;
+            }
+            let count = allowance.min(*room).min(batch);
+            let op = self.new_op(Flight::Assign {
+                eni: eni_id.clone(),
+                count,
+            });
+            ops.push(CloudOp::AssignIps {
+                op,
+                eni_id: eni_id.clone(),
+                count,
+            });
+            *room -= count;
+            need = need.saturating_sub(count);
+            allowance = allowance.saturating_sub(count);
+        }
+        for (room, _, _) in &enis {
+            if need == 0 {
+                return;
+            }
+            let claim = allowance.min(*room);
+            need = need.saturating_sub(claim);
+            allowance = allowance.saturating_sub(claim);
+        }
+
+        for f in self.flights.values() {
+            if need == 0 {
+                return;
+            }
+            if let Flight::Create { vswitch, count } = f {
+                if self.is_blocked(vswitch, now) {
+                    continue;
+                }
+                let claim = allowance.min(per_eni.saturating_sub(*count));
+                need = need.saturating_sub(claim);
+                allowance = allowance.saturating_sub(claim);
+            }
+        }
+
+        if need == 0 || per_eni == 0 || now < self.retry_create {
+            return;
+        }
+        let mut free = self.vswitch_free.clone();
+        while need > 0 && self.creates_allowed(now) {
+            let Some(vswitch) = self.pick_vswitch(now, random, &free) else {
+                return;
+            };
+            // The ENI will hold up to per_eni; it comes with at most one batch, the rest is
+            // assigned (in parallel across ENIs) once it is attached.
+            let claim = allowance.min(per_eni).max(1);
+            let count = claim.min(batch).min(per_eni);
+            if let Some(n) = free.get_mut(&vswitch) {
+                *n = n.saturating_sub(u64::from(count));
+            }
+            let op = self.new_op(Flight::Create {
+                vswitch: vswitch.clone(),
+                count,
+            });
+            ops.push(CloudOp::CreateEni {
+                op,
+                vswitch_id: vswitch,
+                secondary_count: count - 1,
+            });
+            need = need.saturating_sub(claim);
+            allowance = allowance.saturating_sub(claim);
+        }
+    }
+
+    /// After idle stayed above max_idle for release_after_ms: give the excess back, emptiest
+    /// ENI first; a wholly idle ENI is deleted when idle stays >= min_idle without it.
+    fn plan_release(&mut self, now: u64, ops: &mut Vec<CloudOp>) {
+        let idle = self.idle();
+        let max_idle = self.cfg.max_idle;
+        if idle <= max_idle || now < self.retry_release {
+            return;
+        }
+        match self.above_max_since {
+            Some(t) if now >= t.saturating_add(self.cfg.release_after_ms) => {}
+            _ => return,
+        }
+        let batch = self.cfg.batch.max(1);
+        let mut excess = idle - max_idle;
+        let mut left_idle = idle;
+        let mut order: Vec<(u32, u32, String)> = self
+            .st
+            .enis
+            .iter()
+            .filter(|e| e.live() && !self.eni_busy(&e.id))
+            .map(|e| (e.owned_count(), e.idle_count(), e.id.clone()))
+            .filter(|(_, idle, _)| *idle > 0)
+            .collect();
+        // Emptiest (fewest in use) first; among those, the one with most idle.
+        order.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| b.1.cmp(&a.1))
+                .then_with(|| a.2.cmp(&b.2))
+        });
+        for (owned, eni_idle, eni_id) in order {
+            if excess == 0 {
+                break;
+            }
+            let Some(e) = self.eni_index(&eni_id) else {
+                continue;
+            };
+            let eni = &mut self.st.enis[e];
+            let whole = owned == 0
+                && eni_idle as usize == eni.ips.len()
+                && left_idle - eni_idle >= self.cfg.min_idle;
+            if whole {
+                eni.deleting = true;
+                for ip in &mut eni.ips {
+                    ip.releasing = true;
+                }
+                let op = self.new_op(Flight::Delete {
+                    eni: eni_id.clone(),
+                });
+                ops.push(CloudOp::DeleteEni { op, eni_id });
+                excess = excess.saturating_sub(eni_idle);
+                left_idle -= eni_idle;
+                continue;
+            }
+            let primary = eni.primary_ip;
+            let mut victims: Vec<&IpState> = eni
+                .ips
+                .iter()
+                .filter(|ip| ip.is_idle() && ip.ip != primary)
+                .collect();
+            // Longest idle first: the most recently released ones may be wanted back (sticky).
+            victims.sort_by_key(|ip| (ip.since, ip.ip));
+            let ips: Vec<Ipv4Addr> = victims
+                .iter()
+                .take(excess.min(batch) as usize)
+                .map(|ip| ip.ip)
+                .collect();
+            if ips.is_empty() {
+                continue;
+            }
+            for ip in &mut eni.ips {
+                if ips.contains(&ip.ip) {
+                    ip.releasing = true;
+                }
+            }
+            let n = ips.len() as u32;
+            let op = self.new_op(Flight::Unassign {
+                eni: eni_id.clone(),
+                ips: ips.clone(),
+            });
+            ops.push(CloudOp::UnassignIps { op, eni_id, ips });
+            excess = excess.saturating_sub(n);
+            left_idle -= n;
+        }
+    }
+
+    pub fn apply(&mut self, outcome: CloudOutcome, now: u64) {
+        self.replan = true;
+        match outcome {
+            CloudOutcome::EniCreated { op, eni } => {
+                self.flights.remove(&op);
+                self.add_eni(&eni, now);
+            }
+            CloudOutcome::IpsAssigned { op, eni_id, ips } => {
+                self.flights.remove(&op);
+                self.add_ips(&eni_id, &ips, now);
+            }
+            CloudOutcome::IpsUnassigned { op, eni_id, ips } => {
+                let flight = self.flights.remove(&op);
+                self.unassigned(&eni_id, &ips, flight);
+            }
+            CloudOutcome::EniDeleted { op, eni_id } => {
+                self.flights.remove(&op);
+                self.deleted(&eni_id);
+            }
+            CloudOutcome::Failed { op, failure } => {
+                if let Some(flight) = self.flights.remove(&op) {
+                    self.failed(flight, &failure, now);
+                }
+            }
+        }
+        self.touch(now);
+    }
+
+    /// A new (or re-reported) ENI: its IPs become idle. IPs already in the pool keep their state.
+    pub(super) fn add_eni(&mut self, facts: &EniFacts, now: u64) -> Vec<Ipv4Addr> {
+        let idx = match self.eni_index(&facts.id) {
+            Some(i) => i,
+            None => {
+                self.st.enis.push(EniState {
+                    id: facts.id.clone(),
+                    mac: facts.mac.clone(),
+                    vswitch_id: facts.vswitch_id.clone(),
+                    vswitch_cidr: facts.vswitch_cidr,
+                    gateway: facts.gateway,
+                    primary_ip: facts.primary_ip,
+                    ips: Vec::new(),
+                    full: false,
+                    gone: false,
+                    deleting: false,
+                });
+                self.st.enis.len() - 1
+            }
+        };
+        let eni = &mut self.st.enis[idx];
+        if eni.gone {
+            eni.gone = false;
+        }
+        let mut all = vec![facts.primary_ip];
+        all.extend(facts.secondary_ips.iter().copied());
+        let id = facts.id.clone();
+        self.add_ips(&id, &all, now)
+    }
+
+    /// Adds unknown IPs to a live ENI as idle; returns those added.
+    pub(super) fn add_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr], now: u64) -> Vec<Ipv4Addr> {
+        let Some(e) = self.eni_index(eni_id) else {
+            // Unknown (deleted meanwhile): the next reconcile adopts whatever is really there.
+            return Vec::new();
+        };
+        if !self.st.enis[e].live() {
+            return Vec::new();
+        }
+        let mut added = Vec::new();
+        for &ip in ips {
+            if self.contains_ip(ip) || added.contains(&ip) {
+                continue;
+            }
+            added.push(ip);
+        }
+        self.st.enis[e]
+            .ips
+            .extend(added.iter().map(|&ip| IpState::new_idle(ip, now)));
+        added
+    }
+
+    fn unassigned(&mut self, eni_id: &str, ips: &[Ipv4Addr], flight: Option<Flight>) {
+        let Some(e) = self.eni_index(eni_id) else {
+            return;
+        };
+        let eni = &mut self.st.enis[e];
+        eni.full = false;
+        for ip in &mut eni.ips {
+            if ips.contains(&ip.ip) && ip.owner.is_some() {
+                // Never planned (owned IPs are not released); the cloud dropped it anyway.
+                ip.invalid = true;
+            }
+        }
+        eni.ips
+            .retain(|ip| !(ips.contains(&ip.ip) && ip.owner.is_none()));
+        if let Some(Flight::Unassign { ips: planned, .. }) = flight {
+            // Whatever the cloud did not confirm is idle again.
+            for ip in &mut eni.ips {
+                if planned.contains(&ip.ip) {
+                    ip.releasing = false;
+                }
+            }
+        }
+    }
+
+    fn deleted(&mut self, eni_id: &str) {
+        let Some(e) = self.eni_index(eni_id) else {
+            return;
+        };
+        let eni = &mut self.st.enis[e];
+        eni.ips.retain(|ip| ip.owner.is_some());
+        if eni.ips.is_empty() {
+            self.st.enis.remove(e);
+        } else {
+            // Cannot happen through plan (only unowned ENIs are deleted); keep the owners known.
+            eni.gone = true;
+            eni.deleting = false;
+            for ip in &mut eni.ips {
+                ip.invalid = true;
+            }
+        }
+    }
+
+    fn failed(&mut self, flight: Flight, failure: &CloudFailure, now: u64) {
+        let retry = now.saturating_add(self.cfg.retry_after_ms);
+        let code = failure.code.as_str();
+        match flight {
+            Flight::Create { vswitch, .. } => match code {
+                IP_NOT_ENOUGH => self.block(&vswitch, &failure.message, now),
+                ENI_LIMIT => self.eni_limit_until = retry,
+                _ => self.retry_create = retry,
+            },
+            Flight::Assign { eni, .. } => {
+                let vswitch = self
+                    .eni_index(&eni)
+                    .map(|e| self.st.enis[e].vswitch_id.clone());
+                match (code, vswitch) {
+                    (IP_NOT_ENOUGH, Some(v)) => self.block(&v, &failure.message, now),
+                    (ENI_FULL, Some(_)) => {
+                        if let Some(e) = self.eni_index(&eni) {
+                            self.st.enis[e].full = true;
+                        }
+                    }
+                    _ => self.retry_assign = retry,
+                }
+            }
+            Flight::Unassign { eni, ips } => {
+                if code == IP_ALREADY_UNASSIGNED {
+                    self.unassigned(
+                        &eni,
+                        &ips,
+                        Some(Flight::Unassign {
+                            eni: eni.clone(),
+                            ips: ips.clone(),
+                        }),
+                    );
+                    return;
+                }
+                self.retry_release = retry;
+                if let Some(e) = self.eni_index(&eni) {
+                    for ip in &mut self.st.enis[e].ips {
+                        if ips.contains(&ip.ip) {
+                            ip.releasing = false;
+                        }
+                    }
+                }
+            }
+            Flight::Delete { eni } => {
+                if code == ENI_NOT_FOUND {
+                    self.deleted(&eni);
+                    return;
+                }
+                self.retry_release = retry;
+                if let Some(e) = self.eni_index(&eni) {
+                    let eni = &mut self.st.enis[e];
+                    eni.deleting = false;
+                    for ip in &mut eni.ips {
+                        ip.releasing = false;
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn block(&mut self, vswitch: &str, message: &str, now: u64) {
+        let reason = if message.trim().is_empty() {
+            format!("The specified VSwitch \"{vswitch}\" has not enough IpAddress.")
+        } else {
+            message.trim().to_string()
+        };
+        let until_ms = now.saturating_add(self.cfg.vswitch_backoff_ms);
+        self.st.blocked.retain(|b| b.id != vswitch);
+        self.st.blocked.push(BlockedVSwitch {
+            id: vswitch.to_string(),
+            until_ms,
+            reason,
+        });
+    }
+
+    /// When the pool next wants `plan` called (coalesce window end, release cool-down end, back-off end).
+    /// A time is reported only until a `plan` at or after it has run, so the loop never spins.
+    pub fn next_deadline(&self, now: u64) -> Option<u64> {
+        if self.replan {
+            return Some(now);
+        }
+        let mut times = vec![
+            self.retry_create,
+            self.retry_assign,
+            self.retry_release,
+            self.eni_limit_until,
+        ];
+        if let Some(t) = self.demand_since {
+            times.push(t.saturating_add(self.cfg.coalesce_ms));
+        }
+        if let Some(t) = self.above_max_since {
+            times.push(t.saturating_add(self.cfg.release_after_ms));
+        }
+        times.extend(self.st.blocked.iter().map(|b| b.until_ms));
+        times
+            .into_iter()
+            .filter(|&t| t > 0 && self.last_plan.is_none_or(|p| t > p))
+            .min()
+    }
+
+    /// Some(reason) when `waiting` allocations cannot be served by anything in flight or plannable:
+    /// node capacity reached, or every vSwitch blocked (reason quotes the cloud messages, naming the vSwitches).
+    pub fn unservable(&self, now: u64, waiting: u32) -> Option<String> {
+        if waiting == 0 || self.idle() > 0 {
+            return None;
+        }
+        let filling = self
+            .flights
+            .values()
+            .any(|f| matches!(f, Flight::Create { .. } | Flight::Assign { .. }));
+        if filling {
+            return None;
+        }
+        let can_assign = self
+            .st
+            .enis
+            .iter()
+            .any(|e| self.room(e) > 0 && !self.is_blocked(&e.vswitch_id, now));
+        let can_create = self.creates_allowed(now) && !self.candidates(now).is_empty();
+        if can_assign || can_create {
+            return None;
+        }
+        let any_room = self.st.enis.iter().any(|e| self.room(e) > 0);
+        let creatable = self.creates_allowed(now);
+        if !any_room && !creatable {
+            let enis = self.st.enis.iter().filter(|e| !e.gone).count();
+            if now < self.eni_limit_until && enis < self.cfg.max_enis as usize {
+                return Some(format!(
+                    "no address for {waiting} pod(s): the instance cannot attach more ENIs \
+                     (EniPerInstanceLimitExceeded) and the {enis} attached are full; \
+                     {} IPs in use",
+                    self.in_use()
+                ));
+            }
+            return Some(format!(
+                "no address for {waiting} pod(s): node capacity reached: {} of {} IPs in use \
+                 ({} ENIs × {} IPs per ENI)",
+                self.in_use(),
+                self.capacity(),
+                self.cfg.max_enis,
+                self.cfg.ips_per_eni
+            ));
+        }
+        if self.cfg.vswitches.is_empty() && !any_room {
+            return Some(format!(
+                "no address for {waiting} pod(s): no vSwitch configured for pod ENIs \
+                 (set `vswitches` for the node's zone)"
+            ));
+        }
+        // Blocked vSwitches stand in the way: quote the cloud for each one.
+        let mut relevant: Vec<&str> = Vec::new();
+        if creatable {
+            relevant.extend(self.cfg.vswitches.iter().map(String::as_str));
+        }
+        for e in &self.st.enis {
+            if self.room(e) > 0 {
+                relevant.push(&e.vswitch_id);
+            }
+        }
+        let mut parts: Vec<String> = Vec::new();
+        let mut seen: Vec<&str> = Vec::new();
+        for v in relevant {
+            if seen.contains(&v) {
+                continue;
+            }
+            seen.push(v);
+            if let Some(b) = self
+                .st
+                .blocked
+                .iter()
+                .find(|b| b.id == v && b.until_ms > now)
+            {
+                let secs = b.until_ms.saturating_sub(now).div_ceil(1000);
+                parts.push(format!("{} ({} skipped for {secs} s)", b.reason, b.id));
+            }
+        }
+        Some(format!(
+            "no address for {waiting} pod(s): every vSwitch is out of addresses: {}; \
+             add a vSwitch with free addresses to `vswitches`",
+            parts.join("; ")
+        ))
+    }
+}

@@ -1,0 +1,1090 @@
+use super::*;
+use std::collections::{BTreeSet, VecDeque};
+
+const AAA: &str = "vsw-AAA";
+const BBB: &str = "vsw-BBB";
+
+fn cfg() -> PoolConfig {
+    PoolConfig {
+        min_idle: 2,
+        max_idle: 5,
+        max_enis: 7,
+        ips_per_eni: 30,
+        batch: 10,
+        coalesce_ms: 20,
+        release_after_ms: 60_000,
+        vswitch_backoff_ms: 300_000,
+        retry_after_ms: 1_000,
+        vswitches: vec![AAA.into(), BBB.into()],
+        vswitch_policy: VSwitchPolicy::Ordered,
+        eni_policy: EniPolicy::MostIps,
+        sticky_ms: 300_000,
+    }
+}
+
+fn key(n: u32) -> AttachKey {
+    AttachKey {
+        container_id: format!("c{n}"),
+        ifname: "eth0".into(),
+    }
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn exhausted(vsw: &str) -> CloudFailure {
+    CloudFailure {
+        code: "InvalidVSwitchId.IpNotEnough".into(),
+        message: format!("The specified VSwitch \"{vsw}\" has not enough IpAddress."),
+    }
+}
+
+fn failure(code: &str) -> CloudFailure {
+    CloudFailure {
+        code: code.into(),
+        message: format!("{code} happened"),
+    }
+}
+
+/// A cloud that always succeeds (unless told otherwise) and remembers what it holds.
+#[derive(Default)]
+struct Cloud {
+    next_eni: u32,
+    next_ip: u32,
+    enis: BTreeMap<String, EniFacts>,
+    /// vSwitches that are out of addresses.
+    exhausted: BTreeSet<String>,
+}
+
+impl Cloud {
+    fn fresh_ip(&mut self, vsw: &str) -> Ipv4Addr {
+        self.next_ip += 1;
+        let net: u32 = match vsw {
+            AAA => 0x0a01_0000,
+            BBB => 0x0a02_0000,
+            _ => 0x0a09_0000,
+        };
+        Ipv4Addr::from(net + 10 + self.next_ip)
+    }
+
+    fn facts(&mut self, vsw: &str, secondary: u32) -> EniFacts {
+        self.next_eni += 1;
+        let id = format!("eni-{:03}", self.next_eni);
+        let primary_ip = self.fresh_ip(vsw);
+        let secondary_ips = (0..secondary).map(|_| self.fresh_ip(vsw)).collect();
+        let base = u32::from(primary_ip) & 0xffff_0000;
+        let f = EniFacts {
+            id: id.clone(),
+            mac: format!("00:16:3e:00:00:{:02x}", self.next_eni % 256),
+            vswitch_id: vsw.into(),
+            vswitch_cidr: Ipv4Network::new(Ipv4Addr::from(base), 16).unwrap(),
+            gateway: Ipv4Addr::from(base + 1),
+            primary_ip,
+            secondary_ips,
+        };
+        self.enis.insert(id, f.clone());
+        f
+    }
+
+    fn observed(&self) -> Vec<EniFacts> {
+        self.enis.values().cloned().collect()
+    }
+
+    fn run(&mut self, op: &CloudOp, pool: &Pool) -> CloudOutcome {
+        match op {
+            CloudOp::CreateEni {
+                op,
+                vswitch_id,
+                secondary_count,
+            } => {
+                if self.exhausted.contains(vswitch_id) {
+                    return CloudOutcome::Failed {
+                        op: *op,
+                        failure: exhausted(vswitch_id),
+                    };
+                }
+                let eni = self.facts(vswitch_id, *secondary_count);
+                CloudOutcome::EniCreated { op: *op, eni }
+            }
+            CloudOp::AssignIps { op, eni_id, count } => {
+                let Some(vsw) = self.enis.get(eni_id).map(|e| e.vswitch_id.clone()) else {
+                    return CloudOutcome::Failed {
+                        op: *op,
+                        failure: failure("InvalidEniId.NotFound"),
+                    };
+                };
+                if self.exhausted.contains(&vsw) {
+                    return CloudOutcome::Failed {
+                        op: *op,
+                        failure: exhausted(&vsw),
+                    };
+                }
+                let ips: Vec<Ipv4Addr> = (0..*count).map(|_| self.fresh_ip(&vsw)).collect();
+                let eni = self.enis.get_mut(eni_id).unwrap();
+                eni.secondary_ips.extend(ips.iter().copied());
+                assert!(eni.secondary_ips.len() < pool.cfg.ips_per_eni as usize);
+                CloudOutcome::IpsAssigned {
+                    op: *op,
+                    eni_id: eni_id.clone(),
+                    ips,
+                }
+            }
+            CloudOp::UnassignIps { op, eni_id, ips } => {
+                for i in ips {
+                    assert_no_owner(pool, *i);
+                }
+                let eni = self.enis.get_mut(eni_id).unwrap();
+                assert!(!ips.contains(&eni.primary_ip), "primary IP unassigned");
+                eni.secondary_ips.retain(|i| !ips.contains(i));
+                CloudOutcome::IpsUnassigned {
+                    op: *op,
+                    eni_id: eni_id.clone(),
+                    ips: ips.clone(),
+                }
+            }
+            CloudOp::DeleteEni { op, eni_id } => {
+                if let Some(e) = pool.st.enis.iter().find(|e| &e.id == eni_id) {
+                    assert_eq!(e.owned_count(), 0, "deleting an ENI with owned IPs");
+                }
+                self.enis.remove(eni_id);
+                CloudOutcome::EniDeleted {
+                    op: *op,
+                    eni_id: eni_id.clone(),
+                }
+            }
+        }
+    }
+}
+
+fn assert_no_owner(pool: &Pool, addr: Ipv4Addr) {
+    for e in &pool.st.enis {
+        for i in &e.ips {
+            assert!(
+                !(i.ip == addr && i.owner.is_some()),
+                "owned IP {addr} released"
+            );
+        }
+    }
+}
+
+/// Every IP appears once, has at most one owner, and every owner holds at most one IP.
+fn assert_invariants(pool: &Pool) {
+    let mut ips = BTreeSet::new();
+    let mut owners = BTreeSet::new();
+    for e in &pool.st.enis {
+        assert!(e.ips.len() as u32 <= pool.cfg.ips_per_eni.max(1) + 50);
+        for i in &e.ips {
+            assert!(ips.insert(i.ip), "{} appears twice", i.ip);
+            if let Some(o) = &i.owner {
+                assert!(owners.insert(o.clone()), "{o} owns two IPs");
+            }
+            assert!(
+                !(i.invalid && i.owner.is_none()),
+                "unowned invalid {}",
+                i.ip
+            );
+        }
+    }
+}
+
+/// Runs all `ops` successfully at once.
+fn run_all(pool: &mut Pool, cloud: &mut Cloud, ops: &[CloudOp], now: u64) {
+    for op in ops {
+        let out = cloud.run(op, pool);
+        pool.apply(out, now);
+    }
+}
+
+fn creates(ops: &[CloudOp]) -> Vec<(String, u32)> {
+    ops.iter()
+        .filter_map(|o| match o {
+            CloudOp::CreateEni {
+                vswitch_id,
+                secondary_count,
+                ..
+            } => Some((vswitch_id.clone(), *secondary_count)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn assigns(ops: &[CloudOp]) -> Vec<u32> {
+    ops.iter()
+        .filter_map(|o| match o {
+            CloudOp::AssignIps { count, .. } => Some(*count),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A pool with one ENI from the cloud holding `n` IPs (primary included), all idle.
+fn pool_with_eni(c: PoolConfig, cloud: &mut Cloud, n: u32) -> Pool {
+    let mut pool = Pool::new(c, PoolState::default());
+    cloud.facts(AAA, n - 1);
+    pool.reconcile(&cloud.observed(), 0);
+    pool
+}
+
+#[test]
+fn cold_start_fill_table() {
+    // (min, max, ips_per_eni, batch, max_enis) -> creates (vswitch, secondary_count) after the window
+    type Row = (u32, u32, u32, u32, u32, &'static [(&'static str, u32)]);
+    let table: &[Row] = &[
+        (2, 5, 30, 10, 7, &[(AAA, 4)]),
+        (10, 20, 30, 10, 7, &[(AAA, 9)]),
+        (0, 0, 30, 10, 7, &[]),
+        // ENIs smaller than a batch: several creates, each at most ips_per_eni.
+        (12, 12, 5, 10, 7, &[(AAA, 4), (AAA, 4), (AAA, 1)]),
+        // capped by max_enis
+        (40, 40, 10, 10, 2, &[(AAA, 9), (AAA, 9)]),
+        // min above max is treated as min
+        (4, 1, 30, 10, 7, &[(AAA, 3)]),
+    ];
+    for &(min, max, per, batch, max_enis, want) in table {
+        let mut c = cfg();
+        (c.min_idle, c.max_idle, c.ips_per_eni, c.batch, c.max_enis) =
+            (min, max, per, batch, max_enis);
+        let mut pool = Pool::new(c, PoolState::default());
+        assert_eq!(pool.next_deadline(0), Some(0));
+        assert!(pool.plan(0, 0, 0).is_empty(), "window not over yet");
+        if want.is_empty() {
+            assert_eq!(pool.next_deadline(0), None);
+            continue;
+        }
+        assert_eq!(pool.next_deadline(5), Some(20));
+        let ops = pool.plan(20, 0, 0);
+        let want: Vec<(String, u32)> = want.iter().map(|(v, n)| (v.to_string(), *n)).collect();
+        assert_eq!(creates(&ops), want, "min {min} max {max} per {per}");
+        let mut cloud = Cloud::default();
+        run_all(&mut pool, &mut cloud, &ops, 1000);
+        assert!(pool.idle() >= min.min(per * max_enis));
+        assert!(pool.idle() <= max.max(min));
+        // Settled: nothing more to do.
+        assert!(pool.plan(1000, 0, 0).is_empty());
+        assert_invariants(&pool);
+    }
+}
+
+#[test]
+fn burst_of_40_creates_in_parallel_then_assigns_in_parallel() {
+    let mut c = cfg();
+    c.min_idle = 0;
+    let mut pool = Pool::new(c, PoolState::default());
+    let mut cloud = Cloud::default();
+    assert!(pool.plan(0, 40, 0).is_empty());
+    let ops = pool.plan(20, 40, 0);
+    // 40 pods need two 30-IP ENIs: both created at once with a batch each.
+    assert_eq!(
+        creates(&ops),
+        vec![(AAA.to_string(), 9), (AAA.to_string(), 9)]
+    );
+    assert_eq!(pool.pending_ips(), 20);
+    // While they attach, more plans (more waiters arriving) ask for nothing new.
+    assert!(pool.plan(500, 40, 0).is_empty());
+    assert_eq!(pool.unservable(500, 40), None);
+    // Attach done at 2000 ms: 20 pods are served.
+    run_all(&mut pool, &mut cloud, &ops, 2000);
+    for n in 0..20 {
+        assert!(pool.allocate(&key(n), "", 2000).is_some());
+    }
+    assert_eq!(pool.next_deadline(2000), Some(2000));
+    let ops = pool.plan(2000, 20, 0);
+    // The remaining 20 come from one assign per ENI, in parallel, no coalescing delay again.
+    assert_eq!(assigns(&ops), vec![10, 10]);
+    assert!(creates(&ops).is_empty());
+    run_all(&mut pool, &mut cloud, &ops, 2300);
+    for n in 20..40 {
+        assert!(pool.allocate(&key(n), "", 2300).is_some());
+    }
+    assert_eq!(pool.in_use(), 40);
+    // Four calls for 40 pods; ready at attach + one assign.
+    assert_eq!(pool.next_op - 1, 4);
+    assert_invariants(&pool);
+}
+
+#[test]
+fn burst_with_small_batches_uses_later_rounds_not_more_enis() {
+    let mut c = cfg();
+    c.min_idle = 0;
+    c.max_idle = 0;
+    let mut pool = Pool::new(c, PoolState::default());
+    let mut cloud = Cloud::default();
+    pool.plan(0, 25, 0);
+    let ops = pool.plan(20, 25, 0);
+    assert_eq!(creates(&ops), vec![(AAA.to_string(), 9)]);
+    run_all(&mut pool, &mut cloud, &ops, 1000);
+    for n in 0..10 {
+        pool.allocate(&key(n), "", 1000).unwrap();
+    }
+    let ops = pool.plan(1000, 15, 0);
+    // One op per ENI at a time: 10 now, 5 later, still on the same ENI.
+    assert_eq!(assigns(&ops), vec![10]);
+    assert!(pool.plan(1001, 15, 0).is_empty());
+    run_all(&mut pool, &mut cloud, &ops, 1200);
+    for n in 10..20 {
+        pool.allocate(&key(n), "", 1200).unwrap();
+    }
+    let ops = pool.plan(1200, 5, 0);
+    assert_eq!(assigns(&ops), vec![5]);
+    assert_eq!(pool.state().enis.len(), 1);
+}
+
+#[test]
+fn coalescing_window_turns_a_burst_into_one_call() {
+    let mut c = cfg();
+    c.min_idle = 0;
+    let mut pool = Pool::new(c, PoolState::default());
+    // Pods arrive one per 4 ms; the daemon plans at each arrival.
+    for t in 0..5u64 {
+        assert!(pool.plan(t * 4, t as u32 + 1, 0).is_empty(), "t={t}");
+        assert_eq!(pool.next_deadline(t * 4), Some(20));
+    }
+    let ops = pool.plan(20, 5, 0);
+    // 5 waiting + max_idle 5: one call of 10.
+    assert_eq!(creates(&ops), vec![(AAA.to_string(), 9)]);
+    let mut cloud = Cloud::default();
+    run_all(&mut pool, &mut cloud, &ops, 1000);
+    for n in 0..5 {
+        pool.allocate(&key(n), "", 1000).unwrap();
+    }
+    // Demand met: the window closes; a later shortfall opens a new one.
+    assert!(pool.plan(1000, 0, 0).is_empty());
+    assert_eq!(pool.next_deadline(1000), None);
+    for n in 5..10 {
+        pool.allocate(&key(n), "", 2000).unwrap();
+    }
+    assert!(pool.plan(2000, 1, 0).is_empty());
+    assert_eq!(pool.next_deadline(2000), Some(2020));
+    assert_eq!(assigns(&pool.plan(2020, 1, 0)), vec![6]);
+}
+
+#[test]
+fn release_only_after_cool_down_emptiest_first_whole_eni_and_never_primary() {
+    let mut c = cfg();
+    c.min_idle = 2;
+    c.max_idle = 5;
+    let mut cloud = Cloud::default();
+    let a = cloud.facts(AAA, 9); // 10 IPs, 8 will be in use
+    let b = cloud.facts(AAA, 9); // 10 IPs, 2 in use (primary among them)
+    let d = cloud.facts(AAA, 4); // 5 IPs, none in use
+    let mut pool = Pool::new(c, PoolState::default());
+    pool.reconcile(&cloud.observed(), 0);
+    let mut n = 0;
+    let mut take = |pool: &mut Pool, eni: &EniFacts, ips: &[Ipv4Addr]| {
+        for &i in ips {
+            let e = pool.eni_index(&eni.id).unwrap();
+            let s = pool.st.enis[e].ips.iter_mut().find(|x| x.ip == i).unwrap();
+            s.owner = Some(key(n));
+            n += 1;
+        }
+    };
+    take(&mut pool, &a, &a.secondary_ips[..8]);
+    take(&mut pool, &b, &[b.primary_ip, b.secondary_ips[0]]);
+    pool.touch(0);
+    assert_eq!(pool.idle(), 2 + 8 + 5);
+    assert_eq!(pool.next_deadline(0), Some(0));
+    assert!(pool.plan(0, 0, 0).is_empty());
+    assert_eq!(pool.next_deadline(1), Some(60_000));
+    assert!(pool.plan(59_999, 0, 0).is_empty());
+    let ops = pool.plan(60_000, 0, 0);
+    assert_eq!(ops.len(), 2, "{ops:?}");
+    assert!(matches!(&ops[0], CloudOp::DeleteEni { eni_id, .. } if *eni_id == d.id));
+    match &ops[1] {
+        CloudOp::UnassignIps { eni_id, ips, .. } => {
+            assert_eq!(eni_id, &b.id);
+            assert_eq!(ips.len(), 5);
+            assert!(!ips.contains(&b.primary_ip));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Released IPs are not handed out while in flight.
+    assert_eq!(pool.idle(), 5);
+    for k in 100..105 {
+        let l = pool.allocate(&key(k), "", 60_001).unwrap();
+        assert_ne!(l.eni_id, d.id);
+    }
+    assert!(pool.allocate(&key(200), "", 60_001).is_none());
+    for k in 100..105 {
+        pool.release(&key(k), 60_002);
+    }
+    run_all(&mut pool, &mut cloud, &ops, 61_000);
+    assert_eq!(pool.idle(), 5);
+    assert_eq!(pool.state().enis.len(), 2);
+    assert!(pool.plan(200_000, 0, 0).is_empty());
+    assert_invariants(&pool);
+}
+
+#[test]
+fn release_keeps_min_idle_instead_of_deleting_and_cool_down_restarts() {
+    let mut c = cfg();
+    c.min_idle = 8;
+    c.max_idle = 8;
+    let mut cloud = Cloud::default();
+    let mut pool = pool_with_eni(c, &mut cloud, 10);
+    let primary = cloud.observed()[0].primary_ip;
+    // Above max at 0, back to max at 30 s (pods took some), above again at 40 s.
+    pool.allocate(&key(1), "", 30_000).unwrap();
+    pool.allocate(&key(2), "", 30_000).unwrap();
+    pool.release(&key(1), 40_000);
+    assert!(
+        pool.plan(60_000, 0, 0).is_empty(),
+        "cool-down restarted at 40 s"
+    );
+    pool.release(&key(2), 50_000);
+    let ops = pool.plan(100_000, 0, 0);
+    // Deleting the only ENI would leave 0 < min_idle idle: unassign the excess instead.
+    match &ops[..] {
+        [CloudOp::UnassignIps { ips, .. }] => {
+            assert_eq!(ips.len(), 2);
+            assert!(!ips.contains(&primary));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn failed_release_goes_back_to_idle_with_retry() {
+    let mut c = cfg();
+    c.min_idle = 0;
+    c.max_idle = 0;
+    c.release_after_ms = 0;
+    let mut cloud = Cloud::default();
+    let mut pool = pool_with_eni(c, &mut cloud, 3);
+    let ops = pool.plan(10, 0, 0);
+    let op = match &ops[..] {
+        [CloudOp::DeleteEni { op, .. }] => *op,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(pool.idle(), 0);
+    pool.apply(
+        CloudOutcome::Failed {
+            op,
+            failure: failure("InvalidOperation.InvalidEniState"),
+        },
+        20,
+    );
+    assert_eq!(pool.idle(), 3);
+    assert!(pool.plan(20, 0, 0).is_empty());
+    assert_eq!(pool.next_deadline(20), Some(1020));
+    assert_eq!(pool.plan(1020, 0, 0).len(), 1);
+}
+
+/// xorshift64*: deterministic randomness for the simulations.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// The daemon's loop in miniature: ops complete after a delay, waiters are served in order.
+struct Sim {
+    pool: Pool,
+    cloud: Cloud,
+    now: u64,
+    running: Vec<(u64, CloudOp)>,
+    waiters: VecDeque<AttachKey>,
+    pods: Vec<AttachKey>,
+    next_pod: u32,
+    calls: u64,
+    allocations: u64,
+}
+
+impl Sim {
+    fn new(c: PoolConfig) -> Sim {
+        Sim {
+            pool: Pool::new(c, PoolState::default()),
+            cloud: Cloud::default(),
+            now: 0,
+            running: Vec::new(),
+            waiters: VecDeque::new(),
+            pods: Vec::new(),
+            next_pod: 0,
+            calls: 0,
+            allocations: 0,
+        }
+    }
+
+    fn delay(op: &CloudOp) -> u64 {
+        match op {
+            CloudOp::CreateEni { .. } => 2_000,
+            CloudOp::DeleteEni { .. } => 1_500,
+            _ => 300,
+        }
+    }
+
+    fn serve(&mut self) {
+        while let Some(k) = self.waiters.front().cloned() {
+            match self.pool.allocate(&k, "", self.now) {
+                Some(_) => {
+                    self.waiters.pop_front();
+                    self.pods.push(k);
+                    self.allocations += 1;
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Advance to `until` in 10 ms ticks.
+    fn run(&mut self, until: u64, rng: &mut Rng, churn: bool) {
+        while self.now < until {
+            self.now += 10;
+            let now = self.now;
+            let (done, rest): (Vec<_>, Vec<_>) =
+                self.running.drain(..).partition(|(t, _)| *t <= now);
+            self.running = rest;
+            for (_, op) in done {
+                let out = self.cloud.run(&op, &self.pool);
+                self.pool.apply(out, now);
+            }
+            if churn {
+                // Roughly one pod event per 100 ms, population wandering around 60.
+                if rng.below(10) == 0 {
+                    let up = self.pods.len() < 30 || (rng.below(120) as usize) > self.pods.len();
+                    if up && self.waiters.len() < 20 {
+                        self.next_pod += 1;
+                        self.waiters.push_back(key(self.next_pod));
+                    } else if !self.pods.is_empty() {
+                        let i = rng.below(self.pods.len() as u64) as usize;
+                        let k = self.pods.swap_remove(i);
+                        assert!(self.pool.release(&k, now).is_some());
+                    }
+                }
+            }
+            self.serve();
+            if self.pool.next_deadline(now).is_some_and(|t| t <= now) || !self.waiters.is_empty() {
+                let ops = self.pool.plan(now, self.waiters.len() as u32, rng.next());
+                self.calls += ops.len() as u64;
+                for op in ops {
+                    self.running.push((now + Sim::delay(&op), op));
+                }
+            }
+            assert_invariants(&self.pool);
+        }
+    }
+}
+
+#[test]
+fn churn_stays_within_watermarks_with_few_calls() {
+    let mut c = cfg();
+    c.min_idle = 5;
+    c.max_idle = 15;
+    let mut sim = Sim::new(c);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for round in 0..6u64 {
+        sim.run((round + 1) * 600_000, &mut rng, true);
+        // Quiet period: let the pool settle (fill, cool-down, release), then check.
+        let until = sim.now + 120_000;
+        sim.run(until, &mut rng, false);
+        sim.serve();
+        assert!(sim.waiters.is_empty(), "round {round}");
+        assert!(sim.running.is_empty(), "round {round}");
+        let idle = sim.pool.idle();
+        assert!((5..=15).contains(&idle), "round {round}: idle {idle}");
+        assert!(sim.pool.plan(sim.now, 0, 0).is_empty());
+    }
+    let per_pod = sim.calls as f64 / sim.allocations as f64;
+    assert!(sim.allocations > 1000, "{}", sim.allocations);
+    assert!(
+        per_pod < 0.25,
+        "{} calls for {} pods",
+        sim.calls,
+        sim.allocations
+    );
+}
+
+#[test]
+fn exhausted_vswitch_is_blocked_and_next_one_used() {
+    let mut pool = Pool::new(cfg(), PoolState::default());
+    let mut cloud = Cloud::default();
+    cloud.exhausted.insert(AAA.into());
+    pool.plan(0, 1, 0);
+    let ops = pool.plan(20, 1, 0);
+    assert_eq!(creates(&ops)[0].0, AAA);
+    run_all(&mut pool, &mut cloud, &ops, 100);
+    let snap = pool.snapshot(100);
+    assert_eq!(snap.blocked_vswitches.len(), 1);
+    assert_eq!(snap.blocked_vswitches[0].id, AAA);
+    assert_eq!(snap.blocked_vswitches[0].until_ms, 300_100);
+    assert_eq!(
+        snap.blocked_vswitches[0].reason,
+        "The specified VSwitch \"vsw-AAA\" has not enough IpAddress."
+    );
+    assert_eq!(pool.unservable(100, 1), None);
+    assert_eq!(pool.next_deadline(100), Some(100));
+    let ops = pool.plan(100, 1, 0);
+    assert_eq!(creates(&ops)[0].0, BBB);
+    run_all(&mut pool, &mut cloud, &ops, 200);
+    assert!(pool.allocate(&key(1), "", 200).is_some());
+    // The block expires after the back-off.
+    assert_eq!(pool.snapshot(300_100).blocked_vswitches.len(), 0);
+}
+
+#[test]
+fn assign_exhaustion_blocks_the_enis_vswitch() {
+    let mut c = cfg();
+    c.min_idle = 0;
+    c.max_idle = 0;
+    let mut cloud = Cloud::default();
+    let mut pool = pool_with_eni(c, &mut cloud, 1);
+    pool.allocate(&key(1), "", 0).unwrap();
+    cloud.exhausted.insert(AAA.into());
+    pool.plan(0, 1, 0);
+    let ops = pool.plan(20, 1, 0);
+    assert_eq!(assigns(&ops), vec![1]);
+    run_all(&mut pool, &mut cloud, &ops, 50);
+    // Not on that ENI any more: a new ENI in the next vSwitch.
+    let ops = pool.plan(50, 1, 0);
+    assert_eq!(creates(&ops), vec![(BBB.to_string(), 0)]);
+}
+
+#[test]
+fn all_blocked_is_unservable_with_each_message_and_reload_fixes_it() {
+    let mut c = cfg();
+    c.vswitches = vec![AAA.into()];
+    let mut pool = Pool::new(c.clone(), PoolState::default());
+    let mut cloud = Cloud::default();
+    cloud.exhausted.insert(AAA.into());
+    cloud.exhausted.insert(BBB.into());
+    pool.plan(0, 3, 0);
+    let ops = pool.plan(20, 3, 0);
+    assert_eq!(pool.unservable(20, 3), None, "a create is in flight");
+    run_all(&mut pool, &mut cloud, &ops, 30);
+    let why = pool.unservable(30, 3).unwrap();
+    assert!(
+        why.contains("The specified VSwitch \"vsw-AAA\" has not enough IpAddress."),
+        "{why}"
+    );
+    assert!(pool.plan(30, 3, 0).is_empty());
+    // Reload with vsw-BBB: servable again; it is exhausted too, so both are named.
+    c.vswitches = vec![AAA.into(), BBB.into()];
+    pool.set_config(c.clone());
+    assert_eq!(pool.unservable(40, 3), None);
+    let ops = pool.plan(40, 3, 0);
+    assert_eq!(creates(&ops)[0].0, BBB);
+    run_all(&mut pool, &mut cloud, &ops, 50);
+    let why = pool.unservable(50, 3).unwrap();
+    assert!(
+        why.contains("\"vsw-AAA\" has not enough IpAddress."),
+        "{why}"
+    );
+    assert!(
+        why.contains("\"vsw-BBB\" has not enough IpAddress."),
+        "{why}"
+    );
+    // A reload adding a vSwitch with room; the old blocks stay.
+    c.vswitches.push("vsw-CCC".into());
+    pool.set_config(c);
+    assert_eq!(pool.unservable(60, 3), None);
+    let ops = pool.plan(60, 3, 0);
+    assert_eq!(creates(&ops)[0].0, "vsw-CCC");
+    assert_eq!(pool.snapshot(60).blocked_vswitches.len(), 2);
+}
+
+#[test]
+fn no_vswitch_configured_is_unservable() {
+    let mut c = cfg();
+    c.vswitches.clear();
+    let pool = Pool::new(c, PoolState::default());
+    let why = pool.unservable(0, 1).unwrap();
+    assert!(why.contains("no vSwitch configured"), "{why}");
+}
+
+#[test]
+fn capacity_reached() {
+    let mut c = cfg();
+    c.min_idle = 0;
+    c.max_idle = 0;
+    c.max_enis = 2;
+    c.ips_per_eni = 3;
+    let mut pool = Pool::new(c, PoolState::default());
+    let mut cloud = Cloud::default();
+    assert_eq!(pool.capacity(), 6);
+    pool.plan(0, 7, 0);
+    let ops = pool.plan(20, 7, 0);
+    assert_eq!(
+        creates(&ops),
+        vec![(AAA.to_string(), 2), (AAA.to_string(), 2)]
+    );
+    run_all(&mut pool, &mut cloud, &ops, 100);
+    for n in 0..6 {
+        pool.allocate(&key(n), "", 100).unwrap();
+    }
+    assert!(pool.plan(100, 1, 0).is_empty());
+    let why = pool.unservable(100, 1).unwrap();
+    assert!(why.contains("node capacity reached: 6 of 6"), "{why}");
+    pool.release(&key(0), 200);
+    assert_eq!(pool.unservable(200, 1), None);
+}
+
+#[test]
+fn failures_retry_after_without_op_storm() {
+    let mut c = cfg();
+    c.min_idle = 0;
+    let mut pool = Pool::new(c, PoolState::default());
+    let mut calls = 0;
+    let mut now = 0;
+    // The cloud throttles every call for 10 s; the daemon plans every 10 ms.
+    while now < 10_000 {
+        for op in pool.plan(now, 5, 0) {
+            calls += 1;
+            pool.apply(
+                CloudOutcome::Failed {
+                    op: op.id(),
+                    failure: failure("Throttling.User"),
+                },
+                now,
+            );
+        }
+        assert_eq!(pool.unservable(now, 5), None, "throttling is temporary");
+        now += 10;
+    }
+    assert!((9..=11).contains(&calls), "{calls} calls");
+}
+
+#[test]
+fn eni_limit_and_full_eni() {
+    let mut c = cfg();
+    c.min_idle = 0;
+    c.max_idle = 0;
+    let mut cloud = Cloud::default();
+    let mut pool = pool_with_eni(c, &mut cloud, 1);
+    pool.allocate(&key(1), "", 0).unwrap();
+    pool.plan(0, 1, 0);
+    let ops = pool.plan(20, 1, 0);
+    assert_eq!(assigns(&ops), vec![1]);
+    // The ENI is full for the cloud: stop assigning to it, create instead.
+    pool.apply(
+        CloudOutcome::Failed {
+            op: ops[0].id(),
+            failure: failure("QuotaExceeded.PrivateIpAddress"),
+        },
+        30,
+    );
+    let ops = pool.plan(30, 1, 0);
+    assert_eq!(creates(&ops).len(), 1);
+    pool.apply(
+        CloudOutcome::Failed {
+            op: ops[0].id(),
+            failure: failure("EniPerInstanceLimitExceeded"),
+        },
+        40,
+    );
+    assert!(pool.plan(40, 1, 0).is_empty());
+    let why = pool.unservable(40, 1).unwrap();
+    assert!(why.contains("EniPerInstanceLimitExceeded"), "{why}");
+    assert_eq!(pool.next_deadline(41), Some(1040));
+    assert_eq!(creates(&pool.plan(1040, 1, 0)).len(), 1);
+}
+
+#[test]
+fn reconcile_lost_adopted_removed() {
+    let mut c = cfg();
+    c.min_idle = 0;
+    c.max_idle = 100;
+    let mut cloud = Cloud::default();
+    let mut pool = pool_with_eni(c, &mut cloud, 4);
+    let f = cloud.observed()[0].clone();
+    let (a, b, d) = (f.secondary_ips[0], f.secondary_ips[1], f.secondary_ips[2]);
+    // key 1 gets `a` (longest idle among equals = lowest address after the primary? force it).
+    for i in &mut pool.st.enis[0].ips {
+        if i.ip == a {
+            i.owner = Some(key(1));
+        }
+    }
+    // The cloud lost `a` and `b`, and has a new `n`; and a second ENI appeared.
+    let n = ip("10.1.9.9");
+    let e = cloud.enis.get_mut(&f.id).unwrap();
+    e.secondary_ips = vec![d, n];
+    let other = cloud.facts(BBB, 2);
+    let rep = pool.reconcile(&cloud.observed(), 100);
+    assert_eq!(rep.lost, vec![(key(1), a)]);
+    assert_eq!(rep.removed_idle, vec![b]);
+    let mut adopted = rep.adopted.clone();
+    adopted.sort();
+    let mut want = vec![n, other.primary_ip];
+    want.extend(other.secondary_ips.iter().copied());
+    want.sort();
+    assert_eq!(adopted, want);
+    // Lost is reported once; the pod still has it (invalid), nobody else gets it.
+    assert!(pool.reconcile(&cloud.observed(), 200).lost.is_empty());
+    assert_eq!(pool.lease_of(&key(1)).unwrap().ip, a);
+    let snap = pool.snapshot(200);
+    assert!(snap.enis[0].ips.iter().any(|i| i.ip == a && i.invalid));
+    let mut given = BTreeSet::new();
+    for k in 10..20 {
+        if let Some(l) = pool.allocate(&key(k), "", 300) {
+            assert_ne!(l.ip, a);
+            assert!(given.insert(l.ip));
+        }
+    }
+    assert_eq!(given.len(), 6);
+    // Released by its pod: dropped, never idle.
+    assert_eq!(pool.release(&key(1), 400).unwrap().ip, a);
+    assert!(!pool.st.enis.iter().any(|e| e.ips.iter().any(|i| i.ip == a)));
+    assert_invariants(&pool);
+}
+
+#[test]
+fn reconcile_missing_eni_and_in_flight_ops() {
+    let mut c = cfg();
+    c.min_idle = 0;
+    c.max_idle = 100;
+    let mut cloud = Cloud::default();
+    let mut pool = pool_with_eni(c, &mut cloud, 3);
+    let l = pool.allocate(&key(1), "", 0).unwrap();
+    // The ENI vanished: idle dropped, the owned one invalid, the ENI no longer counts.
+    cloud.enis.clear();
+    let rep = pool.reconcile(&[], 10);
+    assert_eq!(rep.lost, vec![(key(1), l.ip)]);
+    assert_eq!(rep.removed_idle.len(), 2);
+    assert_eq!(pool.idle(), 0);
+    assert_eq!(pool.in_use(), 1);
+    assert_eq!(pool.eni_count(), 0);
+    assert!(
+        pool.allocate(&key(1), "", 20).is_none(),
+        "re-ADD gets no invalid IP"
+    );
+    assert_eq!(pool.in_use(), 0);
+    assert!(pool.state().enis.is_empty());
+
+    // An assign in flight: the reconcile leaves that ENI alone, and does not adopt unknown ENIs
+    // while a create is in flight.
+    let f = cloud.facts(AAA, 0);
+    pool.reconcile(&cloud.observed(), 30);
+    pool.allocate(&key(2), "", 30).unwrap();
+    pool.plan(30, 1, 0);
+    let ops = pool.plan(50, 1, 0);
+    assert_eq!(assigns(&ops).len(), 1);
+    let extra = ip("10.1.8.8");
+    cloud.enis.get_mut(&f.id).unwrap().secondary_ips.push(extra);
+    let rep = pool.reconcile(&cloud.observed(), 60);
+    assert!(rep.adopted.is_empty() && rep.lost.is_empty());
+    pool.apply(
+        CloudOutcome::IpsAssigned {
+            op: ops[0].id(),
+            eni_id: f.id.clone(),
+            ips: vec![extra],
+        },
+        70,
+    );
+    assert_eq!(pool.idle(), 1);
+    assert_invariants(&pool);
+}
+
+#[test]
+fn random_sequences_never_double_assign_or_release_owned() {
+    for seed in 1..40u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
+        let mut c = cfg();
+        c.min_idle = rng.below(4) as u32;
+        c.max_idle = c.min_idle + rng.below(6) as u32;
+        c.ips_per_eni = 1 + rng.below(6) as u32;
+        c.max_enis = 1 + rng.below(4) as u32;
+        c.batch = 1 + rng.below(4) as u32;
+        c.release_after_ms = rng.below(50);
+        c.coalesce_ms = rng.below(3);
+        let mut pool = Pool::new(c, PoolState::default());
+        let mut cloud = Cloud::default();
+        let mut flying: Vec<CloudOp> = Vec::new();
+        let mut now = 0;
+        for _ in 0..400 {
+            now += rng.below(20);
+            match rng.below(9) {
+                0 | 1 => {
+                    let k = key(rng.below(12) as u32);
+                    let name = format!("ns/p{}", rng.below(4));
+                    if let Some(l) = pool.allocate(&k, &name, now) {
+                        assert_eq!(pool.lease_of(&k), Some(l));
+                    }
+                }
+                2 => {
+                    pool.release(&key(rng.below(12) as u32), now);
+                }
+                3 | 4 => {
+                    let ops = pool.plan(now, rng.below(4) as u32, rng.next());
+                    flying.extend(ops);
+                }
+                5 | 6 if !flying.is_empty() => {
+                    let op = flying.swap_remove(rng.below(flying.len() as u64) as usize);
+                    let out = if rng.below(4) == 0 {
+                        let code = [
+                            "Throttling.User",
+                            "InvalidVSwitchId.IpNotEnough",
+                            "QuotaExceeded.PrivateIpAddress",
+                            "EniPerInstanceLimitExceeded",
+                            "InvalidIp.IpUnassigned",
+                        ][rng.below(5) as usize];
+                        CloudOutcome::Failed {
+                            op: op.id(),
+                            failure: failure(code),
+                        }
+                    } else {
+                        cloud.run(&op, &pool)
+                    };
+                    pool.apply(out, now);
+                }
+                7 => {
+                    // The cloud loses a random address now and then.
+                    if rng.below(3) == 0 {
+                        let ids: Vec<String> = cloud.enis.keys().cloned().collect();
+                        if !ids.is_empty() {
+                            let id = &ids[rng.below(ids.len() as u64) as usize];
+                            let e = cloud.enis.get_mut(id).unwrap();
+                            if !e.secondary_ips.is_empty() {
+                                e.secondary_ips.remove(0);
+                            }
+                        }
+                    }
+                    pool.reconcile(&cloud.observed(), now);
+                }
+                _ => {
+                    let _ = pool.unservable(now, rng.below(3) as u32);
+                    let _ = pool.next_deadline(now);
+                }
+            }
+            assert_invariants(&pool);
+            assert!(pool.in_use() + pool.idle() <= pool.capacity().max(1) * 2 + 10);
+            // Nothing invalid is ever idle; nothing releasing is ever owned.
+            for e in &pool.st.enis {
+                for i in &e.ips {
+                    assert!(!(i.releasing && i.owner.is_some()));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn serde_round_trip() {
+    let mut c = cfg();
+    c.min_idle = 0;
+    let mut cloud = Cloud::default();
+    let mut pool = pool_with_eni(c.clone(), &mut cloud, 5);
+    pool.allocate(&key(1), "ns/web-0", 10).unwrap();
+    pool.allocate(&key(2), "ns/web-1", 10).unwrap();
+    pool.release(&key(2), 20);
+    pool.block(
+        BBB,
+        "The specified VSwitch \"vsw-BBB\" has not enough IpAddress.",
+        30,
+    );
+    let json = serde_json::to_string(pool.state()).unwrap();
+    let back: PoolState = serde_json::from_str(&json).unwrap();
+    assert_eq!(&back, pool.state());
+    let restored = Pool::new(c, back);
+    assert_eq!(restored.lease_of(&key(1)), pool.lease_of(&key(1)));
+    assert_eq!(restored.snapshot(40), pool.snapshot(40));
+    // An empty or old file (missing fields) still loads.
+    let empty: PoolState = serde_json::from_str("{}").unwrap();
+    assert_eq!(empty, PoolState::default());
+}
+
+#[test]
+fn sticky_ip_for_recreated_pod_and_longest_idle_otherwise() {
+    let mut c = cfg();
+    c.min_idle = 0;
+    c.max_idle = 100;
+    let mut cloud = Cloud::default();
+    let mut pool = pool_with_eni(c, &mut cloud, 5);
+    let web0 = pool.allocate(&key(1), "ns/web-0", 100).unwrap();
+    let other = pool.allocate(&key(2), "ns/x", 100).unwrap();
+    assert_ne!(web0.ip, other.ip);
+    pool.release(&key(1), 200);
+    pool.release(&key(2), 200);
+    // Other pods do not get web-0's address while it is kept for it.
+    for k in 3..6 {
+        let l = pool.allocate(&key(k), "ns/y", 300).unwrap();
+        assert_ne!(l.ip, web0.ip);
+        pool.release(&key(k), 300);
+    }
+    let again = pool.allocate(&key(10), "ns/web-0", 1000).unwrap();
+    assert_eq!(again.ip, web0.ip);
+    pool.release(&key(10), 2000);
+    // After the window it is an ordinary idle IP again: the longest idle goes first.
+    let l = pool.allocate(&key(11), "ns/web-0", 2000 + 300_000).unwrap();
+    assert_ne!(l.ip, web0.ip);
+}
+
+#[test]
+fn allocation_policies() {
+    let mut cloud = Cloud::default();
+    let mut c = cfg();
+    c.min_idle = 0;
+    c.max_idle = 100;
+    cloud.facts(AAA, 1); // 2 IPs
+    cloud.facts(AAA, 4); // 5 IPs
+    for (policy, want) in [(EniPolicy::MostIps, 1), (EniPolicy::LeastIps, 0)] {
+        c.eni_policy = policy;
+        let mut pool = Pool::new(c.clone(), PoolState::default());
+        pool.reconcile(&cloud.observed(), 0);
+        let l = pool.allocate(&key(1), "", 1).unwrap();
+        assert_eq!(l.eni_id, cloud.observed()[want].id, "{policy:?}");
+        assert_eq!(l.mac, cloud.observed()[want].mac);
+    }
+}
+
+#[test]
+fn vswitch_policies() {
+    let mut c = cfg();
+    c.vswitches = vec![AAA.into(), BBB.into(), "vsw-CCC".into()];
+    type Row = (
+        VSwitchPolicy,
+        u64,
+        &'static [(&'static str, u64)],
+        &'static str,
+    );
+    let table: &[Row] = &[
+        (VSwitchPolicy::Ordered, 7, &[], AAA),
+        (VSwitchPolicy::Random, 7, &[], BBB),
+        (VSwitchPolicy::Random, 5, &[], "vsw-CCC"),
+        (
+            VSwitchPolicy::Most,
+            0,
+            &[(AAA, 5), ("vsw-CCC", 50)],
+            "vsw-CCC",
+        ),
+        (VSwitchPolicy::Most, 0, &[(BBB, 5)], BBB),
+        (VSwitchPolicy::Most, 0, &[], AAA),
+    ];
+    for &(policy, random, free, want) in table {
+        c.vswitch_policy = policy;
+        let mut pool = Pool::new(c.clone(), PoolState::default());
+        for (v, n) in free {
+            pool.set_vswitch_free(v, *n);
+        }
+        pool.plan(0, 1, random);
+        let ops = pool.plan(20, 1, random);
+        assert_eq!(creates(&ops)[0].0, want, "{policy:?} {random}");
+    }
+}
+
+#[test]
+fn next_deadline_never_spins() {
+    let mut c = cfg();
+    c.min_idle = 3;
+    let mut pool = Pool::new(c, PoolState::default());
+    let mut now = 0;
+    let mut plans = 0;
+    // With nothing completing, a loop obeying next_deadline plans only a handful of times.
+    while now < 100_000 {
+        match pool.next_deadline(now) {
+            Some(t) if t <= now => {
+                plans += 1;
+                pool.plan(now, 0, 0);
+            }
+            Some(t) => now = t,
+            None => break,
+        }
+    }
+    assert!(plans <= 3, "{plans}");
+    assert_eq!(pool.ops_in_flight(), 1);
+}
