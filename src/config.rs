@@ -692,13 +692,17 @@ mod tests {
 
     #[test]
     fn hash_inside_strings_is_kept() {
-        let c = Config::parse(r##"{"eni_tags":{"k":"a#b"},"security_group":"sg-1"} # trailing"##).unwrap();
+        let c = Config::parse(r##"{"eni_tags":{"k":"a#b"},"security_group":"sg-1"} # trailing"##)
+            .unwrap();
         assert_eq!(c.eni_tags["k"], "a#b");
     }
 
     #[test]
     fn secrets_do_not_show_in_debug() {
-        let c = Config::parse(r#"{"access_key":"AK","access_secret":"very-secret","security_group":"sg-1"}"#).unwrap();
+        let c = Config::parse(
+            r#"{"access_key":"AK","access_secret":"very-secret","security_group":"sg-1"}"#,
+        )
+        .unwrap();
         assert!(!format!("{c:?}").contains("very-secret"));
     }
 

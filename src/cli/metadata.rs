@@ -98,7 +98,11 @@ pub fn render(v: &MetaView) -> String {
                 e.eni_id, e.mac, e.gateway
             ));
             for ip in &e.ips {
-                let tag = if *ip == e.primary_ip { " (primary)" } else { "" };
+                let tag = if *ip == e.primary_ip {
+                    " (primary)"
+                } else {
+                    ""
+                };
                 out.push_str(&format!("    {ip}{tag}\n"));
             }
         }

@@ -241,12 +241,23 @@ fn render_enis(e: &crate::pool::eni::PoolSnapshot) -> String {
                 n.vswitch_id.clone(),
                 n.primary_ip.to_string(),
                 format!("{used} / {}", n.ips.len()),
-                if invalid > 0 { format!("{invalid} lost") } else { String::new() },
+                if invalid > 0 {
+                    format!("{invalid} lost")
+                } else {
+                    String::new()
+                },
             ]
         })
         .collect();
     out.push_str(&table::render(
-        &["ENI", "MAC", "vSwitch", "Primary IP", "In Use / IPs", "Problems"],
+        &[
+            "ENI",
+            "MAC",
+            "vSwitch",
+            "Primary IP",
+            "In Use / IPs",
+            "Problems",
+        ],
         &rows,
     ));
     let now = crate::daemon::now_ms();

@@ -253,8 +253,7 @@ fn check(env: &Env, conf: &NetConf) -> Result<()> {
         ip: alloc.ipv4,
         mtu: conf.mtu,
     };
-    wiring::check(&spec, &alloc.datapath)
-    .map_err(|e| e.context(format!("CHECK {}", env.key())))
+    wiring::check(&spec, &alloc.datapath).map_err(|e| e.context(format!("CHECK {}", env.key())))
 }
 
 fn gc(conf: &NetConf) -> Result<()> {

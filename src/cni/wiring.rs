@@ -10,7 +10,8 @@ use std::net::Ipv4Addr;
 pub fn wire(spec: &VethSpec, dp: &Datapath) -> Result<VethInfo> {
     let info = veth::setup(spec)?;
     if let Datapath::VethPolicy { table, .. } = dp {
-        let rules = Netlink::open().and_then(|mut nl| policy::setup_pod_rules(&mut nl, spec.ip, *table));
+        let rules =
+            Netlink::open().and_then(|mut nl| policy::setup_pod_rules(&mut nl, spec.ip, *table));
         if let Err(e) = rules {
             let _ = veth::teardown(spec.host_ifname);
             return Err(e);

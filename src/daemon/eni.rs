@@ -96,7 +96,10 @@ impl EniBackend {
             lost.insert(key.clone(), *ip);
         }
         if !report.adopted.is_empty() {
-            log::info!("adopted {} idle address(es) the cloud has", report.adopted.len());
+            log::info!(
+                "adopted {} idle address(es) the cloud has",
+                report.adopted.len()
+            );
         }
         let allocs: BTreeMap<AttachKey, StoredAllocation> = state
             .allocations
@@ -244,10 +247,7 @@ impl EniBackend {
             return;
         }
         if let Some(reason) = self.pool.unservable(now, self.waiters.len() as u32) {
-            log::error!(
-                "failing {} waiting pod(s): {reason}",
-                self.waiters.len()
-            );
+            log::error!("failing {} waiting pod(s): {reason}", self.waiters.len());
             for w in self.waiters.drain(..) {
                 let e = Error::new(
                     Kind::TryAgain,
@@ -294,7 +294,10 @@ impl EniBackend {
                     })
                     .unwrap_or_default();
                 let (status, factory) = match (&ip.owner, ip.invalid) {
-                    (_, true) => ("Error: the cloud no longer has this address".into(), "-".into()),
+                    (_, true) => (
+                        "Error: the cloud no longer has this address".into(),
+                        "-".into(),
+                    ),
                     (Some(_), false) => ("Normal".to_string(), res.clone()),
                     (None, false) => ("Idle".to_string(), res.clone()),
                 };

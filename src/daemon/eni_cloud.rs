@@ -7,6 +7,7 @@ use super::Msg;
 use super::eni::CloudDone;
 use crate::cloud::credentials::{CredentialProvider, CredentialSource};
 use crate::cloud::ecs::{CloudConfig, Ecs, EniFilter, EniInfo};
+use crate::cloud::error::CloudError;
 use crate::cloud::metadata::Metadata;
 use crate::cloud::openapi::RetryPolicy;
 use crate::config::Config;
@@ -284,7 +285,9 @@ impl CloudCtx {
             Ok(list) => {
                 for eni in list {
                     match self.ecs.delete_eni(&eni.id) {
-                        Ok(()) => log::info!("deleted leaked ENI {} (created, never attached)", eni.id),
+                        Ok(()) => {
+                            log::info!("deleted leaked ENI {} (created, never attached)", eni.id)
+                        }
                         Err(e) => log::warn!("delete leaked ENI {}: {e}", eni.id),
                     }
                 }
@@ -311,15 +314,17 @@ impl CloudCtx {
                     outcome: CloudOutcome::IpsAssigned { op, eni_id, ips },
                     table: None,
                 },
-                Err(e) => failed(op, CloudFailure { code: e.code, message: e.message }),
+                Err(e) => failed(op, to_failure(e)),
             },
-            CloudOp::UnassignIps { op, eni_id, ips } => match self.ecs.unassign_ips(&eni_id, &ips) {
-                Ok(()) => CloudDone::Op {
-                    outcome: CloudOutcome::IpsUnassigned { op, eni_id, ips },
-                    table: None,
-                },
-                Err(e) => failed(op, CloudFailure { code: e.code, message: e.message }),
-            },
+            CloudOp::UnassignIps { op, eni_id, ips } => {
+                match self.ecs.unassign_ips(&eni_id, &ips) {
+                    Ok(()) => CloudDone::Op {
+                        outcome: CloudOutcome::IpsUnassigned { op, eni_id, ips },
+                        table: None,
+                    },
+                    Err(e) => failed(op, to_failure(e)),
+                }
+            }
             CloudOp::DeleteEni { op, eni_id } => match self.delete_eni(&eni_id) {
                 Ok(()) => CloudDone::Op {
                     outcome: CloudOutcome::EniDeleted { op, eni_id },
@@ -349,7 +354,7 @@ impl CloudCtx {
                 &format!("terway pod ENI of {}", n.instance_id),
                 &token,
             )
-            .map_err(|e| CloudFailure { code: e.code, message: e.message })?;
+            .map_err(to_failure)?;
         let attached = self
             .ecs
             .attach_eni(&n.instance_id, &eni.id)
@@ -360,9 +365,12 @@ impl CloudCtx {
                 // Do not leak it: an unattached ENI still holds addresses of the vSwitch.
                 let _ = self.ecs.detach_eni(&n.instance_id, &eni.id);
                 if let Err(d) = self.ecs.delete_eni(&eni.id) {
-                    log::warn!("delete {} after failed attach: {d} (resync retries)", eni.id);
+                    log::warn!(
+                        "delete {} after failed attach: {d} (resync retries)",
+                        eni.id
+                    );
                 }
-                return Err(CloudFailure { code: e.code, message: e.message });
+                return Err(to_failure(e));
             }
         };
         let facts = self.facts(&info, true).map_err(internal)?;
@@ -377,10 +385,6 @@ impl CloudCtx {
     }
 
     fn delete_eni(&self, eni_id: &str) -> std::result::Result<(), CloudFailure> {
-        let to_failure = |e: crate::cloud::error::CloudError| CloudFailure {
-            code: e.code,
-            message: e.message,
-        };
         self.ecs
             .detach_eni(&self.node.instance_id, eni_id)
             .map_err(to_failure)?;
@@ -388,6 +392,19 @@ impl CloudCtx {
             .wait_eni_status(eni_id, "Available", ATTACH_TIMEOUT)
             .map_err(to_failure)?;
         self.ecs.delete_eni(eni_id).map_err(to_failure)
+    }
+}
+
+/// The pool speaks the documented codes; a full ENI is also reported as
+/// `InvalidOperation.Ipv4CountExceeded` by the API, which means the same to the pool.
+fn to_failure(e: CloudError) -> CloudFailure {
+    let code = match e.code.as_str() {
+        "InvalidOperation.Ipv4CountExceeded" => "QuotaExceeded.PrivateIpAddress".to_string(),
+        _ => e.code,
+    };
+    CloudFailure {
+        code,
+        message: e.message,
     }
 }
 

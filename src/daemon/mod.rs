@@ -99,7 +99,7 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         None => State::new(boot_id.clone()),
     };
     let (tx, rx) = mpsc::channel();
-    let mut backend: Box<dyn Backend> = match config.daemon_mode {
+    let backend: Box<dyn Backend> = match config.daemon_mode {
         Mode::Vpc => Box::new(vpc::VpcIpam::start(&config, &state)?),
         Mode::EniMultiIp => Box::new(eni::EniBackend::start(&config, &state, tx.clone())?),
         Mode::EniOnly => {

@@ -125,7 +125,10 @@ impl Cloud {
     }
 
     pub fn node_config(&self, i: usize) -> PathBuf {
-        self.dir.0.join("nodes").join(format!("{}.json", self.instances[i]))
+        self.dir
+            .0
+            .join("nodes")
+            .join(format!("{}.json", self.instances[i]))
     }
 
     /// Rewrites keys of node `i`'s daemon config.
@@ -137,7 +140,8 @@ impl Cloud {
     }
 
     pub fn node(&self, i: usize) -> EniNode {
-        let v: Value = serde_json::from_slice(&std::fs::read(self.node_config(i)).unwrap()).unwrap();
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(self.node_config(i)).unwrap()).unwrap();
         EniNode {
             ns: self.instances[i].clone(),
             config: self.node_config(i),
@@ -191,7 +195,12 @@ pub struct EniNode {
 impl EniNode {
     pub fn start_daemon(&mut self) {
         assert!(self.daemon.is_none());
-        self.daemon = Some(DaemonProc::start(&self.ns, &self.config, &self.socket, &self.log));
+        self.daemon = Some(DaemonProc::start(
+            &self.ns,
+            &self.config,
+            &self.socket,
+            &self.log,
+        ));
     }
 
     pub fn stop_daemon(&mut self, sig: nix::sys::signal::Signal) -> std::process::ExitStatus {
