@@ -74,6 +74,8 @@ fn vpc_ifname(eni_id: &str) -> String {
 
 struct EniLink {
     vpc_index: u32,
+    /// The node end's MAC: the VPC delivers an ENI's addresses to it without asking ARP.
+    mac: [u8; 6],
 }
 
 /// What the kernel should look like.
@@ -92,6 +94,7 @@ pub struct WantEni {
     node_if: String,
     mac: String,
     primary: Option<(Ipv4Network, Ipv4Addr)>,
+    gateway: Ipv4Addr,
     ips: Vec<Ipv4Addr>,
 }
 
@@ -219,6 +222,7 @@ impl Topology {
                         node_if: format!("eth{}", e.device_index.unwrap_or(0)),
                         mac: e.mac.clone(),
                         primary,
+                        gateway: vsw.cidr.gateway(),
                         ips,
                     },
                 ))
@@ -253,8 +257,10 @@ impl Topology {
             }
         }
         let mut routes = BTreeMap::new();
+        let mut macs = BTreeMap::new();
         for (id, w) in &want.enis {
             if let Some(l) = self.links.get(id) {
+                macs.insert(l.vpc_index, l.mac);
                 for ip in &w.ips {
                     routes.insert(Ipv4Network::from(*ip), l.vpc_index);
                 }
@@ -274,6 +280,12 @@ impl Topology {
         }
         for (ip, idx) in routes {
             if self.routes.get(&ip) != Some(&idx) {
+                // The VPC knows which ENI holds an address: no ARP toward the node (a node does
+                // not answer ARP for its pods' addresses, and need not on the real VPC).
+                if let (32, Some(mac)) = (ip.prefix(), macs.get(&idx)) {
+                    self.nl
+                        .replace_neigh_permanent(idx, std::net::IpAddr::V4(ip.ip()), *mac)?;
+                }
                 self.nl.replace_route(&host_route(ip, idx))?;
                 self.routes.insert(ip, idx);
             }
@@ -305,7 +317,7 @@ impl Topology {
             .link_by_name(&w.node_if)?
             .ok_or_else(|| err!(Kind::Datapath, "{} vanished in {}", w.node_if, w.instance))?;
         // The netlink module has no "set address" operation; iproute2 does it.
-        parse_mac(&w.mac)?;
+        let mac = parse_mac(&w.mac)?;
         ip(&[
             "-n",
             &w.instance,
@@ -329,8 +341,15 @@ impl Topology {
                 onlink: false,
             })?;
         }
+        // The VPC gateway answers ARP from any sender, also from an ENI that carries no
+        // address (shared ENI mode); Linux with strict rp_filter would not, so the emulator
+        // gives the node the answer up front.
+        if let Some(vpc_mac) = vl.mac {
+            nn.replace_neigh_permanent(nlk.index, std::net::IpAddr::V4(w.gateway), vpc_mac)?;
+        }
         Ok(EniLink {
             vpc_index: vl.index,
+            mac,
         })
     }
 }
