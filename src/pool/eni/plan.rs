@@ -119,13 +119,15 @@ impl Pool {
         let chosen = match self.cfg.vswitch_policy {
             VSwitchPolicy::Ordered => c[0],
             VSwitchPolicy::Random => c[(random % c.len() as u64) as usize],
-            // Unknown counts last; ties keep config order (min_by_key returns the first).
+            // Known free addresses first (most first), then unknown counts, then vSwitches
+            // known to be empty; ties keep config order (min_by_key returns the first).
             VSwitchPolicy::Most => c
                 .iter()
                 .enumerate()
                 .min_by_key(|(i, v)| match free.get(**v) {
-                    Some(n) => (0, u64::MAX - n, *i),
+                    Some(&n) if n > 0 => (0, u64::MAX - n, *i),
                     None => (1, 0, *i),
+                    Some(_) => (2, 0, *i),
                 })
                 .map(|(_, v)| *v)
                 .unwrap_or(c[0]),

@@ -1071,6 +1071,7 @@ fn vswitch_policies() {
         ),
         (VSwitchPolicy::Most, 0, &[(BBB, 5)], BBB),
         (VSwitchPolicy::Most, 0, &[], AAA),
+        (VSwitchPolicy::Most, 0, &[(AAA, 0)], BBB),
     ];
     for &(policy, random, free, want) in table {
         c.vswitch_policy = policy;
@@ -1152,4 +1153,36 @@ fn last_failure_is_kept_until_a_fill_succeeds() {
     let ops = pool.plan(1030, 1, 0);
     run_all(&mut pool, &mut cloud, &ops, 1100);
     assert_eq!(pool.last_failure(), None);
+}
+
+#[test]
+fn burst_time_to_all_ready_within_target() {
+    // Target: 1.5 × (ENIs needed × attach + one assign) = 1.5 × (2 × 2000 + 300) ms.
+    let target = (2 * 2000 + 300) * 3 / 2;
+    // (pods arriving per 10 ms tick, label)
+    for per_tick in [40u32, 4, 1] {
+        let mut sim = Sim::new(cfg());
+        let mut rng = Rng(7);
+        let mut arrived = 0;
+        while arrived < 40 || !sim.waiters.is_empty() {
+            for _ in 0..per_tick.min(40 - arrived) {
+                arrived += 1;
+                sim.waiters.push_back(key(arrived));
+            }
+            let until = sim.now + 10;
+            sim.run(until, &mut rng, None);
+            assert!(sim.now < 60_000, "stuck");
+        }
+        assert!(
+            sim.now <= target,
+            "{per_tick}/tick: ready at {} ms",
+            sim.now
+        );
+        eprintln!(
+            "burst {per_tick}/tick: ready at {} ms, {} ENIs, {} calls",
+            sim.now, sim.cloud.next_eni, sim.calls
+        );
+        assert!(sim.cloud.next_eni <= 2, "{} ENIs", sim.cloud.next_eni);
+        assert!(sim.calls <= 6, "{} calls", sim.calls);
+    }
 }
