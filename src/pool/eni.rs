@@ -325,6 +325,7 @@ pub struct Pool {
     /// Something changed that `plan` should look at now.
     replan: bool,
     last_plan: Option<u64>,
+    last_failure: Option<CloudFailure>,
 }
 
 impl Pool {
@@ -357,6 +358,7 @@ impl Pool {
             vswitch_free: BTreeMap::new(),
             replan: true,
             last_plan: None,
+            last_failure: None,
         }
     }
 
@@ -502,6 +504,11 @@ impl Pool {
                 _ => 0,
             })
             .fold(0u32, |a, b| a.saturating_add(b))
+    }
+
+    /// The last cloud failure, until a create or assign succeeds (for logs and pod events).
+    pub fn last_failure(&self) -> Option<&CloudFailure> {
+        self.last_failure.as_ref()
     }
 
     /// Number of cloud ops handed out by `plan` and not yet applied.

@@ -20,6 +20,7 @@ impl Pool {
     pub fn plan(&mut self, now: u64, waiting: u32, random: u64) -> Vec<CloudOp> {
         self.replan = false;
         self.last_plan = Some(now);
+        self.normalize_clock(now);
         self.st.blocked.retain(|b| b.until_ms > now);
         self.touch(now);
         let mut ops = Vec::new();
@@ -47,6 +48,19 @@ impl Pool {
         ops
     }
 
+    /// Times persisted by a previous process may come from a clock that has since restarted
+    /// (reboot): never let them lie in the future, or a block or sticky window would last for
+    /// the old uptime.
+    pub(super) fn normalize_clock(&mut self, now: u64) {
+        let longest = now.saturating_add(self.cfg.vswitch_backoff_ms);
+        for b in &mut self.st.blocked {
+            b.until_ms = b.until_ms.min(longest);
+        }
+        for ip in self.st.enis.iter_mut().flat_map(|e| e.ips.iter_mut()) {
+            ip.since = ip.since.min(now);
+        }
+    }
+
     fn new_op(&mut self, flight: Flight) -> u64 {
         let op = self.next_op;
         self.next_op = self.next_op.wrapping_add(1).max(1);
@@ -66,7 +80,7 @@ impl Pool {
                 Flight::Assign { eni: id, count } if *id == eni.id => *count,
                 _ => 0,
             })
-            .sum();
+            .fold(0u32, u32::saturating_add);
         self.cfg
             .ips_per_eni
             .saturating_sub(eni.ips.len() as u32)
@@ -105,13 +119,15 @@ impl Pool {
         let chosen = match self.cfg.vswitch_policy {
             VSwitchPolicy::Ordered => c[0],
             VSwitchPolicy::Random => c[(random % c.len() as u64) as usize],
-            // Unknown counts last; ties keep config order (min_by_key returns the first).
+            // Known free addresses first (most first), then unknown counts, then vSwitches
+            // known to be empty; ties keep config order (min_by_key returns the first).
             VSwitchPolicy::Most => c
                 .iter()
                 .enumerate()
                 .min_by_key(|(i, v)| match free.get(**v) {
-                    Some(n) => (0, u64::MAX - n, *i),
+                    Some(&n) if n > 0 => (0, u64::MAX - n, *i),
                     None => (1, 0, *i),
+                    Some(_) => (2, 0, *i),
                 })
                 .map(|(_, v)| *v)
                 .unwrap_or(c[0]),
@@ -257,7 +273,7 @@ impl Pool {
             let eni = &mut self.st.enis[e];
             let whole = owned == 0
                 && eni_idle as usize == eni.ips.len()
-                && left_idle - eni_idle >= self.cfg.min_idle;
+                && left_idle.saturating_sub(eni_idle) >= self.cfg.min_idle;
             if whole {
                 eni.deleting = true;
                 for ip in &mut eni.ips {
@@ -268,7 +284,7 @@ impl Pool {
                 });
                 ops.push(CloudOp::DeleteEni { op, eni_id });
                 excess = excess.saturating_sub(eni_idle);
-                left_idle -= eni_idle;
+                left_idle = left_idle.saturating_sub(eni_idle);
                 continue;
             }
             let primary = eni.primary_ip;
@@ -299,12 +315,18 @@ impl Pool {
             });
             ops.push(CloudOp::UnassignIps { op, eni_id, ips });
             excess = excess.saturating_sub(n);
-            left_idle -= n;
+            left_idle = left_idle.saturating_sub(n);
         }
     }
 
     pub fn apply(&mut self, outcome: CloudOutcome, now: u64) {
         self.replan = true;
+        if matches!(
+            outcome,
+            CloudOutcome::EniCreated { .. } | CloudOutcome::IpsAssigned { .. }
+        ) {
+            self.last_failure = None;
+        }
         match outcome {
             CloudOutcome::EniCreated { op, eni } => {
                 self.flights.remove(&op);
@@ -426,6 +448,7 @@ impl Pool {
     }
 
     fn failed(&mut self, flight: Flight, failure: &CloudFailure, now: u64) {
+        self.last_failure = Some(failure.clone());
         let retry = now.saturating_add(self.cfg.retry_after_ms);
         let code = failure.code.as_str();
         match flight {
@@ -532,11 +555,8 @@ impl Pool {
         if waiting == 0 || self.idle() > 0 {
             return None;
         }
-        let filling = self
-            .flights
-            .values()
-            .any(|f| matches!(f, Flight::Create { .. } | Flight::Assign { .. }));
-        if filling {
+        // Anything in flight may change the picture (a release frees an ENI slot or room).
+        if !self.flights.is_empty() {
             return None;
         }
         let can_assign = self

@@ -9,6 +9,7 @@ impl Pool {
     /// created unknown ENIs are not adopted (it may be that one; the next reconcile will see).
     pub fn reconcile(&mut self, observed: &[EniFacts], now: u64) -> ReconcileReport {
         self.replan = true;
+        self.normalize_clock(now);
         let mut report = ReconcileReport::default();
         let ids: Vec<String> = self.st.enis.iter().map(|e| e.id.clone()).collect();
         for id in ids {

@@ -533,41 +533,46 @@ impl Sim {
         }
     }
 
-    /// Advance to `until` in 10 ms ticks.
-    fn run(&mut self, until: u64, rng: &mut Rng, churn: bool) {
+    /// Advance to `until` in 10 ms ticks; with `churn`, pods come and go around `population`.
+    fn run(&mut self, until: u64, rng: &mut Rng, churn: Option<u64>) {
         while self.now < until {
             self.now += 10;
             let now = self.now;
+            let mut event = false;
             let (done, rest): (Vec<_>, Vec<_>) =
                 self.running.drain(..).partition(|(t, _)| *t <= now);
             self.running = rest;
             for (_, op) in done {
                 let out = self.cloud.run(&op, &self.pool);
                 self.pool.apply(out, now);
+                event = true;
             }
-            if churn {
-                // Roughly one pod event per 100 ms, population wandering around 60.
-                if rng.below(10) == 0 {
-                    let up = self.pods.len() < 30 || (rng.below(120) as usize) > self.pods.len();
-                    if up && self.waiters.len() < 20 {
-                        self.next_pod += 1;
-                        self.waiters.push_back(key(self.next_pod));
-                    } else if !self.pods.is_empty() {
-                        let i = rng.below(self.pods.len() as u64) as usize;
-                        let k = self.pods.swap_remove(i);
-                        assert!(self.pool.release(&k, now).is_some());
-                    }
+            // Roughly one pod event per 100 ms.
+            if let Some(population) = churn.filter(|_| rng.below(10) == 0) {
+                event = true;
+                let len = self.pods.len() as u64;
+                let up = len < population / 2 || rng.below(2 * population) > len;
+                if up && self.waiters.len() < 20 {
+                    self.next_pod += 1;
+                    self.waiters.push_back(key(self.next_pod));
+                } else if !self.pods.is_empty() {
+                    let i = rng.below(len) as usize;
+                    let k = self.pods.swap_remove(i);
+                    assert!(self.pool.release(&k, now).is_some());
                 }
             }
             self.serve();
             if self.pool.next_deadline(now).is_some_and(|t| t <= now) || !self.waiters.is_empty() {
                 let ops = self.pool.plan(now, self.waiters.len() as u32, rng.next());
+                event |= !ops.is_empty();
                 self.calls += ops.len() as u64;
                 for op in ops {
                     self.running.push((now + Sim::delay(&op), op));
                 }
             }
-            assert_invariants(&self.pool);
+            if event {
+                assert_invariants(&self.pool);
+            }
         }
     }
 }
@@ -579,11 +584,13 @@ fn churn_stays_within_watermarks_with_few_calls() {
     c.max_idle = 15;
     let mut sim = Sim::new(c);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    for round in 0..6u64 {
-        sim.run((round + 1) * 600_000, &mut rng, true);
+    // The population moves between levels so that both fills and releases happen.
+    for (round, population) in [60u64, 150, 20, 100, 5, 60].into_iter().enumerate() {
+        let until = sim.now + 600_000;
+        sim.run(until, &mut rng, Some(population));
         // Quiet period: let the pool settle (fill, cool-down, release), then check.
         let until = sim.now + 120_000;
-        sim.run(until, &mut rng, false);
+        sim.run(until, &mut rng, None);
         sim.serve();
         assert!(sim.waiters.is_empty(), "round {round}");
         assert!(sim.running.is_empty(), "round {round}");
@@ -592,6 +599,13 @@ fn churn_stays_within_watermarks_with_few_calls() {
         assert!(sim.pool.plan(sim.now, 0, 0).is_empty());
     }
     let per_pod = sim.calls as f64 / sim.allocations as f64;
+    eprintln!(
+        "churn: {} calls for {} pods, {} ENIs created, {} deleted",
+        sim.calls,
+        sim.allocations,
+        sim.cloud.next_eni,
+        sim.cloud.next_eni as usize - sim.cloud.enis.len()
+    );
     assert!(sim.allocations > 1000, "{}", sim.allocations);
     assert!(
         per_pod < 0.25,
@@ -903,7 +917,10 @@ fn random_sequences_never_double_assign_or_release_owned() {
                     let k = key(rng.below(12) as u32);
                     let name = format!("ns/p{}", rng.below(4));
                     if let Some(l) = pool.allocate(&k, &name, now) {
-                        assert_eq!(pool.lease_of(&k), Some(l));
+                        assert_eq!(pool.lease_of(&k), Some(l.clone()));
+                        let snap = pool.snapshot(now);
+                        let held = snap.enis.iter().flat_map(|e| &e.ips).find(|i| i.ip == l.ip);
+                        assert!(held.is_some_and(|i| !i.invalid && i.owner == Some(k.clone())));
                     }
                 }
                 2 => {
@@ -1054,6 +1071,7 @@ fn vswitch_policies() {
         ),
         (VSwitchPolicy::Most, 0, &[(BBB, 5)], BBB),
         (VSwitchPolicy::Most, 0, &[], AAA),
+        (VSwitchPolicy::Most, 0, &[(AAA, 0)], BBB),
     ];
     for &(policy, random, free, want) in table {
         c.vswitch_policy = policy;
@@ -1087,4 +1105,84 @@ fn next_deadline_never_spins() {
     }
     assert!(plans <= 3, "{plans}");
     assert_eq!(pool.ops_in_flight(), 1);
+}
+
+#[test]
+fn state_from_a_previous_boot_does_not_freeze_blocks_or_sticky() {
+    let mut c = cfg();
+    c.min_idle = 0;
+    c.max_idle = 100;
+    let mut cloud = Cloud::default();
+    let mut old = pool_with_eni(c.clone(), &mut cloud, 3);
+    let boot = 1_000_000_000;
+    let l = old.allocate(&key(1), "ns/web-0", boot).unwrap();
+    old.release(&key(1), boot);
+    old.block(
+        AAA,
+        "The specified VSwitch \"vsw-AAA\" has not enough IpAddress.",
+        boot,
+    );
+    // New boot: the monotonic clock starts again near 0.
+    let mut pool = Pool::new(c, old.state().clone());
+    pool.plan(10, 0, 0);
+    assert_eq!(pool.snapshot(10).blocked_vswitches[0].until_ms, 300_010);
+    assert_eq!(pool.snapshot(300_010).blocked_vswitches.len(), 0);
+    // Sticky still works within the window, and ends with it.
+    assert_eq!(pool.allocate(&key(2), "ns/web-0", 20).unwrap().ip, l.ip);
+    pool.release(&key(2), 30);
+    assert_ne!(
+        pool.allocate(&key(3), "ns/web-0", 400_000).unwrap().ip,
+        l.ip
+    );
+}
+
+#[test]
+fn last_failure_is_kept_until_a_fill_succeeds() {
+    let mut pool = Pool::new(cfg(), PoolState::default());
+    let mut cloud = Cloud::default();
+    pool.plan(0, 1, 0);
+    let ops = pool.plan(20, 1, 0);
+    pool.apply(
+        CloudOutcome::Failed {
+            op: ops[0].id(),
+            failure: failure("Forbidden.RAM"),
+        },
+        30,
+    );
+    assert_eq!(pool.last_failure().unwrap().code, "Forbidden.RAM");
+    let ops = pool.plan(1030, 1, 0);
+    run_all(&mut pool, &mut cloud, &ops, 1100);
+    assert_eq!(pool.last_failure(), None);
+}
+
+#[test]
+fn burst_time_to_all_ready_within_target() {
+    // Target: 1.5 × (ENIs needed × attach + one assign) = 1.5 × (2 × 2000 + 300) ms.
+    let target = (2 * 2000 + 300) * 3 / 2;
+    // (pods arriving per 10 ms tick, label)
+    for per_tick in [40u32, 4, 1] {
+        let mut sim = Sim::new(cfg());
+        let mut rng = Rng(7);
+        let mut arrived = 0;
+        while arrived < 40 || !sim.waiters.is_empty() {
+            for _ in 0..per_tick.min(40 - arrived) {
+                arrived += 1;
+                sim.waiters.push_back(key(arrived));
+            }
+            let until = sim.now + 10;
+            sim.run(until, &mut rng, None);
+            assert!(sim.now < 60_000, "stuck");
+        }
+        assert!(
+            sim.now <= target,
+            "{per_tick}/tick: ready at {} ms",
+            sim.now
+        );
+        eprintln!(
+            "burst {per_tick}/tick: ready at {} ms, {} ENIs, {} calls",
+            sim.now, sim.cloud.next_eni, sim.calls
+        );
+        assert!(sim.cloud.next_eni <= 2, "{} ENIs", sim.cloud.next_eni);
+        assert!(sim.calls <= 6, "{} calls", sim.calls);
+    }
 }
