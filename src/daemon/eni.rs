@@ -76,13 +76,13 @@ impl EniBackend {
         };
         let mut pool = Pool::new(pool_config(config, &node), saved);
         let now = super::now_ms();
-        ctx.delete_leaked_enis();
         let observed = ctx.observe().map_err(|e| {
             Error::new(
                 Kind::Cloud,
                 format!("list the ENIs attached to {}: {e}", node.instance_id),
             )
         })?;
+        ctx.delete_leaked_enis();
         for v in ctx.vswitch_free() {
             pool.set_vswitch_free(&v.0, v.1);
         }

@@ -258,11 +258,18 @@ impl CloudCtx {
             })
             .map_err(|e| cloud_err("DescribeNetworkInterfaces", e))?;
         let mut out = Vec::new();
-        for eni in enis {
-            if eni.eni_type == "Primary"
-                || eni.mac.eq_ignore_ascii_case(&self.node.primary_mac)
-                || eni.status != "InUse"
-            {
+        for mut eni in enis {
+            if eni.eni_type == "Primary" || eni.mac.eq_ignore_ascii_case(&self.node.primary_mac) {
+                continue;
+            }
+            // A crash during create leaves an ENI attaching: wait for it rather than leak it.
+            if eni.status == "Attaching" {
+                eni = self
+                    .ecs
+                    .wait_eni_status(&eni.id, "InUse", ATTACH_TIMEOUT)
+                    .map_err(|e| cloud_err(&format!("wait for {} to attach", eni.id), e))?;
+            }
+            if eni.status != "InUse" {
                 continue;
             }
             let facts = self.facts(&eni, false)?;
@@ -273,7 +280,7 @@ impl CloudCtx {
     }
 
     /// ENIs we created for this node that are not attached: leaks of a crash between create
-    /// and attach. Only called when no create is in flight.
+    /// and attach (or during a delete). Only called when no create is in flight.
     pub fn delete_leaked_enis(&self) {
         let leaked = self.ecs.describe_enis(&EniFilter {
             instance_id: None,
@@ -473,7 +480,12 @@ fn worker(ctx: &CloudCtx, rx: &Mutex<Receiver<Job>>, tx: &Sender<Msg>) {
         let Ok(job) = job else { return };
         let done = match job {
             Job::Op(op) => ctx.execute(op),
-            Job::Observe => CloudDone::Observed(ctx.observe().map_err(|e| e.msg)),
+            Job::Observe => {
+                // Dispatched only while nothing else is in flight, so an unattached ENI of ours
+                // cannot be one a worker is creating right now.
+                ctx.delete_leaked_enis();
+                CloudDone::Observed(ctx.observe().map_err(|e| e.msg))
+            }
         };
         if tx.send(Msg::Cloud(done)).is_err() {
             return;

@@ -1,0 +1,384 @@
+//! Shared ENI mode (ENIMultiIP) end to end, as root, on the emulator's netns topology: the real
+//! daemon per instance namespace speaks the signed OpenAPI and metadata of `terway emulate`,
+//! pods are wired by the real plugin, and packets cross the emulated VPC, whose strict
+//! reverse-path filter drops anything leaving through an ENI that does not own its source.
+
+mod common;
+
+use common::cloud::{Cloud, CloudSpec, EniNode};
+use common::*;
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Duration;
+
+fn node_ip(node: &EniNode) -> String {
+    let out = sh_ok(&[
+        "ip", "-n", &node.ns, "-4", "-o", "addr", "show", "dev", "eth0",
+    ]);
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no address on eth0 of {}: {out}", node.ns))
+        .to_string()
+}
+
+/// Runs ADD for `n` pods in parallel on `node`; returns (pod namespaces, their IPs).
+fn add_pods(node: &EniNode, prefix: &str, n: usize) -> (Vec<Netns>, Vec<String>) {
+    let pods: Vec<Netns> = (0..n).map(|_| Netns::new("twpod")).collect();
+    let ips = std::thread::scope(|s| {
+        let hs: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                s.spawn(move || {
+                    let r = node.cni("ADD", &format!("{prefix}-{i}"), &p.path());
+                    r.assert_ok();
+                    r.ip()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    (pods, ips)
+}
+
+fn del_pods(node: &EniNode, prefix: &str, pods: &[Netns]) {
+    for (i, p) in pods.iter().enumerate() {
+        node.cni("DEL", &format!("{prefix}-{i}"), &p.path())
+            .assert_ok();
+    }
+}
+
+/// Every address the cloud has on the instance's secondary ENIs, and the ENIs it has for it.
+fn cloud_view(cloud: &Cloud, instance: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let model = cloud.admin("GET", "/admin/model", None);
+    let mut ips = BTreeSet::new();
+    let mut enis = BTreeSet::new();
+    for e in model["enis"].as_array().expect("model has enis") {
+        let tagged_for_node = e["tags"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|kv| kv[1] == instance));
+        if e["eni_type"] == "Primary" || !tagged_for_node {
+            continue;
+        }
+        enis.insert(e["id"].as_str().unwrap().to_string());
+        ips.insert(e["primary_ip"].as_str().unwrap().to_string());
+        for s in e["secondary"].as_array().into_iter().flatten() {
+            if s["removed"].is_null() {
+                ips.insert(s["ip"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    (ips, enis)
+}
+
+/// The daemon's pool and the cloud agree exactly: no leaked ENI or address, none missing.
+fn assert_no_leaks(cloud: &Cloud, node: &EniNode) {
+    let pool = node.pool();
+    let mut daemon_ips = BTreeSet::new();
+    let mut daemon_enis = BTreeSet::new();
+    for e in pool["eni"]["enis"].as_array().unwrap() {
+        daemon_enis.insert(e["id"].as_str().unwrap().to_string());
+        for ip in e["ips"].as_array().unwrap() {
+            daemon_ips.insert(ip["ip"].as_str().unwrap().to_string());
+        }
+    }
+    let (cloud_ips, cloud_enis) = cloud_view(cloud, &node.ns);
+    assert_eq!(daemon_enis, cloud_enis, "ENIs: daemon vs cloud");
+    assert_eq!(daemon_ips, cloud_ips, "addresses: daemon vs cloud");
+}
+
+#[test]
+fn pods_on_two_nodes_reach_each_other_through_the_vpc() {
+    let cloud = Cloud::start(CloudSpec::default());
+    let mut a = cloud.node(0);
+    let mut b = cloud.node(1);
+    a.start_daemon();
+    b.start_daemon();
+    let (pods_a, ips_a) = add_pods(&a, "x", 3);
+    let (pods_b, ips_b) = add_pods(&b, "y", 3);
+    let (node_a, node_b) = (node_ip(&a), node_ip(&b));
+    for ip in ips_a.iter().chain(&ips_b) {
+        assert!(ip.starts_with("172.16."), "a VPC address: {ip}");
+    }
+    // Across nodes the packets leave through the ENI that owns the pod address: the VPC's
+    // strict reverse-path filter drops them otherwise.
+    for (p, ip) in pods_a.iter().zip(&ips_b) {
+        assert!(p.ping(ip), "pod on A -> pod {ip} on B");
+    }
+    assert!(pods_b[0].ping(&ips_a[2]), "pod on B -> pod on A");
+    assert!(pods_a[0].ping(&ips_a[1]), "pod -> pod on the same node");
+    assert!(pods_a[0].ping(&node_a), "pod -> its node");
+    assert!(pods_b[1].ping(&node_a), "pod on B -> node A");
+    assert!(
+        sh(&[
+            "ip", "netns", "exec", &a.ns, "ping", "-c1", "-W2", &ips_a[0]
+        ])
+        .status
+        .success()
+    );
+    let _ = node_b;
+
+    let mapping = a.cli(&["mapping"]);
+    let text = String::from_utf8_lossy(&mapping.stdout);
+    assert!(
+        mapping.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&mapping.stderr)
+    );
+    assert_eq!(text.matches("Normal").count(), 3, "{text}");
+    assert!(text.contains("default/pod-x-0"), "{text}");
+    let meta = a.cli(&["metadata"]);
+    let mtext = String::from_utf8_lossy(&meta.stdout);
+    assert!(meta.status.success(), "every ENI has a device: {mtext}");
+    assert!(mtext.contains("device eth1"), "{mtext}");
+    // Never the primary ENI for pods.
+    let pool = a.pool();
+    assert!(
+        pool["eni"]["enis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["primary_ip"] != node_a.as_str())
+    );
+    del_pods(&a, "x", &pods_a);
+    del_pods(&b, "y", &pods_b);
+    assert!(!pods_a[0].ping(&ips_b[0]), "cut off after DEL");
+    assert_no_leaks(&cloud, &a);
+}
+
+#[test]
+fn cold_node_burst_of_40_pods() {
+    let cloud = Cloud::start(CloudSpec {
+        attach_ms: 1000,
+        ..CloudSpec::default()
+    });
+    let mut a = cloud.node(0);
+    a.start_daemon();
+    let t = std::time::Instant::now();
+    let (pods, ips) = add_pods(&a, "burst", 40);
+    let elapsed = t.elapsed();
+    let distinct: HashSet<&String> = ips.iter().collect();
+    assert_eq!(distinct.len(), 40, "{ips:?}");
+    assert!(pods[0].ping(&ips[39]));
+    let calls = cloud.admin("GET", "/admin/calls", None);
+    eprintln!("40 pods ready in {elapsed:?}; calls: {calls}");
+    let created = calls["CreateNetworkInterface"]["ok"].as_u64().unwrap_or(0);
+    assert!(created <= 2, "40 pods fit in 2 ENIs of 30: {calls}");
+    del_pods(&a, "burst", &pods);
+    assert_no_leaks(&cloud, &a);
+}
+
+#[test]
+fn pool_stays_within_watermarks_under_churn() {
+    let cloud = Cloud::start(CloudSpec {
+        node_extra: json!({"min_pool_size": 2, "max_pool_size": 5, "idle_ip_reclaim_after": "1s"}),
+        ..CloudSpec::default()
+    });
+    let mut a = cloud.node(0);
+    a.start_daemon();
+    let idle = |n: &EniNode| n.pool()["idle"].as_u64().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || idle(&a) >= 2),
+        "warm pool reaches min_pool_size: {}",
+        a.pool()
+    );
+    let pods: Vec<Netns> = (0..8).map(|_| Netns::new("twpod")).collect();
+    let mut live = vec![false; pods.len()];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for round in 0..40 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let i = (x % pods.len() as u64) as usize;
+        let cmd = if live[i] { "DEL" } else { "ADD" };
+        a.cni(cmd, &format!("churn-{i}"), &pods[i].path())
+            .assert_ok();
+        live[i] = !live[i];
+        if round % 10 == 9 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    // Settled: idle back between the watermarks.
+    assert!(
+        wait_until(Duration::from_secs(20), || (2..=5).contains(&idle(&a))),
+        "idle within [2, 5] after churn: {}",
+        a.pool()
+    );
+    let in_use = a.pool()["in_use"].as_u64().unwrap();
+    assert_eq!(in_use, live.iter().filter(|l| **l).count() as u64);
+    for (i, p) in pods.iter().enumerate() {
+        if live[i] {
+            a.cni("DEL", &format!("churn-{i}"), &p.path()).assert_ok();
+        }
+    }
+    assert!(wait_until(Duration::from_secs(20), || idle(&a) <= 5));
+    assert_no_leaks(&cloud, &a);
+}
+
+#[test]
+fn vswitch_exhaustion_fails_fast_and_a_new_vswitch_recovers() {
+    let cloud = Cloud::start(CloudSpec::default());
+    let vsw_a = cloud.vswitches[0].clone();
+    let vsw_b = cloud.vswitches[1].clone();
+    let zone: String = {
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(cloud.node_config(0)).unwrap()).unwrap();
+        v["vswitches"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .next()
+            .unwrap()
+            .clone()
+    };
+    cloud.edit_node_config(0, |v| v["vswitches"] = json!({ zone.clone(): [vsw_a] }));
+    cloud.admin(
+        "PUT",
+        "/admin/faults",
+        Some(&json!({"vswitch_free_cap": { vsw_a.as_str(): 0 }})),
+    );
+    let mut a = cloud.node(0);
+    a.start_daemon();
+    let pod = Netns::new("twpod");
+    let t = std::time::Instant::now();
+    let r = a.cni("ADD", "exh-0", &pod.path());
+    assert!(!r.ok, "{}", r.json);
+    assert_eq!(r.code(), 11, "{}", r.json);
+    let details = r.json["details"].as_str().unwrap();
+    let expected = format!("The specified VSwitch \"{vsw_a}\" has not enough IpAddress.");
+    assert!(details.contains(&expected), "{details}");
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "fails fast, not after the wait timeout"
+    );
+    assert!(
+        a.log().contains(&expected),
+        "the node log names the vSwitch"
+    );
+    let pool = a.pool();
+    assert_eq!(
+        pool["eni"]["blocked_vswitches"][0]["id"],
+        vsw_a.as_str(),
+        "{pool}"
+    );
+
+    // The seed's fix: add another vSwitch of the zone, reload, pods start.
+    cloud.edit_node_config(0, |v| {
+        v["vswitches"] = json!({ zone.clone(): [vsw_a, vsw_b] })
+    });
+    nix::sys::signal::kill(a.daemon.as_ref().unwrap().pid(), Signal::SIGHUP).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || a
+        .log()
+        .contains("reload")));
+    let r = a.cni("ADD", "exh-0", &pod.path());
+    r.assert_ok();
+    assert!(
+        r.ip().starts_with("172.16.1."),
+        "an address of {vsw_b}: {}",
+        r.ip()
+    );
+    a.cni("DEL", "exh-0", &pod.path()).assert_ok();
+}
+
+#[test]
+fn throttling_and_injected_errors_still_serve_every_pod_without_leaks() {
+    // Small watermarks and a quick reclaim make the daemon call the cloud a lot: creates,
+    // assigns, unassigns and deletes all meet the injected faults.
+    let cloud = Cloud::start(CloudSpec {
+        node_extra: json!({"min_pool_size": 0, "max_pool_size": 1, "idle_ip_reclaim_after": "300ms"}),
+        ..CloudSpec::default()
+    });
+    cloud.admin(
+        "PUT",
+        "/admin/faults",
+        Some(&json!({"error_rate": 0.2, "rate_limits": {"AssignPrivateIpAddresses": 3,
+            "CreateNetworkInterface": 2, "UnassignPrivateIpAddresses": 3, "DescribeNetworkInterfaces": 1}})),
+    );
+    let mut a = cloud.node(0);
+    a.start_daemon();
+    for wave in 0..3 {
+        let prefix = format!("flaky{wave}");
+        let (pods, ips) = add_pods(&a, &prefix, 12);
+        assert_eq!(ips.iter().collect::<HashSet<_>>().len(), 12);
+        assert!(pods[0].ping(&ips[11]));
+        del_pods(&a, &prefix, &pods);
+        std::thread::sleep(Duration::from_millis(800));
+    }
+    let calls = cloud.admin("GET", "/admin/calls", None);
+    eprintln!("calls under faults: {calls}");
+    let errors: u64 = calls
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["total"].as_u64().unwrap_or(0) - c["ok"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(errors >= 3, "the faults must actually have hit: {calls}");
+    assert!(
+        calls.to_string().contains("Throttling"),
+        "throttling must have hit too: {calls}"
+    );
+    // Faults off, the pool settles (idle above max_pool_size is released), then the cloud and
+    // the daemon must agree exactly.
+    cloud.admin("PUT", "/admin/faults", Some(&json!({})));
+    assert!(
+        wait_until(Duration::from_secs(30), || a.pool()["idle"].as_u64()
+            <= Some(1)
+            && a.pool()["eni"]["pending_ips"] == 0),
+        "settles: {}",
+        a.pool()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_no_leaks(&cloud, &a);
+}
+
+#[test]
+fn sigkill_mid_burst_loses_and_duplicates_nothing() {
+    let cloud = Cloud::start(CloudSpec {
+        attach_ms: 2000,
+        ..CloudSpec::default()
+    });
+    let mut a = cloud.node(0);
+    a.start_daemon();
+    let pods: Vec<Netns> = (0..20).map(|_| Netns::new("twpod")).collect();
+    let pid = a.daemon.as_ref().unwrap().pid();
+    let first: Vec<Option<String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let a = &a;
+                s.spawn(move || {
+                    let r = a.cni("ADD", &format!("kill-{i}"), &p.path());
+                    r.ok.then(|| r.ip())
+                })
+            })
+            .collect();
+        // Mid-burst: the first ENI is still attaching.
+        std::thread::sleep(Duration::from_millis(1000));
+        nix::sys::signal::kill(pid, Signal::SIGKILL).unwrap();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    a.stop_daemon(Signal::SIGKILL);
+    let failed = first.iter().filter(|f| f.is_none()).count();
+    assert!(failed > 0, "the kill must have hit pods still waiting");
+    a.start_daemon();
+    // The runtime retries every failed ADD; a succeeded one keeps its address.
+    let mut ips: BTreeMap<usize, String> = BTreeMap::new();
+    for (i, p) in pods.iter().enumerate() {
+        let r = a.cni("ADD", &format!("kill-{i}"), &p.path());
+        r.assert_ok();
+        if let Some(old) = &first[i] {
+            assert_eq!(&r.ip(), old, "pod {i} kept its address across the crash");
+        }
+        ips.insert(i, r.ip());
+    }
+    let distinct: HashSet<&String> = ips.values().collect();
+    assert_eq!(distinct.len(), 20, "no address handed out twice: {ips:?}");
+    assert!(pods[3].ping(&ips[&17]));
+    del_pods(&a, "kill", &pods);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_no_leaks(&cloud, &a);
+}
