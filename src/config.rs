@@ -102,6 +102,8 @@ pub struct Config {
     pub ecs_endpoint: Option<String>,
     pub vpc_endpoint: Option<String>,
     pub metadata_endpoint: Option<String>,
+    /// How long an allocation is protected from GC and the orphan sweep (its ADD may still run).
+    pub orphan_grace_period: Duration,
 }
 
 impl Default for Config {
@@ -136,6 +138,7 @@ impl Default for Config {
             ecs_endpoint: None,
             vpc_endpoint: None,
             metadata_endpoint: None,
+            orphan_grace_period: Duration::from_secs(60),
         }
     }
 }
@@ -145,14 +148,17 @@ impl Default for Config {
 pub struct Problem {
     pub key: String,
     pub msg: String,
+    /// Reported, but the config still works (an unknown key: the daemon ignores it).
+    pub warning: bool,
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = if self.warning { "warning: " } else { "" };
         if self.key.is_empty() {
-            f.write_str(&self.msg)
+            write!(f, "{level}{}", self.msg)
         } else {
-            write!(f, "key \"{}\": {}", self.key, self.msg)
+            write!(f, "{level}key \"{}\": {}", self.key, self.msg)
         }
     }
 }
@@ -162,27 +168,60 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text =
             std::fs::read_to_string(path).with_ctx(|| format!("config {}", path.display()))?;
-        Config::parse(&text).map_err(|problems| {
-            let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-            Error::new(
-                Kind::InvalidConfig,
-                format!("config {}: {}", path.display(), list.join("; ")),
-            )
-        })
+        let (config, problems) = Config::parse_all(&text);
+        let (warnings, errors): (Vec<Problem>, Vec<Problem>) =
+            problems.into_iter().partition(|p| p.warning);
+        for w in &warnings {
+            log::warn!("config {}: {w}", path.display());
+        }
+        match config {
+            Some(c) if errors.is_empty() => Ok(c),
+            _ => {
+                let list: Vec<String> = errors.iter().map(|p| p.to_string()).collect();
+                Err(Error::new(
+                    Kind::InvalidConfig,
+                    format!("config {}: {}", path.display(), list.join("; ")),
+                ))
+            }
+        }
     }
 
-    /// Parses config text; on failure returns every problem found.
+    /// Parses config text; fails with every error found (warnings do not fail it).
     pub fn parse(text: &str) -> std::result::Result<Config, Vec<Problem>> {
+        let (config, problems) = Config::parse_all(text);
+        let errors: Vec<Problem> = problems.into_iter().filter(|p| !p.warning).collect();
+        match config {
+            Some(c) if errors.is_empty() => Ok(c),
+            _ => Err(errors),
+        }
+    }
+
+    /// Every problem, warnings included (`terway config check`).
+    pub fn check(text: &str) -> Vec<Problem> {
+        Config::parse_all(text).1
+    }
+
+    /// The config (None when it could not be read at all) and every problem found.
+    fn parse_all(text: &str) -> (Option<Config>, Vec<Problem>) {
+        match Config::parse_inner(text) {
+            Ok(r) => (Some(r.0), r.1),
+            Err(p) => (None, p),
+        }
+    }
+
+    fn parse_inner(text: &str) -> std::result::Result<(Config, Vec<Problem>), Vec<Problem>> {
         let value: Value = serde_json::from_str(&strip_hash_comments(text)).map_err(|e| {
             vec![Problem {
                 key: String::new(),
                 msg: format!("not valid JSON: {e}"),
+                warning: false,
             }]
         })?;
         let Value::Object(map) = value else {
             return Err(vec![Problem {
                 key: String::new(),
                 msg: "must be a JSON object".into(),
+                warning: false,
             }]);
         };
         let mut p = Parser {
@@ -290,6 +329,9 @@ impl Config {
         c.ecs_endpoint = p.string("ecs_endpoint");
         c.vpc_endpoint = p.string("vpc_endpoint");
         c.metadata_endpoint = p.string("metadata_endpoint");
+        if let Some(d) = p.duration("orphan_grace_period") {
+            c.orphan_grace_period = d;
+        }
         let mut problems = p.problems;
         // A key that failed to parse already has its problem; "required" would only repeat it.
         let semantic: Vec<Problem> = c
@@ -298,11 +340,7 @@ impl Config {
             .filter(|sp| !problems.iter().any(|q| q.key == sp.key))
             .collect();
         problems.extend(semantic);
-        if problems.is_empty() {
-            Ok(c)
-        } else {
-            Err(problems)
-        }
+        Ok((c, problems))
     }
 
     /// Cross-key rules that only make sense once every key parsed.
@@ -312,6 +350,7 @@ impl Config {
             out.push(Problem {
                 key: key.into(),
                 msg,
+                warning: false,
             })
         };
         if self.min_pool_size > self.max_pool_size {
@@ -332,6 +371,12 @@ impl Config {
             problem(
                 "access_key",
                 "access_key and access_secret must be given together".into(),
+            );
+        }
+        if self.daemon_mode == Mode::EniOnly {
+            problem(
+                "daemon_mode",
+                "ENIOnly is not supported by this version yet (use VPC or ENIMultiIP)".into(),
             );
         }
         if self.daemon_mode != Mode::Vpc && self.security_groups.is_empty() {
@@ -397,6 +442,7 @@ const KNOWN_KEYS: &[&str] = &[
     "ecs_endpoint",
     "vpc_endpoint",
     "metadata_endpoint",
+    "orphan_grace_period",
 ];
 
 /// Typed accessors that record a problem instead of failing.
@@ -410,6 +456,7 @@ impl Parser<'_> {
         self.problems.push(Problem {
             key: key.into(),
             msg,
+            warning: false,
         });
     }
 
@@ -428,7 +475,11 @@ impl Parser<'_> {
                 .min()
                 .map(|(_, known)| format!(" (did you mean \"{known}\"?)"))
                 .unwrap_or_default();
-            self.problem(&k, format!("unknown key{hint}"));
+            self.problems.push(Problem {
+                key: k.clone(),
+                msg: format!("unknown key, ignored{hint}"),
+                warning: true,
+            });
         }
     }
 
@@ -605,7 +656,10 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
             "h" => n * 3600.0,
             _ => return Err(bad()),
         };
-        total += Duration::from_secs_f64(secs);
+        total = Duration::try_from_secs_f64(secs)
+            .ok()
+            .and_then(|d| total.checked_add(d))
+            .ok_or_else(|| format!("duration \"{s}\" is out of range"))?;
         rest = &rest[unit_len..];
     }
     Ok(total)
@@ -667,7 +721,7 @@ mod tests {
     fn every_problem_is_reported_with_its_key() {
         let text = r#"{"daemon_mode":"VPC","pod_cidr":"10.0.0.0/33","max_pool_size":"lots",
             "vswitches":{"z":["sw-1"]},"colour":"blue","idle_ip_reclaim_after":"5 minutes"}"#;
-        let problems = Config::parse(text).unwrap_err();
+        let problems = Config::check(text);
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         for k in [
             "colour",
@@ -708,10 +762,18 @@ mod tests {
 
     #[test]
     fn misspelt_keys_get_a_hint() {
-        let p = Config::parse(r#"{"vswitchs":{}}"#).unwrap_err();
-        assert_eq!(p[0].msg, "unknown key (did you mean \"vswitches\"?)");
-        let p = Config::parse(r#"{"colour":1}"#).unwrap_err();
-        assert_eq!(p[0].msg, "unknown key");
+        let p = Config::check(r#"{"vswitchs":{},"security_group":"sg-1"}"#);
+        assert_eq!(
+            p[0].msg,
+            "unknown key, ignored (did you mean \"vswitches\"?)"
+        );
+        assert!(p[0].warning);
+        // A warning alone does not stop the daemon.
+        assert!(Config::parse(r#"{"colour":1,"security_group":"sg-1"}"#).is_ok());
+        assert_eq!(
+            Config::check(r#"{"colour":1}"#)[0].msg,
+            "unknown key, ignored"
+        );
     }
 
     #[test]
@@ -720,6 +782,8 @@ mod tests {
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("99999999999999999999999h").is_err());
+        assert!(parse_duration("-5s").is_err());
         assert!(parse_duration("").is_err());
     }
 

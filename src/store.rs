@@ -77,6 +77,12 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// Held for the daemon's lifetime: one daemon per state file, or two would overwrite each
+/// other's allocations.
+pub struct StoreLock {
+    _file: File,
+}
+
 impl Store {
     pub fn new(path: impl Into<PathBuf>) -> Store {
         Store { path: path.into() }
@@ -94,6 +100,31 @@ impl Store {
 
     pub fn prev_path(&self) -> PathBuf {
         self.sibling(".prev")
+    }
+
+    /// Takes the exclusive lock `<state>.lock` (released when the process ends, even by SIGKILL).
+    pub fn lock(&self) -> Result<StoreLock> {
+        let path = self.sibling(".lock");
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_ctx(|| format!("open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(StoreLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::new(
+                Kind::State,
+                format!(
+                    "another terway daemon is using the state file {} (it holds {})",
+                    self.path.display(),
+                    path.display()
+                ),
+            )),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(Error::io(format!("lock {}", path.display()), e))
+            }
+        }
     }
 
     /// `Ok(None)` when there is no state file yet (first start).
@@ -237,6 +268,18 @@ mod tests {
         assert_eq!(e.kind, Kind::State);
         assert!(e.msg.contains("state.json is corrupt"), "{e}");
         assert!(e.msg.contains("state.json.prev"), "{e}");
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn one_lock_holder_per_state_file() {
+        let d = tmpdir("lock");
+        let store = Store::new(d.join("state.json"));
+        let held = store.lock().unwrap();
+        let e = store.lock().err().unwrap();
+        assert!(e.msg.contains("another terway daemon"), "{e}");
+        drop(held);
+        assert!(store.lock().is_ok());
         std::fs::remove_dir_all(d).unwrap();
     }
 

@@ -177,6 +177,9 @@ fn sigkill_between_adds_keeps_every_allocation() {
 fn del_with_daemon_down_succeeds_and_gc_reclaims() {
     require_root();
     let mut node = Node::new(22);
+    node.write_config(&json!({"daemon_mode": "VPC", "pod_cidr": node.pod_cidr,
+        "socket_path": node.socket(), "state_path": node.state_path(),
+        "orphan_grace_period": "0s"}));
     node.start_daemon();
     let conf = node.netconf("1.1.0");
     let (pod_a, pod_b) = (Netns::new("twpod"), Netns::new("twpod"));
@@ -462,4 +465,125 @@ fn allocations_of_an_earlier_boot_are_dropped() {
         "{}",
         node.daemon_log()
     );
+}
+
+#[test]
+fn the_daemon_sweeps_allocations_whose_pod_is_gone() {
+    require_root();
+    let mut node = Node::new(30);
+    node.write_config(&json!({"daemon_mode": "VPC", "pod_cidr": node.pod_cidr,
+        "socket_path": node.socket(), "state_path": node.state_path(),
+        "orphan_grace_period": "0s"}));
+    node.start_daemon();
+    let conf = node.netconf("1.0.0");
+    let (gone, kept) = (Netns::new("twpod"), Netns::new("twpod"));
+    let a = node.cni("ADD", "sw-gone", &gone.path(), &conf);
+    a.assert_ok();
+    node.cni("ADD", "sw-kept", &kept.path(), &conf).assert_ok();
+    node.kill_daemon(Signal::SIGTERM);
+    // DEL while the daemon is down, then the pod's namespace goes too: no GC ever comes.
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = a.json.clone();
+    node.cni("DEL", "sw-gone", &gone.path(), &with_prev)
+        .assert_ok();
+    drop(gone);
+    node.start_daemon();
+    let pool = |node: &Node| -> serde_json::Value {
+        serde_json::from_slice(&node.cli(&["pool", "--json"]).stdout).unwrap()
+    };
+    assert!(
+        wait_until(std::time::Duration::from_secs(5), || pool(&node)["in_use"]
+            == 1),
+        "the orphan is released at start: {}",
+        node.daemon_log()
+    );
+    assert!(node.daemon_log().contains("sweep: releasing"));
+    assert!(kept.ping(&node.node_ip), "a live pod is never swept");
+}
+
+#[test]
+fn check_finds_broken_wiring_and_add_rolls_back_a_failed_setup() {
+    require_root();
+    let mut node = Node::new(31);
+    node.start_daemon();
+    let conf = node.netconf("1.0.0");
+    let pod = Netns::new("twpod");
+    let a = node.cni("ADD", "chk", &pod.path(), &conf);
+    a.assert_ok();
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = a.json.clone();
+    node.cni("CHECK", "chk", &pod.path(), &with_prev)
+        .assert_ok();
+    sh_ok(&[
+        "ip",
+        "-n",
+        &pod.name,
+        "neigh",
+        "flush",
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    let r = node.cni("CHECK", "chk", &pod.path(), &with_prev);
+    assert_eq!(r.code(), 102, "{}", r.json);
+    assert!(
+        r.json["details"].as_str().unwrap().contains("169.254.1.1"),
+        "{}",
+        r.json
+    );
+    node.cni("DEL", "chk", &pod.path(), &with_prev).assert_ok();
+
+    // The pod already has an eth0: the veth cannot be made; the address must go back.
+    let busy = Netns::new("twpod");
+    sh_ok(&[
+        "ip", "-n", &busy.name, "link", "add", "eth0", "type", "veth", "peer", "name", "x0",
+    ]);
+    let r = node.cni("ADD", "busy", &busy.path(), &conf);
+    assert!(!r.ok, "{}", r.json);
+    let pool: serde_json::Value =
+        serde_json::from_slice(&node.cli(&["pool", "--json"]).stdout).unwrap();
+    assert_eq!(pool["in_use"], 0, "rolled back: {pool}");
+    let links = sh_ok(&["ip", "-n", &node.ns.name, "-o", "link"]);
+    assert!(!links.contains(": tw"), "no veth left behind: {links}");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_is_refused_without_touching_it() {
+    require_root();
+    let mut node = Node::new(32);
+    node.start_daemon();
+    let pod = Netns::new("twpod");
+    node.cni("ADD", "two", &pod.path(), &node.netconf("1.0.0"))
+        .assert_ok();
+    let before = std::fs::read(node.state_path()).unwrap();
+    let run = node.ns.exec(&[
+        BIN,
+        "daemon",
+        "--config",
+        node.config_path().to_str().unwrap(),
+    ]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("another terway daemon"), "{err}");
+    assert_eq!(std::fs::read(node.state_path()).unwrap(), before);
+    assert!(pod.ping(&node.node_ip));
+}
+
+#[test]
+fn del_does_not_hang_on_a_daemon_that_never_answers() {
+    require_root();
+    let node = Node::new(33);
+    // Something accepts on the socket but never replies (a wedged daemon).
+    let listener = std::os::unix::net::UnixListener::bind(node.socket()).unwrap();
+    let pod = Netns::new("twpod");
+    let t = std::time::Instant::now();
+    let r = node.cni("DEL", "hung", &pod.path(), &node.netconf("1.0.0"));
+    r.assert_ok();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "DEL took {:?}",
+        t.elapsed()
+    );
+    drop(listener);
 }

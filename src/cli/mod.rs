@@ -331,15 +331,14 @@ fn print_max_pods(a: &MaxPodsArgs) -> Result<ExitCode> {
 fn config_check(file: &std::path::Path, json: bool) -> Result<ExitCode> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| Error::io(format!("config {}", file.display()), e))?;
-    let problems = Config::parse(&text).err().unwrap_or_default();
+    let problems = Config::check(&text);
+    let errors = problems.iter().filter(|p| !p.warning).count();
     if json {
         let list: Vec<serde_json::Value> = problems
             .iter()
-            .map(|p| serde_json::json!({"key": p.key, "problem": p.msg}))
+            .map(|p| serde_json::json!({"key": p.key, "problem": p.msg, "warning": p.warning}))
             .collect();
-        print_json(
-            &serde_json::json!({"file": file, "ok": problems.is_empty(), "problems": list}),
-        )?;
+        print_json(&serde_json::json!({"file": file, "ok": errors == 0, "problems": list}))?;
     } else if problems.is_empty() {
         println!("{}: ok", file.display());
     } else {
@@ -347,7 +346,7 @@ fn config_check(file: &std::path::Path, json: bool) -> Result<ExitCode> {
             println!("{}: {p}", file.display());
         }
     }
-    Ok(if problems.is_empty() {
+    Ok(if errors == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

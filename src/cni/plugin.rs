@@ -21,19 +21,28 @@ use std::time::Duration;
 /// ADD may wait while the daemon grows the pool (bounded there at 60 s by default).
 const ALLOC_TIMEOUT: Duration = Duration::from_secs(75);
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// DEL must not hold up pod deletion behind a hung daemon.
+const DEL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Entry point when a runtime execs us; returns the process exit status (0 or 1).
 pub fn main() -> u8 {
-    std::panic::set_hook(Box::new(|info| {
-        // A panic is a bug; the runtime still gets a well-formed error.
-        let e = Error::new(Kind::Internal, format!("terway plugin bug: {info}"));
-        println!("{}", error_json(None, &e));
-    }));
+    // A panic is a bug: say so on stderr; `catch_unwind` below turns it into one error object.
+    std::panic::set_hook(Box::new(|info| eprintln!("terway plugin bug: {info}")));
     let mut stdin = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
         return fail(None, &Error::io("read network config from stdin", e));
     }
-    let (version, outcome) = run(Env::from_process(), &stdin);
+    let outcome = std::panic::catch_unwind(|| run(Env::from_process(), &stdin));
+    let (version, outcome) = match outcome {
+        Ok(r) => r,
+        Err(_) => (
+            requested_version(&stdin),
+            Err(Error::new(
+                Kind::Internal,
+                "terway plugin bug: it panicked (details on stderr); please report it",
+            )),
+        ),
+    };
     match outcome {
         Ok(Some(out)) => {
             let mut o = std::io::stdout().lock();
@@ -50,18 +59,28 @@ fn fail(version: Option<&str>, e: &Error) -> u8 {
     1
 }
 
+/// The `cniVersion` the config asks for, if it can be read at all: errors should carry it even
+/// when something else in the config (or the environment) is wrong.
+fn requested_version(stdin: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(stdin).ok()?;
+    let s = v.get("cniVersion")?.as_str()?;
+    super::conf::SUPPORTED_VERSIONS
+        .contains(&s)
+        .then(|| s.to_string())
+}
+
 /// Runs one command; returns the negotiated version (for the error object) and the output.
 fn run(env: Result<Env>, stdin: &[u8]) -> (Option<String>, Result<Option<Value>>) {
     let env = match env {
         Ok(e) => e,
-        Err(e) => return (None, Err(e)),
+        Err(e) => return (requested_version(stdin), Err(e)),
     };
     if env.command == Command::Version {
         return (None, Ok(Some(version_json())));
     }
     let conf = match NetConf::parse(stdin) {
         Ok(c) => c,
-        Err(e) => return (None, Err(e)),
+        Err(e) => return (requested_version(stdin), Err(e)),
     };
     let version = Some(conf.cni_version.clone());
     let out = match env.command {
@@ -156,15 +175,19 @@ fn del(env: &Env, conf: &NetConf) -> Result<()> {
         }
     }
     // The daemon knows best which address this attachment still holds; prevResult may name one
-    // that was released and handed to another pod since (a repeated DEL).
-    let ips = match call(
+    // that was released and handed to another pod since (a repeated DEL), so without the
+    // daemon its addresses are only trusted while this attachment's veth still exists.
+    let lookup = call(
         &conf.daemon_socket,
         &Request::Get { key: env.key() },
-        CALL_TIMEOUT,
-    ) {
+        DEL_TIMEOUT,
+    );
+    let daemon_down = lookup.is_err();
+    let ips = match lookup {
         Ok(Reply::Found(Some(a))) => vec![a.ipv4],
         Ok(_) => Vec::new(),
-        Err(_) => conf.prev_ips(),
+        Err(_) if wiring::any_link_exists(&names) => conf.prev_ips(),
+        Err(_) => Vec::new(),
     };
     if let Err(e) = wiring::unwire(&names, &ips) {
         eprintln!("terway: DEL {}: {e}", env.key());
@@ -172,10 +195,18 @@ fn del(env: &Env, conf: &NetConf) -> Result<()> {
         // retries the teardown and releases it once the container is gone for good.
         return Ok(());
     }
+    if daemon_down {
+        eprintln!(
+            "terway: DEL {}: the daemon did not answer; the address {} is reclaimed later by GC or the daemon's sweep",
+            env.key(),
+            describe_ips(&conf.prev_ips())
+        );
+        return Ok(());
+    }
     match call(
         &conf.daemon_socket,
         &Request::Release { key: env.key() },
-        CALL_TIMEOUT,
+        DEL_TIMEOUT,
     ) {
         Ok(_) => Ok(()),
         Err(CallError {
@@ -277,14 +308,23 @@ fn gc(conf: &NetConf) -> Result<()> {
         },
         CALL_TIMEOUT,
     )?;
-    let Reply::Collected(released) = reply else {
+    let Reply::Collected(stale) = reply else {
         return Err(unexpected(&reply));
     };
-    // Keep going on errors: one stuck link must not keep the others.
-    for a in released {
+    // Wiring first, then the address: an address is never free while a route still points at
+    // an old veth. Keep going on errors: one stuck link must not keep the others.
+    for a in stale {
         let name = wiring::host_ifname(&a.key.container_id, &a.key.ifname);
         if let Err(e) = wiring::unwire(&[name], &[a.ipv4]) {
-            eprintln!("terway: GC {}: {e}", a.key);
+            eprintln!("terway: GC {}: {e}; keeping its address", a.key);
+            continue;
+        }
+        if let Err(e) = call(
+            &conf.daemon_socket,
+            &Request::Release { key: a.key.clone() },
+            CALL_TIMEOUT,
+        ) {
+            eprintln!("terway: GC {}: release: {}", a.key, e.error);
         }
     }
     Ok(())

@@ -58,6 +58,16 @@ pub fn unwire(host_ifnames: &[String], ips: &[Ipv4Addr]) -> Result<()> {
     }
 }
 
+/// Whether any of these host links still exists (a DEL that has not run before).
+pub fn any_link_exists(host_ifnames: &[String]) -> bool {
+    let Ok(mut nl) = Netlink::open() else {
+        return true;
+    };
+    host_ifnames
+        .iter()
+        .any(|n| !matches!(nl.link_by_name(n), Ok(None)))
+}
+
 pub fn host_ifname(container_id: &str, ifname: &str) -> String {
     datapath::host_veth_name(container_id, ifname)
 }

@@ -3,6 +3,7 @@
 //! glues them to the event loop: waiting pods, replies, periodic resync.
 
 use super::eni_cloud::{CloudCtx, Job, NodeFacts, spawn_workers};
+use super::sweep::gc_candidates;
 use super::{Backend, Msg, Outbox};
 use crate::config::Config;
 use crate::pool::eni::{CloudOutcome, EniFacts, Lease, Pool, PoolConfig, PoolState};
@@ -54,6 +55,7 @@ pub struct EniBackend {
     random: u64,
     /// Pods whose address the cloud lost (reported in mapping until they release it).
     lost: BTreeMap<AttachKey, Ipv4Addr>,
+    grace_secs: u64,
 }
 
 impl EniBackend {
@@ -138,6 +140,7 @@ impl EniBackend {
             metadata_endpoint,
             random: now ^ u64::from(std::process::id()).rotate_left(32) | 1,
             lost,
+            grace_secs: config.orphan_grace_period.as_secs(),
         })
     }
 
@@ -375,16 +378,21 @@ impl Backend for EniBackend {
                 out.reply(reply, Ok(Reply::Found(found)), false);
             }
             Request::Gc { network, valid } => {
-                let stale: Vec<AttachKey> = self
-                    .allocs
-                    .values()
-                    .filter(|a| a.network == network && !valid.contains(&a.key))
-                    .map(|a| a.key.clone())
+                let stale = gc_candidates(
+                    self.allocs.values(),
+                    &network,
+                    &valid,
+                    now / 1000,
+                    self.grace_secs,
+                );
+                let found = stale
+                    .iter()
+                    .filter_map(|k| {
+                        let a = self.allocs.get(k)?;
+                        self.allocation(k, &a.pod, &self.pool.lease_of(k)?).ok()
+                    })
                     .collect();
-                let released: Vec<Allocation> =
-                    stale.iter().filter_map(|k| self.release(k, now)).collect();
-                let changed = !released.is_empty();
-                out.reply(reply, Ok(Reply::Collected(released)), changed);
+                out.reply(reply, Ok(Reply::Collected(found)), false);
             }
             Request::Status => {
                 let free = u64::from(self.pool.capacity().saturating_sub(self.pool.in_use()));
@@ -474,6 +482,7 @@ impl Backend for EniBackend {
     fn reload(&mut self, config: &Config) -> Result<()> {
         self.node.vswitches = super::eni_cloud::node_vswitches(config, &self.node);
         self.pool.set_config(pool_config(config, &self.node));
+        self.grace_secs = config.orphan_grace_period.as_secs();
         log::info!(
             "reload: vSwitches {:?}, watermarks min {} max {}",
             self.node.vswitches,

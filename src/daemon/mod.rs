@@ -8,6 +8,7 @@
 pub mod eni;
 pub mod eni_cloud;
 pub mod server;
+pub mod sweep;
 pub mod vpc;
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH, Mode};
@@ -81,6 +82,8 @@ pub fn run(args: DaemonArgs) -> Result<()> {
     if let Some(dir) = config.state_path.parent() {
         std::fs::create_dir_all(dir).with_ctx(|| format!("create {}", dir.display()))?;
     }
+    // Before reading anything: a second daemon must not rewrite the first one's state.
+    let _lock = store.lock()?;
     let boot_id = read_boot_id()?;
     let mut state = match store.load()? {
         Some(s) if s.boot_id != boot_id => {
@@ -142,6 +145,7 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         store,
         state,
         backend,
+        next_sweep: 0,
     };
     let result = daemon.event_loop(rx);
     let _ = std::fs::remove_file(&socket_path);
@@ -170,6 +174,7 @@ struct Daemon {
     store: Store,
     state: State,
     backend: Box<dyn Backend>,
+    next_sweep: u64,
 }
 
 impl Daemon {
@@ -179,9 +184,8 @@ impl Daemon {
             let wait = self
                 .backend
                 .next_deadline(now)
-                .map(|d| Duration::from_millis(d.saturating_sub(now)))
-                .unwrap_or(IDLE_TICK)
-                .min(IDLE_TICK);
+                .map_or(self.next_sweep, |d| d.min(self.next_sweep));
+            let wait = Duration::from_millis(wait.saturating_sub(now)).min(IDLE_TICK);
             let mut batch = Vec::new();
             match rx.recv_timeout(wait) {
                 Ok(m) => batch.push(m),
@@ -223,6 +227,10 @@ impl Daemon {
             }
         }
         if !stop {
+            if now >= self.next_sweep {
+                self.next_sweep = now + sweep::EVERY_MS;
+                self.sweep(now, &mut out);
+            }
             self.backend.on_tick(now, &mut out);
         }
         let mut fatal = None;
@@ -244,6 +252,18 @@ impl Daemon {
         match fatal {
             Some(e) => Err(e),
             None => Ok(stop),
+        }
+    }
+
+    /// Releases allocations whose pod is gone for good (see `sweep`), through the backend as if
+    /// the plugin had asked.
+    fn sweep(&mut self, now: u64, out: &mut Outbox) {
+        self.backend.write_state(&mut self.state);
+        let grace = self.config.orphan_grace_period.as_secs();
+        for key in sweep::find(&self.state.allocations, now / 1000, grace) {
+            let (tx, _rx) = mpsc::channel();
+            self.backend
+                .on_request(Request::Release { key }, tx, now, out);
         }
     }
 

@@ -2,6 +2,7 @@
 //! out, the daemon loop persists the result before answering.
 
 use super::eni::CloudDone;
+use super::sweep::gc_candidates;
 use super::{Backend, Outbox};
 use crate::config::Config;
 use crate::pool::cidr::CidrPool;
@@ -22,6 +23,7 @@ pub struct VpcIpam {
     by_ip: HashMap<Ipv4Addr, AttachKey>,
     min_pool_size: u32,
     max_pool_size: u32,
+    grace_secs: u64,
 }
 
 impl VpcIpam {
@@ -36,6 +38,7 @@ impl VpcIpam {
         let mut ipam = VpcIpam::from_state(pod_cidr, state)
             .map_err(|e| e.context(format!("state file {}", config.state_path.display())))?;
         ipam.set_watermarks(config.min_pool_size, config.max_pool_size);
+        ipam.grace_secs = config.orphan_grace_period.as_secs();
         Ok(ipam)
     }
 
@@ -53,6 +56,7 @@ impl VpcIpam {
             by_ip: HashMap::new(),
             min_pool_size: 0,
             max_pool_size: 0,
+            grace_secs: 60,
         };
         let outside: Vec<String> = state
             .allocations
@@ -164,16 +168,18 @@ impl VpcIpam {
                 false,
             ),
             Request::Gc { network, valid } => {
-                let stale: Vec<AttachKey> = self
-                    .allocs
-                    .values()
-                    .filter(|a| a.network == network && !valid.contains(&a.key))
-                    .map(|a| a.key.clone())
+                let stale = gc_candidates(
+                    self.allocs.values(),
+                    &network,
+                    &valid,
+                    now_unix,
+                    self.grace_secs,
+                );
+                let found = stale
+                    .iter()
+                    .filter_map(|k| self.allocs.get(k).map(Self::view))
                     .collect();
-                let released: Vec<Allocation> =
-                    stale.iter().filter_map(|k| self.remove(k)).collect();
-                let changed = !released.is_empty();
-                (Ok(Reply::Collected(released)), changed)
+                (Ok(Reply::Collected(found)), false)
             }
             Request::Status => (
                 Ok(Reply::Status(StatusView {
@@ -258,6 +264,7 @@ impl Backend for VpcIpam {
             self.change_cidr(cidr)?;
         }
         self.set_watermarks(config.min_pool_size, config.max_pool_size);
+        self.grace_secs = config.orphan_grace_period.as_secs();
         Ok(())
     }
 }

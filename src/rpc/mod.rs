@@ -56,7 +56,8 @@ pub enum Request {
     Get {
         key: AttachKey,
     },
-    /// Release every allocation of `network` whose key is not in `valid`.
+    /// The allocations of `network` whose key is not in `valid` (and that are old enough not
+    /// to be an ADD still running): the plugin unwires and releases each.
     Gc {
         network: String,
         valid: Vec<AttachKey>,
@@ -126,6 +127,7 @@ pub enum Reply {
     /// The released allocation, or `None` when there was nothing to release.
     Released(Option<Allocation>),
     Found(Option<Allocation>),
+    /// GC candidates, not yet released.
     Collected(Vec<Allocation>),
     Status(StatusView),
     Mapping(Vec<MappingRow>),
