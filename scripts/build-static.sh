@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds one static terway binary for /opt/cni/bin (and terwayd / terway-cli symlinks to it):
-# the musl target when it can be had, otherwise glibc with crt-static. Prints path and size.
+# Builds one static terway binary for /opt/cni/bin (link it as terwayd / terway-cli for those
+# roles): the musl target when it can be had, otherwise glibc with crt-static. Prints the path
+# and size; the path is also written to target/terway-static.path for install scripts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -16,6 +17,9 @@ else
     RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$TARGET"
 fi
 OUT="target/$TARGET/release/terway"
-file "$OUT" 2>/dev/null || true
-if ldd "$OUT" >/dev/null 2>&1; then echo "warning: $OUT is dynamically linked" >&2; fi
-echo "$OUT: $(du -h "$OUT" | cut -f1) ($(stat -c %s "$OUT") bytes)"
+# A dynamic executable names its loader in a PT_INTERP header; a static one has none.
+if readelf -l "$OUT" 2>/dev/null | grep -q INTERP; then
+    echo "warning: $OUT is dynamically linked" >&2
+fi
+echo "$OUT" > target/terway-static.path
+echo "$OUT: $(du -h "$OUT" | cut -f1) ($(stat -c %s "$OUT") bytes), static"

@@ -66,9 +66,10 @@ declare -A IP
 echo "==> CNI ADD for ${PODS[*]}"
 for p in "${PODS[@]}"; do
     ip netns add "terway-demo-$p"
-    out=$(cni "$p" ADD)
+    if ! out=$(cni "$p" ADD); then
+        echo "ADD for $p failed: $out"; cat "$WORK/daemon.log"; exit 1
+    fi
     IP[$p]=$(echo "$out" | sed -n 's/.*"address":"\([0-9.]*\)\/32".*/\1/p')
-    [ -n "${IP[$p]}" ] || { echo "ADD for $p failed: $out"; exit 1; }
 done
 printf '\n%-8s %-14s %s\n' NAME IP NODE
 for p in "${PODS[@]}"; do printf '%-8s %-14s %s\n' "$p" "${IP[$p]}" "$NODE"; done

@@ -20,9 +20,17 @@ require_root() {
     fi
 }
 
+# Rust via rustup when there is none (Debian's own cargo is older than the 1.88 we need).
 require_cargo() {
-    if ! command -v cargo >/dev/null; then
-        [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+    if ! command -v cargo >/dev/null && [ -f "$HOME/.cargo/env" ]; then
+        . "$HOME/.cargo/env"
     fi
-    command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+    if ! command -v cargo >/dev/null; then
+        echo "==> installing Rust with rustup (minimal profile)"
+        ensure_packages curl ca-certificates build-essential
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+            sh -s -- -y --profile minimal -c rustfmt -c clippy
+        . "$HOME/.cargo/env"
+    fi
+    command -v cargo >/dev/null || { echo "cargo not found and rustup failed" >&2; exit 1; }
 }

@@ -84,7 +84,12 @@ impl Env {
             container_id,
             netns: get("CNI_NETNS").unwrap_or_default(),
             ifname,
-            args: parse_cni_args(&get("CNI_ARGS").unwrap_or_default())?,
+            args: match command {
+                // ADD records who the pod is; elsewhere a malformed field must not block
+                // pod deletion or GC.
+                Command::Add => parse_cni_args(&get("CNI_ARGS").unwrap_or_default())?,
+                _ => parse_cni_args_lenient(&get("CNI_ARGS").unwrap_or_default()),
+            },
         })
     }
 
@@ -137,6 +142,14 @@ pub fn parse_cni_args(s: &str) -> Result<BTreeMap<String, String>> {
         out.insert(k.to_string(), v.to_string());
     }
     Ok(out)
+}
+
+/// Like `parse_cni_args`, skipping malformed pairs.
+pub fn parse_cni_args_lenient(s: &str) -> BTreeMap<String, String> {
+    s.split(';')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// Spec: container ids are non-empty and use only `[A-Za-z0-9_.-]`, starting alphanumeric.
@@ -258,6 +271,13 @@ mod tests {
         ]);
         assert!(bad_if.unwrap_err().msg.contains("CNI_IFNAME"));
         assert!(parse_cni_args("K8S_POD_NAME").is_err());
+        let del = env(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "ab"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME"),
+        ]);
+        assert!(del.is_ok(), "a malformed CNI_ARGS must not block DEL");
         assert!(env(&[("CNI_COMMAND", "GC")]).is_err());
         assert!(env(&[("CNI_COMMAND", "STATUS")]).is_ok());
     }

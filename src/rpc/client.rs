@@ -25,22 +25,37 @@ impl From<CallError> for Error {
 const MAX_REPLY: u64 = 16 << 20;
 
 pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, CallError> {
-    let unreachable = |e: std::io::Error| CallError {
-        unreachable: true,
-        error: Error::new(
-            Kind::TryAgain,
-            format!(
-                "terway daemon is not reachable at {}: {e} (is terwayd running?)",
-                socket.display()
+    let unreachable = |e: std::io::Error| {
+        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+            "only root may talk to the daemon"
+        } else {
+            "is terwayd running?"
+        };
+        CallError {
+            unreachable: true,
+            error: Error::new(
+                Kind::TryAgain,
+                format!(
+                    "terway daemon is not reachable at {}: {e} ({hint})",
+                    socket.display()
+                ),
             ),
-        ),
+        }
     };
-    let failed = |what: &str, e: std::io::Error| CallError {
-        unreachable: false,
-        error: Error::new(
-            Kind::TryAgain,
-            format!("terway daemon at {}: {what}: {e}", socket.display()),
-        ),
+    let failed = |what: &str, e: std::io::Error| {
+        let e = match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                format!("no answer within {} s", timeout.as_secs())
+            }
+            _ => e.to_string(),
+        };
+        CallError {
+            unreachable: false,
+            error: Error::new(
+                Kind::TryAgain,
+                format!("terway daemon at {}: {what}: {e}", socket.display()),
+            ),
+        }
     };
     let mut stream = UnixStream::connect(socket).map_err(unreachable)?;
     stream
