@@ -1,98 +1,157 @@
 #!/usr/bin/env bash
-# The demo: one node (a network namespace) running the terway daemon in VPC mode, three pods
-# created through real CNI ADD invocations, addresses shown, pod<->pod and node<->pod pings,
-# `terway mapping` and `terway pool`, then DEL and a full clean-up. Run as root.
+# The demo, as root on a fresh Debian machine.
+#
+#   scripts/demo.sh        shared ENI mode (default): `terway emulate --netns` builds a VPC with
+#                          two ECS instances in network namespaces; a terway daemon per node
+#                          creates, attaches and fills ENIs through the signed OpenAPI; six pods
+#                          (a Deployment's replicas) get VPC addresses through real CNI ADDs and
+#                          ping each other across nodes through the VPC; `terway mapping` on
+#                          each node; DEL and a full clean-up.
+#   scripts/demo.sh vpc    VPC mode: one node, pods from the node's pod CIDR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 require_root
 require_cargo
 ensure_packages iproute2 iputils-ping procps gcc
+MODE=${1:-eni}
+case "$MODE" in eni | vpc) ;; *) echo "usage: $0 [eni|vpc]" >&2; exit 2 ;; esac
 
 echo "==> building terway"
 cargo build --quiet
 BIN="$PWD/target/debug/terway"
-
-NODE=terway-demo-node
-NODE_IP=192.168.250.1
-POD_CIDR=10.244.1.0/24
 WORK=$(mktemp -d /tmp/terway-demo.XXXXXX)
-SOCK="$WORK/terway.sock"
-PODS=(web-1 web-2 web-3)
-DAEMON_PID=
+DAEMONS=()
+PODS=()
+EMU_PID=
+VPC_NODE=twdemo-node
 
 cleanup() {
     set +e
-    [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null
-    for p in "${PODS[@]}"; do ip netns del "terway-demo-$p" 2>/dev/null; done
-    ip netns del "$NODE" 2>/dev/null
+    for p in "${DAEMONS[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+    for p in "${PODS[@]}"; do ip netns del "$p" 2>/dev/null; done
+    # TERM: the emulator removes the VPC and node namespaces it built.
+    [ -n "$EMU_PID" ] && kill "$EMU_PID" 2>/dev/null && wait "$EMU_PID" 2>/dev/null
+    ip netns del "$VPC_NODE" 2>/dev/null
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-cleanup_before() { for p in "${PODS[@]}"; do ip netns del "terway-demo-$p" 2>/dev/null || true; done; ip netns del "$NODE" 2>/dev/null || true; }
-cleanup_before
+# Leftovers of an interrupted earlier run.
+for ns in $(ip netns list | awk '{print $1}' | grep -E '^twdemo-' || true); do ip netns del "$ns"; done
+"$BIN" emulate --vpc-netns twdemo-vpc --cleanup >/dev/null 2>&1 || true
 
-echo "==> node namespace $NODE (node address $NODE_IP, pod CIDR $POD_CIDR)"
-ip netns add "$NODE"
-ip -n "$NODE" link set lo up
-ip -n "$NODE" addr add "$NODE_IP/32" dev lo
-
-cat > "$WORK/eni.json" <<JSON
-{
-  "version": "1",
-  "daemon_mode": "VPC",
-  "pod_cidr": "$POD_CIDR",
-  "socket_path": "$SOCK",
-  "state_path": "$WORK/state.json"
-}
-JSON
-"$BIN" config check "$WORK/eni.json"
-
-echo "==> starting the daemon: ip netns exec $NODE terway daemon --config $WORK/eni.json"
-ip netns exec "$NODE" "$BIN" daemon --config "$WORK/eni.json" 2>"$WORK/daemon.log" &
-DAEMON_PID=$!
-for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
-[ -S "$SOCK" ] || { cat "$WORK/daemon.log"; exit 1; }
-
-cni() { # cni COMMAND POD
-    local pod=$1 cmd=$2
-    echo "{\"cniVersion\":\"1.0.0\",\"name\":\"terway\",\"type\":\"terway\",\"daemon_socket\":\"$SOCK\"}" |
-        ip netns exec "$NODE" env CNI_COMMAND="$cmd" CNI_CONTAINERID="demo-$pod" \
-            CNI_NETNS="/run/netns/terway-demo-$pod" CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin \
-            CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=$pod" "$BIN"
+# cni COMMAND NODE_NS SOCKET POD_NS POD_NAME
+cni() {
+    echo "{\"cniVersion\":\"1.0.0\",\"name\":\"terway\",\"type\":\"terway\",\"daemon_socket\":\"$3\"}" |
+        ip netns exec "$2" env CNI_COMMAND="$1" CNI_CONTAINERID="$5" CNI_NETNS="/run/netns/$4" \
+            CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin \
+            CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=$5" "$BIN"
 }
 
-declare -A IP
-echo "==> CNI ADD for ${PODS[*]}"
-for p in "${PODS[@]}"; do
-    ip netns add "terway-demo-$p"
-    if ! out=$(cni "$p" ADD); then
-        echo "ADD for $p failed: $out"; cat "$WORK/daemon.log"; exit 1
-    fi
-    IP[$p]=$(echo "$out" | sed -n 's/.*"address":"\([0-9.]*\)\/32".*/\1/p')
-done
-printf '\n%-8s %-14s %s\n' NAME IP NODE
-for p in "${PODS[@]}"; do printf '%-8s %-14s %s\n' "$p" "${IP[$p]}" "$NODE"; done
-echo
-echo "==> inside web-1:"
-ip -n terway-demo-web-1 -4 addr show eth0 | sed 's/^/    /'
-ip -n terway-demo-web-1 route | sed 's/^/    /'
+# start_daemon NODE_NS CONFIG SOCKET LOG
+start_daemon() {
+    echo "==> ip netns exec $1 terway daemon --config $2"
+    ip netns exec "$1" "$BIN" daemon --config "$2" 2>"$4" &
+    DAEMONS+=($!)
+    for _ in $(seq 300); do
+        "$BIN" pool --socket "$3" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    cat "$4"
+    return 1
+}
 
 ping_from() { # ping_from NS TARGET LABEL
     if ip netns exec "$1" ping -c 1 -W 2 "$2" >/dev/null; then echo "    ok   $3"; else echo "    FAIL $3"; return 1; fi
 }
-echo "==> pings"
-ping_from terway-demo-web-1 "${IP[web-2]}" "web-1 -> web-2 (${IP[web-2]})"
-ping_from terway-demo-web-2 "${IP[web-3]}" "web-2 -> web-3 (${IP[web-3]})"
-ping_from terway-demo-web-3 "$NODE_IP" "web-3 -> node ($NODE_IP)"
-ping_from "$NODE" "${IP[web-1]}" "node -> web-1 (${IP[web-1]})"
 
-echo "==> terway mapping"
-TERWAY_SOCKET=$SOCK "$BIN" mapping
-echo "==> terway pool"
-TERWAY_SOCKET=$SOCK "$BIN" pool
+declare -A IP NODE SOCK
+add_pod() { # add_pod NAME NODE_NS SOCKET
+    ip netns add "$1"
+    PODS+=("$1")
+    local out
+    if ! out=$(cni ADD "$2" "$3" "$1" "${1#twdemo-}"); then
+        echo "ADD for $1 failed: $out"; cat "$WORK"/*.log; exit 1
+    fi
+    IP[$1]=$(echo "$out" | sed -n 's/.*"address":"\([0-9.]*\)\/32".*/\1/p')
+    NODE[$1]=$2
+    SOCK[$1]=$3
+}
+
+print_pods() {
+    printf '\n%-24s %-7s %-9s %-14s %s\n' NAME READY STATUS IP NODE
+    for p in "${PODS[@]}"; do printf '%-24s %-7s %-9s %-14s %s\n' "${p#twdemo-}" 1/1 Running "${IP[$p]}" "${NODE[$p]}"; done
+    echo
+}
+
+if [ "$MODE" = vpc ]; then
+    NODE_IP=192.168.250.1
+    POD_CIDR=10.244.1.0/24
+    echo "==> node namespace $VPC_NODE (node address $NODE_IP, pod CIDR $POD_CIDR)"
+    ip netns add "$VPC_NODE"
+    ip -n "$VPC_NODE" link set lo up
+    ip -n "$VPC_NODE" addr add "$NODE_IP/32" dev lo
+    cat > "$WORK/eni.json" <<JSON
+{"version": "1", "daemon_mode": "VPC", "pod_cidr": "$POD_CIDR",
+ "socket_path": "$WORK/terway.sock", "state_path": "$WORK/state.json"}
+JSON
+    "$BIN" config check "$WORK/eni.json"
+    start_daemon "$VPC_NODE" "$WORK/eni.json" "$WORK/terway.sock" "$WORK/daemon.log"
+    echo "==> CNI ADD for three pods"
+    for i in 1 2 3; do add_pod "twdemo-web-$i" "$VPC_NODE" "$WORK/terway.sock"; done
+    print_pods
+    echo "==> inside web-1:"
+    ip -n twdemo-web-1 -4 addr show eth0 | sed 's/^/    /'
+    ip -n twdemo-web-1 route | sed 's/^/    /'
+    echo "==> pings"
+    ping_from twdemo-web-1 "${IP[twdemo-web-2]}" "web-1 -> web-2 (${IP[twdemo-web-2]})"
+    ping_from twdemo-web-2 "${IP[twdemo-web-3]}" "web-2 -> web-3 (${IP[twdemo-web-3]})"
+    ping_from twdemo-web-3 "$NODE_IP" "web-3 -> node ($NODE_IP)"
+    ping_from "$VPC_NODE" "${IP[twdemo-web-1]}" "node -> web-1 (${IP[twdemo-web-1]})"
+    echo "==> terway mapping"
+    "$BIN" mapping --socket "$WORK/terway.sock"
+    echo "==> terway pool"
+    "$BIN" pool --socket "$WORK/terway.sock"
+else
+    echo "==> terway emulate --netns: a VPC with two ECS instances in network namespaces"
+    "$BIN" emulate --netns --vpc-netns twdemo-vpc --listen 127.0.0.1:0 \
+        --node-configs "$WORK/nodes" >"$WORK/emulate.out" 2>"$WORK/emulate.log" &
+    EMU_PID=$!
+    for _ in $(seq 100); do [ "$(ls "$WORK"/nodes/*.json 2>/dev/null | wc -l)" -ge 2 ] && break; sleep 0.1; done
+    sed 's/^/    /' "$WORK/emulate.out"
+    mapfile -t NODES < <(ls "$WORK"/nodes/*.json | xargs -n1 basename | sed 's/\.json$//')
+    for n in "${NODES[@]}"; do
+        start_daemon "$n" "$WORK/nodes/$n.json" "$WORK/nodes/$n/terway.sock" "$WORK/daemon-$n.log"
+    done
+    echo "==> CNI ADD for six replicas of Deployment \"example\", spread over both nodes"
+    i=0
+    for suffix in 54v7g 6dzx5 gq7xs h9rvb s9fts swq6q; do
+        n=${NODES[$((i % 2))]}
+        add_pod "twdemo-example-$suffix" "$n" "$WORK/nodes/$n/terway.sock"
+        i=$((i + 1))
+    done
+    print_pods
+    echo "==> inside ${PODS[0]#twdemo-} (on ${NODE[${PODS[0]}]}):"
+    ip -n "${PODS[0]}" -4 addr show eth0 | sed 's/^/    /'
+    ip -n "${PODS[0]}" route | sed 's/^/    /'
+    echo "==> on node ${NODES[0]}: the pod's traffic leaves through its ENI"
+    ip -n "${NODES[0]}" rule | sed 's/^/    /'
+    echo "==> pings across the VPC"
+    for j in 0 1 2; do
+        a=${PODS[$j]} b=${PODS[$((j + 3))]}
+        [ "${NODE[$a]}" != "${NODE[$b]}" ] || b=${PODS[$(((j + 1) % 6))]}
+        ping_from "$a" "${IP[$b]}" "${a#twdemo-} (${NODE[$a]}) -> ${b#twdemo-} (${NODE[$b]}) ${IP[$b]}"
+    done
+    node_ip=$(ip -n "${NODES[1]}" -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1)
+    ping_from "${PODS[0]}" "$node_ip" "${PODS[0]#twdemo-} -> node ${NODES[1]} ($node_ip)"
+    for n in "${NODES[@]}"; do
+        echo "==> terway mapping on $n"
+        ip netns exec "$n" "$BIN" mapping --socket "$WORK/nodes/$n/terway.sock"
+    done
+    echo "==> terway pool on ${NODES[0]}"
+    "$BIN" pool --socket "$WORK/nodes/${NODES[0]}/terway.sock"
+fi
 
 echo "==> CNI DEL"
-for p in "${PODS[@]}"; do cni "$p" DEL; done
-TERWAY_SOCKET=$SOCK "$BIN" pool | grep 'in use'
+for p in "${PODS[@]}"; do cni DEL "${NODE[$p]}" "${SOCK[$p]}" "$p" "${p#twdemo-}"; done
 echo "==> done; cleaning up"
