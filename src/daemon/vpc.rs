@@ -328,35 +328,31 @@ mod tests {
     }
 
     #[test]
-    fn gc_releases_only_invalid_attachments_of_the_network() {
+    fn gc_names_only_old_invalid_attachments_of_the_network() {
         let mut m = ipam("10.9.0.0/24");
         for id in ["a", "b", "c"] {
             ip_of(alloc(&mut m, id));
         }
-        let (r, changed) = m.handle(
-            Request::Gc {
-                network: "terway".into(),
-                valid: vec![key("b")],
-            },
-            9,
-        );
-        assert!(changed);
-        let Ok(Reply::Collected(released)) = r else {
-            panic!()
+        let gc = |m: &mut VpcIpam, network: &str, now: u64| {
+            let (r, changed) = m.handle(
+                Request::Gc {
+                    network: network.into(),
+                    valid: vec![key("b")],
+                },
+                now,
+            );
+            assert!(!changed, "GC only names candidates; the plugin releases them");
+            let Ok(Reply::Collected(found)) = r else {
+                panic!("{r:?}")
+            };
+            found
+                .iter()
+                .map(|a| a.key.container_id.clone())
+                .collect::<Vec<_>>()
         };
-        let ids: Vec<&str> = released
-            .iter()
-            .map(|a| a.key.container_id.as_str())
-            .collect();
-        assert_eq!(ids, ["a", "c"]);
-        let (r, _) = m.handle(
-            Request::Gc {
-                network: "other".into(),
-                valid: vec![],
-            },
-            9,
-        );
-        assert_eq!(r, Ok(Reply::Collected(vec![])));
+        assert!(gc(&mut m, "terway", 8).is_empty(), "too young: ADD may still run");
+        assert_eq!(gc(&mut m, "terway", 7 + 60), ["a", "c"]);
+        assert!(gc(&mut m, "other", 7 + 60).is_empty());
     }
 
     #[test]
