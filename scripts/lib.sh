@@ -20,7 +20,7 @@ require_root() {
     fi
 }
 
-# Rust via rustup when there is none (Debian's own cargo is older than the 1.88 we need).
+# Rust via rustup when there is none (Debian's own cargo is older than the 1.89 we need).
 require_cargo() {
     if ! command -v cargo >/dev/null && [ -f "$HOME/.cargo/env" ]; then
         . "$HOME/.cargo/env"
