@@ -382,3 +382,87 @@ fn sigkill_mid_burst_loses_and_duplicates_nothing() {
     std::thread::sleep(Duration::from_secs(1));
     assert_no_leaks(&cloud, &a);
 }
+
+/// A client of the emulated cloud acting behind the daemon's back (as an operator might).
+fn operator(cloud: &Cloud) -> terway::cloud::ecs::Ecs {
+    use terway::cloud::credentials::{CredentialProvider, CredentialSource};
+    let v: Value = serde_json::from_slice(&std::fs::read(cloud.node_config(0)).unwrap()).unwrap();
+    let mut cfg = terway::cloud::ecs::CloudConfig::new(v["region_id"].as_str().unwrap());
+    cfg.ecs_endpoint = format!("http://{}", cloud.addr);
+    cfg.vpc_endpoint = cfg.ecs_endpoint.clone();
+    let creds = CredentialProvider::new(
+        CredentialSource::Static {
+            access_key: v["access_key"].as_str().unwrap().into(),
+            access_secret: v["access_secret"].as_str().unwrap().into(),
+        },
+        None,
+    );
+    terway::cloud::ecs::Ecs::new(cfg, std::sync::Arc::new(creds)).unwrap()
+}
+
+#[test]
+fn restart_reconciles_with_the_cloud_and_mapping_reports_the_difference() {
+    let cloud = Cloud::start(CloudSpec::default());
+    let mut a = cloud.node(0);
+    a.start_daemon();
+    let (pods, ips) = add_pods(&a, "rec", 2);
+    a.stop_daemon(Signal::SIGTERM);
+    let pool = {
+        let state: Value = serde_json::from_slice(&std::fs::read(&a.state).unwrap()).unwrap();
+        state["eni"]["pool"].clone()
+    };
+    let eni_id = cloud_view(&cloud, &a.ns)
+        .1
+        .into_iter()
+        .next()
+        .expect("one ENI");
+    let ecs = operator(&cloud);
+    // Behind the daemon's back: a pod's address is taken away, and one more is added.
+    let lost: std::net::Ipv4Addr = ips[1].parse().unwrap();
+    let primary = pool_primary(&a);
+    assert_ne!(
+        ips[1], primary,
+        "an ENI's primary IP cannot be unassigned; {pool}"
+    );
+    // Assign first: the cloud would hand the just-unassigned address straight back.
+    let extra = ecs.assign_ips(&eni_id, 1).unwrap()[0].to_string();
+    ecs.unassign_ips(&eni_id, &[lost]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    a.start_daemon();
+    assert!(
+        a.log().contains(&format!("the cloud no longer has {lost}")),
+        "{}",
+        a.log()
+    );
+    let mapping = a.cli(&["mapping"]);
+    let text = String::from_utf8_lossy(&mapping.stdout).into_owned();
+    assert!(
+        !mapping.status.success(),
+        "an error row makes mapping fail: {text}"
+    );
+    let row = text
+        .lines()
+        .find(|l| l.contains(&format!(".{lost} ")))
+        .unwrap_or("");
+    assert!(row.starts_with("Error"), "{text}");
+    assert!(row.contains("pod-rec-1"), "the pod is named: {text}");
+    let idle = text
+        .lines()
+        .find(|l| l.contains(&format!(".{extra} ")))
+        .unwrap_or("");
+    assert!(idle.starts_with("Idle"), "adopted as idle: {text}");
+    // The other pod keeps working.
+    assert!(pods[0].ping(&node_ip(&a)));
+    del_pods(&a, "rec", &pods);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_no_leaks(&cloud, &a);
+}
+
+/// The first ENI's primary address as the saved pool recorded it.
+fn pool_primary(node: &EniNode) -> String {
+    let state: Value = serde_json::from_slice(&std::fs::read(&node.state).unwrap()).unwrap();
+    state["eni"]["pool"]["enis"][0]["primary_ip"]
+        .as_str()
+        .expect("the saved pool names its ENI's primary IP")
+        .to_string()
+}

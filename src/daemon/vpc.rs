@@ -341,7 +341,10 @@ mod tests {
                 },
                 now,
             );
-            assert!(!changed, "GC only names candidates; the plugin releases them");
+            assert!(
+                !changed,
+                "GC only names candidates; the plugin releases them"
+            );
             let Ok(Reply::Collected(found)) = r else {
                 panic!("{r:?}")
             };
@@ -350,7 +353,10 @@ mod tests {
                 .map(|a| a.key.container_id.clone())
                 .collect::<Vec<_>>()
         };
-        assert!(gc(&mut m, "terway", 8).is_empty(), "too young: ADD may still run");
+        assert!(
+            gc(&mut m, "terway", 8).is_empty(),
+            "too young: ADD may still run"
+        );
         assert_eq!(gc(&mut m, "terway", 7 + 60), ["a", "c"]);
         assert!(gc(&mut m, "other", 7 + 60).is_empty());
     }
