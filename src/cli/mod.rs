@@ -104,7 +104,7 @@ pub fn main(argv0: &str, mut args: Vec<std::ffi::OsString>) -> ExitCode {
         args.insert(1, "daemon".into());
     }
     let cli = Cli::parse_from(args);
-    if matches!(cli.command, Command::Daemon(_) | Command::Emulate(_)) {
+    if matches!(cli.command, Command::Daemon(_)) {
         init_logging();
     }
     let result = match cli.command {
@@ -129,9 +129,23 @@ pub fn main(argv0: &str, mut args: Vec<std::ffi::OsString>) -> ExitCode {
     }
 }
 
+/// Logs to stderr with a UTC timestamp (journald adds its own, but demos and tests read files).
 fn init_logging() {
+    use std::io::Write;
     env_logger::Builder::from_env(env_logger::Env::default().filter_or("TERWAY_LOG", "info"))
-        .format_timestamp_millis()
+        .format(|buf, record| {
+            let now = crate::daemon::now_ms();
+            let ts = crate::cloud::sign::format_timestamp(now / 1000);
+            writeln!(
+                buf,
+                "{}.{:03}Z {:<5} {}] {}",
+                ts.trim_end_matches('Z'),
+                now % 1000,
+                record.level(),
+                record.target(),
+                record.args()
+            )
+        })
         .init();
 }
 
