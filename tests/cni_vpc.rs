@@ -177,9 +177,7 @@ fn sigkill_between_adds_keeps_every_allocation() {
 fn del_with_daemon_down_succeeds_and_gc_reclaims() {
     require_root();
     let mut node = Node::new(22);
-    node.write_config(&json!({"daemon_mode": "VPC", "pod_cidr": node.pod_cidr,
-        "socket_path": node.socket(), "state_path": node.state_path(),
-        "orphan_grace_period": "0s"}));
+    node.configure(json!({"orphan_grace_period": "0s"}));
     node.start_daemon();
     let conf = node.netconf("1.1.0");
     let (pod_a, pod_b) = (Netns::new("twpod"), Netns::new("twpod"));
@@ -331,8 +329,7 @@ fn bad_input_gets_the_right_error_code() {
 fn daemon_refuses_a_bad_config_and_a_corrupt_state_file() {
     require_root();
     let node = Node::new(25);
-    node.write_config(&json!({"daemon_mode": "VPC", "pod_cidr": "10.250.300.0/24",
-        "socket_path": node.socket(), "state_path": node.state_path()}));
+    node.configure(json!({"pod_cidr": "10.250.300.0/24"}));
     let check = sh(&[BIN, "config", "check", node.config_path().to_str().unwrap()]);
     assert!(!check.status.success());
     let text = String::from_utf8_lossy(&check.stdout);
@@ -415,8 +412,7 @@ fn hup_reloads_the_config_without_touching_pods() {
     };
     let pid = node.daemon.as_ref().unwrap().pid();
     // A CIDR that still holds the pod's address is taken, watermarks too.
-    node.write_config(&json!({"daemon_mode": "VPC", "pod_cidr": "10.250.0.0/16",
-        "max_pool_size": 9, "socket_path": node.socket(), "state_path": node.state_path()}));
+    node.configure(json!({"pod_cidr": "10.250.0.0/16", "max_pool_size": 9}));
     nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
     assert!(
         wait_until(
@@ -428,8 +424,7 @@ fn hup_reloads_the_config_without_touching_pods() {
     );
     assert_eq!(pool(&node)["max_pool_size"], 9);
     // One that would strand the pod is refused and the running config kept.
-    node.write_config(&json!({"daemon_mode": "VPC", "pod_cidr": "10.251.0.0/24",
-        "socket_path": node.socket(), "state_path": node.state_path()}));
+    node.configure(json!({"pod_cidr": "10.251.0.0/24"}));
     nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
     assert!(wait_until(std::time::Duration::from_secs(5), || node
         .daemon_log()
@@ -471,9 +466,7 @@ fn allocations_of_an_earlier_boot_are_dropped() {
 fn the_daemon_sweeps_allocations_whose_pod_is_gone() {
     require_root();
     let mut node = Node::new(30);
-    node.write_config(&json!({"daemon_mode": "VPC", "pod_cidr": node.pod_cidr,
-        "socket_path": node.socket(), "state_path": node.state_path(),
-        "orphan_grace_period": "0s"}));
+    node.configure(json!({"orphan_grace_period": "0s"}));
     node.start_daemon();
     let conf = node.netconf("1.0.0");
     let (gone, kept) = (Netns::new("twpod"), Netns::new("twpod"));

@@ -151,13 +151,22 @@ impl Node {
             pod_cidr: pod_cidr.into(),
             daemon: None,
         };
-        node.write_config(&serde_json::json!({
-            "daemon_mode": "VPC",
-            "pod_cidr": pod_cidr,
-            "socket_path": node.socket(),
-            "state_path": node.state_path(),
-        }));
+        node.configure(serde_json::json!({}));
         node
+    }
+
+    /// Writes the node's VPC-mode daemon config with `extra` keys on top.
+    pub fn configure(&self, extra: Value) {
+        let mut v = serde_json::json!({
+            "daemon_mode": "VPC",
+            "pod_cidr": self.pod_cidr,
+            "socket_path": self.socket(),
+            "state_path": self.state_path(),
+        });
+        for (k, x) in extra.as_object().into_iter().flatten() {
+            v[k] = x.clone();
+        }
+        self.write_config(&v);
     }
 
     pub fn config_path(&self) -> PathBuf {
