@@ -11,6 +11,7 @@
 # Each part runs its own daemon on its own emulated ecs.g7.4xlarge instance of one emulator.
 # Run as root:
 #   scripts/bench-eni.sh
+# RAW_DIR=DIR keeps the raw data (times, call counts, logs) in DIR.
 #   N=50 BURST=40 ATTACH_MS=2000 ASSIGN_MS=300 CHURN=500 RSS_PODS=200 scripts/bench-eni.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,12 +49,14 @@ I_WARM=i-twbench1 I_BURST=i-twbench2 I_CHURN=i-twbench3 I_RSS=i-twbench4
 STATE_DIR=/run/twbench-eni     # pids of what we started, for the next run to clean up after a crash
 mkdir -p "$STATE_DIR"
 exec 9>"$STATE_DIR/lock"
-flock -n 9 || { echo "another bench-eni.sh is running" >&2; exit 1; }
+# (-w: a short-lived child of a killed run may hold the lock for a moment)
+flock -w 10 9 || { echo "another bench-eni.sh is running (lock $STATE_DIR/lock)" >&2; exit 1; }
 
-# Stops a process we started (by pid) if it is still the terway we started: TERM, wait, KILL.
+# Stops a process an earlier run started (by pid), if it still is one of ours (its command line
+# names that run's /tmp/twbench-eni.* directory): TERM, wait, KILL.
 stop_pid() {
     local pid=$1 i
-    [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q terway || return 0
+    [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q /tmp/twbench-eni. || return 0
     kill -TERM "$pid" 2>/dev/null || return 0
     for i in $(seq 100); do [ -e "/proc/$pid" ] || return 0; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
@@ -62,7 +65,8 @@ stop_pid() {
 remove_leftovers() {
     local pid ns
     if [ -f "$STATE_DIR/pids" ]; then
-        # Daemons first, the emulator (which removes its namespaces on TERM) last.
+        # Newest first: CNI loops and daemons, the emulator (which removes its namespaces on
+        # TERM) last.
         for pid in $(tac "$STATE_DIR/pids"); do stop_pid "$pid"; done
         rm -f "$STATE_DIR/pids"
     fi
@@ -74,11 +78,16 @@ remove_leftovers() {
 
 EMU_PID=
 DAEMON_PID=
+INNER_PID=
 cleanup() {
     set +e
     trap - INT TERM
+    if [ -n "$INNER_PID" ]; then kill -TERM "$INNER_PID" 2>/dev/null; wait "$INNER_PID" 2>/dev/null; fi
     if [ -n "$DAEMON_PID" ]; then kill -TERM "$DAEMON_PID" 2>/dev/null; wait "$DAEMON_PID" 2>/dev/null; fi
     if [ -n "$EMU_PID" ]; then kill -TERM "$EMU_PID" 2>/dev/null; wait "$EMU_PID" 2>/dev/null; fi
+    if [ -n "${RAW_DIR:-}" ] && [ -n "${WORK:-}" ] && [ -d "$WORK" ]; then
+        mkdir -p "$RAW_DIR" && cp -r "$WORK"/. "$RAW_DIR"/ 2>/dev/null
+    fi
     remove_leftovers
 }
 
@@ -110,7 +119,7 @@ print(next(t for t in c["instance_types"] if t["id"] == "ecs.g7.4xlarge")["eni_p
 
 echo "==> starting the emulated VPC ($VPC_NS; instances $I_WARM $I_BURST $I_CHURN $I_RSS)"
 "$BIN" emulate --netns --listen 127.0.0.1:0 --vpc-netns "$VPC_NS" --config "$WORK/region.json" \
-    --node-configs "$WORK/nodes" > "$WORK/emulate.out" 2> "$WORK/emulate.log" &
+    --node-configs "$WORK/nodes" > "$WORK/emulate.out" 2> "$WORK/emulate.log" 9>&- &
 EMU_PID=$!
 echo "$EMU_PID" >> "$STATE_DIR/pids"
 ADDR=
@@ -147,7 +156,7 @@ pool_field() { # pool_field INSTANCE KEY
 start_daemon() { # start_daemon INSTANCE: runs the daemon in the instance namespace until it answers
     local sock
     sock=$(node_sock "$1")
-    ip netns exec "$1" "$BIN" daemon --config "$(node_conf "$1")" 2> "$WORK/daemon-$1.log" &
+    ip netns exec "$1" "$BIN" daemon --config "$(node_conf "$1")" 2> "$WORK/daemon-$1.log" 9>&- &
     DAEMON_PID=$!
     echo "$DAEMON_PID" >> "$STATE_DIR/pids"
     for _ in $(seq 600); do
@@ -230,9 +239,16 @@ fill) # fill N TERWAY-CONF: N ADDs one after another
 esac
 INNER
 inner() { # inner NODE-NS WHAT ARGS...
-    local ns=$1
+    # In the background and waited for, so that Ctrl-C stops the run at once (the trap runs as
+    # soon as the signal arrives, and the clean-up stops the loop).
+    local ns=$1 rc=0
     shift
-    ip netns exec "$ns" bash "$WORK/inner.sh" "$WORK" "$BIN" "$REF" "$@"
+    ip netns exec "$ns" bash "$WORK/inner.sh" "$WORK" "$BIN" "$REF" "$@" 9>&- &
+    INNER_PID=$!
+    echo "$INNER_PID" >> "$STATE_DIR/pids"
+    wait "$INNER_PID" || rc=$?
+    INNER_PID=
+    return $rc
 }
 add_netns() { for n in "$@"; do ip netns add "$n"; done; }
 del_netns() { for n in "$@"; do ip netns del "$n" 2>/dev/null || true; done; }
