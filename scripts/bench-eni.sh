@@ -9,9 +9,8 @@
 #   3. OpenAPI calls per pod over a CHURN-ADD churn with the daemon's default watermarks;
 #   4. daemon RSS, idle and with RSS_PODS pods.
 # Each part runs its own daemon on its own emulated ecs.g7.4xlarge instance of one emulator.
-# Run as root:
-#   scripts/bench-eni.sh
-# RAW_DIR=DIR keeps the raw data (times, call counts, logs) in DIR.
+# Run as root (the variables below, shown with their defaults, are optional; RAW_DIR=DIR keeps the
+# raw data: times, call counts, daemon and emulator logs):
 #   N=50 BURST=40 ATTACH_MS=2000 ASSIGN_MS=300 CHURN=500 RSS_PODS=200 scripts/bench-eni.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +31,7 @@ CHURN=${CHURN:-500}             # churn: ADDs in total
 CHURN_LOW=${CHURN_LOW:-20}      # churn: live pods kept within [LOW, HIGH]
 CHURN_HIGH=${CHURN_HIGH:-30}
 SEED=${SEED:-1}                 # churn: random pattern
+CHURN_RECLAIM=${CHURN_RECLAIM:-} # churn: idle_ip_reclaim_after (e.g. 1s); empty: the daemon default
 RSS_PODS=${RSS_PODS:-200}       # memory: pods allocated when VmRSS is read
 REF=/usr/lib/cni
 [ -x "$REF/ptp" ] && [ -x "$REF/host-local" ] || { echo "reference plugins not found in $REF" >&2; exit 1; }
@@ -174,7 +174,6 @@ stop_daemon() {
 }
 
 rss_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
-mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 
 terway_conf() { # terway_conf INSTANCE FILE
     echo "{\"cniVersion\":\"1.0.0\",\"name\":\"terway\",\"type\":\"terway\",\"daemon_socket\":\"$(node_sock "$1")\"}" > "$2"
@@ -319,6 +318,9 @@ while adds < total:
         free.append(slot)
 open(path, "w").write("\n".join(lines) + "\n")
 PY
+if [ -n "$CHURN_RECLAIM" ]; then
+    set_node_keys "$I_CHURN" "{\"idle_ip_reclaim_after\": \"$CHURN_RECLAIM\"}"
+fi
 start_daemon "$I_CHURN"
 sleep 1   # let startup settle, then count only what the churn causes
 admin DELETE /admin/calls > /dev/null
@@ -329,7 +331,8 @@ inner "$I_CHURN" churn "$WORK/churn.plan" "$WORK/churn.conf"
 t1=$EPOCHREALTIME
 churn_ms=$(( (${t1/./} - ${t0/./}) / 1000 ))
 admin GET /admin/calls > "$WORK/churn.calls"
-churn_pool=$(pool_json "$I_CHURN" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["in_use"], d["idle"], len(d["eni"]["enis"]))')
+rss_churn=$(rss_kib "$DAEMON_PID" VmRSS)
+churn_pool=$(pool_json "$I_CHURN" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["in_use"], d["idle"], len(d["eni"]["enis"]), d["min_pool_size"], d["max_pool_size"])')
 stop_daemon
 for i in $(seq "$SLOTS"); do del_netns "twbench-c$i"; done
 
@@ -338,6 +341,7 @@ echo "==> 4/4 memory: idle daemon, then $RSS_PODS pods on $I_RSS"
 start_daemon "$I_RSS"
 sleep 1
 rss_idle=$(rss_kib "$DAEMON_PID" VmRSS)
+threads_idle=$(rss_kib "$DAEMON_PID" Threads)
 capacity=$(pool_field "$I_RSS" capacity)
 terway_conf "$I_RSS" "$WORK/rss.conf"
 for i in $(seq "$RSS_PODS"); do add_netns "twbench-r$i"; done
@@ -345,6 +349,7 @@ inner "$I_RSS" fill "$RSS_PODS" "$WORK/rss.conf"
 sleep 1
 rss_pods=$(rss_kib "$DAEMON_PID" VmRSS)
 hwm_pods=$(rss_kib "$DAEMON_PID" VmHWM)
+threads_pods=$(rss_kib "$DAEMON_PID" Threads)
 rss_in_use=$(pool_field "$I_RSS" in_use)
 stop_daemon
 for i in $(seq "$RSS_PODS"); do del_netns "twbench-r$i"; done
@@ -373,7 +378,6 @@ for op in ("ADD", "DEL"):
 print()
 
 calls = json.load(open(f"{work}/burst.calls"))
-def n(c, a): return c.get(a, {}).get("total", 0)
 enis = math.ceil($BURST / $IPS_PER_ENI)
 floor = enis * $ATTACH_MS / 1000 + $ASSIGN_MS / 1000
 took = $burst_us / 1e6
@@ -382,7 +386,10 @@ print(f"2. cold-node burst: $BURST parallel ADDs, empty pool; attach $ATTACH_MS 
 if $burst_failed:
     print(f"   FAILED: $burst_failed of $BURST ADDs failed (after {took:.2f} s)")
 else:
-    print(f"   all $BURST ready in  {took:6.2f} s")
+    addrs = set()
+    for i in range(1, $BURST + 1):
+        addrs.update(ip["address"] for ip in json.load(open(f"{work}/burst/{i}.out")).get("ips", []))
+    print(f"   all $BURST ready in  {took:6.2f} s   ({len(addrs)} distinct addresses)")
 print(f"   floor            {floor:6.2f} s  = {enis} ENIs x {$ATTACH_MS / 1000:.2f} s attach (sequential, as the issue defines it) + one {$ASSIGN_MS / 1000:.2f} s assign")
 print(f"   time / floor     {took / floor:6.2f}    target <= 1.50  {verdict(not $burst_failed and took / floor <= 1.5)}")
 print("   calls: " + ", ".join(f"{a} {c['total']}" for a, c in calls.items()))
@@ -394,9 +401,10 @@ describe = {a: c["total"] for a, c in calls.items() if a.startswith("Describe")}
 errors = sum(c["total"] - c["ok"] for c in calls.values())
 mut = sum(pool_calls.values())
 d = sum(describe.values())
-in_use, idle, neni = "$churn_pool".split()
+in_use, idle, neni, wmin, wmax = "$churn_pool".split()
+reclaim = "idle_ip_reclaim_after $CHURN_RECLAIM" if "$CHURN_RECLAIM" else "default idle_ip_reclaim_after"
 print("3. OpenAPI calls over a churn of $CHURN ADDs (live pods kept in [$CHURN_LOW, $CHURN_HIGH], seed $SEED, "
-      f"default watermarks, no emulated latency; took {$churn_ms / 1000:.1f} s)")
+      f"default watermarks (min_pool_size {wmin}, max_pool_size {wmax}), {reclaim}, no emulated latency; took {$churn_ms / 1000:.1f} s)")
 print(f"   pool calls      {mut:5d}  " + (", ".join(f"{a} {c}" for a, c in pool_calls.items()) or "none"))
 print(f"   Describe calls  {d:5d}  " + (", ".join(f"{a} {c}" for a, c in describe.items()) or "none"))
 print(f"   failed calls    {errors:5d}")
@@ -406,8 +414,9 @@ print(f"   after the churn: {in_use} pods, {idle} idle addresses, {neni} ENIs")
 print()
 
 print("4. daemon memory (VmRSS of the daemon process)")
-print(f"   idle daemon, 0 pods     {$rss_idle / 1024:6.1f} MiB")
-print(f"   $rss_in_use pods (capacity $capacity)  {$rss_pods / 1024:6.1f} MiB   (peak VmHWM {$hwm_pods / 1024:.1f} MiB)")
+print(f"   idle daemon, 0 pods     {$rss_idle / 1024:6.1f} MiB   ($threads_idle threads)")
+print(f"   $rss_in_use pods (capacity $capacity)  {$rss_pods / 1024:6.1f} MiB   (peak VmHWM {$hwm_pods / 1024:.1f} MiB, $threads_pods threads)")
+print(f"   (part 3's daemon after its churn, {in_use} pods: {$rss_churn / 1024:.1f} MiB)")
 print()
 print(f"total run time {(${T_END/./} - ${T_START/./}) / 1e6:.0f} s")
 PY
