@@ -196,7 +196,8 @@ pub fn v3_signature(secret: &str, string_to_sign: &str) -> String {
 }
 
 /// Everything a V3 signature covers. `date` is `YYYY-MM-DDThh:mm:ssZ` (see [`format_timestamp`]).
-#[derive(Debug, Clone)]
+/// Its Debug output hides the secret and the STS token.
+#[derive(Clone)]
 pub struct V3Request<'a> {
     pub method: &'a str,
     pub host: &'a str,
@@ -214,6 +215,22 @@ pub struct V3Request<'a> {
     pub security_token: Option<&'a str>,
     pub date: &'a str,
     pub nonce: &'a str,
+}
+
+impl std::fmt::Debug for V3Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("V3Request")
+            .field("method", &self.method)
+            .field("host", &self.host)
+            .field("action", &self.action)
+            .field("version", &self.version)
+            .field("key_id", &self.key_id)
+            .field("secret", &"***")
+            .field("security_token", &self.security_token.map(|_| "***"))
+            .field("date", &self.date)
+            .field("nonce", &self.nonce)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Signs a V3 request: returns every header to send (`host`, `x-acs-*`, extras, `Authorization`).
