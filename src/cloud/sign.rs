@@ -586,6 +586,7 @@ mod tests {
             verify_v3("POST", "/", &query, &headers, b"", secret_of).as_deref(),
             Ok("YourAccessKeyId")
         );
+        assert!(!format!("{req:?}").contains("YourAccessKeySecret"));
         // A changed parameter, body, wrong secret or unknown key is caught.
         let tampered = pairs(&[("RegionId", "cn-hangzhou"), ("ImageId", "x")]);
         assert!(matches!(
