@@ -118,6 +118,9 @@ else
         --node-configs "$WORK/nodes" >"$WORK/emulate.out" 2>"$WORK/emulate.log" &
     EMU_PID=$!
     for _ in $(seq 100); do [ "$(ls "$WORK"/nodes/*.json 2>/dev/null | wc -l)" -ge 2 ] && break; sleep 0.1; done
+    if [ "$(ls "$WORK"/nodes/*.json 2>/dev/null | wc -l)" -lt 2 ]; then
+        echo "the emulator did not start:"; cat "$WORK/emulate.log"; exit 1
+    fi
     sed 's/^/    /' "$WORK/emulate.out"
     mapfile -t NODES < <(ls "$WORK"/nodes/*.json | xargs -n1 basename | sed 's/\.json$//')
     for n in "${NODES[@]}"; do

@@ -174,7 +174,8 @@ fn cold_node_burst_of_40_pods() {
 #[test]
 fn pool_stays_within_watermarks_under_churn() {
     let cloud = Cloud::start(CloudSpec {
-        node_extra: json!({"min_pool_size": 2, "max_pool_size": 5, "idle_ip_reclaim_after": "1s"}),
+        node_extra: json!({"min_pool_size": 2, "max_pool_size": 5, "idle_ip_reclaim_after": "1s",
+            "ip_pool_sync_period": "500ms"}),
         ..CloudSpec::default()
     });
     let mut a = cloud.node(0);
@@ -288,7 +289,8 @@ fn throttling_and_injected_errors_still_serve_every_pod_without_leaks() {
     // Small watermarks and a quick reclaim make the daemon call the cloud a lot: creates,
     // assigns, unassigns and deletes all meet the injected faults.
     let cloud = Cloud::start(CloudSpec {
-        node_extra: json!({"min_pool_size": 0, "max_pool_size": 1, "idle_ip_reclaim_after": "300ms"}),
+        node_extra: json!({"min_pool_size": 0, "max_pool_size": 1, "idle_ip_reclaim_after": "300ms",
+            "ip_pool_sync_period": "500ms"}),
         ..CloudSpec::default()
     });
     cloud.admin(
@@ -463,4 +465,26 @@ fn pool_primary(node: &EniNode) -> String {
         .as_str()
         .expect("the saved pool names its ENI's primary IP")
         .to_string()
+}
+
+#[test]
+fn addresses_of_pods_from_before_a_reboot_return_to_the_pool() {
+    let cloud = Cloud::start(CloudSpec::default());
+    let mut a = cloud.node(0);
+    a.start_daemon();
+    let (_pods, _ips) = add_pods(&a, "boot", 2);
+    let before = a.pool();
+    a.stop_daemon(Signal::SIGTERM);
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&a.state).unwrap()).unwrap();
+    state["boot_id"] = json!("00000000-0000-0000-0000-000000000000");
+    std::fs::write(&a.state, serde_json::to_vec(&state).unwrap()).unwrap();
+    a.start_daemon();
+    let after = a.pool();
+    assert_eq!(after["in_use"], 0, "{after}");
+    assert_eq!(
+        after["idle"].as_u64().unwrap(),
+        before["idle"].as_u64().unwrap() + 2,
+        "the two addresses are idle again, not held for ever: {before} -> {after}"
+    );
+    assert_no_leaks(&cloud, &a);
 }

@@ -56,6 +56,7 @@ pub struct EniBackend {
     /// Pods whose address the cloud lost (reported in mapping until they release it).
     lost: BTreeMap<AttachKey, Ipv4Addr>,
     grace_secs: u64,
+    observing: bool,
 }
 
 impl EniBackend {
@@ -113,6 +114,24 @@ impl EniBackend {
         if dropped > 0 {
             log::warn!("{dropped} allocation(s) in the state file have no address in the pool");
         }
+        // The reverse: addresses held for pods the state no longer lists (allocations are
+        // dropped after a reboot: those pods are gone) go back to the pool.
+        let orphaned: Vec<AttachKey> = pool
+            .snapshot(now)
+            .enis
+            .iter()
+            .flat_map(|e| e.ips.iter().filter_map(|i| i.owner.clone()))
+            .filter(|k| !allocs.contains_key(k))
+            .collect();
+        for key in &orphaned {
+            pool.release(key, now);
+        }
+        if !orphaned.is_empty() {
+            log::info!(
+                "{} address(es) held for pods no longer known (node rebooted?) are idle again",
+                orphaned.len()
+            );
+        }
         let metadata_endpoint = ctx.metadata_endpoint.clone();
         let resync_every_ms = config
             .ip_pool_sync_period
@@ -141,6 +160,7 @@ impl EniBackend {
             random: now ^ u64::from(std::process::id()).rotate_left(32) | 1,
             lost,
             grace_secs: config.orphan_grace_period.as_secs(),
+            observing: false,
         })
     }
 
@@ -220,6 +240,12 @@ impl EniBackend {
     }
 
     fn dispatch(&mut self, now: u64) {
+        // A resync's listing is only true of a pool that no operation changes meanwhile (an
+        // unassign finishing after the listing would be adopted back): nothing new goes out
+        // while one runs, and one only starts when nothing is in flight.
+        if self.observing {
+            return;
+        }
         let waiting = self.waiters.len() as u32;
         let random = self.next_random();
         for op in self.pool.plan(now, waiting, random) {
@@ -232,6 +258,7 @@ impl EniBackend {
             self.next_resync = now + self.resync_every_ms;
             if self.jobs.send(Job::Observe).is_ok() {
                 self.outstanding += 1;
+                self.observing = true;
             }
         }
     }
@@ -249,7 +276,14 @@ impl EniBackend {
         if self.waiters.is_empty() {
             return;
         }
-        if let Some(reason) = self.pool.unservable(now, self.waiters.len() as u32) {
+        let final_failure = self
+            .pool
+            .last_failure()
+            .filter(|f| is_final(&f.code))
+            .map(|f| format!("{}: {}", f.code, f.message));
+        if let Some(reason) =
+            final_failure.or_else(|| self.pool.unservable(now, self.waiters.len() as u32))
+        {
             log::error!("failing {} waiting pod(s): {reason}", self.waiters.len());
             for w in self.waiters.drain(..) {
                 let e = Error::new(
@@ -267,12 +301,16 @@ impl EniBackend {
             let e = Error::new(
                 Kind::TryAgain,
                 format!(
-                    "no address for pod {} after {} s: the pool is still growing ({} idle, {} in use, capacity {})",
+                    "no address for pod {} after {} s: the pool is still growing ({} idle, {} in use, capacity {}){}",
                     w.pod,
                     WAIT_TIMEOUT_MS / 1000,
                     self.pool.idle(),
                     self.pool.in_use(),
-                    self.pool.capacity()
+                    self.pool.capacity(),
+                    self.pool
+                        .last_failure()
+                        .map(|f| format!("; last cloud error: {}: {}", f.code, f.message))
+                        .unwrap_or_default()
                 ),
             );
             out.reply(w.reply, Err(e), false);
@@ -327,6 +365,7 @@ impl Backend for EniBackend {
             } => {
                 if let Some(a) = self.allocs.get(&key)
                     && let Some(lease) = self.pool.lease_of(&key)
+                    && !self.lost.contains_key(&key)
                 {
                     // The runtime retried ADD: same attachment, same address.
                     let resp = self.allocation(&key, &a.pod, &lease).map(Reply::Allocated);
@@ -441,6 +480,7 @@ impl Backend for EniBackend {
                 self.pool.apply(outcome, now);
             }
             CloudDone::Observed(Ok(observed)) => {
+                self.observing = false;
                 let facts: Vec<EniFacts> = observed.iter().map(|(f, _)| f.clone()).collect();
                 for (f, t) in &observed {
                     self.tables.insert(f.id.clone(), *t);
@@ -451,7 +491,10 @@ impl Backend for EniBackend {
                     self.lost.insert(key, ip);
                 }
             }
-            CloudDone::Observed(Err(e)) => log::warn!("resync failed, retrying later: {e}"),
+            CloudDone::Observed(Err(e)) => {
+                self.observing = false;
+                log::warn!("resync failed, retrying later: {e}");
+            }
         }
         out.touch();
     }
@@ -480,6 +523,9 @@ impl Backend for EniBackend {
     }
 
     fn reload(&mut self, config: &Config) -> Result<()> {
+        if config.security_groups != self.node.security_groups {
+            log::warn!("reload: security_group(s) apply to new ENIs only after a restart");
+        }
         self.node.vswitches = super::eni_cloud::node_vswitches(config, &self.node);
         self.pool.set_config(pool_config(config, &self.node));
         self.grace_secs = config.orphan_grace_period.as_secs();
@@ -491,6 +537,21 @@ impl Backend for EniBackend {
         );
         Ok(())
     }
+}
+
+/// Cloud errors that retrying cannot fix: waiting pods fail at once with the cloud's words.
+fn is_final(code: &str) -> bool {
+    code.starts_with("Forbidden")
+        || code.starts_with("InvalidAccessKeyId")
+        || code.starts_with("InvalidSecurityGroupId")
+        || code.starts_with("InvalidVSwitchId.NotFound")
+        || matches!(
+            code,
+            "SignatureDoesNotMatch"
+                | "InvalidParameter"
+                | "MissingParameter"
+                | "IncorrectInstanceStatus"
+        )
 }
 
 /// The pool's knobs from the config and the instance type.

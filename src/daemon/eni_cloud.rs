@@ -262,6 +262,16 @@ impl CloudCtx {
             if eni.eni_type == "Primary" || eni.mac.eq_ignore_ascii_case(&self.node.primary_mac) {
                 continue;
             }
+            // Only ENIs we created for this node: a user's own ENI, a trunk or another tool's
+            // ENI is never handed to pods, rewired or deleted.
+            let ours = eni
+                .tags
+                .iter()
+                .any(|(k, v)| k == TAG_NODE && *v == self.node.instance_id);
+            if eni.eni_type != "Secondary" || !ours {
+                log::debug!("not ours, left alone: {} ({})", eni.id, eni.eni_type);
+                continue;
+            }
             // A crash during create leaves an ENI attaching: wait for it rather than leak it.
             if eni.status == "Attaching" {
                 eni = self
@@ -323,15 +333,13 @@ impl CloudCtx {
                 },
                 Err(e) => failed(op, to_failure(e)),
             },
-            CloudOp::UnassignIps { op, eni_id, ips } => {
-                match self.ecs.unassign_ips(&eni_id, &ips) {
-                    Ok(()) => CloudDone::Op {
-                        outcome: CloudOutcome::IpsUnassigned { op, eni_id, ips },
-                        table: None,
-                    },
-                    Err(e) => failed(op, to_failure(e)),
-                }
-            }
+            CloudOp::UnassignIps { op, eni_id, ips } => match self.unassign(&eni_id, &ips) {
+                Ok(()) => CloudDone::Op {
+                    outcome: CloudOutcome::IpsUnassigned { op, eni_id, ips },
+                    table: None,
+                },
+                Err(failure) => failed(op, failure),
+            },
             CloudOp::DeleteEni { op, eni_id } => match self.delete_eni(&eni_id) {
                 Ok(()) => CloudDone::Op {
                     outcome: CloudOutcome::EniDeleted { op, eni_id },
@@ -363,42 +371,124 @@ impl CloudCtx {
             )
             .map_err(to_failure)?;
         let attached = self
-            .ecs
-            .attach_eni(&n.instance_id, &eni.id)
+            .attach(&eni.id)
             .and_then(|_| self.ecs.wait_eni_status(&eni.id, "InUse", ATTACH_TIMEOUT));
-        let info = match attached {
-            Ok(info) => info,
-            Err(e) => {
-                // Do not leak it: an unattached ENI still holds addresses of the vSwitch.
-                let _ = self.ecs.detach_eni(&n.instance_id, &eni.id);
-                if let Err(d) = self.ecs.delete_eni(&eni.id) {
+        let ready = attached.map_err(to_failure).and_then(|info| {
+            let facts = self.facts(&info, true).map_err(internal)?;
+            let table = prepare_device(&facts).map_err(internal)?;
+            Ok((facts, table))
+        });
+        match ready {
+            Ok((facts, table)) => {
+                log::info!(
+                    "ENI {} ({}) attached in {vswitch_id} with {} address(es), route table {table}",
+                    facts.id,
+                    facts.mac,
+                    1 + facts.secondary_ips.len()
+                );
+                Ok((facts, table))
+            }
+            Err(failure) => {
+                // Do not leak it: an ENI the pool does not know still holds vSwitch addresses
+                // and counts against the instance's ENI quota.
+                if let Err(d) = self.delete_eni(&eni.id) {
                     log::warn!(
-                        "delete {} after failed attach: {d} (resync retries)",
-                        eni.id
+                        "remove {} after a failed create: {}: {} (the resync retries)",
+                        eni.id,
+                        d.code,
+                        d.message
                     );
                 }
-                return Err(to_failure(e));
+                Err(failure)
             }
-        };
-        let facts = self.facts(&info, true).map_err(internal)?;
-        let table = prepare_device(&facts).map_err(internal)?;
-        log::info!(
-            "ENI {} ({}) attached in {vswitch_id} with {} address(es), route table {table}",
-            facts.id,
-            facts.mac,
-            1 + facts.secondary_ips.len()
-        );
-        Ok((facts, table))
+        }
     }
 
+    /// Attach; when the answer is lost and the retry is refused, the ENI's state tells whether
+    /// the first call went through.
+    fn attach(&self, eni_id: &str) -> std::result::Result<(), CloudError> {
+        let e = match self.ecs.attach_eni(&self.node.instance_id, eni_id) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        match self.eni_status(eni_id) {
+            Some((status, Some(inst)))
+                if inst == self.node.instance_id
+                    && (status == "Attaching" || status == "InUse") =>
+            {
+                Ok(())
+            }
+            _ => Err(e),
+        }
+    }
+
+    fn eni_status(&self, eni_id: &str) -> Option<(String, Option<String>)> {
+        let list = self
+            .ecs
+            .describe_enis(&EniFilter {
+                eni_ids: vec![eni_id.to_string()],
+                ..EniFilter::default()
+            })
+            .ok()?;
+        list.into_iter()
+            .find(|e| e.id == eni_id)
+            .map(|e| (e.status, e.instance_id))
+    }
+
+    /// Detach (wait until Available) and delete. Once it is detached the ENI is gone for the
+    /// pool whatever happens next: a leftover Available ENI of ours is deleted by the resync.
     fn delete_eni(&self, eni_id: &str) -> std::result::Result<(), CloudFailure> {
-        self.ecs
-            .detach_eni(&self.node.instance_id, eni_id)
-            .map_err(to_failure)?;
-        self.ecs
+        match self.eni_status(eni_id) {
+            None => {}
+            Some((status, _)) if status == "Available" => {}
+            Some((status, _)) if status == "Detaching" => {}
+            Some(_) => {
+                if let Err(e) = self.ecs.detach_eni(&self.node.instance_id, eni_id) {
+                    // A lost answer: the retry is refused, but the first call may have worked.
+                    match self.eni_status(eni_id) {
+                        Some((st, _)) if st == "Detaching" || st == "Available" => {}
+                        _ => return Err(to_failure(e)),
+                    }
+                }
+            }
+        }
+        let gone = self
+            .ecs
             .wait_eni_status(eni_id, "Available", ATTACH_TIMEOUT)
-            .map_err(to_failure)?;
-        self.ecs.delete_eni(eni_id).map_err(to_failure)
+            .map_err(|e| e.to_string())
+            .and_then(|_| self.ecs.delete_eni(eni_id).map_err(|e| e.to_string()));
+        if let Err(e) = gone {
+            log::warn!("ENI {eni_id} is detached but not deleted yet ({e}); the resync deletes it");
+        }
+        Ok(())
+    }
+
+    /// Unassign; when it fails, the ENI's addresses tell what the cloud actually did (an
+    /// answer lost after the work was done must not put the addresses back into use).
+    fn unassign(&self, eni_id: &str, ips: &[Ipv4Addr]) -> std::result::Result<(), CloudFailure> {
+        let e = match self.ecs.unassign_ips(eni_id, ips) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let still: Option<Vec<Ipv4Addr>> = self
+            .ecs
+            .describe_enis(&EniFilter {
+                eni_ids: vec![eni_id.to_string()],
+                ..EniFilter::default()
+            })
+            .ok()
+            .and_then(|l| l.into_iter().find(|x| x.id == eni_id))
+            .map(|x| x.secondary_ips);
+        match still {
+            Some(left) if ips.iter().all(|ip| !left.contains(ip)) => Ok(()),
+            Some(left) => {
+                // Partly done: finish the rest once, else report the failure honestly.
+                let rest: Vec<Ipv4Addr> =
+                    ips.iter().copied().filter(|i| left.contains(i)).collect();
+                self.ecs.unassign_ips(eni_id, &rest).map_err(to_failure)
+            }
+            None => Err(to_failure(e)),
+        }
     }
 }
 
@@ -479,12 +569,30 @@ fn worker(ctx: &CloudCtx, rx: &Mutex<Receiver<Job>>, tx: &Sender<Msg>) {
         };
         let Ok(job) = job else { return };
         let done = match job {
-            Job::Op(op) => ctx.execute(op),
+            // A panic is a bug, but it must not leave the op in flight for ever.
+            Job::Op(op) => {
+                let id = op.id();
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.execute(op)))
+                    .unwrap_or_else(|_| {
+                        failed(
+                            id,
+                            CloudFailure {
+                                code: "Terway.Internal".into(),
+                                message: "the cloud worker panicked (a bug; see the log)".into(),
+                            },
+                        )
+                    })
+            }
             Job::Observe => {
-                // Dispatched only while nothing else is in flight, so an unattached ENI of ours
-                // cannot be one a worker is creating right now.
-                ctx.delete_leaked_enis();
-                CloudDone::Observed(ctx.observe().map_err(|e| e.msg))
+                // Dispatched only while nothing else is in flight (and nothing new goes out
+                // until it reports), so an unattached ENI of ours is not one being created.
+                let observed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    ctx.delete_leaked_enis();
+                    ctx.observe().map_err(|e| e.msg)
+                }));
+                CloudDone::Observed(
+                    observed.unwrap_or_else(|_| Err("resync panicked (a bug)".into())),
+                )
             }
         };
         if tx.send(Msg::Cloud(done)).is_err() {

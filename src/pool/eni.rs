@@ -326,7 +326,13 @@ pub struct Pool {
     replan: bool,
     last_plan: Option<u64>,
     last_failure: Option<CloudFailure>,
+    /// Failures since the last successful create or assign: the retry delay doubles with each,
+    /// so a permanent error (no permission, a deleted security group) does not hammer the API.
+    failures_in_a_row: u32,
 }
+
+/// The longest wait between retries after repeated failures.
+pub const MAX_RETRY_MS: u64 = 300_000;
 
 impl Pool {
     pub fn new(cfg: PoolConfig, state: PoolState) -> Pool {
@@ -359,6 +365,7 @@ impl Pool {
             replan: true,
             last_plan: None,
             last_failure: None,
+            failures_in_a_row: 0,
         }
     }
 

@@ -58,7 +58,7 @@ impl Cloud {
         let cfg = dir.0.join("region.json");
         std::fs::write(&cfg, serde_json::to_vec_pretty(&region).unwrap()).unwrap();
         let nodes = dir.0.join("nodes");
-        let mut child = Command::new(BIN)
+        let child = Command::new(BIN)
             .args(["emulate", "--netns", "--listen", "127.0.0.1:0"])
             .args(["--vpc-netns", &format!("twvpc{tag}")])
             .arg("--config")
@@ -69,7 +69,9 @@ impl Cloud {
             .stderr(std::fs::File::create(dir.0.join("emulate.log")).unwrap())
             .spawn()
             .expect("spawn terway emulate");
-        let stdout = child.stdout.take().unwrap();
+        // From here on a panic must still stop the emulator (TERM removes its namespaces).
+        let mut child = EmulatorGuard(Some(child));
+        let stdout = child.get().stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let first = match lines.next() {
             Some(Ok(l)) => l,
@@ -115,7 +117,7 @@ impl Cloud {
             .build()
             .into();
         Cloud {
-            child,
+            child: child.take(),
             addr,
             dir,
             instances,
@@ -173,12 +175,36 @@ impl Cloud {
     }
 }
 
+/// TERM, then wait: the emulator removes every namespace and link it made.
+fn stop_emulator(child: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+}
+
+struct EmulatorGuard(Option<Child>);
+
+impl EmulatorGuard {
+    fn get(&mut self) -> &mut Child {
+        self.0.as_mut().expect("emulator child")
+    }
+
+    fn take(&mut self) -> Child {
+        self.0.take().expect("emulator child")
+    }
+}
+
+impl Drop for EmulatorGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            stop_emulator(c);
+        }
+    }
+}
+
 impl Drop for Cloud {
     fn drop(&mut self) {
-        // TERM: the emulator removes every namespace and link it made.
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
+        stop_emulator(&mut self.child);
     }
 }
 

@@ -2,7 +2,8 @@
 //! come back or to give up.
 
 use super::{
-    BlockedVSwitch, CloudFailure, CloudOp, CloudOutcome, EniFacts, EniState, Flight, IpState, Pool,
+    BlockedVSwitch, CloudFailure, CloudOp, CloudOutcome, EniFacts, EniState, Flight, IpState,
+    MAX_RETRY_MS, Pool,
 };
 use crate::config::VSwitchPolicy;
 use std::collections::BTreeMap;
@@ -326,6 +327,7 @@ impl Pool {
             CloudOutcome::EniCreated { .. } | CloudOutcome::IpsAssigned { .. }
         ) {
             self.last_failure = None;
+            self.failures_in_a_row = 0;
         }
         match outcome {
             CloudOutcome::EniCreated { op, eni } => {
@@ -449,7 +451,13 @@ impl Pool {
 
     fn failed(&mut self, flight: Flight, failure: &CloudFailure, now: u64) {
         self.last_failure = Some(failure.clone());
-        let retry = now.saturating_add(self.cfg.retry_after_ms);
+        self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
+        let backoff = self
+            .cfg
+            .retry_after_ms
+            .saturating_mul(1 << self.failures_in_a_row.saturating_sub(1).min(16))
+            .min(MAX_RETRY_MS.max(self.cfg.retry_after_ms));
+        let retry = now.saturating_add(backoff);
         let code = failure.code.as_str();
         match flight {
             Flight::Create { vswitch, .. } => match code {

@@ -761,7 +761,45 @@ fn failures_retry_after_without_op_storm() {
         assert_eq!(pool.unservable(now, 5), None, "throttling is temporary");
         now += 10;
     }
-    assert!((9..=11).contains(&calls), "{calls} calls");
+    // The delay doubles with each failure in a row: tries at 0, 1, 3 and 7 s.
+    assert_eq!(calls, 4, "{calls} calls");
+}
+
+#[test]
+fn backoff_is_capped_and_resets_on_success() {
+    let mut c = cfg();
+    c.min_idle = 0;
+    let mut pool = Pool::new(c, PoolState::default());
+    let mut now = 0;
+    let mut tries = Vec::new();
+    while now < 3_000_000 {
+        for op in pool.plan(now, 1, 0) {
+            tries.push(now);
+            pool.apply(
+                CloudOutcome::Failed {
+                    op: op.id(),
+                    failure: failure("Forbidden.RAM"),
+                },
+                now,
+            );
+        }
+        now += 1_000;
+    }
+    let gaps: Vec<u64> = tries.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|g| *g <= crate::pool::eni::MAX_RETRY_MS),
+        "{gaps:?}"
+    );
+    assert_eq!(
+        gaps.last(),
+        Some(&crate::pool::eni::MAX_RETRY_MS),
+        "{gaps:?}"
+    );
+    assert!(
+        tries.len() < 20,
+        "a permanent error is not hammered: {} tries",
+        tries.len()
+    );
 }
 
 #[test]
@@ -795,8 +833,9 @@ fn eni_limit_and_full_eni() {
     assert!(pool.plan(40, 1, 0).is_empty());
     let why = pool.unservable(40, 1).unwrap();
     assert!(why.contains("EniPerInstanceLimitExceeded"), "{why}");
-    assert_eq!(pool.next_deadline(41), Some(1040));
-    assert_eq!(creates(&pool.plan(1040, 1, 0)).len(), 1);
+    // Second failure in a row: the wait has doubled.
+    assert_eq!(pool.next_deadline(41), Some(2040));
+    assert_eq!(creates(&pool.plan(2040, 1, 0)).len(), 1);
 }
 
 #[test]
