@@ -296,7 +296,8 @@ fn throttling_and_injected_errors_still_serve_every_pod_without_leaks() {
     cloud.admin(
         "PUT",
         "/admin/faults",
-        Some(&json!({"error_rate": 0.2, "rate_limits": {"AssignPrivateIpAddresses": 3,
+        Some(&json!({"error_rate": 0.2, "lost_answer_rate": 0.1,
+            "rate_limits": {"AssignPrivateIpAddresses": 3,
             "CreateNetworkInterface": 2, "UnassignPrivateIpAddresses": 3, "DescribeNetworkInterfaces": 1}})),
     );
     let mut a = cloud.node(0);

@@ -15,8 +15,11 @@ pub struct Faults {
     pub rate_limits: BTreeMap<String, u32>,
     /// Probability (0..=1) that a call fails with `InternalError` or `ServiceUnavailable`.
     pub error_rate: f64,
-    /// Actions the error rate applies to; empty means all.
+    /// Actions the error rates apply to; empty means all.
     pub error_actions: Vec<String>,
+    /// Probability (0..=1) that a call is carried out but answers `InternalError`, as when the
+    /// real service's answer is lost: clients must not assume a failed call did nothing.
+    pub lost_answer_rate: f64,
     /// Caps the free addresses of a vSwitch (allocations consume the cap) to force exhaustion.
     pub vswitch_free_cap: BTreeMap<String, u32>,
 }
@@ -109,6 +112,15 @@ impl FaultState {
             });
         }
         Ok(())
+    }
+
+    /// Whether the answer to a call that was carried out is lost (see `lost_answer_rate`).
+    pub fn lose_answer(&mut self, action: &str) -> bool {
+        let applies = self.faults.error_actions.is_empty()
+            || self.faults.error_actions.iter().any(|a| a == action);
+        applies
+            && self.faults.lost_answer_rate > 0.0
+            && self.rng.next_f64() < self.faults.lost_answer_rate
     }
 
     /// Records the outcome of a call (including ones refused before reaching the model).

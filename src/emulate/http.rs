@@ -393,8 +393,14 @@ fn api_call(
         std::thread::sleep(Duration::from_millis(latency));
     }
     lock(&shared.faults).admit(action, now_ms())?;
-    let mut m = lock(&shared.model);
-    api::handle(&mut m, action, &p, now_ms())
+    let answer = {
+        let mut m = lock(&shared.model);
+        api::handle(&mut m, action, &p, now_ms())
+    };
+    if answer.is_ok() && lock(&shared.faults).lose_answer(action) {
+        return Err(errors::internal());
+    }
+    answer
 }
 
 fn sign_error(e: SignError) -> ApiError {
