@@ -24,8 +24,15 @@ pub enum CloudDone {
         outcome: CloudOutcome,
         table: Option<(String, u32)>,
     },
-    /// A resync: what the cloud says is attached (with prepared tables), or why it failed.
-    Observed(std::result::Result<Vec<(EniFacts, u32)>, String>),
+    /// A resync: what the cloud says, or why it failed.
+    Observed(std::result::Result<Observation, String>),
+}
+
+pub struct Observation {
+    /// Our ENIs attached to this instance, each with its prepared route table.
+    pub enis: Vec<(EniFacts, u32)>,
+    /// Free addresses per vSwitch (for the `most` selection policy).
+    pub vswitch_free: Vec<(String, u64)>,
 }
 
 /// How long an ADD may wait for the pool to grow before it fails with code 11.
@@ -256,7 +263,11 @@ impl EniBackend {
         }
         if self.outstanding == 0 && now >= self.next_resync {
             self.next_resync = now + self.resync_every_ms;
-            if self.jobs.send(Job::Observe).is_ok() {
+            if self
+                .jobs
+                .send(Job::Observe(self.node.vswitches.clone()))
+                .is_ok()
+            {
                 self.outstanding += 1;
                 self.observing = true;
             }
@@ -479,10 +490,13 @@ impl Backend for EniBackend {
                 }
                 self.pool.apply(outcome, now);
             }
-            CloudDone::Observed(Ok(observed)) => {
+            CloudDone::Observed(Ok(seen)) => {
                 self.observing = false;
-                let facts: Vec<EniFacts> = observed.iter().map(|(f, _)| f.clone()).collect();
-                for (f, t) in &observed {
+                for (vsw, free) in &seen.vswitch_free {
+                    self.pool.set_vswitch_free(vsw, *free);
+                }
+                let facts: Vec<EniFacts> = seen.enis.iter().map(|(f, _)| f.clone()).collect();
+                for (f, t) in &seen.enis {
                     self.tables.insert(f.id.clone(), *t);
                 }
                 let report = self.pool.reconcile(&facts, now);

@@ -4,7 +4,7 @@
 //! table). Workers report back to the event loop through the daemon's channel.
 
 use super::Msg;
-use super::eni::CloudDone;
+use super::eni::{CloudDone, Observation};
 use crate::cloud::credentials::{CredentialProvider, CredentialSource};
 use crate::cloud::ecs::{CloudConfig, Ecs, EniFilter, EniInfo};
 use crate::cloud::error::CloudError;
@@ -47,7 +47,9 @@ pub struct NodeFacts {
 
 pub enum Job {
     Op(CloudOp),
-    Observe,
+    /// A resync; the vSwitches whose free-address counts to refresh (the list may have changed
+    /// by a reload since the workers started).
+    Observe(Vec<String>),
 }
 
 /// Everything a worker needs; shared by all workers.
@@ -186,7 +188,7 @@ impl CloudCtx {
         Ok(ctx)
     }
 
-    fn refresh_vswitches(&self, ids: &[String]) -> Result<()> {
+    pub fn refresh_vswitches(&self, ids: &[String]) -> Result<()> {
         let list = self
             .ecs
             .describe_vswitches(ids)
@@ -583,12 +585,19 @@ fn worker(ctx: &CloudCtx, rx: &Mutex<Receiver<Job>>, tx: &Sender<Msg>) {
                         )
                     })
             }
-            Job::Observe => {
+            Job::Observe(vswitches) => {
                 // Dispatched only while nothing else is in flight (and nothing new goes out
                 // until it reports), so an unattached ENI of ours is not one being created.
                 let observed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     ctx.delete_leaked_enis();
-                    ctx.observe().map_err(|e| e.msg)
+                    if let Err(e) = ctx.refresh_vswitches(&vswitches) {
+                        log::warn!("resync: {e}");
+                    }
+                    let enis = ctx.observe().map_err(|e| e.msg)?;
+                    Ok(Observation {
+                        enis,
+                        vswitch_free: ctx.vswitch_free(),
+                    })
                 }));
                 CloudDone::Observed(
                     observed.unwrap_or_else(|_| Err("resync panicked (a bug)".into())),
