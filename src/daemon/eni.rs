@@ -255,10 +255,14 @@ impl EniBackend {
         }
         let waiting = self.waiters.len() as u32;
         let random = self.next_random();
-        for op in self.pool.plan(now, waiting, random) {
-            log::debug!("cloud op: {op:?}");
-            if self.jobs.send(Job::Op(op)).is_ok() {
-                self.outstanding += 1;
+        let ops = self.pool.plan(now, waiting, random);
+        if !ops.is_empty() {
+            let node = std::sync::Arc::new(self.node.clone());
+            for op in ops {
+                log::debug!("cloud op: {op:?}");
+                if self.jobs.send(Job::Op(op, node.clone())).is_ok() {
+                    self.outstanding += 1;
+                }
             }
         }
         if self.outstanding == 0 && now >= self.next_resync {
@@ -537,9 +541,15 @@ impl Backend for EniBackend {
     }
 
     fn reload(&mut self, config: &Config) -> Result<()> {
-        if config.security_groups != self.node.security_groups {
-            log::warn!("reload: security_group(s) apply to new ENIs only after a restart");
+        if config.security_groups.is_empty() {
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                "security_group (or security_groups) is required in ENIMultiIP mode",
+            ));
         }
+        // New ENIs join the new groups and carry the new tags; existing ENIs are left as they are.
+        self.node.security_groups = config.security_groups.clone();
+        self.node.eni_tags = super::eni_cloud::eni_tags(config, &self.node.instance_id);
         self.node.vswitches = super::eni_cloud::node_vswitches(config, &self.node);
         self.pool.set_config(pool_config(config, &self.node));
         self.grace_secs = config.orphan_grace_period.as_secs();

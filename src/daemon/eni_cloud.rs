@@ -46,7 +46,8 @@ pub struct NodeFacts {
 }
 
 pub enum Job {
-    Op(CloudOp),
+    /// A pool op, with the node facts as of now (security groups and tags follow reloads).
+    Op(CloudOp, Arc<NodeFacts>),
     /// A resync; the vSwitches whose free-address counts to refresh (the list may have changed
     /// by a reload since the workers started).
     Observe(Vec<String>),
@@ -59,6 +60,19 @@ pub struct CloudCtx {
     ecs: Ecs,
     meta: Metadata,
     cidrs: Mutex<BTreeMap<String, (Ipv4Network, u64)>>,
+}
+
+/// Tags for new ENIs: the config's plus ours, which mark an ENI as created for this node.
+pub fn eni_tags(config: &Config, instance_id: &str) -> Vec<(String, String)> {
+    config
+        .eni_tags
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .chain([
+            (TAG_CREATOR.0.to_string(), TAG_CREATOR.1.to_string()),
+            (TAG_NODE.to_string(), instance_id.to_string()),
+        ])
+        .collect()
 }
 
 /// The vSwitches new ENIs may use: the config's list for the node's zone, else the node's own.
@@ -166,15 +180,7 @@ impl CloudCtx {
             limits,
             vswitches: Vec::new(),
             security_groups: config.security_groups.clone(),
-            eni_tags: config
-                .eni_tags
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .chain([
-                    (TAG_CREATOR.0.to_string(), TAG_CREATOR.1.to_string()),
-                    (TAG_NODE.to_string(), instance_id),
-                ])
-                .collect(),
+            eni_tags: eni_tags(config, &instance_id),
         };
         node.vswitches = node_vswitches(config, &node);
         let ctx = CloudCtx {
@@ -315,13 +321,13 @@ impl CloudCtx {
         }
     }
 
-    fn execute(&self, op: CloudOp) -> CloudDone {
+    fn execute(&self, op: CloudOp, node: &NodeFacts) -> CloudDone {
         match op {
             CloudOp::CreateEni {
                 op,
                 vswitch_id,
                 secondary_count,
-            } => match self.create_eni(op, &vswitch_id, secondary_count) {
+            } => match self.create_eni(op, &vswitch_id, secondary_count, node) {
                 Ok((eni, table)) => CloudDone::Op {
                     table: Some((eni.id.clone(), table)),
                     outcome: CloudOutcome::EniCreated { op, eni },
@@ -357,8 +363,8 @@ impl CloudCtx {
         op: u64,
         vswitch_id: &str,
         secondary_count: u32,
+        n: &NodeFacts,
     ) -> std::result::Result<(EniFacts, u32), CloudFailure> {
-        let n = &self.node;
         // One token per planned op: a retried create returns the same ENI instead of a second one.
         let token = format!("terway-{}-{op}-{}", n.instance_id, super::now_ms());
         let eni = self
@@ -572,9 +578,9 @@ fn worker(ctx: &CloudCtx, rx: &Mutex<Receiver<Job>>, tx: &Sender<Msg>) {
         let Ok(job) = job else { return };
         let done = match job {
             // A panic is a bug, but it must not leave the op in flight for ever.
-            Job::Op(op) => {
+            Job::Op(op, node) => {
                 let id = op.id();
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.execute(op)))
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.execute(op, &node)))
                     .unwrap_or_else(|_| {
                         failed(
                             id,
