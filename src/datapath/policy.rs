@@ -175,12 +175,12 @@ pub fn check_pod_rules(nl: &mut Netlink, pod_ip: Ipv4Addr, table: u32) -> Result
     let mut problems = Vec::new();
     for r in &want {
         if !have.contains(r) {
-            problems.push(format!("rule {} is missing", show_rule(r)));
+            problems.push(format!("rule {r} is missing"));
         }
     }
     for r in &have {
         if !want.contains(r) {
-            problems.push(format!("unexpected rule {}", show_rule(r)));
+            problems.push(format!("unexpected rule {r}"));
         }
     }
     if problems.is_empty() {
@@ -194,21 +194,6 @@ pub fn check_pod_rules(nl: &mut Netlink, pod_ip: Ipv4Addr, table: u32) -> Result
     }
 }
 
-fn show_rule(r: &Rule) -> String {
-    let side = |n: Option<Ipv4Network>| n.map_or("all".to_string(), |n| n.to_string());
-    format!(
-        "{}: from {} to {} lookup {}",
-        r.priority,
-        side(r.src),
-        side(r.dst),
-        if r.table == TABLE_MAIN {
-            "main".to_string()
-        } else {
-            r.table.to_string()
-        }
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,11 +203,11 @@ mod tests {
         let ip = Ipv4Addr::new(10, 240, 6, 10);
         let [to, from] = pod_rules(ip, eni_table(3));
         assert_eq!(
-            show_rule(&to),
+            to.to_string(),
             "512: from all to 10.240.6.10/32 lookup main"
         );
         assert_eq!(
-            show_rule(&from),
+            from.to_string(),
             "2048: from 10.240.6.10/32 to all lookup 1003"
         );
     }

@@ -57,16 +57,23 @@ pub(super) fn rule_from(msg: &RuleMessage) -> Option<Rule> {
     Some(r)
 }
 
-/// `512: from all to 10.0.0.5/32 lookup 254`, close to `ip rule` output.
-fn describe(r: &Rule) -> String {
-    let side = |n: Option<Ipv4Network>| n.map_or("all".to_string(), |n| n.to_string());
-    format!(
-        "{}: from {} to {} lookup {}",
-        r.priority,
-        side(r.src),
-        side(r.dst),
-        r.table
-    )
+/// `512: from all to 10.0.0.5/32 lookup main`, as `ip rule` shows it.
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let side = |n: Option<Ipv4Network>| n.map_or("all".to_string(), |n| n.to_string());
+        write!(
+            f,
+            "{}: from {} to {} lookup ",
+            self.priority,
+            side(self.src),
+            side(self.dst)
+        )?;
+        if self.table == super::TABLE_MAIN {
+            f.write_str("main")
+        } else {
+            write!(f, "{}", self.table)
+        }
+    }
 }
 
 impl Netlink {
@@ -78,7 +85,7 @@ impl Netlink {
         {
             Ok(_) => Ok(()),
             Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
-            Err(e) => Err(e.into_error(format!("add rule {}", describe(r)))),
+            Err(e) => Err(e.into_error(format!("add rule {r}"))),
         }
     }
 
@@ -87,7 +94,7 @@ impl Netlink {
         match self.sock.request(M::DelRule(rule_message(r)), 0) {
             Ok(_) => Ok(()),
             Err(e) if matches!(e.errno(), Some(libc::ENOENT | libc::ESRCH)) => Ok(()),
-            Err(e) => Err(e.into_error(format!("delete rule {}", describe(r)))),
+            Err(e) => Err(e.into_error(format!("delete rule {r}"))),
         }
     }
 
@@ -132,7 +139,7 @@ mod tests {
         assert_eq!(msg.header.table, 0);
         assert_eq!(rule_from(&msg), Some(from.clone()));
         assert_eq!(
-            describe(&from),
+            from.to_string(),
             "2048: from 10.240.1.5/32 to all lookup 1003"
         );
     }
