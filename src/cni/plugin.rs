@@ -115,15 +115,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     let Reply::Allocated(alloc) = reply else {
         return Err(unexpected(&reply));
     };
-    let host_ifname = wiring::host_ifname(&env.container_id, &env.ifname);
-    let spec = veth::VethSpec {
-        netns: &netns,
-        ifname: &env.ifname,
-        host_ifname: &host_ifname,
-        ip: alloc.ipv4,
-        mtu: conf.mtu,
-    };
-    let info = match wiring::wire(&spec, &alloc.datapath) {
+    let info = match with_spec(env, &netns, &alloc, conf.mtu, wiring::wire) {
         Ok(i) => i,
         Err(e) => {
             // Roll back: the address goes back to the daemon, the error to the runtime.
@@ -168,7 +160,7 @@ fn prev_host_ifnames(conf: &NetConf) -> Vec<String> {
 /// DEL never blocks pod deletion: the wiring is removed first, then the address released; when
 /// the daemon is down the address stays recorded and GC (or the daemon's own sweep) frees it.
 fn del(env: &Env, conf: &NetConf) -> Result<()> {
-    let mut names = vec![wiring::host_ifname(&env.container_id, &env.ifname)];
+    let mut names = vec![datapath::host_veth_name(&env.container_id, &env.ifname)];
     for n in prev_host_ifnames(conf) {
         if !names.contains(&n) {
             names.push(n);
@@ -276,15 +268,27 @@ fn check(env: &Env, conf: &NetConf) -> Result<()> {
             ),
         ));
     }
-    let host_ifname = wiring::host_ifname(&env.container_id, &env.ifname);
+    with_spec(env, &netns, &alloc, conf.mtu, wiring::check)
+        .map_err(|e| e.context(format!("CHECK {}", env.key())))
+}
+
+/// Runs `f` on the pod's veth description (ADD wires it, CHECK verifies it).
+fn with_spec<T>(
+    env: &Env,
+    netns: &NetNs,
+    alloc: &Allocation,
+    mtu: u32,
+    f: impl FnOnce(&veth::VethSpec, &crate::rpc::Datapath) -> Result<T>,
+) -> Result<T> {
+    let host_ifname = datapath::host_veth_name(&env.container_id, &env.ifname);
     let spec = veth::VethSpec {
-        netns: &netns,
+        netns,
         ifname: &env.ifname,
         host_ifname: &host_ifname,
         ip: alloc.ipv4,
-        mtu: conf.mtu,
+        mtu,
     };
-    wiring::check(&spec, &alloc.datapath).map_err(|e| e.context(format!("CHECK {}", env.key())))
+    f(&spec, &alloc.datapath)
 }
 
 fn gc(conf: &NetConf) -> Result<()> {
@@ -314,7 +318,7 @@ fn gc(conf: &NetConf) -> Result<()> {
     // Wiring first, then the address: an address is never free while a route still points at
     // an old veth. Keep going on errors: one stuck link must not keep the others.
     for a in stale {
-        let name = wiring::host_ifname(&a.key.container_id, &a.key.ifname);
+        let name = datapath::host_veth_name(&a.key.container_id, &a.key.ifname);
         if let Err(e) = wiring::unwire(&[name], &[a.ipv4]) {
             eprintln!("terway: GC {}: {e}; keeping its address", a.key);
             continue;

@@ -1,7 +1,7 @@
 //! How the plugin wires a pod for the daemon's `Datapath` answer: the veth always, plus the
 //! policy rules of shared ENI mode. ADD, DEL, CHECK and GC all go through here.
 
-use crate::datapath::{self, VethInfo, VethSpec, policy, veth};
+use crate::datapath::{VethInfo, VethSpec, policy, veth};
 use crate::netlink::Netlink;
 use crate::rpc::Datapath;
 use crate::{Error, Result};
@@ -66,8 +66,4 @@ pub fn any_link_exists(host_ifnames: &[String]) -> bool {
     host_ifnames
         .iter()
         .any(|n| !matches!(nl.link_by_name(n), Ok(None)))
-}
-
-pub fn host_ifname(container_id: &str, ifname: &str) -> String {
-    datapath::host_veth_name(container_id, ifname)
 }
