@@ -181,25 +181,30 @@ impl EniBackend {
         x
     }
 
+    /// The allocation as the plugin needs it; an ENI without a route table cannot be wired.
     fn allocation(&self, key: &AttachKey, pod: &PodRef, lease: &Lease) -> Result<Allocation> {
-        let table = self.tables.get(&lease.eni_id).copied().ok_or_else(|| {
-            Error::new(
+        if !self.tables.contains_key(&lease.eni_id) {
+            return Err(Error::new(
                 Kind::TryAgain,
                 format!(
                     "ENI {} ({}) has no route table yet: its device has not appeared",
                     lease.eni_id, lease.mac
                 ),
-            )
-        })?;
-        Ok(Allocation {
+            ));
+        }
+        Ok(self.view(key, pod, lease))
+    }
+
+    fn view(&self, key: &AttachKey, pod: &PodRef, lease: &Lease) -> Allocation {
+        Allocation {
             key: key.clone(),
             pod: pod.clone(),
             ipv4: lease.ip,
             datapath: Datapath::VethPolicy {
-                table,
+                table: self.tables.get(&lease.eni_id).copied().unwrap_or(0),
                 eni_id: lease.eni_id.clone(),
             },
-        })
+        }
     }
 
     /// Takes an idle address for a pod; None when the pool has none right now.
@@ -235,15 +240,7 @@ impl EniBackend {
         let stored = self.allocs.remove(key);
         self.lost.remove(key);
         let lease = self.pool.release(key, now)?;
-        Some(Allocation {
-            key: key.clone(),
-            pod: stored.map(|s| s.pod).unwrap_or_default(),
-            ipv4: lease.ip,
-            datapath: Datapath::VethPolicy {
-                table: self.tables.get(&lease.eni_id).copied().unwrap_or(0),
-                eni_id: lease.eni_id,
-            },
-        })
+        Some(self.view(key, &stored.map(|s| s.pod).unwrap_or_default(), &lease))
     }
 
     fn dispatch(&mut self, now: u64) {
