@@ -119,7 +119,7 @@ fn pods_on_two_nodes_reach_each_other_through_the_vpc() {
         .status
         .success()
     );
-    let _ = node_b;
+    assert!(pods_a[2].ping(&node_b), "pod on A -> node B");
 
     let mapping = a.cli(&["mapping"]);
     let text = String::from_utf8_lossy(&mapping.stdout);
