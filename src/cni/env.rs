@@ -3,6 +3,17 @@
 use crate::rpc::{AttachKey, PodRef};
 use crate::{Error, Kind, Result};
 use std::collections::BTreeMap;
+use std::ffi::OsString;
+
+/// Every `CNI_*` variable the plugin reads.
+const CNI_VARS: [&str; 6] = [
+    "CNI_COMMAND",
+    "CNI_CONTAINERID",
+    "CNI_NETNS",
+    "CNI_IFNAME",
+    "CNI_ARGS",
+    "CNI_PATH",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -94,7 +105,24 @@ impl Env {
     }
 
     pub fn from_process() -> Result<Env> {
-        Env::from_lookup(|k| std::env::var(k).ok())
+        Env::from_os_lookup(|k| std::env::var_os(k))
+    }
+
+    /// [`Env::from_lookup`] over raw values: a `CNI_*` value that is not UTF-8 is refused by
+    /// name rather than mistaken for a missing one.
+    pub fn from_os_lookup(get: impl Fn(&str) -> Option<OsString>) -> Result<Env> {
+        for k in CNI_VARS {
+            if let Some(v) = get(k).filter(|v| v.to_str().is_none()) {
+                return Err(Error::new(
+                    Kind::InvalidEnv,
+                    format!(
+                        "{k} is not valid UTF-8: {:?}",
+                        v.to_string_lossy().chars().take(256).collect::<String>()
+                    ),
+                ));
+            }
+        }
+        Env::from_lookup(|k| get(k).and_then(|v| v.into_string().ok()))
     }
 
     pub fn key(&self) -> AttachKey {
@@ -252,6 +280,21 @@ mod tests {
         .unwrap();
         assert_eq!(e.pod().name, "cranky_turing");
         assert_eq!(e.pod().namespace, "");
+    }
+
+    #[test]
+    fn non_utf8_values_are_named_not_called_missing() {
+        use std::os::unix::ffi::OsStringExt;
+        let e = Env::from_os_lookup(|k| match k {
+            "CNI_COMMAND" => Some("ADD".into()),
+            "CNI_CONTAINERID" => Some("abc".into()),
+            "CNI_IFNAME" => Some("eth0".into()),
+            "CNI_NETNS" => Some(OsString::from_vec(b"/run/netns/\xff".to_vec())),
+            _ => None,
+        })
+        .unwrap_err();
+        assert_eq!(e.kind, Kind::InvalidEnv);
+        assert!(e.msg.contains("CNI_NETNS is not valid UTF-8"), "{e}");
     }
 
     #[test]
