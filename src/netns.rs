@@ -67,6 +67,29 @@ impl NetNs {
         &self.path
     }
 
+    /// The namespace's identity: device and inode of its nsfs file (equal for every path that
+    /// refers to the same namespace).
+    pub fn id(&self) -> Result<(u64, u64)> {
+        let st = nix::sys::stat::fstat(&self.file)
+            .map_err(|e| err!(Kind::Netns, "stat netns {}: {e}", self.path.display()))?;
+        Ok((st.st_dev, st.st_ino))
+    }
+
+    /// Whether this is the node's own namespace: the calling thread's, or that of PID 1 (when
+    /// it can be seen). A pod's namespace is never either; wiring one as a pod would rewrite
+    /// the node's own routes.
+    pub fn is_node_namespace(&self) -> Result<bool> {
+        let me = self.id()?;
+        if NetNs::current()?.id()? == me {
+            return Ok(true);
+        }
+        match NetNs::open(Path::new("/proc/1/ns/net")) {
+            Ok(init) => Ok(init.id()? == me),
+            // Another PID namespace or a restricted /proc: the check above still holds.
+            Err(_) => Ok(false),
+        }
+    }
+
     /// The open namespace file, e.g. for `IFLA_NET_NS_FD`.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
@@ -118,6 +141,17 @@ mod tests {
         let e = NetNs::open(Path::new("/proc/self/status")).unwrap_err();
         assert_eq!(e.kind, Kind::Netns);
         assert!(e.msg.contains("is not a network namespace"), "{}", e.msg);
+    }
+
+    #[test]
+    fn own_namespace_is_recognised_by_any_path() {
+        for p in ["/proc/self/ns/net", "/proc/thread-self/ns/net"] {
+            let ns = NetNs::open(Path::new(p)).unwrap();
+            assert!(ns.is_node_namespace().unwrap(), "{p}");
+        }
+        let a = NetNs::open(Path::new("/proc/self/ns/net")).unwrap();
+        let b = NetNs::current().unwrap();
+        assert_eq!(a.id().unwrap(), b.id().unwrap());
     }
 
     #[test]

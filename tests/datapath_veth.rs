@@ -18,6 +18,7 @@ const NODE_ADDR: &str = "10.240.0.1";
 fn setup_pod(node: &TestNs, pod: &TestNs, ifname: &str, ip: Ipv4Addr) -> Result<VethInfo> {
     let pod_path = pod.path();
     let host_ifname = datapath::host_veth_name(&pod.name, ifname);
+    let alias = datapath::host_veth_alias(&pod.name, ifname);
     let ifname = ifname.to_string();
     node.run(move || {
         let ns = NetNs::open(&pod_path)?;
@@ -25,6 +26,7 @@ fn setup_pod(node: &TestNs, pod: &TestNs, ifname: &str, ip: Ipv4Addr) -> Result<
             netns: &ns,
             ifname: &ifname,
             host_ifname: &host_ifname,
+            alias: &alias,
             ip,
             mtu: 1500,
         })
@@ -34,6 +36,7 @@ fn setup_pod(node: &TestNs, pod: &TestNs, ifname: &str, ip: Ipv4Addr) -> Result<
 fn check_pod(node: &TestNs, pod: &TestNs, ifname: &str, ip: Ipv4Addr) -> Result<()> {
     let pod_path = pod.path();
     let host_ifname = datapath::host_veth_name(&pod.name, ifname);
+    let alias = datapath::host_veth_alias(&pod.name, ifname);
     let ifname = ifname.to_string();
     node.run(move || {
         let ns = NetNs::open(&pod_path)?;
@@ -41,6 +44,7 @@ fn check_pod(node: &TestNs, pod: &TestNs, ifname: &str, ip: Ipv4Addr) -> Result<
             netns: &ns,
             ifname: &ifname,
             host_ifname: &host_ifname,
+            alias: &alias,
             ip,
             mtu: 1500,
         })
@@ -49,7 +53,8 @@ fn check_pod(node: &TestNs, pod: &TestNs, ifname: &str, ip: Ipv4Addr) -> Result<
 
 fn teardown_pod(node: &TestNs, pod: &TestNs, ifname: &str) -> Result<()> {
     let host_ifname = datapath::host_veth_name(&pod.name, ifname);
-    node.run(move || datapath::teardown(&host_ifname))
+    let alias = datapath::host_veth_alias(&pod.name, ifname);
+    node.run(move || datapath::teardown(&host_ifname, &alias).map(|_| ()))
 }
 
 #[test]
@@ -184,13 +189,37 @@ fn setup_refuses_existing_pod_interface() {
 }
 
 #[test]
-fn teardown_refuses_non_veth() {
+fn teardown_leaves_links_that_are_not_the_attachments_alone() {
     require_root_and_tools();
     let node = TestNs::new("node");
     node.ip("link add twnotaveth type bridge");
-    let e = node.run(|| datapath::teardown("twnotaveth")).unwrap_err();
-    assert!(e.msg.contains("not a veth"), "{}", e.msg);
+    let got = node
+        .run(|| datapath::teardown("twnotaveth", "terway:x"))
+        .unwrap();
+    assert!(
+        matches!(&got, datapath::Teardown::NotOurs(why) if why.contains("not a veth")),
+        "{got:?}"
+    );
     node.ip("link show twnotaveth");
+    // A veth carrying another attachment's alias is not ours either.
+    node.ip("link add twother type veth peer name twotherp");
+    node.ip("link set twother alias terway:someone-else");
+    let got = node
+        .run(|| datapath::teardown("twother", "terway:x"))
+        .unwrap();
+    assert!(
+        matches!(&got, datapath::Teardown::NotOurs(why) if why.contains("another attachment")),
+        "{got:?}"
+    );
+    node.ip("link show twother");
+    let got = node
+        .run(|| datapath::teardown("twother", "terway:someone-else"))
+        .unwrap();
+    assert_eq!(got, datapath::Teardown::Deleted);
+    let got = node
+        .run(|| datapath::teardown("twother", "terway:someone-else"))
+        .unwrap();
+    assert_eq!(got, datapath::Teardown::Absent);
 }
 
 #[test]
@@ -287,6 +316,7 @@ fn setup_failure_removes_what_it_created() {
             netns: &ns,
             ifname: "eth0",
             host_ifname: &name,
+            alias: "terway:test",
             ip: Ipv4Addr::new(10, 240, 5, 2),
             mtu: 1500,
         })

@@ -5,6 +5,7 @@
 
 use super::conf::{NetConf, version_at_least};
 use super::env::{Command, Env};
+use super::lock::{AttachLock, lock_dir};
 use super::result::{AddResult, error_json, version_json};
 use super::wiring;
 use crate::datapath::{self, POD_GATEWAY, veth};
@@ -45,8 +46,7 @@ pub fn main() -> u8 {
     };
     match outcome {
         Ok(Some(out)) => {
-            let mut o = std::io::stdout().lock();
-            let _ = writeln!(o, "{out}");
+            emit(&out.to_string());
             0
         }
         Ok(None) => 0,
@@ -55,8 +55,15 @@ pub fn main() -> u8 {
 }
 
 fn fail(version: Option<&str>, e: &Error) -> u8 {
-    println!("{}", error_json(version, e));
+    emit(&error_json(version, e).to_string());
     1
+}
+
+/// Writes one line to stdout. A runtime that closed its end gets nothing; the exit status
+/// still says what happened (the plugin exits 0 or 1, never with a panic's 101).
+fn emit(line: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{line}").and_then(|_| o.flush());
 }
 
 /// The `cniVersion` the config asks for, if it can be read at all: errors should carry it even
@@ -95,13 +102,48 @@ fn run(env: Result<Env>, stdin: &[u8]) -> (Option<String>, Result<Option<Value>>
 }
 
 fn open_netns(path: &str) -> Result<NetNs> {
-    NetNs::open(Path::new(path))
-        .map_err(|e| Error::new(Kind::InvalidEnv, format!("CNI_NETNS {}", e.msg)))
+    let ns = NetNs::open(Path::new(path))
+        .map_err(|e| Error::new(Kind::InvalidEnv, format!("CNI_NETNS {}", e.msg)))?;
+    let node = ns
+        .is_node_namespace()
+        .map_err(|e| Error::new(Kind::InvalidEnv, format!("CNI_NETNS {}", e.msg)))?;
+    if node {
+        return Err(Error::new(
+            Kind::InvalidEnv,
+            format!(
+                "CNI_NETNS {path} is the node's own network namespace, not a pod's: refusing to wire it"
+            ),
+        ));
+    }
+    Ok(ns)
+}
+
+/// The attachment's lock (see `lock`), waiting up to `wait`; `None` when another call on the
+/// same attachment held it all that time.
+fn lock_attachment(env: &Env, conf: &NetConf, wait: Duration) -> Result<Option<AttachLock>> {
+    AttachLock::acquire(
+        &lock_dir(&conf.daemon_socket),
+        &datapath::host_veth_name(&env.container_id, &env.ifname),
+        wait,
+    )
+}
+
+fn busy(env: &Env, what: &str) -> Error {
+    Error::new(
+        Kind::TryAgain,
+        format!(
+            "{what} {}: another call on this attachment is still running",
+            env.key()
+        ),
+    )
 }
 
 fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     // Validate the namespace before taking an address for it.
     let netns = open_netns(&env.netns)?;
+    let Some(_lock) = lock_attachment(env, conf, ALLOC_TIMEOUT)? else {
+        return Err(busy(env, "ADD"));
+    };
     let reply = call(
         &conf.daemon_socket,
         &Request::Alloc {
@@ -118,12 +160,18 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     let info = match with_spec(env, &netns, &alloc, conf.mtu, wiring::wire) {
         Ok(i) => i,
         Err(e) => {
-            // Roll back: the address goes back to the daemon, the error to the runtime.
-            let _ = call(
-                &conf.daemon_socket,
-                &Request::Release { key: env.key() },
-                CALL_TIMEOUT,
-            );
+            // Undo only what this call created: an allocation that already existed (a retried
+            // ADD) stays with its attachment until DEL.
+            if let Some(grant) = alloc.grant.filter(|g| g.created) {
+                let _ = call(
+                    &conf.daemon_socket,
+                    &Request::Rollback {
+                        key: env.key(),
+                        token: grant.token,
+                    },
+                    CALL_TIMEOUT,
+                );
+            }
             return Err(e.context(format!("set up pod {} ({})", env.pod(), env.key())));
         }
     };
@@ -140,35 +188,29 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     .to_json(&conf.cni_version))
 }
 
-/// Host-side interfaces a previous result names (those without a sandbox).
-fn prev_host_ifnames(conf: &NetConf) -> Vec<String> {
-    let Some(list) = conf
-        .prev_result
-        .as_ref()
-        .and_then(|r| r.get("interfaces"))
-        .and_then(Value::as_array)
-    else {
-        return Vec::new();
-    };
-    list.iter()
-        .filter(|i| i.get("sandbox").is_none_or(|s| s.as_str() == Some("")))
-        .filter_map(|i| i.get("name")?.as_str().map(String::from))
-        .filter(|n| n.starts_with(datapath::HOST_VETH_PREFIX))
-        .collect()
-}
-
 /// DEL never blocks pod deletion: the wiring is removed first, then the address released; when
 /// the daemon is down the address stays recorded and GC (or the daemon's own sweep) frees it.
+/// Only objects that provably belong to this attachment are touched: its derived host veth
+/// (checked by alias) and the rules of the address the daemon (or that veth's route) names.
+/// `prevResult` is never trusted for names or addresses.
 fn del(env: &Env, conf: &NetConf) -> Result<()> {
-    let mut names = vec![datapath::host_veth_name(&env.container_id, &env.ifname)];
-    for n in prev_host_ifnames(conf) {
-        if !names.contains(&n) {
-            names.push(n);
+    let lock = match lock_attachment(env, conf, DEL_TIMEOUT) {
+        Ok(Some(l)) => Some(l),
+        Ok(None) => {
+            eprintln!(
+                "terway: DEL {}: another call on this attachment is still running; its address is reclaimed by GC or the daemon's sweep once the pod is gone",
+                env.key()
+            );
+            return Ok(());
         }
-    }
-    // The daemon knows best which address this attachment still holds; prevResult may name one
-    // that was released and handed to another pod since (a repeated DEL), so without the
-    // daemon its addresses are only trusted while this attachment's veth still exists.
+        Err(e) => {
+            // Never block pod deletion: go on without the lock.
+            eprintln!("terway: DEL {}: {e}", env.key());
+            None
+        }
+    };
+    let host_ifname = datapath::host_veth_name(&env.container_id, &env.ifname);
+    let alias = datapath::host_veth_alias(&env.container_id, &env.ifname);
     let lookup = call(
         &conf.daemon_socket,
         &Request::Get { key: env.key() },
@@ -178,10 +220,10 @@ fn del(env: &Env, conf: &NetConf) -> Result<()> {
     let ips = match lookup {
         Ok(Reply::Found(Some(a))) => vec![a.ipv4],
         Ok(_) => Vec::new(),
-        Err(_) if wiring::any_link_exists(&names) => conf.prev_ips(),
-        Err(_) => Vec::new(),
+        // Without the daemon, what the node routes onto this attachment's own veth.
+        Err(_) => veth::routed_pod_ips(&host_ifname, &alias).unwrap_or_default(),
     };
-    if let Err(e) = wiring::unwire(&names, &ips) {
+    if let Err(e) = wiring::unwire(&host_ifname, &alias, &ips) {
         eprintln!("terway: DEL {}: {e}", env.key());
         // Keep the address held so nobody gets it while the old route may still exist; GC
         // retries the teardown and releases it once the container is gone for good.
@@ -191,7 +233,7 @@ fn del(env: &Env, conf: &NetConf) -> Result<()> {
         eprintln!(
             "terway: DEL {}: the daemon did not answer; the address {} is reclaimed later by GC or the daemon's sweep",
             env.key(),
-            describe_ips(&conf.prev_ips())
+            describe_ips(&ips)
         );
         return Ok(());
     }
@@ -200,7 +242,12 @@ fn del(env: &Env, conf: &NetConf) -> Result<()> {
         &Request::Release { key: env.key() },
         DEL_TIMEOUT,
     ) {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            if let Some(l) = lock {
+                l.remove();
+            }
+            Ok(())
+        }
         Err(CallError {
             unreachable: true,
             error,
@@ -208,7 +255,7 @@ fn del(env: &Env, conf: &NetConf) -> Result<()> {
             eprintln!(
                 "terway: DEL {}: {error}; the address {} is reclaimed later by GC",
                 env.key(),
-                describe_ips(&conf.prev_ips())
+                describe_ips(&ips)
             );
             Ok(())
         }
@@ -221,7 +268,7 @@ fn del(env: &Env, conf: &NetConf) -> Result<()> {
 
 fn describe_ips(ips: &[std::net::Ipv4Addr]) -> String {
     if ips.is_empty() {
-        "(unknown: no prevResult)".into()
+        "(unknown)".into()
     } else {
         ips.iter()
             .map(|i| i.to_string())
@@ -241,6 +288,9 @@ fn check(env: &Env, conf: &NetConf) -> Result<()> {
         ));
     }
     let netns = open_netns(&env.netns)?;
+    let Some(_lock) = lock_attachment(env, conf, CALL_TIMEOUT)? else {
+        return Err(busy(env, "CHECK"));
+    };
     let reply = call(
         &conf.daemon_socket,
         &Request::Get { key: env.key() },
@@ -281,10 +331,12 @@ fn with_spec<T>(
     f: impl FnOnce(&veth::VethSpec, &crate::rpc::Datapath) -> Result<T>,
 ) -> Result<T> {
     let host_ifname = datapath::host_veth_name(&env.container_id, &env.ifname);
+    let alias = datapath::host_veth_alias(&env.container_id, &env.ifname);
     let spec = veth::VethSpec {
         netns,
         ifname: &env.ifname,
         host_ifname: &host_ifname,
+        alias: &alias,
         ip: alloc.ipv4,
         mtu,
     };
@@ -316,19 +368,37 @@ fn gc(conf: &NetConf) -> Result<()> {
         return Err(unexpected(&reply));
     };
     // Wiring first, then the address: an address is never free while a route still points at
-    // an old veth. Keep going on errors: one stuck link must not keep the others.
+    // an old veth. Keep going on errors: one stuck link must not keep the others. An
+    // attachment another call is working on right now is left for the next GC.
     for a in stale {
         let name = datapath::host_veth_name(&a.key.container_id, &a.key.ifname);
-        if let Err(e) = wiring::unwire(&[name], &[a.ipv4]) {
+        let alias = datapath::host_veth_alias(&a.key.container_id, &a.key.ifname);
+        let lock = match AttachLock::acquire(&lock_dir(&conf.daemon_socket), &name, Duration::ZERO)
+        {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                eprintln!(
+                    "terway: GC {}: a call on it is running; left for the next GC",
+                    a.key
+                );
+                continue;
+            }
+            Err(e) => {
+                eprintln!("terway: GC {}: {e}; keeping its address", a.key);
+                continue;
+            }
+        };
+        if let Err(e) = wiring::unwire(&name, &alias, &[a.ipv4]) {
             eprintln!("terway: GC {}: {e}; keeping its address", a.key);
             continue;
         }
-        if let Err(e) = call(
+        match call(
             &conf.daemon_socket,
             &Request::Release { key: a.key.clone() },
             CALL_TIMEOUT,
         ) {
-            eprintln!("terway: GC {}: release: {}", a.key, e.error);
+            Ok(_) => lock.remove(),
+            Err(e) => eprintln!("terway: GC {}: release: {}", a.key, e.error),
         }
     }
     Ok(())

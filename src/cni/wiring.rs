@@ -1,7 +1,7 @@
 //! How the plugin wires a pod for the daemon's `Datapath` answer: the veth always, plus the
 //! policy rules of shared ENI mode. ADD, DEL, CHECK and GC all go through here.
 
-use crate::datapath::{VethInfo, VethSpec, policy, veth};
+use crate::datapath::{Teardown, VethInfo, VethSpec, policy, veth};
 use crate::netlink::Netlink;
 use crate::rpc::Datapath;
 use crate::{Error, Result};
@@ -13,7 +13,7 @@ pub fn wire(spec: &VethSpec, dp: &Datapath) -> Result<VethInfo> {
         let rules =
             Netlink::open().and_then(|mut nl| policy::setup_pod_rules(&mut nl, spec.ip, *table));
         if let Err(e) = rules {
-            let _ = veth::teardown(spec.host_ifname);
+            let _ = veth::teardown(spec.host_ifname, spec.alias);
             return Err(e);
         }
     }
@@ -29,13 +29,17 @@ pub fn check(spec: &VethSpec, dp: &Datapath) -> Result<()> {
     Ok(())
 }
 
-/// Removes the host veth(s) and the policy rules of `ips`. Every step is tried; the first
-/// error is returned. Missing pieces are not errors.
-pub fn unwire(host_ifnames: &[String], ips: &[Ipv4Addr]) -> Result<()> {
+/// Removes the attachment's host veth (only if it provably is the attachment's: see
+/// `veth::teardown`) and the policy rules of `ips`. Every step is tried; the first error is
+/// returned. Missing pieces are not errors, and neither is a link of that name that belongs to
+/// someone else: it is left alone and logged.
+pub fn unwire(host_ifname: &str, alias: &str, ips: &[Ipv4Addr]) -> Result<()> {
     let mut first: Option<Error> = None;
-    for name in host_ifnames {
-        if let Err(e) = veth::teardown(name) {
-            first.get_or_insert(e.context(format!("remove {name}")));
+    match veth::teardown(host_ifname, alias) {
+        Ok(Teardown::NotOurs(why)) => eprintln!("terway: left {host_ifname} alone: {why}"),
+        Ok(_) => {}
+        Err(e) => {
+            first.get_or_insert(e);
         }
     }
     if !ips.is_empty() {
@@ -56,14 +60,4 @@ pub fn unwire(host_ifnames: &[String], ips: &[Ipv4Addr]) -> Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
-}
-
-/// Whether any of these host links still exists (a DEL that has not run before).
-pub fn any_link_exists(host_ifnames: &[String]) -> bool {
-    let Ok(mut nl) = Netlink::open() else {
-        return true;
-    };
-    host_ifnames
-        .iter()
-        .any(|n| !matches!(nl.link_by_name(n), Ok(None)))
 }

@@ -3,6 +3,7 @@
 //! glues them to the event loop: waiting pods, replies, periodic resync.
 
 use super::eni_cloud::{CloudCtx, Job, NodeFacts, spawn_workers};
+use super::grants::{Grants, refused_rollback};
 use super::sweep::gc_candidates;
 use super::{Backend, Msg, Outbox};
 use crate::config::Config;
@@ -64,6 +65,7 @@ pub struct EniBackend {
     lost: BTreeMap<AttachKey, Ipv4Addr>,
     grace_secs: u64,
     observing: bool,
+    grants: Grants,
 }
 
 impl EniBackend {
@@ -168,6 +170,7 @@ impl EniBackend {
             lost,
             grace_secs: config.orphan_grace_period.as_secs(),
             observing: false,
+            grants: Grants::new(now),
         })
     }
 
@@ -204,6 +207,7 @@ impl EniBackend {
                 table: self.tables.get(&lease.eni_id).copied().unwrap_or(0),
                 eni_id: lease.eni_id.clone(),
             },
+            grant: None,
         }
     }
 
@@ -217,8 +221,9 @@ impl EniBackend {
         now: u64,
     ) -> Option<Response> {
         let lease = self.pool.allocate(key, &pod.to_string(), now)?;
-        let resp = self.allocation(key, pod, &lease);
-        if resp.is_ok() {
+        let mut resp = self.allocation(key, pod, &lease);
+        if let Ok(a) = &mut resp {
+            a.grant = Some(self.grants.grant(key, true));
             self.allocs.insert(
                 key.clone(),
                 StoredAllocation {
@@ -237,6 +242,7 @@ impl EniBackend {
     }
 
     fn release(&mut self, key: &AttachKey, now: u64) -> Option<Allocation> {
+        self.grants.forget(key);
         let stored = self.allocs.remove(key);
         self.lost.remove(key);
         let lease = self.pool.release(key, now)?;
@@ -380,8 +386,11 @@ impl Backend for EniBackend {
                     && !self.lost.contains_key(&key)
                 {
                     // The runtime retried ADD: same attachment, same address.
-                    let resp = self.allocation(&key, &a.pod, &lease).map(Reply::Allocated);
-                    out.reply(reply, resp, false);
+                    let mut resp = self.allocation(&key, &a.pod, &lease);
+                    if let Ok(a) = &mut resp {
+                        a.grant = Some(self.grants.grant(&key, false));
+                    }
+                    out.reply(reply, resp.map(Reply::Allocated), false);
                     return;
                 }
                 if self.waiters.is_empty()
@@ -418,6 +427,16 @@ impl Backend for EniBackend {
                     )));
                 }
                 let released = self.release(&key, now);
+                let changed = released.is_some();
+                out.reply(reply, Ok(Reply::Released(released)), changed);
+            }
+            Request::Rollback { key, token } => {
+                let released = if self.grants.may_roll_back(&key, token) {
+                    self.release(&key, now)
+                } else {
+                    log::info!("{}", refused_rollback(&key));
+                    None
+                };
                 let changed = released.is_some();
                 out.reply(reply, Ok(Reply::Released(released)), changed);
             }

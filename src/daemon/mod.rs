@@ -7,6 +7,7 @@
 
 pub mod eni;
 pub mod eni_cloud;
+pub mod grants;
 pub mod server;
 pub mod sweep;
 pub mod vpc;

@@ -2,6 +2,7 @@
 //! out, the daemon loop persists the result before answering.
 
 use super::eni::CloudDone;
+use super::grants::{Grants, refused_rollback};
 use super::sweep::gc_candidates;
 use super::{Backend, Outbox};
 use crate::config::Config;
@@ -16,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::mpsc::Sender;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct VpcIpam {
     pool: CidrPool,
     allocs: BTreeMap<AttachKey, StoredAllocation>,
@@ -24,6 +25,7 @@ pub struct VpcIpam {
     min_pool_size: u32,
     max_pool_size: u32,
     grace_secs: u64,
+    grants: Grants,
 }
 
 impl VpcIpam {
@@ -57,6 +59,7 @@ impl VpcIpam {
             min_pool_size: 0,
             max_pool_size: 0,
             grace_secs: 60,
+            grants: Grants::new(super::now_ms()),
         };
         let outside: Vec<String> = state
             .allocations
@@ -116,6 +119,7 @@ impl VpcIpam {
             pod: a.pod.clone(),
             ipv4: a.ipv4,
             datapath: Datapath::Veth,
+            grant: None,
         }
     }
 
@@ -130,7 +134,9 @@ impl VpcIpam {
             } => {
                 if let Some(a) = self.allocs.get(&key) {
                     // The runtime retried ADD: same attachment, same address.
-                    return (Ok(Reply::Allocated(Self::view(a))), false);
+                    let mut view = Self::view(a);
+                    view.grant = Some(self.grants.grant(&key, false));
+                    return (Ok(Reply::Allocated(view)), false);
                 }
                 let by_ip = &self.by_ip;
                 let Some(ip) = self.pool.next(|ip| by_ip.contains_key(&ip)) else {
@@ -154,7 +160,8 @@ impl VpcIpam {
                     ipv4: ip,
                     created_unix: now_unix,
                 };
-                let reply = Self::view(&a);
+                let mut reply = Self::view(&a);
+                reply.grant = Some(self.grants.grant(&key, true));
                 self.by_ip.insert(ip, key.clone());
                 self.allocs.insert(key, a);
                 (Ok(Reply::Allocated(reply)), true)
@@ -163,6 +170,16 @@ impl VpcIpam {
                 Some(a) => (Ok(Reply::Released(Some(a))), true),
                 None => (Ok(Reply::Released(None)), false),
             },
+            Request::Rollback { key, token } => {
+                if !self.grants.may_roll_back(&key, token) {
+                    log::info!("{}", refused_rollback(&key));
+                    return (Ok(Reply::Released(None)), false);
+                }
+                match self.remove(&key) {
+                    Some(a) => (Ok(Reply::Released(Some(a))), true),
+                    None => (Ok(Reply::Released(None)), false),
+                }
+            }
             Request::Get { key } => (
                 Ok(Reply::Found(self.allocs.get(&key).map(Self::view))),
                 false,
@@ -208,6 +225,7 @@ impl VpcIpam {
     }
 
     fn remove(&mut self, key: &AttachKey) -> Option<Allocation> {
+        self.grants.forget(key);
         let a = self.allocs.remove(key)?;
         self.by_ip.remove(&a.ipv4);
         Some(Self::view(&a))
@@ -316,6 +334,40 @@ mod tests {
         assert_eq!(ip_of(alloc(&mut m, "a")), a);
         assert_ne!(ip_of(alloc(&mut m, "b")), a);
         assert_eq!(m.in_use(), 2);
+    }
+
+    #[test]
+    fn a_failing_retry_never_releases_what_another_call_holds() {
+        let mut m = ipam("10.9.0.0/24");
+        let grant = |r: Response| match r {
+            Ok(Reply::Allocated(a)) => a.grant.unwrap(),
+            other => panic!("{other:?}"),
+        };
+        let first = grant(alloc(&mut m, "a"));
+        let retry = grant(alloc(&mut m, "a"));
+        assert!(first.created && !retry.created);
+        for token in [first.token, retry.token] {
+            let (r, changed) = m.handle(
+                Request::Rollback {
+                    key: key("a"),
+                    token,
+                },
+                8,
+            );
+            assert_eq!(r, Ok(Reply::Released(None)));
+            assert!(!changed);
+        }
+        assert_eq!(m.in_use(), 1, "the address stays with the attachment");
+        // A call that created it and is the latest may undo it.
+        let b = grant(alloc(&mut m, "b"));
+        let (r, changed) = m.handle(
+            Request::Rollback {
+                key: key("b"),
+                token: b.token,
+            },
+            8,
+        );
+        assert!(matches!(r, Ok(Reply::Released(Some(_)))) && changed);
     }
 
     #[test]

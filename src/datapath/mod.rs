@@ -5,7 +5,7 @@
 pub mod policy;
 pub mod veth;
 
-pub use veth::{VethInfo, VethSpec, check, setup, teardown};
+pub use veth::{Teardown, VethInfo, VethSpec, check, setup, teardown};
 
 use sha2::{Digest, Sha256};
 use std::net::Ipv4Addr;
@@ -25,9 +25,24 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     name
 }
 
+/// The alias terway puts on an attachment's host veth: `terway:` + sha256("<id>/<ifname>") in
+/// full. The 15-byte name alone could collide; the alias proves which attachment owns the link.
+pub fn host_veth_alias(container_id: &str, ifname: &str) -> String {
+    let digest = Sha256::digest(format!("{container_id}/{ifname}").as_bytes());
+    format!("terway:{}", hex::encode(digest))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_veth_alias_is_the_full_digest() {
+        let a = host_veth_alias("abc123", "eth0");
+        assert_eq!(a.len(), "terway:".len() + 64);
+        assert!(a.ends_with(&hex::encode(Sha256::digest(b"abc123/eth0"))));
+        assert_ne!(a, host_veth_alias("abc123", "eth1"));
+    }
 
     #[test]
     fn host_veth_names_are_stable_and_short() {

@@ -26,6 +26,9 @@ pub struct VethSpec<'a> {
     pub ifname: &'a str,
     /// Host-side veth name, see [`super::host_veth_name`].
     pub host_ifname: &'a str,
+    /// Alias put on the host veth, see [`super::host_veth_alias`]: what proves the link is
+    /// this attachment's when DEL, CHECK or a retried ADD find it.
+    pub alias: &'a str,
     pub ip: Ipv4Addr,
     pub mtu: u32,
 }
@@ -108,8 +111,15 @@ pub fn setup(spec: &VethSpec) -> Result<VethInfo> {
 
 fn setup_inner(spec: &VethSpec) -> Result<VethInfo> {
     validate(spec)?;
+    if spec.netns.is_node_namespace()? {
+        return Err(err!(
+            Kind::InvalidEnv,
+            "netns {} is the node's own network namespace, not a pod's: refusing to wire it",
+            spec.netns.path().display()
+        ));
+    }
     let mut host = Netlink::open()?;
-    remove_stale(&mut host, spec.host_ifname)?;
+    remove_stale(&mut host, spec)?;
     let mut pod = Netlink::open_in(spec.netns)?;
     if pod.link_by_name(spec.ifname)?.is_some() {
         return Err(err!(
@@ -123,8 +133,14 @@ fn setup_inner(spec: &VethSpec) -> Result<VethInfo> {
     match configure(&mut host, &mut pod, spec) {
         Ok(info) => Ok(info),
         Err(e) => {
-            // Deleting the host end removes the pod end and every route through them.
-            if let Err(undo) = delete_host_veth(&mut host, spec.host_ifname) {
+            // Deleting the host end removes the pod end and every route through them. This
+            // call created the link (create is exclusive), so it is ours to remove.
+            let undo = match host.link_by_name(spec.host_ifname) {
+                Ok(Some(link)) => delete_host_veth(&mut host, &link),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(undo) = undo {
                 log::warn!("rollback of {}: {undo}", spec.host_ifname);
             }
             Err(e)
@@ -132,25 +148,36 @@ fn setup_inner(spec: &VethSpec) -> Result<VethInfo> {
     }
 }
 
-/// A host veth of the same name is a leftover of a crashed ADD for this very container.
-fn remove_stale(host: &mut Netlink, host_ifname: &str) -> Result<()> {
-    if let Some(link) = host.link_by_name(host_ifname)? {
-        log::info!("removing stale host veth {host_ifname}");
-        ensure_veth(&link)?;
+/// A host veth of the same name is a leftover of an earlier ADD for this very attachment (the
+/// plugin holds the attachment's lock, so no other call is building it): it goes. A link of
+/// that name that is not provably this attachment's is never touched.
+fn remove_stale(host: &mut Netlink, spec: &VethSpec) -> Result<()> {
+    if let Some(link) = host.link_by_name(spec.host_ifname)? {
+        if let Some(why) = foreign(&link, spec.alias) {
+            return Err(err!(Kind::Datapath, "{why}: refusing to touch it"));
+        }
+        log::info!("removing stale host veth {}", spec.host_ifname);
         host.delete_link(link.index)?;
     }
     Ok(())
 }
 
-fn ensure_veth(link: &Link) -> Result<()> {
-    match link.kind.as_deref() {
-        Some("veth") => Ok(()),
-        other => Err(err!(
-            Kind::Datapath,
-            "{} exists but is a {} link, not a veth: refusing to touch it",
+/// Why `link` (found under this attachment's host veth name) is not this attachment's, if it
+/// is not. A veth without an alias is a half-built one of ours or one made before aliases.
+fn foreign(link: &Link, alias: &str) -> Option<String> {
+    if link.kind.as_deref() != Some("veth") {
+        return Some(format!(
+            "{} exists but is a {} link, not a veth",
             link.name,
-            other.unwrap_or("physical")
+            link.kind.as_deref().unwrap_or("physical")
+        ));
+    }
+    match link.alias.as_deref() {
+        Some(a) if a != alias => Some(format!(
+            "{} belongs to another attachment (alias {a:?}, want {alias:?})",
+            link.name
         )),
+        _ => None,
     }
 }
 
@@ -168,6 +195,7 @@ fn configure(host: &mut Netlink, pod: &mut Netlink, spec: &VethSpec) -> Result<V
     let pod_mac = pod_link
         .mac
         .ok_or_else(|| err!(Kind::Datapath, "pod veth {} has no MAC", pod_link.name))?;
+    host.set_link_alias(host_link.index, spec.alias)?;
 
     // Pod side. Links go up before routes: an onlink nexthop needs its device up.
     if let Some(lo) = pod.link_by_name("lo")? {
@@ -180,9 +208,11 @@ fn configure(host: &mut Netlink, pod: &mut Netlink, spec: &VethSpec) -> Result<V
     host.set_link_up(host_link.index)?;
     set_if_differs(&sysctl::rp_filter_key(spec.host_ifname), "0")?;
     set_if_differs("net/ipv4/ip_forward", "1")?;
-    host.replace_route(&spec.host_route(host_link.index))?;
+    // Exclusive adds: a route terway did not make (another pod's, the node's own) is never
+    // replaced; the old veth's routes went with it in `remove_stale`.
+    host.add_route(&spec.host_route(host_link.index))?;
 
-    pod.replace_route(&spec.pod_default_route(pod_link.index))?;
+    pod.add_route(&spec.pod_default_route(pod_link.index))?;
     pod.replace_neigh_permanent(pod_link.index, IpAddr::V4(POD_GATEWAY), host_mac)?;
 
     Ok(VethInfo {
@@ -245,6 +275,12 @@ fn check_inner(spec: &VethSpec, problems: &mut Vec<String>) -> Result<()> {
         None => problems.push(format!("host veth {} is missing", spec.host_ifname)),
         Some(link) => {
             check_link(link, spec, "host", problems);
+            if let Some(a) = link.alias.as_deref().filter(|a| *a != spec.alias) {
+                problems.push(format!(
+                    "host veth {} has alias {a:?}, want {:?}: it belongs to another attachment",
+                    link.name, spec.alias
+                ));
+            }
             let want = spec.host_route(link.index);
             let found = host
                 .routes(TABLE_MAIN)?
@@ -356,22 +392,56 @@ fn show_route(r: &Route) -> String {
     s
 }
 
-/// Removes the datapath by deleting the host veth (the kernel removes the pod end with it).
-/// Idempotent: a missing link is success.
-pub fn teardown(host_ifname: &str) -> Result<()> {
-    let mut host = Netlink::open()?;
-    delete_host_veth(&mut host, host_ifname)
-        .map_err(|e| e.context(format!("tear down host veth {host_ifname}")))
+/// What [`teardown`] found under the attachment's host veth name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Teardown {
+    /// This attachment's veth was there and is gone now.
+    Deleted,
+    /// Nothing of that name: an earlier DEL ran, or ADD never got that far.
+    Absent,
+    /// A link of that name that is not this attachment's: left alone, and why.
+    NotOurs(String),
 }
 
-fn delete_host_veth(host: &mut Netlink, host_ifname: &str) -> Result<(), Error> {
-    match host.link_by_name(host_ifname)? {
-        None => Ok(()),
-        Some(link) => {
-            ensure_veth(&link)?;
-            host.delete_link(link.index)
-        }
+/// Removes the datapath by deleting the host veth (the kernel removes the pod end and every
+/// route through them). Only a link that provably belongs to the attachment (a veth carrying
+/// its alias, or no alias) is deleted. Idempotent.
+pub fn teardown(host_ifname: &str, alias: &str) -> Result<Teardown> {
+    let mut host = Netlink::open()?;
+    let found = host
+        .link_by_name(host_ifname)
+        .map_err(|e| e.context(format!("tear down host veth {host_ifname}")))?;
+    let Some(link) = found else {
+        return Ok(Teardown::Absent);
+    };
+    if let Some(why) = foreign(&link, alias) {
+        return Ok(Teardown::NotOurs(why));
     }
+    delete_host_veth(&mut host, &link)
+        .map_err(|e| e.context(format!("tear down host veth {host_ifname}")))?;
+    Ok(Teardown::Deleted)
+}
+
+/// The pod addresses the node routes onto this attachment's host veth (`ip/32 dev <veth>` in
+/// main): what the attachment provably holds, whatever a caller's `prevResult` claims.
+pub fn routed_pod_ips(host_ifname: &str, alias: &str) -> Result<Vec<Ipv4Addr>> {
+    let mut host = Netlink::open()?;
+    let Some(link) = host.link_by_name(host_ifname)? else {
+        return Ok(Vec::new());
+    };
+    if foreign(&link, alias).is_some() {
+        return Ok(Vec::new());
+    }
+    Ok(host
+        .routes(TABLE_MAIN)?
+        .into_iter()
+        .filter(|r| r.oif == Some(link.index) && r.dst.prefix() == 32 && r.gateway.is_none())
+        .map(|r| r.dst.ip())
+        .collect())
+}
+
+fn delete_host_veth(host: &mut Netlink, link: &Link) -> Result<(), Error> {
+    host.delete_link(link.index)
 }
 
 #[cfg(test)]
@@ -383,6 +453,7 @@ mod tests {
             netns: ns,
             ifname: "eth0",
             host_ifname: "tw0000000000000",
+            alias: "terway:test",
             ip,
             mtu,
         }

@@ -43,12 +43,14 @@ pub(super) fn link_from(msg: &LinkMessage) -> Link {
         mtu: 0,
         up: msg.header.flags.contains(LinkFlags::Up),
         kind: None,
+        alias: None,
     };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => link.name = n.clone(),
             LinkAttribute::Address(a) => link.mac = mac_from(a),
             LinkAttribute::Mtu(m) => link.mtu = *m,
+            LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()).filter(|a| !a.is_empty()),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Kind(k) = info {
@@ -207,6 +209,19 @@ impl Netlink {
         self.set_link(msg, index, &format!("rename link {{}} to {name}"))
     }
 
+    /// Sets `IFLA_IFALIAS` (at most 255 bytes); the kernel ignores it in RTM_NEWLINK, so it is
+    /// a separate RTM_SETLINK after creation.
+    pub fn set_link_alias(&mut self, index: u32, alias: &str) -> Result<()> {
+        if alias.len() > 255 || alias.contains('\0') {
+            return Err(err!(Kind::InvalidConfig, "invalid link alias {alias:?}"));
+        }
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+        self.set_link(msg, index, &format!("set alias of link {{}} to {alias}"))
+    }
+
     pub fn set_link_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
@@ -294,6 +309,7 @@ mod tests {
                 mtu: 1500,
                 up: true,
                 kind: Some("veth".into()),
+                alias: None,
             }
         );
     }

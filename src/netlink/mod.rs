@@ -35,6 +35,8 @@ pub struct Link {
     pub up: bool,
     /// `IFLA_INFO_KIND`: "veth", "dummy", ...; `None` for physical devices and loopback.
     pub kind: Option<String>,
+    /// `IFLA_IFALIAS`: terway marks the links it makes with the attachment they belong to.
+    pub alias: Option<String>,
 }
 
 /// An address on an interface.

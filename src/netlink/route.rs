@@ -3,7 +3,7 @@
 use super::{Netlink, Route, TABLE_MAIN};
 use crate::error::Result;
 use ipnetwork::Ipv4Network;
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage as M;
 use netlink_packet_route::route::{
@@ -112,6 +112,31 @@ impl Netlink {
             Err(e) => {
                 let dev = r.oif.map(|i| self.name_of(i));
                 Err(e.into_error(format!("add route {}", describe(r, dev.as_deref()))))
+            }
+        }
+    }
+
+    /// Adds `r` only if no route to the same destination exists in its table (NLM_F_EXCL): a
+    /// route somebody else made is never replaced. EEXIST says so in the error.
+    pub fn add_route(&mut self, r: &Route) -> Result<()> {
+        let msg = route_message(r, false);
+        match self
+            .sock
+            .request(M::NewRoute(msg), NLM_F_CREATE | NLM_F_EXCL)
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let exists = e.errno() == Some(libc::EEXIST);
+                let dev = r.oif.map(|i| self.name_of(i));
+                let what = describe(r, dev.as_deref());
+                let mut err = e.into_error(format!("add route {what}"));
+                if exists {
+                    err = err.context(format!(
+                        "a route to {} already exists in table {} and terway did not make it: refusing to replace it",
+                        r.dst, r.table
+                    ));
+                }
+                Err(err)
             }
         }
     }

@@ -52,6 +52,12 @@ pub enum Request {
     Release {
         key: AttachKey,
     },
+    /// A failed ADD gives back what it was granted, and only that: the address is released only
+    /// if `token`'s grant created the allocation and no later ADD was granted it since.
+    Rollback {
+        key: AttachKey,
+        token: u64,
+    },
     /// Look up an attachment's allocation (CHECK, and DEL without a prevResult).
     Get {
         key: AttachKey,
@@ -84,6 +90,18 @@ pub struct Allocation {
     pub pod: PodRef,
     pub ipv4: Ipv4Addr,
     pub datapath: Datapath,
+    /// Only in the reply to `Alloc`: what this call may undo if it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<Grant>,
+}
+
+/// One `Alloc` reply's claim on an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// This call created the allocation (false: it existed, e.g. a retried ADD).
+    pub created: bool,
+    /// Names this grant in a `Rollback`.
+    pub token: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
