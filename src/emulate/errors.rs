@@ -118,14 +118,6 @@ pub fn nonce_used() -> ApiError {
     )
 }
 
-pub fn body_too_large(limit: usize) -> ApiError {
-    ApiError::new(
-        413,
-        "RequestEntityTooLarge",
-        format!("The request body is larger than {limit} bytes."),
-    )
-}
-
 pub fn throttled() -> ApiError {
     ApiError::new(
         400,

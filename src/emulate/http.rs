@@ -1,18 +1,18 @@
-//! The HTTP face of the emulator (tiny_http, a few blocking worker threads): the RPC OpenAPI with
-//! signature checks and faults, the metadata service, and the admin endpoints.
+//! The HTTP face of the emulator (routing and handlers; the wire is `http_server`): the RPC
+//! OpenAPI with signature checks and faults, the metadata service, and the admin endpoints.
 
 use crate::cloud::sign::{self, SignError};
 use crate::emulate::api;
 use crate::emulate::config::{AccessKeyCfg, EmuConfig};
 use crate::emulate::errors::{self, ApiError};
 use crate::emulate::faults::{FaultState, Rng};
+use crate::emulate::http_server::{self, Options, Refusal, Reply, Request, Service};
 use crate::emulate::metadata::{self, STS_PREFIX};
 use crate::emulate::model::{Model, Ms};
 use crate::emulate::params::Params;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::io::Read;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,7 +34,6 @@ pub struct Shared {
     pub model: Mutex<Model>,
     pub faults: Mutex<FaultState>,
     keys: Vec<AccessKeyCfg>,
-    max_body: usize,
     require_token: bool,
     nonces: Mutex<HashMap<String, Ms>>,
     meta_tokens: Mutex<HashMap<String, (String, Ms)>>,
@@ -61,7 +60,6 @@ impl Shared {
             model: Mutex::new(model),
             faults: Mutex::new(FaultState::new(cfg.faults.clone(), cfg.seed)),
             keys: cfg.access_keys.clone(),
-            max_body: cfg.max_body_bytes,
             require_token: cfg.metadata_require_token,
             nonces: Mutex::new(HashMap::new()),
             meta_tokens: Mutex::new(HashMap::new()),
@@ -106,31 +104,40 @@ impl Shared {
     }
 }
 
-/// Starts `threads` acceptors handing requests of `server` to their own threads until unblocked.
+/// The emulator behind one listener: what it serves depends on `mode`.
+pub struct Endpoint {
+    pub shared: Arc<Shared>,
+    pub mode: Mode,
+}
+
+impl Service for Endpoint {
+    fn handle(&self, req: &Request, peer: SocketAddr) -> Reply {
+        handle(&self.shared, req, peer.ip(), self.mode)
+    }
+
+    /// In the error style of the API, whichever endpoint was meant (the request may not say).
+    fn refuse(&self, r: &Refusal) -> Reply {
+        let shared = &self.shared;
+        let rid = shared.request_id();
+        record(shared, "<unknown>", Err(r.code));
+        let region = lock(&shared.model).region_id.clone();
+        error_reply(
+            &ApiError::new(r.status, r.code, r.message.clone()),
+            &rid,
+            "Ecs",
+            &region,
+        )
+    }
+}
+
+/// Serves `listener` in `mode` until the returned server is stopped.
 pub fn serve(
-    server: Arc<tiny_http::Server>,
+    listener: TcpListener,
     shared: Arc<Shared>,
     mode: Mode,
-    threads: usize,
-) -> Vec<std::thread::JoinHandle<()>> {
-    (0..threads.max(1))
-        .map(|_| {
-            let (server, shared) = (server.clone(), shared.clone());
-            std::thread::spawn(move || {
-                while let Ok(req) = server.recv() {
-                    // One thread per request: a client that stalls mid-body (or an injected
-                    // latency) holds only its own thread, never the acceptors.
-                    let shared = shared.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name("emulate-req".into())
-                        .spawn(move || handle(&shared, req, mode));
-                    if let Err(e) = spawned {
-                        log::warn!("cannot start a request thread: {e}");
-                    }
-                }
-            })
-        })
-        .collect()
+    opts: Options,
+) -> http_server::Server {
+    http_server::Server::start(listener, Arc::new(Endpoint { shared, mode }), opts)
 }
 
 /// The parts of a request the API looks at.
@@ -151,99 +158,37 @@ impl HttpReq<'_> {
     }
 }
 
-struct Reply {
-    status: u16,
-    body: String,
-    content_type: &'static str,
-}
-
-impl Reply {
-    fn json(status: u16, v: &Value) -> Reply {
-        Reply {
-            status,
-            body: serde_json::to_string(v).unwrap_or_default(),
-            content_type: "application/json;charset=utf-8",
-        }
-    }
-    fn text(status: u16, body: impl Into<String>) -> Reply {
-        Reply {
-            status,
-            body: body.into(),
-            content_type: "text/plain;charset=utf-8",
-        }
-    }
-}
-
-fn handle(shared: &Shared, mut req: tiny_http::Request, mode: Mode) {
-    let method = req.method().as_str().to_ascii_uppercase();
-    let url = req.url().to_string();
-    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
-    let path = path.to_string();
-    let query = query.to_string();
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .map(|h| {
-            (
-                h.field.as_str().as_str().to_ascii_lowercase(),
-                h.value.as_str().to_string(),
-            )
-        })
-        .collect();
-    let source = req.remote_addr().map(|a| a.ip());
-    // Never read more than the limit: an oversized body is refused, not buffered.
-    let declared = req.body_length().unwrap_or(0);
-    let mut body = Vec::new();
-    let too_large = declared > shared.max_body
-        || req
-            .as_reader()
-            .take(shared.max_body as u64 + 1)
-            .read_to_end(&mut body)
-            .is_err()
-        || body.len() > shared.max_body;
-    let reply = if too_large {
-        let rid = shared.request_id();
-        record(shared, "<unknown>", Err("RequestEntityTooLarge"));
-        let region = lock(&shared.model).region_id.clone();
-        error_reply(
-            &errors::body_too_large(shared.max_body),
-            &rid,
-            "Ecs",
-            &region,
-        )
-    } else if path.starts_with("/admin/") && mode == Mode::Local {
-        admin(shared, &method, &path, &body)
+fn handle(shared: &Shared, req: &Request, source: IpAddr, mode: Mode) -> Reply {
+    let method = req.method.to_ascii_uppercase();
+    let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
+    let headers = &req.headers;
+    if path.starts_with("/admin/") && mode == Mode::Local {
+        admin(shared, &method, path, &req.body)
     } else if let Some(rest) = path
         .strip_prefix("/instances/")
         .filter(|_| mode == Mode::Local)
     {
         let (inst, sub) = rest.split_once('/').unwrap_or((rest, ""));
-        metadata_http(shared, inst, &format!("/{sub}"), &method, &headers)
+        metadata_http(shared, inst, &format!("/{sub}"), &method, headers)
     } else if mode == Mode::Metadata {
-        let inst = source.and_then(|ip| match ip {
+        let inst = match source {
             IpAddr::V4(v4) => lock(&shared.model).instance_by_ip(v4).map(str::to_string),
             IpAddr::V6(_) => None,
-        });
+        };
         match inst {
-            Some(i) => metadata_http(shared, &i, &path, &method, &headers),
+            Some(i) => metadata_http(shared, &i, path, &method, headers),
             None => Reply::text(403, "Forbidden: unknown source address"),
         }
     } else {
         let r = HttpReq {
             method: &method,
-            path: &path,
-            query: &query,
-            headers: &headers,
-            body: &body,
+            path,
+            query,
+            headers,
+            body: &req.body,
         };
         api_http(shared, &r)
-    };
-    let mut resp = tiny_http::Response::from_string(reply.body).with_status_code(reply.status);
-    if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", reply.content_type) {
-        resp = resp.with_header(h);
     }
-    // The client may be gone; nothing to do about it.
-    let _ = req.respond(resp);
 }
 
 fn record(shared: &Shared, action: &str, outcome: Result<(), &str>) {

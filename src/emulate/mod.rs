@@ -1,6 +1,7 @@
 //! `terway emulate`: a local Alibaba Cloud (ECS/VPC OpenAPI + instance metadata), strict enough
 //! that code passing against it works against the real service. Layers: `model*` (pure state),
-//! `api*` and `params` (actions, parameters, JSON), `http` (server, signatures, faults, admin),
+//! `api*` and `params` (actions, parameters, JSON), `http` (routing, signatures, faults, admin),
+//! `http_server` (the bounded HTTP/1.1 wire),
 //! `metadata` (pure answers), `topology` (network namespaces), `config` (region description).
 //!
 //! Endpoints on `--listen`:
@@ -20,6 +21,7 @@ pub mod config;
 pub mod errors;
 pub mod faults;
 pub mod http;
+pub mod http_server;
 pub mod metadata;
 pub mod model;
 pub mod model_eni;
@@ -29,7 +31,7 @@ mod model_tests;
 pub mod params;
 pub mod topology;
 
-use crate::{Kind, Result, ResultExt, err};
+use crate::{Error, Kind, Result, ResultExt, err};
 use config::{EmuConfig, NodeEndpoints};
 use std::io::Write;
 use std::path::PathBuf;
@@ -58,9 +60,15 @@ pub struct EmulateArgs {
     /// Name of the namespace acting as the VPC router (with --netns / --cleanup).
     #[arg(long, value_name = "NAME", default_value = "vpc")]
     pub vpc_netns: String,
-    /// Acceptor threads per listener (each request then runs on its own thread).
+    /// Acceptor threads per listener (each connection then runs on its own thread).
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
+    /// Connections served at once per listener; more are answered 503 and closed.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_connections: usize,
+    /// Time a client has to send a whole request (and, after, to take its answer).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
 }
 
 pub fn run(args: EmulateArgs) -> Result<()> {
@@ -133,19 +141,23 @@ fn serve_until_signal(
     signals: &mut signal_hook::iterator::Signals,
 ) -> Result<()> {
     let shared = Arc::new(http::Shared::new(cfg, model));
-    let server = tiny_http::Server::http(args.listen.as_str())
-        .map_err(|e| err!(Kind::Io, "listen on {}: {e}", args.listen))?;
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| err!(Kind::Io, "listen on {}: not an IP address", args.listen))?;
-    let mut servers = vec![Arc::new(server)];
-    http::serve(
-        servers[0].clone(),
+    let opts = http_server::Options {
+        threads: args.threads,
+        max_connections: args.max_connections.max(1),
+        request_timeout: std::time::Duration::from_millis(args.request_timeout_ms.max(1)),
+        limits: http_server::Limits::with_body(cfg.max_body_bytes),
+    };
+    let listener = std::net::TcpListener::bind(args.listen.as_str())
+        .map_err(|e| Error::io(format!("listen on {}", args.listen), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io(format!("listen on {}", args.listen), e))?;
+    let mut servers = vec![http::serve(
+        listener,
         shared.clone(),
         http::Mode::Local,
-        args.threads,
-    );
+        opts,
+    )];
     let base = format!("http://{addr}");
     let mut syncer = None;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -155,12 +167,7 @@ fn serve_until_signal(
             (topology::API_IP, http::Mode::Api),
         ] {
             let l = t.listen(ip, 80)?;
-            let s = Arc::new(
-                tiny_http::Server::from_listener(l, None)
-                    .map_err(|e| err!(Kind::Io, "serve on {ip}:80: {e}"))?,
-            );
-            http::serve(s.clone(), shared.clone(), mode, args.threads);
-            servers.push(s);
+            servers.push(http::serve(l, shared.clone(), mode, opts));
         }
         let (tx, rx) = std::sync::mpsc::channel();
         *http::lock(&shared.on_change) = Some(tx);
@@ -190,10 +197,8 @@ fn serve_until_signal(
     if let Some(h) = syncer {
         let _ = h.join();
     }
-    for s in &servers {
-        for _ in 0..args.threads.max(1) {
-            s.unblock();
-        }
+    for s in servers {
+        s.stop();
     }
     Ok(())
 }
