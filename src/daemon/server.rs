@@ -1,4 +1,7 @@
 //! The RPC socket: bind (mode 0600), accept, check the peer is root, hand requests to the loop.
+//!
+//! The [`Gate`] is shared with the loop: once it stops, no request is answered with success, and
+//! the loop waits (bounded) until every reply it handed out has been written.
 
 use super::Msg;
 use crate::rpc::{Request, Response};
@@ -8,7 +11,9 @@ use nix::sys::stat::{Mode, umask};
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Requests are small; anything bigger is garbage or abuse.
@@ -40,15 +45,78 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     listener.with_ctx(|| format!("bind {}", path.display()))
 }
 
+/// What the connection threads and the loop share.
+pub struct Gate {
+    /// Set once, by the loop, when it stops: no request is answered with success after it.
+    stopping: AtomicBool,
+    stop_reason: Mutex<String>,
+    /// Requests handed to the loop whose reply has not been written yet.
+    unanswered: AtomicUsize,
+}
+
+impl Gate {
+    pub fn new() -> Arc<Gate> {
+        Arc::new(Gate {
+            stopping: AtomicBool::new(false),
+            stop_reason: Mutex::new(String::new()),
+            unanswered: AtomicUsize::new(0),
+        })
+    }
+
+    /// From now on every request is answered with "stopping" (the first reason given stays).
+    pub fn stop(&self, reason: &str) {
+        {
+            let mut r = lock(&self.stop_reason);
+            if r.is_empty() {
+                *r = reason.to_string();
+            }
+        }
+        self.stopping.store(true, SeqCst);
+    }
+
+    /// The answer to a request once the loop stopped, `None` while it runs.
+    pub fn stopping(&self) -> Option<Error> {
+        if !self.stopping.load(SeqCst) {
+            return None;
+        }
+        Some(Error::new(
+            Kind::TryAgain,
+            format!(
+                "terway daemon is stopping ({}); try again when it is back",
+                lock(&self.stop_reason)
+            ),
+        ))
+    }
+
+    /// Requests handed to the loop whose reply has not been written yet.
+    pub fn unanswered(&self) -> usize {
+        self.unanswered.load(SeqCst)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counts a request handed to the loop until its reply is written.
+struct Pending<'a>(&'a Gate);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.unanswered.fetch_sub(1, SeqCst);
+    }
+}
+
 /// Accepts forever; each connection gets a short-lived thread so a slow client blocks nobody.
-pub fn accept_loop(listener: UnixListener, tx: Sender<Msg>) {
+pub fn accept_loop(listener: UnixListener, tx: Sender<Msg>, gate: Arc<Gate>) {
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
                 let tx = tx.clone();
+                let gate = gate.clone();
                 let spawned = std::thread::Builder::new()
                     .name("rpc-conn".into())
-                    .spawn(move || serve(stream, tx));
+                    .spawn(move || serve(stream, tx, &gate));
                 if let Err(e) = spawned {
                     log::error!("rpc: cannot spawn a connection thread: {e}");
                 }
@@ -61,17 +129,26 @@ pub fn accept_loop(listener: UnixListener, tx: Sender<Msg>) {
     }
 }
 
-fn serve(mut stream: UnixStream, tx: Sender<Msg>) {
-    let resp = match read_request(&mut stream) {
-        Ok(req) => dispatch(req, &tx),
-        Err(e) => Err(e),
-    };
+fn serve(mut stream: UnixStream, tx: Sender<Msg>, gate: &Gate) {
+    let mut pending = None;
+    let resp = read_request(&mut stream).and_then(|req| {
+        // Counted before the check: the loop, which stops first and then waits for the count
+        // to drop, either sees this request or this thread sees it stop.
+        gate.unanswered.fetch_add(1, SeqCst);
+        pending = Some(Pending(gate));
+        match gate.stopping() {
+            Some(e) => Err(e),
+            None => dispatch(req, &tx, gate),
+        }
+    });
     let body = serde_json::to_vec(&resp).unwrap_or_else(|e| {
         format!(r#"{{"Err":{{"kind":"Internal","msg":"encode reply: {e}"}}}}"#).into_bytes()
     });
     if let Err(e) = stream.write_all(&body) {
         log::warn!("rpc: write reply: {e}");
     }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    drop(pending);
 }
 
 fn read_request(stream: &mut UnixStream) -> Result<Request> {
@@ -109,9 +186,12 @@ fn read_request(stream: &mut UnixStream) -> Result<Request> {
         .map_err(|e| Error::new(Kind::Decode, format!("rpc: malformed request: {e}")))
 }
 
-fn dispatch(req: Request, tx: &Sender<Msg>) -> Response {
+fn dispatch(req: Request, tx: &Sender<Msg>, gate: &Gate) -> Response {
     let (reply_tx, reply_rx) = mpsc::channel();
-    let gone = || Error::new(Kind::TryAgain, "terway daemon is shutting down");
+    let gone = || {
+        gate.stopping()
+            .unwrap_or_else(|| Error::new(Kind::TryAgain, "terway daemon is shutting down"))
+    };
     tx.send(Msg::Rpc(req, reply_tx)).map_err(|_| gone())?;
     reply_rx.recv().map_err(|_| gone())?
 }

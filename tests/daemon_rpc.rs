@@ -1,0 +1,201 @@
+//! The daemon's RPC socket under stress and failure, as root: a state file that cannot be saved.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A daemon started here rather than by `Node::start_daemon`, so a test can set its environment
+/// and see how it exits on its own. Killed on drop.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(node: &Node, env: &[(&str, &str)]) -> Daemon {
+        let log = node.dir.0.join("daemon.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node.ns.name, BIN, "daemon", "--config"])
+            .arg(node.config_path())
+            .env("TERWAY_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn daemon");
+        let mut d = Daemon { child, log };
+        let up = wait_until(Duration::from_secs(30), || {
+            if let Ok(Some(s)) = d.child.try_wait() {
+                panic!("daemon exited with {s}: {}", d.log());
+            }
+            node.cli(&["pool"]).status.success()
+        });
+        assert!(up, "daemon did not come up: {}", d.log());
+        d
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its exit status if it ends on its own within `timeout`.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `chattr +i` on a directory: not even root can create or rename files in it. Undone on drop.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn new(dir: &Path) -> Immutable {
+        sh_ok(&["chattr", "+i", &dir.display().to_string()]);
+        Immutable(dir.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = sh(&["chattr", "-i", &self.0.display().to_string()]);
+    }
+}
+
+/// A small tmpfs mounted on a directory (before the daemon starts, so the daemon's own mount
+/// namespace has it too). Unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn new(dir: &Path) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let d = dir.display().to_string();
+        sh_ok(&["mount", "-t", "tmpfs", "-o", "size=128k", "terway-test", &d]);
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Fills the file system up; the returned file frees it again when removed.
+    fn fill(&self) -> PathBuf {
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let page = [0u8; 4096];
+        while f.write_all(&page).is_ok() {}
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = sh(&["umount", "-l", &self.0.display().to_string()]);
+    }
+}
+
+fn pool(node: &Node) -> Value {
+    let out = node.cli(&["pool", "--json"]);
+    assert!(
+        out.status.success(),
+        "pool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Defect 6: every time, the ADD whose save fails is answered 104 with the state file's path
+/// (never "closed the connection without a reply"), and only then does the daemon stop.
+#[test]
+fn a_failed_save_answers_104_with_the_state_path_then_stops() {
+    require_root();
+    let node = Node::new(60);
+    let pod = Netns::new("twpod");
+    let conf = node.netconf("1.0.0");
+    let plain = node.dir.0.join("state-plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let tmpfs = Tmpfs::new(&node.dir.0.join("state-tmpfs"));
+    let started = Instant::now();
+    for round in 0..10 {
+        // Even rounds: a directory nothing can be created in; odd rounds: a full file system.
+        let dir = if round % 2 == 0 { &plain } else { &tmpfs.0 };
+        let state = dir.join("state.json");
+        node.configure(json!({ "state_path": state }));
+        let mut daemon = Daemon::start(&node, &[]);
+        let before = std::fs::read(&state).unwrap();
+        let (_immutable, filler) = if round % 2 == 0 {
+            (Some(Immutable::new(dir)), None)
+        } else {
+            (None, Some(tmpfs.fill()))
+        };
+
+        let id = format!("ctr-save-{round}");
+        let add = node.cni("ADD", &id, &pod.path(), &conf);
+        assert!(!add.ok, "round {round}: ADD succeeded: {}", add.json);
+        assert_eq!(
+            add.code(),
+            104,
+            "round {round}: {} {}",
+            add.json,
+            daemon.log()
+        );
+        let details = add.json["details"].as_str().unwrap();
+        assert!(details.contains(&state.display().to_string()), "{details}");
+        // Whatever else arrives while it stops is refused, never served.
+        std::thread::scope(|s| {
+            let adds: Vec<_> = (0..3)
+                .map(|i| {
+                    let (node, pod, conf) = (&node, &pod, &conf);
+                    s.spawn(move || node.cni("ADD", &format!("ctr-late-{i}"), &pod.path(), conf))
+                })
+                .collect();
+            for a in adds {
+                let a = a.join().unwrap();
+                assert!(!a.ok, "round {round}: {}", a.json);
+                assert!([11, 104].contains(&a.code()), "round {round}: {}", a.json);
+            }
+        });
+
+        let status = daemon
+            .wait_exit(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("round {round}: daemon still running: {}", daemon.log()));
+        assert_eq!(status.code(), Some(1), "round {round}: {status}");
+        assert_eq!(
+            std::fs::read(&state).unwrap(),
+            before,
+            "round {round}: state file changed"
+        );
+        assert!(!link_exists(&pod.name, "eth0"), "round {round}");
+        if let Some(f) = filler {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+    eprintln!("10 failed saves in {:?}", started.elapsed());
+    // Nothing was handed out: a daemon on each state file knows no pod.
+    for dir in [&plain, &tmpfs.0] {
+        node.configure(json!({ "state_path": dir.join("state.json") }));
+        let _daemon = Daemon::start(&node, &[]);
+        assert_eq!(pool(&node)["in_use"], 0);
+    }
+}
