@@ -1,13 +1,16 @@
-//! The daemon's RPC socket under stress and failure, as root: a state file that cannot be saved.
+//! The daemon's RPC socket under stress and failure, as root: a state file that cannot be saved,
+//! oversized requests.
 
 mod common;
 
 use common::*;
 use serde_json::{Value, json};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+use terway::rpc::MAX_REQUEST_BYTES;
 
 /// A daemon started here rather than by `Node::start_daemon`, so a test can set its environment
 /// and see how it exits on its own. Killed on drop.
@@ -198,4 +201,76 @@ fn a_failed_save_answers_104_with_the_state_path_then_stops() {
         let _daemon = Daemon::start(&node, &[]);
         assert_eq!(pool(&node)["in_use"], 0);
     }
+}
+
+/// Sends `size` bytes (then closes its sending side) while reading the reply, as a client that
+/// does not know the limit would.
+fn raw_request(socket: &str, size: usize) -> (std::io::Result<()>, std::io::Result<Vec<u8>>) {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut body = br#"{"op":"status","pad":""#.to_vec();
+        body.resize(size, b'a');
+        w.write_all(&body)
+            .and_then(|_| w.shutdown(std::net::Shutdown::Write))
+    });
+    let mut buf = Vec::new();
+    let read = s.read_to_end(&mut buf).map(|_| buf);
+    (writer.join().unwrap(), read)
+}
+
+/// Defect 8, daemon side: an oversized request is answered with the refusal, never a reset.
+#[test]
+fn an_oversized_request_gets_a_json_refusal_not_a_reset() {
+    require_root();
+    let node = Node::new(61);
+    let daemon = Daemon::start(&node, &[]);
+    let socket = node.socket();
+    for size in [
+        MAX_REQUEST_BYTES + 1,
+        2 * MAX_REQUEST_BYTES,
+        40 * MAX_REQUEST_BYTES,
+    ] {
+        let started = Instant::now();
+        let (sent, read) = raw_request(&socket, size);
+        let reply = read.unwrap_or_else(|e| panic!("{size} bytes: read reply: {e}"));
+        let v: Value = serde_json::from_slice(&reply)
+            .unwrap_or_else(|e| panic!("{size} bytes: {e}: {}", String::from_utf8_lossy(&reply)));
+        assert_eq!(v["Err"]["kind"], "Decode", "{v}");
+        let msg = v["Err"]["msg"].as_str().unwrap();
+        assert!(msg.contains(&MAX_REQUEST_BYTES.to_string()), "{msg}");
+        // What the daemon drains (16 MiB) is sent in full; beyond it sending fails, but the
+        // refusal is still there to read.
+        if size <= 16 * MAX_REQUEST_BYTES {
+            sent.unwrap();
+        } else if let Err(e) = sent {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+    assert_eq!(pool(&node)["in_use"], 0);
+    drop(daemon);
+}
+
+/// Defect 8, plugin side: the plugin refuses what the daemon would, with a clear error.
+#[test]
+fn a_network_name_of_2_mib_is_refused_by_the_plugin_and_takes_no_address() {
+    require_root();
+    let node = Node::new(62);
+    let _daemon = Daemon::start(&node, &[]);
+    let pod = Netns::new("twpod");
+    let mut conf = node.netconf("1.0.0");
+    conf["name"] = json!("n".repeat(2 << 20));
+    let add = node.cni("ADD", "ctr-big", &pod.path(), &conf);
+    assert!(!add.ok, "{}", add.json);
+    assert_eq!(add.code(), 7, "{}", add.json);
+    let details = add.json["details"].as_str().unwrap();
+    assert!(details.contains("network"), "{details}");
+    assert!(
+        details.contains(&MAX_REQUEST_BYTES.to_string()),
+        "{details}"
+    );
+    assert_eq!(pool(&node)["in_use"], 0);
+    assert!(!link_exists(&pod.name, "eth0"));
 }
