@@ -1,5 +1,5 @@
 //! The daemon's RPC socket under stress and failure, as root: a state file that cannot be saved,
-//! oversized requests.
+//! oversized and trickling requests, floods of idle connections with few file descriptors.
 
 mod common;
 
@@ -49,6 +49,10 @@ impl Daemon {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
     }
 
     /// Its exit status if it ends on its own within `timeout`.
@@ -273,4 +277,100 @@ fn a_network_name_of_2_mib_is_refused_by_the_plugin_and_takes_no_address() {
     );
     assert_eq!(pool(&node)["in_use"], 0);
     assert!(!link_exists(&pod.name, "eth0"));
+}
+
+/// A client sending one byte at a time is cut off at the request deadline (shortened here
+/// through TERWAY_RPC_DEADLINE_MS) and hears why; others are served meanwhile.
+#[test]
+fn a_trickling_client_is_cut_off_at_the_deadline_while_others_are_served() {
+    require_root();
+    let node = Node::new(63);
+    let _daemon = Daemon::start(&node, &[("TERWAY_RPC_DEADLINE_MS", "1500")]);
+    let mut s = UnixStream::connect(node.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    let mut w = s.try_clone().unwrap();
+    let trickler = std::thread::spawn(move || {
+        for b in br#"{"op":"status"     "#.iter().cycle().take(100) {
+            if w.write_all(&[*b]).is_err() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    assert_eq!(pool(&node)["mode"], "VPC");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    let cut = started.elapsed();
+    let v: Value = serde_json::from_slice(&reply).unwrap();
+    let msg = v["Err"]["msg"].as_str().unwrap_or_else(|| panic!("{v}"));
+    assert!(msg.contains("no complete request within 1500 ms"), "{msg}");
+    assert!(
+        cut >= Duration::from_millis(1400) && cut < Duration::from_secs(3),
+        "{cut:?}"
+    );
+    assert!(trickler.join().unwrap(), "the trickler could keep sending");
+}
+
+fn set_fd_limit(pid: i32, n: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: plain syscall on another process; `lim` outlives it.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// Idle connections (open, nothing sent) cannot starve real clients: beyond the thread limit, or
+/// when file descriptors run out, the one that has waited longest is dropped with a "busy"
+/// reply to make room.
+#[test]
+fn idle_connections_do_not_delay_real_clients() {
+    require_root();
+    let node = Node::new(64);
+    let daemon = Daemon::start(&node, &[]);
+    for (what, fd_limit) in [("thread limit", None), ("fd limit 48", Some(48))] {
+        if let Some(n) = fd_limit {
+            set_fd_limit(daemon.pid(), n);
+        }
+        let idle: Vec<UnixStream> = (0..200)
+            .map(|_| UnixStream::connect(node.socket()).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        for _ in 0..3 {
+            let t = Instant::now();
+            assert_eq!(pool(&node)["mode"], "VPC", "{what}");
+            let took = t.elapsed();
+            eprintln!("{what}: pool answered in {took:?} with 200 idle connections open");
+            assert!(took < Duration::from_secs(2), "{what}: {took:?}");
+        }
+        // The first idle connection was dropped to make room, and told so.
+        let mut first = &idle[0];
+        first
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut reply = Vec::new();
+        first.read_to_end(&mut reply).unwrap();
+        let v: Value = serde_json::from_slice(&reply)
+            .unwrap_or_else(|e| panic!("{what}: {e}: {}", String::from_utf8_lossy(&reply)));
+        assert_eq!(v["Err"]["kind"], "TryAgain", "{v}");
+        assert!(
+            v["Err"]["msg"].as_str().unwrap().contains("busy"),
+            "{what}: {v}"
+        );
+        drop(idle);
+    }
+    assert!(
+        daemon
+            .log()
+            .contains("dropped a connection that sent no complete request"),
+        "{}",
+        daemon.log()
+    );
 }
