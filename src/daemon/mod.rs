@@ -17,9 +17,10 @@ use crate::rpc::{Request, Response};
 use crate::store::{State, Store, read_boot_id};
 use crate::{Error, Kind, Result, ResultExt};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
@@ -37,7 +38,7 @@ pub enum Msg {
 /// Replies produced while handling a batch; sent only after the state is saved.
 #[derive(Default)]
 pub struct Outbox {
-    replies: Vec<(Sender<Response>, Response, bool)>,
+    replies: Vec<(Sender<Response>, Response)>,
     dirty: bool,
 }
 
@@ -45,7 +46,7 @@ impl Outbox {
     /// Queues a reply. `mutating` replies depend on state that must reach the disk first.
     pub fn reply(&mut self, tx: Sender<Response>, resp: Response, mutating: bool) {
         self.dirty |= mutating;
-        self.replies.push((tx, resp, mutating));
+        self.replies.push((tx, resp));
     }
 
     /// The state changed without a reply depending on it (a cloud result, a reload).
@@ -69,6 +70,8 @@ pub trait Backend {
 /// Most messages handled before one save: concurrent ADDs share one fsync.
 const MAX_BATCH: usize = 256;
 const IDLE_TICK: Duration = Duration::from_secs(60);
+/// On stop, how long replies already handed to connections get to be written before exit.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -126,9 +129,11 @@ pub fn run(args: DaemonArgs) -> Result<()> {
     let listener = server::bind(&config.socket_path)?;
     spawn_signal_thread(tx.clone())?;
     let acceptor_tx = tx.clone();
+    let gate = server::Gate::new();
+    let acceptor_gate = gate.clone();
     std::thread::Builder::new()
         .name("rpc-accept".into())
-        .spawn(move || server::accept_loop(listener, acceptor_tx))
+        .spawn(move || server::accept_loop(listener, acceptor_tx, acceptor_gate))
         .ctx("spawn the RPC acceptor")?;
     drop(tx);
     log::info!(
@@ -147,10 +152,62 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         state,
         backend,
         next_sweep: 0,
+        gate: gate.clone(),
     };
-    let result = daemon.event_loop(rx);
+    let result = daemon.event_loop(&rx);
+    if let Err(e) = &result {
+        gate.stop(&e.msg);
+    }
+    // Requests parked in the backend (ADDs waiting for capacity) learn that it is stopping.
+    drop(daemon);
+    finish(&gate, &rx, Instant::now() + STOP_GRACE);
     let _ = std::fs::remove_file(&socket_path);
     result
+}
+
+/// After the loop stopped: answers what still reaches it with "stopping" and waits, until
+/// `deadline` at most, for every reply handed to a connection to be written. Exiting earlier
+/// would close those connections without a reply.
+fn finish(gate: &server::Gate, rx: &Receiver<Msg>, deadline: Instant) {
+    while gate.unanswered() > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            log::warn!(
+                "{} repl(ies) not written within {} s of stopping",
+                gate.unanswered(),
+                STOP_GRACE.as_secs()
+            );
+            return;
+        }
+        match rx.recv_timeout(left.min(Duration::from_millis(10))) {
+            Ok(Msg::Rpc(_, reply)) => {
+                let e = gate
+                    .stopping()
+                    .unwrap_or_else(|| Error::new(Kind::TryAgain, "terway daemon is stopping"));
+                let _ = reply.send(Err(e));
+            }
+            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(left.min(Duration::from_millis(10)))
+            }
+        }
+    }
+}
+
+/// A failed save as the callers see it: a state file error (104) naming the file.
+fn save_failed(path: &Path, e: Error) -> Error {
+    let p = path.display().to_string();
+    let msg = if e.msg.contains(&p) {
+        e.msg
+    } else {
+        format!("save state file {p}: {}", e.msg)
+    };
+    Error::new(
+        Kind::State,
+        format!(
+            "{msg}; the daemon stops so that the state file stays the truth (nothing unsaved was handed out)"
+        ),
+    )
 }
 
 fn spawn_signal_thread(tx: Sender<Msg>) -> Result<()> {
@@ -176,10 +233,11 @@ struct Daemon {
     state: State,
     backend: Box<dyn Backend>,
     next_sweep: u64,
+    gate: Arc<server::Gate>,
 }
 
 impl Daemon {
-    fn event_loop(&mut self, rx: Receiver<Msg>) -> Result<()> {
+    fn event_loop(&mut self, rx: &Receiver<Msg>) -> Result<()> {
         loop {
             let now = now_ms();
             let wait = self
@@ -212,7 +270,7 @@ impl Daemon {
     fn handle_batch(&mut self, batch: Vec<Msg>) -> Result<bool> {
         let now = now_ms();
         let mut out = Outbox::default();
-        let mut stop = false;
+        let mut stop = None;
         for msg in batch {
             match msg {
                 Msg::Rpc(req, reply_tx) => self.backend.on_request(req, reply_tx, now, &mut out),
@@ -223,11 +281,11 @@ impl Daemon {
                 }
                 Msg::Signal(sig) => {
                     log::info!("terway daemon: signal {sig}, shutting down");
-                    stop = true;
+                    stop = Some(sig);
                 }
             }
         }
-        if !stop {
+        if stop.is_none() {
             if now >= self.next_sweep {
                 self.next_sweep = now + sweep::EVERY_MS;
                 self.sweep(now, &mut out);
@@ -235,24 +293,31 @@ impl Daemon {
             self.backend.on_tick(now, &mut out);
         }
         let mut fatal = None;
-        if out.dirty || stop {
+        if out.dirty || stop.is_some() {
             self.backend.write_state(&mut self.state);
             if let Err(e) = self.store.save(&self.state) {
                 // Fail-stop: what is in memory but not on disk must not be handed out. The
-                // state on disk stays the truth; the restarted daemon reconciles from it.
-                log::error!("{e}; stopping so the state file stays the truth");
-                for r in out.replies.iter_mut().filter(|r| r.2) {
+                // state on disk stays the truth; the restarted daemon reconciles from it. Every
+                // reply of the batch gets the error (a read may show unsaved state), and from
+                // now on nothing is answered with success.
+                let e = save_failed(self.store.path(), e);
+                log::error!("{e}");
+                self.gate.stop(&e.msg);
+                for r in out.replies.iter_mut() {
                     r.1 = Err(e.clone());
                 }
                 fatal = Some(e);
             }
         }
-        for (tx, resp, _) in out.replies {
+        if let Some(sig) = stop {
+            self.gate.stop(&format!("signal {sig}"));
+        }
+        for (tx, resp) in out.replies {
             let _ = tx.send(resp);
         }
         match fatal {
             Some(e) => Err(e),
-            None => Ok(stop),
+            None => Ok(stop.is_some()),
         }
     }
 
@@ -303,5 +368,74 @@ impl Daemon {
             ..config
         };
         log::info!("reload: config {} applied", self.config_path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_save_is_a_state_error_naming_the_file_once() {
+        let path = Path::new("/var/lib/terway/state.json");
+        let io = Error::new(
+            Kind::Io,
+            "save state file /var/lib/terway/state.json: create /var/lib/terway/state.json.tmp: Read-only file system (os error 30)",
+        );
+        let e = save_failed(path, io);
+        assert_eq!(e.kind.cni_code(), 104);
+        assert!(
+            e.msg
+                .starts_with("save state file /var/lib/terway/state.json: create "),
+            "{e}"
+        );
+        assert!(e.msg.contains("the daemon stops"), "{e}");
+        let e = save_failed(path, Error::new(Kind::Internal, "encode state: boom"));
+        assert_eq!(e.kind, Kind::State);
+        assert!(
+            e.msg
+                .starts_with("save state file /var/lib/terway/state.json: encode state: boom"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn on_stop_replies_are_written_before_finish_returns_and_late_requests_hear_why() {
+        use crate::rpc::{Reply, StatusView, client::call};
+        let dir = std::env::temp_dir().join(format!("terway-finish-{}", std::process::id()));
+        let socket = dir.join("t.sock");
+        let listener = server::bind(&socket).unwrap();
+        let gate = server::Gate::new();
+        let (tx, rx) = mpsc::channel();
+        let g = gate.clone();
+        std::thread::spawn(move || server::accept_loop(listener, tx, g));
+        let s = socket.clone();
+        let client = std::thread::spawn(move || call(&s, &Request::Status, Duration::from_secs(5)));
+        // The loop's part: take the request, stop, answer it, then finish.
+        let Ok(Msg::Rpc(Request::Status, reply)) = rx.recv_timeout(Duration::from_secs(5)) else {
+            panic!("no request reached the loop");
+        };
+        assert_eq!(gate.unanswered(), 1);
+        gate.stop("save state file /x: disk full");
+        let status = StatusView {
+            mode: "VPC".into(),
+            free: 1,
+        };
+        reply.send(Ok(Reply::Status(status.clone()))).unwrap();
+        finish(&gate, &rx, Instant::now() + Duration::from_secs(5));
+        assert_eq!(gate.unanswered(), 0);
+        assert_eq!(client.join().unwrap().unwrap(), Reply::Status(status));
+        // After the stop nothing reaches the loop; the caller hears why, as "try again".
+        let e = call(&socket, &Request::Pool, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(e.error.kind, Kind::TryAgain);
+        assert!(
+            e.error
+                .msg
+                .contains("stopping (save state file /x: disk full)"),
+            "{}",
+            e.error
+        );
+        assert!(rx.try_recv().is_err());
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

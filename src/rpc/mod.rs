@@ -7,6 +7,10 @@ use crate::Error;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
+/// Largest encoded request the daemon reads; the client refuses to send anything bigger. Real
+/// requests are a few hundred bytes (a GC with thousands of valid attachments stays far below).
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
 /// An attachment as the CNI spec keys it: (container id, interface name).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct AttachKey {
