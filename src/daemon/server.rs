@@ -29,8 +29,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Connection threads at once. A node runs at most a few hundred pods and the runtime calls in
-/// a handful at a time; an ADD parked until the pool grows holds its thread.
-pub const MAX_CONNECTIONS: usize = 64;
+/// a handful at a time, but a cold node's burst parks an ADD per pod (each holding its thread)
+/// until the pool grows: room for a few hundred of those.
+pub const MAX_CONNECTIONS: usize = 256;
 /// The whole request must arrive within this, and the reply must be taken within it again.
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 /// Overrides [`DEFAULT_DEADLINE`] (milliseconds), read once at start; meant for tests.
