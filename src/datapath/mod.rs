@@ -2,6 +2,7 @@
 //! `setup` / `check` / `teardown`. Host-side work happens in the calling thread's namespace; the
 //! pod side is reached through a netlink socket opened inside the pod's namespace.
 
+pub mod exclusive_eni;
 pub mod policy;
 pub mod veth;
 

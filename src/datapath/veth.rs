@@ -164,7 +164,7 @@ fn remove_stale(host: &mut Netlink, spec: &VethSpec) -> Result<()> {
 
 /// Why `link` (found under this attachment's host veth name) is not this attachment's, if it
 /// is not. A veth without an alias is a half-built one of ours or one made before aliases.
-fn foreign(link: &Link, alias: &str) -> Option<String> {
+pub(super) fn foreign(link: &Link, alias: &str) -> Option<String> {
     if link.kind.as_deref() != Some("veth") {
         return Some(format!(
             "{} exists but is a {} link, not a veth",
@@ -224,7 +224,7 @@ fn configure(host: &mut Netlink, pod: &mut Netlink, spec: &VethSpec) -> Result<V
 }
 
 /// Writes a sysctl only when needed: writing `ip_forward` resets per-device settings.
-fn set_if_differs(key: &str, value: &str) -> Result<()> {
+pub(super) fn set_if_differs(key: &str, value: &str) -> Result<()> {
     if sysctl::get(key)? != value {
         sysctl::set(key, value)?;
     }
@@ -375,7 +375,7 @@ fn check_inner(spec: &VethSpec, problems: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
-fn show_route(r: &Route) -> String {
+pub(super) fn show_route(r: &Route) -> String {
     let mut s = r.dst.to_string();
     if let Some(gw) = r.gateway {
         s.push_str(&format!(" via {gw}"));

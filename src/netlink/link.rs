@@ -108,6 +108,17 @@ fn veth_message(name: &str, peer_name: &str, peer_ns_fd: RawFd, mtu: u32) -> Lin
     msg
 }
 
+/// RTM_SETLINK body that moves link `index` into the namespace open at `ns_fd` as `name`.
+fn move_message(index: u32, ns_fd: RawFd, name: &str) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.attributes = vec![
+        LinkAttribute::NetNsFd(ns_fd),
+        LinkAttribute::IfName(name.to_string()),
+    ];
+    msg
+}
+
 impl Netlink {
     pub fn links(&mut self) -> Result<Vec<Link>> {
         let msgs = self
@@ -229,6 +240,17 @@ impl Netlink {
         self.set_link(msg, index, &format!("set link {{}} mtu {mtu}"))
     }
 
+    /// Moves link `index` into `ns` and names it `name` there, in one RTM_SETLINK
+    /// (`IFLA_NET_NS_FD` + `IFLA_IFNAME`): the kernel renames during the move, so neither the
+    /// old name in the target nor the new name here can clash, and the link never shows up in
+    /// `ns` under its old name. `EEXIST` if `ns` already has a link called `name`.
+    pub fn move_link_to_ns_as(&mut self, index: u32, ns: &NetNs, name: &str) -> Result<()> {
+        check_ifname(name)?;
+        let msg = move_message(index, ns.fd().as_raw_fd(), name);
+        let op = format!("move link {{}} to netns {} as {name}", ns.path().display());
+        self.set_link(msg, index, &op)
+    }
+
     pub fn move_link_to_ns(&mut self, index: u32, ns: &NetNs) -> Result<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
@@ -286,6 +308,18 @@ mod tests {
         assert_eq!(link_from(&peer).name, "eth0");
         assert_eq!(link_from(&peer).mtu, 1450);
         assert!(peer.attributes.contains(&LinkAttribute::NetNsFd(42)));
+    }
+
+    #[test]
+    fn move_message_carries_namespace_and_new_name_together() {
+        use netlink_packet_core::{Emitable, Parseable};
+        let msg = move_message(12, 42, "eth0");
+        let mut buf = vec![0u8; msg.buffer_len()];
+        msg.emit(&mut buf);
+        let back = LinkMessage::parse(buf.as_slice()).unwrap();
+        assert_eq!(back.header.index, 12);
+        assert!(back.attributes.contains(&LinkAttribute::NetNsFd(42)));
+        assert_eq!(link_from(&back).name, "eth0");
     }
 
     #[test]
