@@ -12,6 +12,7 @@ pub mod datapath;
 pub mod emulate;
 pub mod netlink;
 pub mod netns;
+pub mod output;
 pub mod pool;
 pub mod rpc;
 pub mod store;
