@@ -6,6 +6,7 @@ use crate::{Error, Kind, Result, ResultExt};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::sys::stat::{Mode, umask};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::mpsc::{self, Sender};
@@ -17,15 +18,23 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds the socket, refusing to steal it from a daemon that is still running.
 pub fn bind(path: &Path) -> Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_ctx(|| format!("create {}", dir.display()))?;
-    }
+    crate::config::create_parent_dir("socket_path", path)?;
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
             return Err(Error::new(
                 Kind::InvalidConfig,
                 format!(
                     "another terway daemon is already listening on {}",
+                    path.display()
+                ),
+            ));
+        }
+        // Only a stale socket is ours to remove.
+        if !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                format!(
+                    "socket_path {} exists and is not a socket; refusing to replace it",
                     path.display()
                 ),
             ));
