@@ -14,6 +14,8 @@ pub mod netlink;
 pub mod netns;
 pub mod output;
 pub mod pool;
+#[cfg(test)]
+mod prop_support;
 pub mod rpc;
 pub mod store;
 pub mod sysctl;

@@ -5,6 +5,8 @@
 //! are tolerated: they are stripped outside strings before the JSON is parsed.
 
 mod parse;
+#[cfg(test)]
+mod prop_tests;
 mod validate;
 
 pub use parse::parse_duration;
