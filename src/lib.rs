@@ -12,7 +12,10 @@ pub mod datapath;
 pub mod emulate;
 pub mod netlink;
 pub mod netns;
+pub mod output;
 pub mod pool;
+#[cfg(test)]
+mod prop_support;
 pub mod rpc;
 pub mod store;
 pub mod sysctl;

@@ -5,6 +5,7 @@ pub mod metadata;
 pub mod table;
 
 use crate::config::{Config, DEFAULT_SOCKET_PATH};
+use crate::output;
 use crate::rpc::client::call;
 use crate::rpc::{MappingRow, PoolView, Reply, Request};
 use crate::{Error, Kind, Result};
@@ -116,14 +117,13 @@ pub fn main(argv0: &str, mut args: Vec<std::ffi::OsString>) -> ExitCode {
         Command::Config(ConfigCommand::Check { file, json }) => config_check(&file, json),
         Command::Emulate(a) => crate::emulate::run(a).map(|_| ExitCode::SUCCESS),
         Command::Version => {
-            println!("terway {}", crate::VERSION);
-            Ok(ExitCode::SUCCESS)
+            output::print(&format!("terway {}\n", crate::VERSION)).map(|_| ExitCode::SUCCESS)
         }
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("terway: {e}");
+            output::eprint_line(format_args!("terway: {e}"));
             ExitCode::FAILURE
         }
     }
@@ -158,8 +158,7 @@ fn ask(socket: &std::path::Path, req: Request) -> Result<Reply> {
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
     let s = serde_json::to_string_pretty(v)
         .map_err(|e| Error::new(Kind::Internal, format!("encode JSON: {e}")))?;
-    println!("{s}");
-    Ok(())
+    output::print(&(s + "\n"))
 }
 
 fn mapping(a: &ClientArgs) -> Result<ExitCode> {
@@ -174,20 +173,24 @@ fn mapping(a: &ClientArgs) -> Result<ExitCode> {
     {
         match metadata::read(&endpoint) {
             Ok(view) => metadata::compare(&mut rows, &view),
-            Err(e) => eprintln!("terway: cannot compare with metadata: {e}"),
+            Err(e) => {
+                output::eprint_line(format_args!("terway: cannot compare with metadata: {e}"))
+            }
         }
     }
     if a.json {
         print_json(&rows)?;
     } else {
-        print!("{}", render_mapping(&rows));
+        output::print(&render_mapping(&rows))?;
     }
     let bad = rows
         .iter()
         .filter(|r| r.status != "Normal" && r.status != "Idle")
         .count();
     if bad > 0 {
-        eprintln!("terway: {bad} address(es) where the daemon and the cloud disagree");
+        output::eprint_line(format_args!(
+            "terway: {bad} address(es) where the daemon and the cloud disagree"
+        ));
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -215,7 +218,7 @@ fn pool(a: &ClientArgs) -> Result<ExitCode> {
     if a.json {
         print_json(&view)?;
     } else {
-        print!("{}", render_pool(&view));
+        output::print(&render_pool(&view))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -301,7 +304,7 @@ fn show_metadata(a: &MetadataArgs) -> Result<ExitCode> {
     if a.client.json {
         print_json(&view)?;
     } else {
-        print!("{}", metadata::render(&view));
+        output::print(&metadata::render(&view))?;
     }
     let missing = view
         .vswitches
@@ -335,10 +338,11 @@ fn print_max_pods(a: &MaxPodsArgs) -> Result<ExitCode> {
             .map(|t| t.to_string())
             .unwrap_or_else(|| "(give --eni-total)".into()),
     ]);
-    print!("{}", table::render(&["Mode", "Max Pods"], &rows));
+    let mut text = table::render(&["Mode", "Max Pods"], &rows);
     for n in &m.notes {
-        println!("note: {n}");
+        text.push_str(&format!("note: {n}\n"));
     }
+    output::print(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -354,11 +358,13 @@ fn config_check(file: &std::path::Path, json: bool) -> Result<ExitCode> {
             .collect();
         print_json(&serde_json::json!({"file": file, "ok": errors == 0, "problems": list}))?;
     } else if problems.is_empty() {
-        println!("{}: ok", file.display());
+        output::print(&format!("{}: ok\n", file.display()))?;
     } else {
-        for p in &problems {
-            println!("{}: {p}", file.display());
-        }
+        let lines: String = problems
+            .iter()
+            .map(|p| format!("{}: {p}\n", file.display()))
+            .collect();
+        output::print(&lines)?;
     }
     Ok(if errors == 0 {
         ExitCode::SUCCESS

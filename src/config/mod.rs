@@ -5,9 +5,13 @@
 //! are tolerated: they are stripped outside strings before the JSON is parsed.
 
 mod parse;
+#[cfg(test)]
+mod prop_tests;
+mod validate;
 
 pub use parse::parse_duration;
 use parse::{Parser, strip_hash_comments};
+pub use validate::create_parent_dir;
 
 use crate::{Error, Kind, Result, ResultExt};
 use ipnetwork::Ipv4Network;
@@ -340,79 +344,12 @@ impl Config {
         let mut problems = p.problems;
         // A key that failed to parse already has its problem; "required" would only repeat it.
         let semantic: Vec<Problem> = c
-            .semantic_problems()
+            .validate()
             .into_iter()
             .filter(|sp| !problems.iter().any(|q| q.key == sp.key))
             .collect();
         problems.extend(semantic);
         Ok((c, problems))
-    }
-
-    /// Cross-key rules that only make sense once every key parsed.
-    fn semantic_problems(&self) -> Vec<Problem> {
-        let mut out = Vec::new();
-        let mut problem = |key: &str, msg: String| {
-            out.push(Problem {
-                key: key.into(),
-                msg,
-                warning: false,
-            })
-        };
-        if self.min_pool_size > self.max_pool_size {
-            problem(
-                "min_pool_size",
-                format!(
-                    "{} is above max_pool_size {}",
-                    self.min_pool_size, self.max_pool_size
-                ),
-            );
-        }
-        if let (Some(min), Some(max)) = (self.min_eni, self.max_eni)
-            && min > max
-        {
-            problem("min_eni", format!("{min} is above max_eni {max}"));
-        }
-        if self.access_key.is_some() != self.access_secret.is_some() {
-            problem(
-                "access_key",
-                "access_key and access_secret must be given together".into(),
-            );
-        }
-        if self.daemon_mode == Mode::EniOnly {
-            problem(
-                "daemon_mode",
-                "ENIOnly is not supported by this version yet (use VPC or ENIMultiIP)".into(),
-            );
-        }
-        if self.daemon_mode != Mode::Vpc && self.security_groups.is_empty() {
-            problem(
-                "security_group",
-                format!(
-                    "required in {} mode: the security group new ENIs join",
-                    self.daemon_mode
-                ),
-            );
-        }
-        match (self.daemon_mode, self.pod_cidr) {
-            (Mode::Vpc, None) => problem(
-                "pod_cidr",
-                "required in VPC mode (the node's pod CIDR, e.g. \"10.244.1.0/24\")".into(),
-            ),
-            (Mode::Vpc, Some(c)) if c.prefix() > 30 => problem(
-                "pod_cidr",
-                format!("{c} is too small: a pod CIDR needs at least a /30"),
-            ),
-            (Mode::Vpc, Some(c)) if c.network() != c.ip() => problem(
-                "pod_cidr",
-                format!(
-                    "{c} has host bits set (did you mean {}/{}?)",
-                    c.network(),
-                    c.prefix()
-                ),
-            ),
-            _ => {}
-        }
-        out
     }
 }
 

@@ -83,9 +83,7 @@ pub fn now_ms() -> u64 {
 pub fn run(args: DaemonArgs) -> Result<()> {
     let config = Config::load(&args.config)?;
     let store = Store::new(&config.state_path);
-    if let Some(dir) = config.state_path.parent() {
-        std::fs::create_dir_all(dir).with_ctx(|| format!("create {}", dir.display()))?;
-    }
+    crate::config::create_parent_dir("state_path", &config.state_path)?;
     // Before reading anything: a second daemon must not rewrite the first one's state.
     let _lock = store.lock()?;
     let boot_id = read_boot_id()?;

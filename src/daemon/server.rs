@@ -21,6 +21,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::sys::stat::{Mode, umask};
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -49,15 +50,23 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Binds the socket, refusing to steal it from a daemon that is still running.
 pub fn bind(path: &Path) -> Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_ctx(|| format!("create {}", dir.display()))?;
-    }
+    crate::config::create_parent_dir("socket_path", path)?;
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
             return Err(Error::new(
                 Kind::InvalidConfig,
                 format!(
                     "another terway daemon is already listening on {}",
+                    path.display()
+                ),
+            ));
+        }
+        // Only a stale socket is ours to remove.
+        if !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                format!(
+                    "socket_path {} exists and is not a socket; refusing to replace it",
                     path.display()
                 ),
             ));

@@ -79,8 +79,7 @@ pub fn run(args: EmulateArgs) -> Result<()> {
         None => EmuConfig::embedded()?,
     };
     if args.print_config {
-        println!("{}", cfg.to_pretty_json());
-        return Ok(());
+        return crate::output::print(&(cfg.to_pretty_json() + "\n"));
     }
     let model = model::Model::new(&cfg, http::now_ms())?;
     let names = topology::namespaces(&model, &args.vpc_netns);
