@@ -2,7 +2,8 @@
 //! that code passing against it works against the real service. Layers: `model*` (pure state),
 //! `api*` and `params` (actions, parameters, JSON), `http` (routing, signatures, faults, admin),
 //! `http_server` (the bounded HTTP/1.1 wire),
-//! `metadata` (pure answers), `topology` (network namespaces), `config` (region description).
+//! `metadata` (pure answers), `topology` (network namespaces; `topology_watch`: vanished ENI
+//! devices come back), `config` (region description).
 //!
 //! Endpoints on `--listen`:
 //! - `/` the RPC OpenAPI (ECS 2014-05-26 and VPC 2016-04-28 actions), V3 or V2 signed;
@@ -30,6 +31,7 @@ pub mod model_route;
 mod model_tests;
 pub mod params;
 pub mod topology;
+mod topology_watch;
 
 use crate::{Error, Kind, Result, ResultExt, err};
 use config::{EmuConfig, NodeEndpoints};

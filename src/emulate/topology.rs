@@ -3,11 +3,13 @@
 //! filtering, proxy ARP as the vSwitch answers for everything, the vSwitch gateways and the
 //! metadata/API addresses local). One namespace per instance, named after its id; each attached
 //! ENI is a veth whose node end carries the API's MAC (`eth0` for the primary ENI, configured;
-//! others appear down and bare, as a fresh NIC does).
+//! others appear down and bare, as a fresh NIC does). An ENI device that vanishes while still
+//! attached (its pod namespace was destroyed) comes back to its node: see `topology_watch`.
 //!
 //! Only namespaces this emulator creates are touched; the root namespace never is.
 
 use crate::emulate::model::{EniStatus, EniType, Model};
+use crate::emulate::topology_watch;
 use crate::netlink::{Netlink, Route, TABLE_MAIN, parse_mac};
 use crate::netns::NetNs;
 use crate::{Error, Kind, Result, ResultExt, err, sysctl};
@@ -67,15 +69,15 @@ pub fn namespaces(m: &Model, vpc_ns: &str) -> Vec<String> {
 }
 
 /// A short, stable interface name for the VPC end of an ENI's veth.
-fn vpc_ifname(eni_id: &str) -> String {
+pub(super) fn vpc_ifname(eni_id: &str) -> String {
     let h = crate::cloud::sign::sha256_hex(eni_id.as_bytes());
     format!("v{}", &h[..12])
 }
 
-struct EniLink {
-    vpc_index: u32,
+pub(super) struct EniLink {
+    pub(super) vpc_index: u32,
     /// The node end's MAC: the VPC delivers an ENI's addresses to it without asking ARP.
-    mac: [u8; 6],
+    pub(super) mac: [u8; 6],
 }
 
 /// What the kernel should look like.
@@ -101,10 +103,13 @@ pub struct WantEni {
 pub struct Topology {
     vpc_name: String,
     vpc: NetNs,
-    nl: Netlink,
+    /// A socket in the vpc namespace.
+    pub(super) nl: Netlink,
     nodes: BTreeMap<String, NetNs>,
-    links: BTreeMap<String, EniLink>,
-    routes: BTreeMap<Ipv4Network, u32>,
+    /// ENI id → its veth, by the VPC-side end (the node end may be in any namespace).
+    pub(super) links: BTreeMap<String, EniLink>,
+    /// The /32 (and route entry) routes in the vpc namespace → the VPC-side index they use.
+    pub(super) routes: BTreeMap<Ipv4Network, u32>,
 }
 
 impl Topology {
@@ -231,9 +236,10 @@ impl Topology {
         Desired { enis, cidrs }
     }
 
-    /// Makes the kernel match the model: ENI links appear/disappear, /32 routes follow the
-    /// assigned addresses.
+    /// Makes the kernel match the model: ENI links appear/disappear (and come back when they
+    /// vanish while attached), /32 routes follow the assigned addresses.
     pub fn sync(&mut self, want: &Desired) -> Result<()> {
+        self.forget_vanished()?;
         let stale: Vec<String> = self
             .links
             .keys()
@@ -293,18 +299,39 @@ impl Topology {
         Ok(())
     }
 
+    /// Creates the ENI's veth (node end named `eth<device index>`, or the lowest free `eth<N>`
+    /// when that is taken) and configures both ends; a half-made veth is removed again.
     fn add_eni(&mut self, eni_id: &str, w: &WantEni) -> Result<EniLink> {
         let node = self
             .nodes
             .get(&w.instance)
             .ok_or_else(|| err!(Kind::Internal, "no namespace for instance {}", w.instance))?;
+        let mut nn = Netlink::open_in(node)?;
+        let taken: BTreeSet<String> = nn.links()?.into_iter().map(|l| l.name).collect();
+        let node_if = topology_watch::fresh_ifname(&w.node_if, &taken);
         let vpc_if = vpc_ifname(eni_id);
-        self.nl.create_veth(&vpc_if, &w.node_if, node, 1500)?;
+        self.nl.create_veth(&vpc_if, &node_if, node, 1500)?;
+        let r = self.configure_eni(&vpc_if, &node_if, w, &mut nn);
+        if r.is_err()
+            && let Ok(Some(l)) = self.nl.link_by_name(&vpc_if)
+        {
+            let _ = self.nl.delete_link(l.index);
+        }
+        r
+    }
+
+    fn configure_eni(
+        &mut self,
+        vpc_if: &str,
+        node_if: &str,
+        w: &WantEni,
+        nn: &mut Netlink,
+    ) -> Result<EniLink> {
         let vl = self
             .nl
-            .link_by_name(&vpc_if)?
+            .link_by_name(vpc_if)?
             .ok_or_else(|| err!(Kind::Datapath, "veth {vpc_if} vanished"))?;
-        let key_if = vpc_if.clone();
+        let key_if = vpc_if.to_string();
         self.vpc.run(move || {
             sysctl::set(&format!("net/ipv4/conf/{key_if}/proxy_arp"), "1")?;
             // Proxy ARP answers after a random delay (up to 0.8 s) by default; the VPC does not.
@@ -312,10 +339,9 @@ impl Topology {
             sysctl::set(&sysctl::rp_filter_key(&key_if), "1")
         })?;
         self.nl.set_link_up(vl.index)?;
-        let mut nn = Netlink::open_in(node)?;
         let nlk = nn
-            .link_by_name(&w.node_if)?
-            .ok_or_else(|| err!(Kind::Datapath, "{} vanished in {}", w.node_if, w.instance))?;
+            .link_by_name(node_if)?
+            .ok_or_else(|| err!(Kind::Datapath, "{node_if} vanished in {}", w.instance))?;
         // The netlink module has no "set address" operation; iproute2 does it.
         let mac = parse_mac(&w.mac)?;
         ip(&[
@@ -324,7 +350,7 @@ impl Topology {
             "link",
             "set",
             "dev",
-            &w.node_if,
+            node_if,
             "address",
             &w.mac,
         ])?;

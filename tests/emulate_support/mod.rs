@@ -1,6 +1,8 @@
 //! Shared helpers of the emulator tests: start the real binary, talk signed HTTP to it.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
