@@ -18,6 +18,8 @@
 //! - the pool never asks for more than `max_enis` ENIs (attached + being created).
 
 mod plan;
+#[cfg(test)]
+mod proptests;
 mod reconcile;
 #[cfg(test)]
 mod sim;
