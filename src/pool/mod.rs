@@ -2,3 +2,4 @@
 
 pub mod cidr;
 pub mod eni;
+pub mod exclusive_eni;

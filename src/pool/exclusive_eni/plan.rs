@@ -1,0 +1,400 @@
+//! Planning cloud work (create, delete), applying its outcomes, and telling the daemon when to
+//! come back or to give up.
+
+use super::{
+    BlockedVSwitch, CloudFailure, CloudOp, CloudOutcome, EniFacts, EniState, Flight, OpId, Pool,
+};
+use crate::config::VSwitchPolicy;
+use crate::pool::eni::MAX_RETRY_MS;
+use std::collections::BTreeMap;
+
+const IP_NOT_ENOUGH: &str = "InvalidVSwitchId.IpNotEnough";
+const ENI_LIMIT: &str = "EniPerInstanceLimitExceeded";
+const QUOTA_EXCEEDED: &str = "QuotaExceeded";
+const ENI_NOT_FOUND: &str = "InvalidEniId.NotFound";
+
+/// The cloud will not create or attach another ENI for a while: more calls cannot help.
+fn refuses_creates(code: &str) -> bool {
+    code == ENI_LIMIT || code == QUOTA_EXCEEDED || code.starts_with("QuotaExceeded.")
+}
+
+impl Pool {
+    /// Cloud work to do now, given `waiting` allocations the daemon is holding. Marks them in
+    /// flight. `random` is a fresh random number (used by VSwitchPolicy::Random only).
+    pub fn plan(&mut self, now: u64, waiting: u32, random: u64) -> Vec<CloudOp> {
+        self.replan = false;
+        self.last_plan = Some(now);
+        self.normalize_clock(now);
+        self.st.blocked.retain(|b| b.until_ms > now);
+        self.touch(now);
+        let mut ops = Vec::new();
+        let need = self.shortfall(waiting);
+        if need > 0 {
+            let start = *self.demand_since.get_or_insert(now);
+            // Coalesce: pods arriving together are planned together (creates run in parallel).
+            if now >= start.saturating_add(self.cfg.coalesce_ms) {
+                self.plan_creates(now, need, random, &mut ops);
+            }
+        } else {
+            self.demand_since = None;
+        }
+        // ENIs above a lowered max_enis go even while idle is below min_idle (nothing can be
+        // created then anyway).
+        let over_cap = self.kept() > self.cfg.max_enis;
+        if waiting == 0 && (need == 0 || over_cap) {
+            self.plan_deletes(now, &mut ops);
+        }
+        self.touch(now);
+        ops
+    }
+
+    /// Times persisted by a previous process may come from a clock that has since restarted
+    /// (reboot): never let them lie in the future, or a block or sticky window would last for
+    /// the old uptime.
+    pub(super) fn normalize_clock(&mut self, now: u64) {
+        let longest = now.saturating_add(self.cfg.vswitch_backoff_ms);
+        for b in &mut self.st.blocked {
+            b.until_ms = b.until_ms.min(longest);
+        }
+        for e in &mut self.st.enis {
+            e.since = e.since.min(now);
+        }
+    }
+
+    /// ENIs to create for the waiters plus the low watermarks (idle, min_enis), counting those
+    /// already being created.
+    fn shortfall(&self, waiting: u32) -> u32 {
+        let creating = self.creating();
+        let need_idle = waiting
+            .saturating_add(self.cfg.min_idle)
+            .saturating_sub(self.idle().saturating_add(creating));
+        let need_min = self
+            .cfg
+            .min_enis
+            .min(self.cfg.max_enis)
+            .saturating_sub(self.kept().saturating_add(creating));
+        need_idle.max(need_min)
+    }
+
+    fn new_op(&mut self, flight: Flight) -> u64 {
+        let op = self.next_op;
+        self.next_op = self.next_op.wrapping_add(1).max(1);
+        self.flights.insert(op, flight);
+        op
+    }
+
+    pub(super) fn creates_allowed(&self, now: u64) -> bool {
+        now >= self.creates_refused_until && self.eni_count() < self.cfg.max_enis
+    }
+
+    pub(super) fn candidates(&self, now: u64) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for v in &self.cfg.vswitches {
+            if !self.is_blocked(v, now) && !out.contains(&v.as_str()) {
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    /// One create per missing ENI, all at once (they attach in parallel), up to max_enis.
+    fn plan_creates(&mut self, now: u64, need: u32, random: u64, ops: &mut Vec<CloudOp>) {
+        if now < self.retry_create {
+            return;
+        }
+        let need = if self.probing {
+            // One create at a time until one succeeds: no wave of calls the cloud refuses.
+            u32::from(self.creating() == 0).min(need)
+        } else {
+            need
+        };
+        let mut free = self.vswitch_free.clone();
+        for _ in 0..need {
+            if !self.creates_allowed(now) {
+                return;
+            }
+            let Some(vswitch) = pick_vswitch(
+                &self.candidates(now),
+                self.cfg.vswitch_policy,
+                random,
+                &free,
+            ) else {
+                return;
+            };
+            if let Some(n) = free.get_mut(&vswitch) {
+                *n = n.saturating_sub(1);
+            }
+            let op = self.new_op(Flight::Create {
+                vswitch: vswitch.clone(),
+            });
+            ops.push(CloudOp::CreateEni {
+                op,
+                vswitch_id: vswitch,
+            });
+        }
+    }
+
+    /// After there has been something to delete for release_after_ms: delete the excess idle
+    /// ENIs, longest idle first (the most recently released may be wanted back: sticky).
+    fn plan_deletes(&mut self, now: u64, ops: &mut Vec<CloudOp>) {
+        let excess = self.deletable_excess();
+        if excess == 0 || now < self.retry_release {
+            return;
+        }
+        match self.above_max_since {
+            Some(t) if now >= t.saturating_add(self.cfg.release_after_ms) => {}
+            _ => return,
+        }
+        let mut victims: Vec<(u64, String)> = self
+            .st
+            .enis
+            .iter()
+            .filter(|e| e.is_idle())
+            .map(|e| (e.since, e.id.clone()))
+            .collect();
+        victims.sort();
+        for (_, eni_id) in victims.into_iter().take(excess as usize) {
+            let Some(e) = self.eni_index(&eni_id) else {
+                continue;
+            };
+            self.st.enis[e].deleting = true;
+            let op = self.new_op(Flight::Delete {
+                eni: eni_id.clone(),
+            });
+            ops.push(CloudOp::DeleteEni { op, eni_id });
+        }
+    }
+
+    pub fn apply(&mut self, outcome: CloudOutcome, now: u64) {
+        self.replan = true;
+        match outcome {
+            CloudOutcome::EniCreated { op, eni } => {
+                self.flights.remove(&op);
+                // Only a create planned after the last failure proves the cloud is fine again
+                // (another of the same wave may have succeeded just before the refusal).
+                if op >= self.wave_start {
+                    self.last_failure = None;
+                    self.failures_in_a_row = 0;
+                    self.probing = false;
+                    self.creates_refused_until = 0;
+                    self.refusal = None;
+                }
+                self.add_eni(&eni, now);
+            }
+            CloudOutcome::EniDeleted { op, eni_id } => {
+                self.flights.remove(&op);
+                self.deleted(&eni_id);
+            }
+            CloudOutcome::Failed { op, failure } => {
+                if let Some(flight) = self.flights.remove(&op) {
+                    self.failed(op, flight, &failure, now);
+                }
+            }
+        }
+        self.touch(now);
+    }
+
+    /// A new (or re-reported) attached ENI: idle if new; a known one keeps its owner. Returns
+    /// whether it was new.
+    pub(super) fn add_eni(&mut self, facts: &EniFacts, now: u64) -> bool {
+        match self.eni_index(&facts.id) {
+            Some(e) => {
+                self.st.enis[e].refresh(facts);
+                false
+            }
+            None => {
+                self.st.enis.push(EniState::new_idle(facts, now));
+                true
+            }
+        }
+    }
+
+    fn deleted(&mut self, eni_id: &str) {
+        let Some(e) = self.eni_index(eni_id) else {
+            return;
+        };
+        let eni = &mut self.st.enis[e];
+        if eni.owner.is_none() {
+            self.st.enis.remove(e);
+        } else {
+            // Cannot happen through plan (only idle ENIs are deleted); keep the owner known.
+            eni.deleting = false;
+            eni.lost = true;
+        }
+    }
+
+    fn failed(&mut self, op: OpId, flight: Flight, failure: &CloudFailure, now: u64) {
+        self.last_failure = Some(failure.clone());
+        if op >= self.wave_start {
+            self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
+            self.wave_start = self.next_op;
+        }
+        let backoff = self
+            .cfg
+            .retry_after_ms
+            .saturating_mul(1 << self.failures_in_a_row.saturating_sub(1).min(16))
+            .min(MAX_RETRY_MS.max(self.cfg.retry_after_ms));
+        let retry = now.saturating_add(backoff);
+        let code = failure.code.as_str();
+        match flight {
+            Flight::Create { vswitch } => {
+                if code == IP_NOT_ENOUGH {
+                    self.block(&vswitch, &failure.message, now);
+                } else if refuses_creates(code) {
+                    self.creates_refused_until = retry;
+                    self.refusal = Some(failure.clone());
+                    self.probing = true;
+                } else {
+                    self.retry_create = retry;
+                    self.probing = true;
+                }
+            }
+            Flight::Delete { eni } => {
+                if code == ENI_NOT_FOUND {
+                    self.deleted(&eni);
+                    return;
+                }
+                self.retry_release = retry;
+                if let Some(e) = self.eni_index(&eni) {
+                    // It may be detached already: not handed out before a reconcile confirms it.
+                    let eni = &mut self.st.enis[e];
+                    eni.deleting = false;
+                    eni.unconfirmed = true;
+                }
+            }
+        }
+    }
+
+    pub(super) fn block(&mut self, vswitch: &str, message: &str, now: u64) {
+        let reason = if message.trim().is_empty() {
+            format!("The specified VSwitch \"{vswitch}\" has not enough IpAddress.")
+        } else {
+            message.trim().to_string()
+        };
+        let until_ms = now.saturating_add(self.cfg.vswitch_backoff_ms);
+        self.st.blocked.retain(|b| b.id != vswitch);
+        self.st.blocked.push(BlockedVSwitch {
+            id: vswitch.to_string(),
+            until_ms,
+            reason,
+        });
+    }
+
+    /// When the pool next wants `plan` called (coalesce window end, release cool-down end,
+    /// back-off end, block expiry). A time is reported only until a `plan` at or after it has
+    /// run, so the loop never spins.
+    pub fn next_deadline(&self, now: u64) -> Option<u64> {
+        if self.replan {
+            return Some(now);
+        }
+        let mut times = vec![
+            self.retry_create,
+            self.retry_release,
+            self.creates_refused_until,
+        ];
+        if let Some(t) = self.demand_since {
+            times.push(t.saturating_add(self.cfg.coalesce_ms));
+        }
+        if let Some(t) = self.above_max_since {
+            times.push(t.saturating_add(self.cfg.release_after_ms));
+        }
+        times.extend(self.st.blocked.iter().map(|b| b.until_ms));
+        times
+            .into_iter()
+            .filter(|&t| t > 0 && self.last_plan.is_none_or(|p| t > p))
+            .min()
+    }
+
+    /// Some(reason) when `waiting` allocations cannot be served by anything in flight or
+    /// plannable: node capacity reached, the cloud refusing more ENIs (its code and message
+    /// quoted), or every vSwitch blocked (each quoted). Temporary failures (throttling) are not
+    /// a reason: the retry comes.
+    pub fn unservable(&self, now: u64, waiting: u32) -> Option<String> {
+        if waiting == 0 || self.idle() > 0 || !self.flights.is_empty() {
+            return None;
+        }
+        // A reconcile may confirm an ENI whose delete failed: it would be idle again.
+        if self.wants_reconcile() {
+            return None;
+        }
+        let attached = self.eni_count();
+        if attached >= self.cfg.max_enis {
+            return Some(format!(
+                "no ENI for {waiting} pod(s): node capacity reached: {attached} of {} ENIs \
+                 attached, each held by a pod (one pod per ENI)",
+                self.cfg.max_enis
+            ));
+        }
+        if let Some(f) = self.creates_refused(now) {
+            let secs = self
+                .creates_refused_until
+                .saturating_sub(now)
+                .div_ceil(1000);
+            return Some(format!(
+                "no ENI for {waiting} pod(s): the cloud refuses another ENI: {}: {} \
+                 ({attached} attached, {} in use; next try in {secs} s)",
+                f.code,
+                f.message,
+                self.in_use()
+            ));
+        }
+        if self.cfg.vswitches.is_empty() {
+            return Some(format!(
+                "no ENI for {waiting} pod(s): no vSwitch configured for pod ENIs \
+                 (set `vswitches` for the node's zone)"
+            ));
+        }
+        if !self.candidates(now).is_empty() {
+            return None;
+        }
+        let mut parts: Vec<String> = Vec::new();
+        let mut seen: Vec<&str> = Vec::new();
+        for v in &self.cfg.vswitches {
+            if seen.contains(&v.as_str()) {
+                continue;
+            }
+            seen.push(v);
+            if let Some(b) = self
+                .st
+                .blocked
+                .iter()
+                .find(|b| b.id == *v && b.until_ms > now)
+            {
+                let secs = b.until_ms.saturating_sub(now).div_ceil(1000);
+                parts.push(format!("{} ({} skipped for {secs} s)", b.reason, b.id));
+            }
+        }
+        Some(format!(
+            "no ENI for {waiting} pod(s): every vSwitch is out of addresses: {}; \
+             add a vSwitch with free addresses to `vswitches`",
+            parts.join("; ")
+        ))
+    }
+}
+
+/// The vSwitch for the next ENI among unblocked `candidates` (config order).
+fn pick_vswitch(
+    candidates: &[&str],
+    policy: VSwitchPolicy,
+    random: u64,
+    free: &BTreeMap<String, u64>,
+) -> Option<String> {
+    let first = *candidates.first()?;
+    let chosen = match policy {
+        VSwitchPolicy::Ordered => first,
+        VSwitchPolicy::Random => candidates[(random % candidates.len() as u64) as usize],
+        // Known free addresses first (most first), then unknown counts, then vSwitches known to
+        // be empty; ties keep config order (min_by_key returns the first).
+        VSwitchPolicy::Most => candidates
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, v)| match free.get(**v) {
+                Some(&n) if n > 0 => (0, u64::MAX - n, *i),
+                None => (1, 0, *i),
+                Some(_) => (2, 0, *i),
+            })
+            .map(|(_, v)| *v)
+            .unwrap_or(first),
+    };
+    Some(chosen.to_string())
+}
