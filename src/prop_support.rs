@@ -1,4 +1,4 @@
-//! Shared pieces of the property tests (config parser, state file loader).
+//! Shared pieces of the property tests: the case budget, arbitrary JSON.
 
 use proptest::prelude::*;
 use serde_json::Value;

@@ -14,13 +14,7 @@ use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
 fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1000),
-        ..ProptestConfig::default()
-    }
+    crate::prop_support::proptest_config(1000)
 }
 
 /// Any JSON value, a few levels deep.

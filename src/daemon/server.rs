@@ -597,13 +597,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn config() -> ProptestConfig {
-        ProptestConfig {
-            cases: std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2000),
-            ..ProptestConfig::default()
-        }
+        crate::prop_support::proptest_config(2000)
     }
 
     fn text() -> impl Strategy<Value = String> {

@@ -814,15 +814,7 @@ mod tests {
 
     /// 2000 cases each; `PROPTEST_CASES=1000000` for a long fuzz.
     fn config() -> ProptestConfig {
-        ProptestConfig {
-            cases: std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2000),
-            // Found cases become unit tests below, not files in the source tree.
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
+        crate::prop_support::proptest_config(2000)
     }
 
     proptest! {

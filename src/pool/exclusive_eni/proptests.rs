@@ -10,13 +10,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(500),
-        ..ProptestConfig::default()
-    }
+    crate::prop_support::proptest_config(500)
 }
 
 const CODES: &[&str] = &[
