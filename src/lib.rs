@@ -4,12 +4,14 @@
 pub mod error;
 
 pub mod cli;
+pub mod clock;
 pub mod cloud;
 pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod emulate;
+pub mod model;
 pub mod netlink;
 pub mod netns;
 pub mod output;

@@ -144,7 +144,11 @@ mod tests {
 
     #[test]
     fn pod_address_shapes() {
-        let a = PodAddress::v4(Ipv4Addr::new(10, 0, 0, 5), 24, Some(Ipv4Addr::new(10, 0, 0, 253)));
+        let a = PodAddress::v4(
+            Ipv4Addr::new(10, 0, 0, 5),
+            24,
+            Some(Ipv4Addr::new(10, 0, 0, 253)),
+        );
         assert_eq!(a.ipv4_addr(), Some(Ipv4Addr::new(10, 0, 0, 5)));
         assert_eq!(a.ipv4.unwrap().addr.prefix(), 24);
         assert_eq!(a.to_string(), "10.0.0.5");

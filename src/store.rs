@@ -4,7 +4,9 @@
 //! good copy beside the file as `<name>.prev`, so a file damaged by hand or by a disk fault never
 //! costs the allocations: the daemon refuses to start and says where the last good copy is.
 
-use crate::rpc::{AttachKey, PodRef};
+mod migrate;
+
+use crate::model::{AttachKey, Datapath, PodAddress, PodRef};
 use crate::{Error, Kind, Result, ResultExt};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, FileType, OpenOptions};
@@ -13,16 +15,18 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-pub const SCHEMA: u32 = 1;
+/// 2: allocations carry the network in their key, a pod address (IPv4 and/or IPv6 with
+/// gateways) and the datapath that wired them. 1 is migrated on load (see `migrate`).
+pub const SCHEMA: u32 = 2;
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredAllocation {
     pub key: AttachKey,
-    pub network: String,
     pub pod: PodRef,
     pub netns: String,
-    pub ipv4: Ipv4Addr,
+    pub address: PodAddress,
+    pub datapath: Datapath,
     pub created_unix: u64,
 }
 
@@ -40,7 +44,7 @@ pub struct EniPoolState {
     pub instance_type: String,
     /// DescribeInstanceTypes answer for `instance_type` (it never changes for an instance).
     pub limits: Option<InstanceLimits>,
-    pub pool: crate::pool::eni::PoolState,
+    pub pool: crate::pool::shared_eni::PoolState,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,7 +168,7 @@ impl Store {
                 "; remove it to start empty (pods on this node then need their addresses re-checked)".into()
             }
         };
-        let state: State = serde_json::from_slice(&bytes).map_err(|e| {
+        let corrupt = |e: &dyn std::fmt::Display| {
             Error::new(
                 Kind::State,
                 format!(
@@ -173,18 +177,47 @@ impl Store {
                     hint()
                 ),
             )
-        })?;
-        if state.schema > SCHEMA {
+        };
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(&e))?;
+        let schema = value.get("schema").and_then(serde_json::Value::as_u64);
+        if schema.is_some_and(|s| s > u64::from(SCHEMA)) {
             return Err(Error::new(
                 Kind::State,
                 format!(
                     "state file {} has schema {} but this terway knows only up to {SCHEMA}: it was written by a newer version; refusing to overwrite it",
                     self.path.display(),
-                    state.schema
+                    schema.unwrap_or_default()
                 ),
             ));
         }
+        if schema == Some(1) {
+            value = migrate::from_schema1(value).map_err(|e| corrupt(&e))?;
+            self.keep_schema1_copy()?;
+        }
+        let state: State = serde_json::from_value(value).map_err(|e| corrupt(&e))?;
         Ok(Some(state))
+    }
+
+    /// Before the first save in the new schema replaces it: the schema-1 file stays as
+    /// `<name>.schema1` (a hard link, so it is exactly what the old version wrote).
+    fn keep_schema1_copy(&self) -> Result<()> {
+        let copy = self.sibling(".schema1");
+        if !ensure_regular(&copy)? {
+            std::fs::hard_link(&self.path, &copy).with_ctx(|| {
+                format!(
+                    "keep the schema-1 state file {} as {}",
+                    self.path.display(),
+                    copy.display()
+                )
+            })?;
+            log::info!(
+                "state file {}: migrated from schema 1 to {SCHEMA}; the old file is kept as {}",
+                self.path.display(),
+                copy.display()
+            );
+        }
+        Ok(())
     }
 
     /// Atomically replaces the state file, keeping the one it replaces as `.prev`.
@@ -304,14 +337,11 @@ mod tests {
 
     fn alloc(id: &str, ip: &str) -> StoredAllocation {
         StoredAllocation {
-            key: AttachKey {
-                container_id: id.into(),
-                ifname: "eth0".into(),
-            },
-            network: "terway".into(),
+            key: AttachKey::new("terway", id, "eth0"),
             pod: PodRef::default(),
             netns: "/run/netns/x".into(),
-            ipv4: ip.parse().unwrap(),
+            address: PodAddress::v4(ip.parse().unwrap(), 32, None),
+            datapath: Datapath::Veth,
             created_unix: 1,
         }
     }
@@ -645,17 +675,18 @@ mod tests {
                 let [id, ifname, network, ns, name, netns] = s;
                 StoredAllocation {
                     key: AttachKey {
+                        network,
                         container_id: id,
                         ifname,
                     },
-                    network,
                     pod: PodRef {
                         namespace: ns,
                         name,
                         uid: String::new(),
                     },
                     netns,
-                    ipv4: Ipv4Addr::from(ip),
+                    address: PodAddress::v4(Ipv4Addr::from(ip), 32, None),
+                    datapath: Datapath::Veth,
                     created_unix: t,
                 }
             })
@@ -669,7 +700,7 @@ mod tests {
                 prop::option::of((any::<u32>(), 0u8..=32, prop::option::of(any::<u32>()))),
             )
                 .prop_map(|(schema, boot_id, allocations, vpc)| State {
-                    schema: schema % (SCHEMA + 1),
+                    schema: if schema % 2 == 0 { SCHEMA } else { 0 },
                     boot_id,
                     allocations,
                     vpc: vpc.map(|(net, prefix, cursor)| VpcPoolState {

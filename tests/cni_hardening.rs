@@ -17,7 +17,8 @@ fn recorded(node: &Node) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for a in state["allocations"].as_array().unwrap() {
         let id = a["key"]["container_id"].as_str().unwrap().to_string();
-        let ip = a["ipv4"].as_str().unwrap().to_string();
+        let addr = a["address"]["ipv4"]["addr"].as_str().unwrap();
+        let ip = addr.split('/').next().unwrap().to_string();
         assert!(out.insert(id.clone(), ip).is_none(), "{id} recorded twice");
     }
     out

@@ -22,7 +22,7 @@ fn setup_pod(node: &TestNs, pod: &TestNs, ifname: &str, ip: Ipv4Addr) -> Result<
     let ifname = ifname.to_string();
     node.run(move || {
         let ns = NetNs::open(&pod_path)?;
-        datapath::setup(&VethSpec {
+        datapath::veth::setup(&VethSpec {
             netns: &ns,
             ifname: &ifname,
             host_ifname: &host_ifname,
@@ -40,7 +40,7 @@ fn check_pod(node: &TestNs, pod: &TestNs, ifname: &str, ip: Ipv4Addr) -> Result<
     let ifname = ifname.to_string();
     node.run(move || {
         let ns = NetNs::open(&pod_path)?;
-        datapath::check(&VethSpec {
+        datapath::veth::check(&VethSpec {
             netns: &ns,
             ifname: &ifname,
             host_ifname: &host_ifname,
@@ -54,7 +54,7 @@ fn check_pod(node: &TestNs, pod: &TestNs, ifname: &str, ip: Ipv4Addr) -> Result<
 fn teardown_pod(node: &TestNs, pod: &TestNs, ifname: &str) -> Result<()> {
     let host_ifname = datapath::host_veth_name(&pod.name, ifname);
     let alias = datapath::host_veth_alias(&pod.name, ifname);
-    node.run(move || datapath::teardown(&host_ifname, &alias).map(|_| ()))
+    node.run(move || datapath::veth::teardown(&host_ifname, &alias).map(|_| ()))
 }
 
 #[test]
@@ -194,7 +194,7 @@ fn teardown_leaves_links_that_are_not_the_attachments_alone() {
     let node = TestNs::new("node");
     node.ip("link add twnotaveth type bridge");
     let got = node
-        .run(|| datapath::teardown("twnotaveth", "terway:x"))
+        .run(|| datapath::veth::teardown("twnotaveth", "terway:x"))
         .unwrap();
     assert!(
         matches!(&got, datapath::Teardown::NotOurs(why) if why.contains("not a veth")),
@@ -205,7 +205,7 @@ fn teardown_leaves_links_that_are_not_the_attachments_alone() {
     node.ip("link add twother type veth peer name twotherp");
     node.ip("link set twother alias terway:someone-else");
     let got = node
-        .run(|| datapath::teardown("twother", "terway:x"))
+        .run(|| datapath::veth::teardown("twother", "terway:x"))
         .unwrap();
     assert!(
         matches!(&got, datapath::Teardown::NotOurs(why) if why.contains("another attachment")),
@@ -213,11 +213,11 @@ fn teardown_leaves_links_that_are_not_the_attachments_alone() {
     );
     node.ip("link show twother");
     let got = node
-        .run(|| datapath::teardown("twother", "terway:someone-else"))
+        .run(|| datapath::veth::teardown("twother", "terway:someone-else"))
         .unwrap();
     assert_eq!(got, datapath::Teardown::Deleted);
     let got = node
-        .run(|| datapath::teardown("twother", "terway:someone-else"))
+        .run(|| datapath::veth::teardown("twother", "terway:someone-else"))
         .unwrap();
     assert_eq!(got, datapath::Teardown::Absent);
 }
@@ -312,7 +312,7 @@ fn setup_failure_removes_what_it_created() {
         let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
         mount(none, fwd, none, ro, none).expect("remount ro");
         let ns = NetNs::open(&pod_path)?;
-        datapath::setup(&VethSpec {
+        datapath::veth::setup(&VethSpec {
             netns: &ns,
             ifname: "eth0",
             host_ifname: &name,

@@ -7,7 +7,7 @@ pub mod table;
 use crate::config::{Config, DEFAULT_SOCKET_PATH};
 use crate::output;
 use crate::rpc::client::call;
-use crate::rpc::{MappingRow, PoolView, Reply, Request};
+use crate::rpc::{EniPoolView, MappingRow, PoolView, Reply, Request};
 use crate::{Error, Kind, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -134,7 +134,7 @@ fn init_logging() {
     use std::io::Write;
     env_logger::Builder::from_env(env_logger::Env::default().filter_or("TERWAY_LOG", "info"))
         .format(|buf, record| {
-            let now = crate::daemon::now_ms();
+            let now = crate::clock::now_ms();
             let ts = crate::cloud::sign::format_timestamp(now / 1000);
             writeln!(
                 buf,
@@ -236,33 +236,27 @@ pub fn render_pool(v: &PoolView) -> String {
         v.in_use, v.idle, v.capacity, v.min_pool_size, v.max_pool_size
     ));
     if let Some(e) = &v.eni {
-        out.push_str(&render_enis(e));
+        out.push_str(&render_enis(e, v.capacity));
     }
     out
 }
 
-fn render_enis(e: &crate::pool::eni::PoolSnapshot) -> String {
+fn render_enis(e: &EniPoolView, capacity: u64) -> String {
     let mut out = format!(
-        "max pods:   {} ({} secondary ENIs allowed)\npending:    {} address(es) requested\n\n",
-        e.capacity, e.max_enis, e.pending_ips
+        "max pods:   {capacity} ({} secondary ENIs allowed)\npending:    {} address(es) requested\n\n",
+        e.max_enis, e.pending_ips
     );
     let rows: Vec<Vec<String>> = e
         .enis
         .iter()
         .map(|n| {
-            let used = n.ips.iter().filter(|i| i.owner.is_some()).count();
-            let invalid = n.ips.iter().filter(|i| i.invalid).count();
             vec![
                 n.id.clone(),
                 n.mac.clone(),
                 n.vswitch_id.clone(),
-                n.primary_ip.to_string(),
-                format!("{used} / {}", n.ips.len()),
-                if invalid > 0 {
-                    format!("{invalid} lost")
-                } else {
-                    String::new()
-                },
+                n.primary_ip.clone(),
+                format!("{} / {}", n.in_use, n.addresses),
+                n.problems.clone(),
             ]
         })
         .collect();
@@ -277,13 +271,10 @@ fn render_enis(e: &crate::pool::eni::PoolSnapshot) -> String {
         ],
         &rows,
     ));
-    let now = crate::daemon::now_ms();
     for b in &e.blocked_vswitches {
         out.push_str(&format!(
             "blocked:    {} for {} s more: {}\n",
-            b.id,
-            b.until_ms.saturating_sub(now).div_ceil(1000),
-            b.reason
+            b.id, b.seconds_left, b.reason
         ));
     }
     out

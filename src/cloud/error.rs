@@ -73,6 +73,22 @@ impl CloudError {
     }
 }
 
+/// Codes that retrying cannot fix (missing permission, a wrong id or parameter): pods waiting
+/// on the operation fail at once with the cloud's words.
+pub fn is_final_code(code: &str) -> bool {
+    code.starts_with("Forbidden")
+        || code.starts_with("InvalidAccessKeyId")
+        || code.starts_with("InvalidSecurityGroupId")
+        || code.starts_with("InvalidVSwitchId.NotFound")
+        || matches!(
+            code,
+            "SignatureDoesNotMatch"
+                | "InvalidParameter"
+                | "MissingParameter"
+                | "IncorrectInstanceStatus"
+        )
+}
+
 impl fmt::Display for CloudError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}: {}", self.action, self.code, self.message)?;

@@ -1,7 +1,8 @@
 //! Network configuration on the plugin's stdin, and CNI version negotiation.
 
+use super::result::CniResult;
 use crate::config::DEFAULT_SOCKET_PATH;
-use crate::rpc::AttachKey;
+use crate::model::AttachKey;
 use crate::{Error, Kind, Result};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -17,7 +18,11 @@ pub struct NetConf {
     pub name: String,
     pub daemon_socket: PathBuf,
     pub mtu: u32,
-    pub prev_result: Option<Value>,
+    /// Exclusive ENI mode: no veth from the pod to the node (service CIDR and node traffic then
+    /// go through the VPC).
+    pub disable_host_peer: bool,
+    /// The caller's word on a previous ADD: compared (CHECK), never trusted for what to delete.
+    pub prev_result: Option<CniResult>,
     /// GC: `cni.dev/valid-attachments`; `None` when the key is absent.
     pub valid_attachments: Option<Vec<AttachKey>>,
 }
@@ -117,35 +122,39 @@ impl NetConf {
                 }
             },
         };
+        let disable_host_peer = match field("disable_host_peer") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(Error::new(
+                    Kind::InvalidConfig,
+                    format!("\"disable_host_peer\" must be true or false, got {other}"),
+                ));
+            }
+        };
         let valid_attachments = match field("cni.dev/valid-attachments") {
             None | Some(Value::Null) => None,
-            Some(v) => Some(parse_attachments(v)?),
+            Some(v) => Some(parse_attachments(v, &name)?),
         };
         Ok(NetConf {
             cni_version,
             name,
             daemon_socket,
             mtu,
-            prev_result: field("prevResult").filter(|v| !v.is_null()).cloned(),
+            disable_host_peer,
+            prev_result: field("prevResult")
+                .filter(|v| !v.is_null())
+                .and_then(CniResult::parse_prev),
             valid_attachments,
         })
     }
 
-    /// The IPv4 addresses a previous result names (used by DEL when the daemon is unreachable).
-    pub fn prev_ips(&self) -> Vec<std::net::Ipv4Addr> {
-        let Some(ips) = self
-            .prev_result
+    /// The addresses a previous result names.
+    pub fn prev_ips(&self) -> Vec<std::net::IpAddr> {
+        self.prev_result
             .as_ref()
-            .and_then(|r| r.get("ips"))
-            .and_then(Value::as_array)
-        else {
-            return Vec::new();
-        };
-        ips.iter()
-            .filter_map(|ip| ip.get("address")?.as_str())
-            .filter_map(|a| a.parse::<ipnetwork::Ipv4Network>().ok())
-            .map(|n| n.ip())
-            .collect()
+            .map(CniResult::addresses)
+            .unwrap_or_default()
     }
 }
 
@@ -180,7 +189,8 @@ fn negotiate_version(versions: Option<&Value>, version: Option<&Value>) -> Resul
     }
 }
 
-fn parse_attachments(v: &Value) -> Result<Vec<AttachKey>> {
+/// The runtime's valid attachments, keyed on this network.
+fn parse_attachments(v: &Value, network: &str) -> Result<Vec<AttachKey>> {
     let bad = || {
         Error::new(
             Kind::InvalidConfig,
@@ -192,6 +202,7 @@ fn parse_attachments(v: &Value) -> Result<Vec<AttachKey>> {
         .iter()
         .map(|a| {
             Ok(AttachKey {
+                network: network.to_string(),
                 container_id: a
                     .get("containerID")
                     .and_then(Value::as_str)
@@ -258,7 +269,7 @@ mod tests {
         assert_eq!(c.valid_attachments.as_ref().unwrap()[0].container_id, "a");
         assert_eq!(
             c.prev_ips(),
-            vec!["10.1.0.5".parse::<std::net::Ipv4Addr>().unwrap()]
+            vec!["10.1.0.5".parse::<std::net::IpAddr>().unwrap()]
         );
     }
 

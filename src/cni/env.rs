@@ -1,6 +1,6 @@
 //! The `CNI_*` environment a runtime passes to the plugin, validated per command.
 
-use crate::rpc::{AttachKey, PodRef};
+use crate::model::{AttachKey, PodRef};
 use crate::{Error, Kind, Result};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -125,8 +125,10 @@ impl Env {
         Env::from_lookup(|k| get(k).and_then(|v| v.into_string().ok()))
     }
 
-    pub fn key(&self) -> AttachKey {
+    /// The attachment this call is about, on network `network` (the config's name).
+    pub fn key(&self, network: &str) -> AttachKey {
         AttachKey {
+            network: network.to_string(),
             container_id: self.container_id.clone(),
             ifname: self.ifname.clone(),
         }

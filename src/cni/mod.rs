@@ -5,7 +5,6 @@ pub mod env;
 pub mod lock;
 pub mod plugin;
 pub mod result;
-pub mod wiring;
 
 #[cfg(test)]
 mod proptests;

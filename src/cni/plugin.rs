@@ -6,10 +6,9 @@
 use super::conf::{NetConf, version_at_least};
 use super::env::{Command, Env};
 use super::lock::{AttachLock, lock_dir};
-use super::result::{AddResult, error_json, version_json};
-use super::wiring;
-use crate::datapath::{self, POD_GATEWAY, veth};
-use crate::netlink::format_mac;
+use super::result::{CniResult, error_json, version_json};
+use crate::datapath::{self, attach, attach::Attachment};
+use crate::model::Datapath;
 use crate::netns::NetNs;
 use crate::rpc::client::{CallError, call};
 use crate::rpc::{Allocation, Reply, Request};
@@ -128,27 +127,51 @@ fn lock_attachment(env: &Env, conf: &NetConf, wait: Duration) -> Result<Option<A
     )
 }
 
-fn busy(env: &Env, what: &str) -> Error {
+fn busy(env: &Env, conf: &NetConf, what: &str) -> Error {
     Error::new(
         Kind::TryAgain,
         format!(
             "{what} {}: another call on this attachment is still running",
-            env.key()
+            env.key(&conf.name)
         ),
     )
+}
+
+fn attachment<'a>(env: &'a Env, conf: &NetConf, netns: Option<&'a NetNs>) -> Attachment<'a> {
+    Attachment {
+        container_id: &env.container_id,
+        ifname: &env.ifname,
+        netns,
+        mtu: conf.mtu,
+    }
+}
+
+/// The datapath as this network's config wants it: `disable_host_peer` drops the exclusive
+/// ENI's veth to the node.
+fn as_configured(dp: &Datapath, conf: &NetConf) -> Datapath {
+    match dp {
+        Datapath::ExclusiveEni { eni_id, mac, .. } if conf.disable_host_peer => {
+            Datapath::ExclusiveEni {
+                eni_id: eni_id.clone(),
+                mac: mac.clone(),
+                host_peer: None,
+            }
+        }
+        other => other.clone(),
+    }
 }
 
 fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     // Validate the namespace before taking an address for it.
     let netns = open_netns(&env.netns)?;
     let Some(_lock) = lock_attachment(env, conf, ALLOC_TIMEOUT)? else {
-        return Err(busy(env, "ADD"));
+        return Err(busy(env, conf, "ADD"));
     };
+    let key = env.key(&conf.name);
     let reply = call(
         &conf.daemon_socket,
         &Request::Alloc {
-            key: env.key(),
-            network: conf.name.clone(),
+            key: key.clone(),
             pod: env.pod(),
             netns: env.netns.clone(),
         },
@@ -157,8 +180,10 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     let Reply::Allocated(alloc) = reply else {
         return Err(unexpected(&reply));
     };
-    let info = match with_spec(env, &netns, &alloc, conf.mtu, wiring::wire) {
-        Ok(i) => i,
+    let att = attachment(env, conf, Some(&netns));
+    let datapath = as_configured(&alloc.datapath, conf);
+    let wired = match attach::setup(&att, &alloc.address, &datapath) {
+        Ok(w) => w,
         Err(e) => {
             // Undo only what this call created: an allocation that already existed (a retried
             // ADD) stays with its attachment until DEL.
@@ -166,80 +191,74 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value> {
                 let _ = call(
                     &conf.daemon_socket,
                     &Request::Rollback {
-                        key: env.key(),
+                        key: key.clone(),
                         token: grant.token,
                     },
                     CALL_TIMEOUT,
                 );
             }
-            return Err(e.context(format!("set up pod {} ({})", env.pod(), env.key())));
+            return Err(e.context(format!("set up pod {} ({key})", env.pod())));
         }
     };
-    Ok(AddResult {
-        host_ifname: info.host_ifname,
-        host_mac: format_mac(&info.host_mac),
-        pod_ifname: env.ifname.clone(),
-        pod_mac: format_mac(&info.pod_mac),
-        mtu: info.mtu,
-        sandbox: env.netns.clone(),
-        ipv4: alloc.ipv4,
-        gateway: POD_GATEWAY,
-    }
-    .to_json(&conf.cni_version))
+    Ok(CniResult::from_wired(&conf.cni_version, &wired, &env.netns).to_json())
 }
 
 /// DEL never blocks pod deletion: the wiring is removed first, then the address released; when
 /// the daemon is down the address stays recorded and GC (or the daemon's own sweep) frees it.
-/// Only objects that provably belong to this attachment are touched: its derived host veth
-/// (checked by alias) and the rules of the address the daemon (or that veth's route) names.
+/// Only objects that provably belong to this attachment are touched (see `attach::teardown`);
 /// `prevResult` is never trusted for names or addresses.
 fn del(env: &Env, conf: &NetConf) -> Result<()> {
+    let key = env.key(&conf.name);
     let lock = match lock_attachment(env, conf, DEL_TIMEOUT) {
         Ok(Some(l)) => Some(l),
         Ok(None) => {
             eprintln!(
-                "terway: DEL {}: another call on this attachment is still running; its address is reclaimed by GC or the daemon's sweep once the pod is gone",
-                env.key()
+                "terway: DEL {key}: another call on this attachment is still running; its address is reclaimed by GC or the daemon's sweep once the pod is gone"
             );
             return Ok(());
         }
         Err(e) => {
             // Never block pod deletion: go on without the lock.
-            eprintln!("terway: DEL {}: {e}", env.key());
+            eprintln!("terway: DEL {key}: {e}");
             None
         }
     };
-    let host_ifname = datapath::host_veth_name(&env.container_id, &env.ifname);
-    let alias = datapath::host_veth_alias(&env.container_id, &env.ifname);
+    // The namespace may be gone (CNI_NETNS empty or deleted): what lives in it went with it.
+    let netns = (!env.netns.is_empty())
+        .then(|| open_netns(&env.netns).ok())
+        .flatten();
+    let att = attachment(env, conf, netns.as_ref());
     let lookup = call(
         &conf.daemon_socket,
-        &Request::Get { key: env.key() },
+        &Request::Get { key: key.clone() },
         DEL_TIMEOUT,
     );
     let daemon_down = lookup.is_err();
-    let ips = match lookup {
-        Ok(Reply::Found(Some(a))) => vec![a.ipv4],
-        Ok(_) => Vec::new(),
-        // Without the daemon, what the node routes onto this attachment's own veth.
-        Err(_) => veth::routed_pod_ips(&host_ifname, &alias).unwrap_or_default(),
+    let known = match &lookup {
+        Ok(Reply::Found(Some(a))) => Some(a),
+        _ => None,
     };
-    if let Err(e) = wiring::unwire(&host_ifname, &alias, &ips) {
-        eprintln!("terway: DEL {}: {e}", env.key());
+    let shown = match known {
+        Some(a) => a.address.to_string(),
+        None => describe_ips(&attach::routed_ips(&env.container_id, &env.ifname)),
+    };
+    let datapath = known.map(|a| as_configured(&a.datapath, conf));
+    let teardown = attach::teardown(&att, known.map(|a| &a.address).zip(datapath.as_ref()));
+    if let Err(e) = teardown {
+        eprintln!("terway: DEL {key}: {e}");
         // Keep the address held so nobody gets it while the old route may still exist; GC
         // retries the teardown and releases it once the container is gone for good.
         return Ok(());
     }
     if daemon_down {
         eprintln!(
-            "terway: DEL {}: the daemon did not answer; the address {} is reclaimed later by GC or the daemon's sweep",
-            env.key(),
-            describe_ips(&ips)
+            "terway: DEL {key}: the daemon did not answer; the address {shown} is reclaimed later by GC or the daemon's sweep"
         );
         return Ok(());
     }
     match call(
         &conf.daemon_socket,
-        &Request::Release { key: env.key() },
+        &Request::Release { key: key.clone() },
         DEL_TIMEOUT,
     ) {
         Ok(_) => {
@@ -252,15 +271,11 @@ fn del(env: &Env, conf: &NetConf) -> Result<()> {
             unreachable: true,
             error,
         }) => {
-            eprintln!(
-                "terway: DEL {}: {error}; the address {} is reclaimed later by GC",
-                env.key(),
-                describe_ips(&ips)
-            );
+            eprintln!("terway: DEL {key}: {error}; the address {shown} is reclaimed later by GC");
             Ok(())
         }
         Err(e) => {
-            eprintln!("terway: DEL {}: release: {}", env.key(), e.error);
+            eprintln!("terway: DEL {key}: release: {}", e.error);
             Ok(())
         }
     }
@@ -289,11 +304,12 @@ fn check(env: &Env, conf: &NetConf) -> Result<()> {
     }
     let netns = open_netns(&env.netns)?;
     let Some(_lock) = lock_attachment(env, conf, CALL_TIMEOUT)? else {
-        return Err(busy(env, "CHECK"));
+        return Err(busy(env, conf, "CHECK"));
     };
+    let key = env.key(&conf.name);
     let reply = call(
         &conf.daemon_socket,
-        &Request::Get { key: env.key() },
+        &Request::Get { key: key.clone() },
         CALL_TIMEOUT,
     )?;
     let alloc: Allocation = match reply {
@@ -301,46 +317,28 @@ fn check(env: &Env, conf: &NetConf) -> Result<()> {
         Reply::Found(None) => {
             return Err(Error::new(
                 Kind::UnknownContainer,
-                format!("CHECK: the daemon has no allocation for {}", env.key()),
+                format!("CHECK: the daemon has no allocation for {key}"),
             ));
         }
         other => return Err(unexpected(&other)),
     };
     let prev = conf.prev_ips();
-    if !prev.is_empty() && !prev.contains(&alloc.ipv4) {
+    if !prev.is_empty() && !alloc.address.ips().all(|ip| prev.contains(&ip)) {
         return Err(Error::new(
             Kind::Datapath,
             format!(
-                "CHECK {}: prevResult says {} but the daemon allocated {}",
-                env.key(),
-                describe_ips(&prev),
-                alloc.ipv4
+                "CHECK {key}: prevResult says {} but the daemon allocated {}",
+                prev.iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                alloc.address
             ),
         ));
     }
-    with_spec(env, &netns, &alloc, conf.mtu, wiring::check)
-        .map_err(|e| e.context(format!("CHECK {}", env.key())))
-}
-
-/// Runs `f` on the pod's veth description (ADD wires it, CHECK verifies it).
-fn with_spec<T>(
-    env: &Env,
-    netns: &NetNs,
-    alloc: &Allocation,
-    mtu: u32,
-    f: impl FnOnce(&veth::VethSpec, &crate::rpc::Datapath) -> Result<T>,
-) -> Result<T> {
-    let host_ifname = datapath::host_veth_name(&env.container_id, &env.ifname);
-    let alias = datapath::host_veth_alias(&env.container_id, &env.ifname);
-    let spec = veth::VethSpec {
-        netns,
-        ifname: &env.ifname,
-        host_ifname: &host_ifname,
-        alias: &alias,
-        ip: alloc.ipv4,
-        mtu,
-    };
-    f(&spec, &alloc.datapath)
+    let att = attachment(env, conf, Some(&netns));
+    attach::check(&att, &alloc.address, &as_configured(&alloc.datapath, conf))
+        .map_err(|e| e.context(format!("CHECK {key}")))
 }
 
 fn gc(conf: &NetConf) -> Result<()> {
@@ -372,7 +370,6 @@ fn gc(conf: &NetConf) -> Result<()> {
     // attachment another call is working on right now is left for the next GC.
     for a in stale {
         let name = datapath::host_veth_name(&a.key.container_id, &a.key.ifname);
-        let alias = datapath::host_veth_alias(&a.key.container_id, &a.key.ifname);
         let lock = match AttachLock::acquire(&lock_dir(&conf.daemon_socket), &name, Duration::ZERO)
         {
             Ok(Some(l)) => l,
@@ -388,7 +385,14 @@ fn gc(conf: &NetConf) -> Result<()> {
                 continue;
             }
         };
-        if let Err(e) = wiring::unwire(&name, &alias, &[a.ipv4]) {
+        let att = Attachment {
+            container_id: &a.key.container_id,
+            ifname: &a.key.ifname,
+            netns: None,
+            mtu: conf.mtu,
+        };
+        let datapath = as_configured(&a.datapath, conf);
+        if let Err(e) = attach::teardown(&att, Some((&a.address, &datapath))) {
             eprintln!("terway: GC {}: {e}; keeping its address", a.key);
             continue;
         }

@@ -7,7 +7,7 @@
 
 use super::conf::{NetConf, SUPPORTED_VERSIONS};
 use super::env::{Command, Env, parse_cni_args, parse_cni_args_lenient};
-use super::result::AddResult;
+use super::result::CniResult;
 use crate::datapath::{host_veth_alias, host_veth_name};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -165,19 +165,10 @@ proptest! {
         ip in any::<[u8; 4]>(),
         version in prop::sample::select(SUPPORTED_VERSIONS.to_vec()),
     ) {
-        let result = AddResult {
-            host_ifname: "tw0123456789abc".into(),
-            host_mac: "02:00:00:00:00:01".into(),
-            pod_ifname: "eth0".into(),
-            pod_mac: "02:00:00:00:00:02".into(),
-            mtu: 1500,
-            sandbox: "/run/netns/x".into(),
-            ipv4: ip.into(),
-            gateway: [169, 254, 1, 1].into(),
-        }
-        .to_json(version);
+        let wired = super::result::tests::sample(ip.into());
+        let result = CniResult::from_wired(version, &wired, "/run/netns/x").to_json();
         let conf = json!({"cniVersion": version, "name": "n", "prevResult": result});
         let parsed = NetConf::parse(&serde_json::to_vec(&conf).unwrap()).unwrap();
-        prop_assert_eq!(parsed.prev_ips(), vec![std::net::Ipv4Addr::from(ip)]);
+        prop_assert_eq!(parsed.prev_ips(), vec![std::net::IpAddr::from(ip)]);
     }
 }

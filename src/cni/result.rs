@@ -2,43 +2,133 @@
 
 use super::conf::{LATEST_VERSION, SUPPORTED_VERSIONS, ip_carries_version};
 use crate::Error;
+use crate::datapath::attach::Wired;
+use crate::netlink::format_mac;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// The facts an ADD result reports.
-#[derive(Debug, Clone)]
-pub struct AddResult {
-    pub host_ifname: String,
-    pub host_mac: String,
-    pub pod_ifname: String,
-    pub pod_mac: String,
-    pub mtu: u32,
-    pub sandbox: String,
-    pub ipv4: Ipv4Addr,
-    pub gateway: Ipv4Addr,
+/// The spec's result object, typed: what ADD prints and what DEL/CHECK get back as `prevResult`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniResult {
+    #[serde(rename = "cniVersion", default)]
+    pub cni_version: String,
+    #[serde(default)]
+    pub interfaces: Vec<Interface>,
+    #[serde(default)]
+    pub ips: Vec<IpEntry>,
+    #[serde(default)]
+    pub routes: Vec<RouteEntry>,
+    #[serde(default)]
+    pub dns: Value,
 }
 
-impl AddResult {
-    /// The result in the shape of `version` (0.3.x/0.4.0 IPs carry `"version": "4"`).
-    pub fn to_json(&self, version: &str) -> Value {
-        let mut ip = json!({
-            "address": format!("{}/32", self.ipv4),
-            "gateway": self.gateway.to_string(),
-            "interface": 1,
-        });
-        if ip_carries_version(version) {
-            ip["version"] = json!("4");
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpEntry {
+    /// 0.3.x and 0.4.0 only: "4" or "6".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub address: IpNetwork,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteEntry {
+    pub dst: IpNetwork,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gw: Option<IpAddr>,
+}
+
+impl CniResult {
+    /// The result of an ADD that built `wired` in the pod namespace `sandbox`, in the shape of
+    /// `version`.
+    pub fn from_wired(version: &str, wired: &Wired, sandbox: &str) -> CniResult {
+        let interfaces = wired
+            .interfaces
+            .iter()
+            .map(|i| Interface {
+                name: i.name.clone(),
+                mac: format_mac(&i.mac),
+                mtu: Some(i.mtu),
+                sandbox: i.in_pod.then(|| sandbox.to_string()),
+            })
+            .collect();
+        let ips = wired
+            .ips
+            .iter()
+            .map(|ip| IpEntry {
+                version: ip_carries_version(version)
+                    .then(|| if ip.addr.is_ipv4() { "4" } else { "6" }.to_string()),
+                address: ip.addr,
+                gateway: Some(ip.gateway),
+                interface: Some(ip.interface),
+            })
+            .collect();
+        let routes = wired
+            .ips
+            .iter()
+            .map(|ip| RouteEntry {
+                dst: if ip.addr.is_ipv4() {
+                    IpNetwork::V4(Ipv4Network::from(Ipv4Addr::UNSPECIFIED).with_prefix(0))
+                } else {
+                    IpNetwork::V6(Ipv6Network::from(Ipv6Addr::UNSPECIFIED).with_prefix(0))
+                },
+                gw: Some(ip.gateway),
+            })
+            .collect();
+        CniResult {
+            cni_version: version.to_string(),
+            interfaces,
+            ips,
+            routes,
+            dns: json!({}),
         }
-        json!({
-            "cniVersion": version,
-            "interfaces": [
-                {"name": self.host_ifname, "mac": self.host_mac, "mtu": self.mtu},
-                {"name": self.pod_ifname, "mac": self.pod_mac, "mtu": self.mtu, "sandbox": self.sandbox},
-            ],
-            "ips": [ip],
-            "routes": [{"dst": "0.0.0.0/0", "gw": self.gateway.to_string()}],
-            "dns": {},
-        })
+    }
+
+    /// A `prevResult` as far as it parses; `None` when it is not a result at all. Its contents
+    /// are the caller's word, never trusted for what to delete.
+    pub fn parse_prev(v: &Value) -> Option<CniResult> {
+        serde_json::from_value(v.clone()).ok()
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// Every address the result names.
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        self.ips.iter().map(|i| i.address.ip()).collect()
+    }
+}
+
+trait WithPrefix: Sized {
+    fn with_prefix(self, prefix: u8) -> Self;
+}
+
+impl WithPrefix for Ipv4Network {
+    fn with_prefix(self, prefix: u8) -> Self {
+        Ipv4Network::new(self.ip(), prefix).unwrap_or(self)
+    }
+}
+
+impl WithPrefix for Ipv6Network {
+    fn with_prefix(self, prefix: u8) -> Self {
+        Ipv6Network::new(self.ip(), prefix).unwrap_or(self)
     }
 }
 
@@ -80,33 +170,55 @@ fn short_msg(code: u32) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::Kind;
 
-    fn sample() -> AddResult {
-        AddResult {
-            host_ifname: "tw0123456789abc".into(),
-            host_mac: "02:00:00:00:00:01".into(),
-            pod_ifname: "eth0".into(),
-            pod_mac: "02:00:00:00:00:02".into(),
-            mtu: 1500,
-            sandbox: "/run/netns/p".into(),
-            ipv4: "10.1.0.5".parse().unwrap(),
-            gateway: "169.254.1.1".parse().unwrap(),
+    use crate::datapath::attach::{WiredInterface, WiredIp};
+
+    pub(crate) fn sample(ip: Ipv4Addr) -> Wired {
+        Wired {
+            interfaces: vec![
+                WiredInterface {
+                    name: "tw0123456789abc".into(),
+                    mac: [2, 0, 0, 0, 0, 1],
+                    mtu: 1500,
+                    in_pod: false,
+                },
+                WiredInterface {
+                    name: "eth0".into(),
+                    mac: [2, 0, 0, 0, 0, 2],
+                    mtu: 1500,
+                    in_pod: true,
+                },
+            ],
+            ips: vec![WiredIp {
+                addr: IpNetwork::V4(Ipv4Network::from(ip)),
+                gateway: "169.254.1.1".parse().unwrap(),
+                interface: 1,
+            }],
         }
     }
 
     #[test]
     fn result_shape_per_version() {
-        let old = sample().to_json("0.3.1");
+        let w = sample("10.1.0.5".parse().unwrap());
+        let old = CniResult::from_wired("0.3.1", &w, "/run/netns/p").to_json();
         assert_eq!(old["ips"][0]["version"], "4");
         assert_eq!(old["ips"][0]["address"], "10.1.0.5/32");
+        assert_eq!(old["ips"][0]["gateway"], "169.254.1.1");
         assert_eq!(old["ips"][0]["interface"], 1);
+        assert_eq!(old["interfaces"][0]["mac"], "02:00:00:00:00:01");
+        assert!(old["interfaces"][0].get("sandbox").is_none());
         assert_eq!(old["interfaces"][1]["sandbox"], "/run/netns/p");
-        let new = sample().to_json("1.1.0");
+        assert_eq!(old["routes"][0]["dst"], "0.0.0.0/0");
+        assert_eq!(old["routes"][0]["gw"], "169.254.1.1");
+        assert_eq!(old["dns"], json!({}));
+        let new = CniResult::from_wired("1.1.0", &w, "/run/netns/p").to_json();
         assert!(new["ips"][0].get("version").is_none());
         assert_eq!(new["cniVersion"], "1.1.0");
+        let back = CniResult::parse_prev(&new).unwrap();
+        assert_eq!(back.addresses(), ["10.1.0.5".parse::<IpAddr>().unwrap()]);
     }
 
     #[test]

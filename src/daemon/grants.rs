@@ -5,7 +5,8 @@
 //! Tokens are not persisted: after a restart no rollback matches, so the address stays held
 //! until DEL, GC or the sweep (held too long is safe; released too early is a duplicate).
 
-use crate::rpc::{AttachKey, Grant};
+use crate::model::AttachKey;
+use crate::rpc::Grant;
 use std::collections::HashMap;
 
 #[derive(Debug, Default)]
@@ -60,10 +61,7 @@ mod tests {
     use super::*;
 
     fn key(id: &str) -> AttachKey {
-        AttachKey {
-            container_id: id.into(),
-            ifname: "eth0".into(),
-        }
+        AttachKey::new("terway", id, "eth0")
     }
 
     #[test]

@@ -1,26 +1,35 @@
 //! The node daemon: one thread owns the address state and the state file; the RPC acceptor, the
 //! signal thread and the cloud workers talk to it over one channel.
 //!
-//! Each mode is a [`Backend`]: requests, cloud results and timer ticks go in, replies come out
-//! through an [`Outbox`]. The loop saves the state file once per batch and only then sends the
-//! replies, so nothing is handed out that is not on disk.
+//! The [`core::Core`] is the same for every mode; a mode is an address source
+//! ([`source::AddressSource`]). The loop saves the state file once per batch and only then sends
+//! the replies, so nothing is handed out that is not on disk.
 
-pub mod eni;
-pub mod eni_cloud;
+pub mod core;
 pub mod grants;
+pub mod node;
 pub mod server;
+pub mod shared_eni;
+pub mod shared_eni_cloud;
+pub mod source;
 pub mod sweep;
-pub mod vpc;
+pub mod vpc_source;
+pub mod waiters;
+pub mod workers;
 
+use self::core::{Core, Outbox};
+use crate::clock::now_ms;
 use crate::config::{Config, DEFAULT_CONFIG_PATH, Mode};
 use crate::rpc::{Request, Response};
-use crate::store::{State, Store, read_boot_id};
+use crate::store::{State, Store, StoredAllocation, read_boot_id};
 use crate::{Error, Kind, Result, ResultExt};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use source::AddressSource;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+use workers::Workers;
 
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
@@ -29,42 +38,18 @@ pub struct DaemonArgs {
     pub config: PathBuf,
 }
 
-pub enum Msg {
+/// What reaches the loop: requests with their reply channel, signals, and cloud job results of
+/// the mode's source (`D`).
+pub enum Msg<D> {
     Rpc(Request, Sender<Response>),
     Signal(i32),
-    Cloud(eni::CloudDone),
+    Job(D),
 }
 
-/// Replies produced while handling a batch; sent only after the state is saved.
-#[derive(Default)]
-pub struct Outbox {
-    replies: Vec<(Sender<Response>, Response)>,
-    dirty: bool,
-}
-
-impl Outbox {
-    /// Queues a reply. `mutating` replies depend on state that must reach the disk first.
-    pub fn reply(&mut self, tx: Sender<Response>, resp: Response, mutating: bool) {
-        self.dirty |= mutating;
-        self.replies.push((tx, resp));
+impl<D> From<server::RpcCall> for Msg<D> {
+    fn from(c: server::RpcCall) -> Self {
+        Msg::Rpc(c.req, c.reply)
     }
-
-    /// The state changed without a reply depending on it (a cloud result, a reload).
-    pub fn touch(&mut self) {
-        self.dirty = true;
-    }
-}
-
-/// One daemon mode. Time is unix milliseconds, passed in.
-pub trait Backend {
-    fn on_request(&mut self, req: Request, reply: Sender<Response>, now: u64, out: &mut Outbox);
-    fn on_cloud(&mut self, done: eni::CloudDone, now: u64, out: &mut Outbox);
-    /// Called after every batch and when `next_deadline` passes.
-    fn on_tick(&mut self, now: u64, out: &mut Outbox);
-    fn next_deadline(&self, now: u64) -> Option<u64>;
-    fn write_state(&self, state: &mut State);
-    /// Applies a re-read config; an error keeps the running one.
-    fn reload(&mut self, config: &Config) -> Result<()>;
 }
 
 /// Most messages handled before one save: concurrent ADDs share one fsync.
@@ -73,21 +58,14 @@ const IDLE_TICK: Duration = Duration::from_secs(60);
 /// On stop, how long replies already handed to connections get to be written before exit.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 pub fn run(args: DaemonArgs) -> Result<()> {
     let config = Config::load(&args.config)?;
     let store = Store::new(&config.state_path);
     crate::config::create_parent_dir("state_path", &config.state_path)?;
     // Before reading anything: a second daemon must not rewrite the first one's state.
-    let _lock = store.lock()?;
+    let lock = store.lock()?;
     let boot_id = read_boot_id()?;
-    let mut state = match store.load()? {
+    let state = match store.load()? {
         Some(s) if s.boot_id != boot_id => {
             log::info!(
                 "node rebooted since {} was written: dropping {} pod allocation(s)",
@@ -103,27 +81,53 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         Some(s) => s,
         None => State::new(boot_id.clone()),
     };
-    let (tx, rx) = mpsc::channel();
-    let backend: Box<dyn Backend> = match config.daemon_mode {
-        Mode::Vpc => Box::new(vpc::VpcIpam::start(&config, &state)?),
-        Mode::EniMultiIp => Box::new(eni::EniBackend::start(&config, &state, tx.clone())?),
-        Mode::EniOnly => {
-            return Err(Error::new(
-                Kind::InvalidConfig,
-                format!(
-                    "config {}: daemon_mode ENIOnly is not supported by this build yet (use VPC or ENIMultiIP)",
-                    args.config.display()
-                ),
-            ));
+    match config.daemon_mode {
+        Mode::Vpc => {
+            let (source, allocs) = vpc_source::VpcSource::start(&config, &state)?;
+            serve(args, config, store, state, source, allocs, lock)
         }
-    };
-    backend.write_state(&mut state);
+        Mode::EniMultiIp => {
+            let (source, allocs) = shared_eni::SharedEniSource::start(&config, &state)?;
+            serve(args, config, store, state, source, allocs, lock)
+        }
+        Mode::EniOnly => Err(Error::new(
+            Kind::InvalidConfig,
+            format!(
+                "config {}: daemon_mode ENIOnly is not supported by this build yet (use VPC or ENIMultiIP)",
+                args.config.display()
+            ),
+        )),
+    }
+}
+
+/// Runs the daemon with the mode's source until a signal or a fatal error.
+fn serve<S: AddressSource>(
+    args: DaemonArgs,
+    config: Config,
+    store: Store,
+    mut state: State,
+    source: S,
+    allocations: Vec<StoredAllocation>,
+    _lock: crate::store::StoreLock,
+) -> Result<()> {
+    let now = now_ms();
+    let core = Core::new(
+        source,
+        allocations,
+        config.orphan_grace_period.as_secs(),
+        now,
+    );
+    core.write_state(&mut state);
     state.schema = crate::store::SCHEMA;
     store.save(&state)?;
     if let Err(e) = crate::sysctl::set("net/ipv4/ip_forward", "1") {
         log::warn!("cannot enable IPv4 forwarding: {e}");
     }
-
+    let (tx, rx) = mpsc::channel::<Msg<S::Done>>();
+    let job_tx = tx.clone();
+    let workers = Workers::start(core.source().workers(), move |d| {
+        job_tx.send(Msg::Job(d)).is_ok()
+    })?;
     let listener = server::bind(&config.socket_path)?;
     spawn_signal_thread(tx.clone())?;
     let acceptor_tx = tx.clone();
@@ -148,7 +152,8 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         config,
         store,
         state,
-        backend,
+        core,
+        workers,
         next_sweep: 0,
         gate: gate.clone(),
     };
@@ -156,7 +161,7 @@ pub fn run(args: DaemonArgs) -> Result<()> {
     if let Err(e) = &result {
         gate.stop(&e.msg);
     }
-    // Requests parked in the backend (ADDs waiting for capacity) learn that it is stopping.
+    // Requests parked in the core (ADDs waiting for capacity) learn that it is stopping.
     drop(daemon);
     finish(&gate, &rx, Instant::now() + STOP_GRACE);
     let _ = std::fs::remove_file(&socket_path);
@@ -166,7 +171,7 @@ pub fn run(args: DaemonArgs) -> Result<()> {
 /// After the loop stopped: answers what still reaches it with "stopping" and waits, until
 /// `deadline` at most, for every reply handed to a connection to be written. Exiting earlier
 /// would close those connections without a reply.
-fn finish(gate: &server::Gate, rx: &Receiver<Msg>, deadline: Instant) {
+fn finish<D>(gate: &server::Gate, rx: &Receiver<Msg<D>>, deadline: Instant) {
     while gate.unanswered() > 0 {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -208,7 +213,7 @@ fn save_failed(path: &Path, e: Error) -> Error {
     )
 }
 
-fn spawn_signal_thread(tx: Sender<Msg>) -> Result<()> {
+fn spawn_signal_thread<D: Send + 'static>(tx: Sender<Msg<D>>) -> Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .ctx("install signal handlers")?;
     std::thread::Builder::new()
@@ -224,22 +229,23 @@ fn spawn_signal_thread(tx: Sender<Msg>) -> Result<()> {
     Ok(())
 }
 
-struct Daemon {
+struct Daemon<S: AddressSource> {
     config_path: PathBuf,
     config: Config,
     store: Store,
     state: State,
-    backend: Box<dyn Backend>,
+    core: Core<S>,
+    workers: Workers<S::Done>,
     next_sweep: u64,
     gate: Arc<server::Gate>,
 }
 
-impl Daemon {
-    fn event_loop(&mut self, rx: &Receiver<Msg>) -> Result<()> {
+impl<S: AddressSource> Daemon<S> {
+    fn event_loop(&mut self, rx: &Receiver<Msg<S::Done>>) -> Result<()> {
         loop {
             let now = now_ms();
             let wait = self
-                .backend
+                .core
                 .next_deadline(now)
                 .map_or(self.next_sweep, |d| d.min(self.next_sweep));
             let wait = Duration::from_millis(wait.saturating_sub(now)).min(IDLE_TICK);
@@ -265,14 +271,14 @@ impl Daemon {
     }
 
     /// Applies a batch, saves once, then replies. Returns true when asked to stop.
-    fn handle_batch(&mut self, batch: Vec<Msg>) -> Result<bool> {
+    fn handle_batch(&mut self, batch: Vec<Msg<S::Done>>) -> Result<bool> {
         let now = now_ms();
         let mut out = Outbox::default();
         let mut stop = None;
         for msg in batch {
             match msg {
-                Msg::Rpc(req, reply_tx) => self.backend.on_request(req, reply_tx, now, &mut out),
-                Msg::Cloud(done) => self.backend.on_cloud(done, now, &mut out),
+                Msg::Rpc(req, reply_tx) => self.core.handle(req, reply_tx, now, &mut out),
+                Msg::Job(done) => self.core.apply(done, now, &mut out),
                 Msg::Signal(SIGHUP) => {
                     self.reload();
                     out.touch();
@@ -288,11 +294,15 @@ impl Daemon {
                 self.next_sweep = now + sweep::EVERY_MS;
                 self.sweep(now, &mut out);
             }
-            self.backend.on_tick(now, &mut out);
+            for job in self.core.tick(now, &mut out) {
+                if !self.workers.submit(job) {
+                    log::error!("a cloud job was planned but no worker takes it");
+                }
+            }
         }
         let mut fatal = None;
-        if out.dirty || stop.is_some() {
-            self.backend.write_state(&mut self.state);
+        if out.dirty() || stop.is_some() {
+            self.core.write_state(&mut self.state);
             if let Err(e) = self.store.save(&self.state) {
                 // Fail-stop: what is in memory but not on disk must not be handed out. The
                 // state on disk stays the truth; the restarted daemon reconciles from it. Every
@@ -319,15 +329,14 @@ impl Daemon {
         }
     }
 
-    /// Releases allocations whose pod is gone for good (see `sweep`), through the backend as if
-    /// the plugin had asked.
+    /// Releases allocations whose pod is gone for good (see `sweep`).
     fn sweep(&mut self, now: u64, out: &mut Outbox) {
-        self.backend.write_state(&mut self.state);
         let grace = self.config.orphan_grace_period.as_secs();
-        for key in sweep::find(&self.state.allocations, now / 1000, grace) {
-            let (tx, _rx) = mpsc::channel();
-            self.backend
-                .on_request(Request::Release { key }, tx, now, out);
+        let allocs: Vec<StoredAllocation> = self.core.allocations().values().cloned().collect();
+        for key in sweep::find(&allocs, now / 1000, grace) {
+            if self.core.release(&key, now).is_some() {
+                out.touch();
+            }
         }
     }
 
@@ -348,7 +357,7 @@ impl Daemon {
             );
             return;
         }
-        if let Err(e) = self.backend.reload(&config) {
+        if let Err(e) = self.core.reload(&config) {
             log::error!("reload: keeping the running config: {e}");
             return;
         }
@@ -404,7 +413,7 @@ mod tests {
         let socket = dir.join("t.sock");
         let listener = server::bind(&socket).unwrap();
         let gate = server::Gate::new();
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::channel::<Msg<()>>();
         let g = gate.clone();
         std::thread::spawn(move || server::accept_loop(listener, tx, g));
         let s = socket.clone();

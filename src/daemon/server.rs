@@ -14,7 +14,6 @@
 //! The [`Gate`] is shared with the loop: once it stops, no request is answered with success, and
 //! the loop waits (bounded) until every reply it handed out has been written.
 
-use super::Msg;
 use crate::rpc::{MAX_REQUEST_BYTES, Request, Response};
 use crate::{Error, Kind, Result, ResultExt};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -47,6 +46,12 @@ const DISCARD_CAP: usize = 64 << 20;
 const EVICT_SETTLE: Duration = Duration::from_millis(20);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A request as the loop receives it, with where its reply goes.
+pub struct RpcCall {
+    pub req: Request,
+    pub reply: Sender<Response>,
+}
 
 /// Binds the socket, refusing to steal it from a daemon that is still running.
 pub fn bind(path: &Path) -> Result<UnixListener> {
@@ -288,7 +293,11 @@ impl Throttle {
 
 /// Accepts until the process ends. Never blocks on a client: a connection either gets a thread
 /// or an immediate "busy" reply.
-pub fn accept_loop(listener: UnixListener, tx: Sender<Msg>, gate: Arc<Gate>) {
+pub fn accept_loop<M: From<RpcCall> + Send + 'static>(
+    listener: UnixListener,
+    tx: Sender<M>,
+    gate: Arc<Gate>,
+) {
     // A spare descriptor: when the process is out of them, it is given up to accept and answer
     // the next caller instead of leaving it in the backlog until some connection ends.
     let mut spare = std::fs::File::open("/dev/null").ok();
@@ -336,7 +345,7 @@ pub fn accept_loop(listener: UnixListener, tx: Sender<Msg>, gate: Arc<Gate>) {
     }
 }
 
-fn start(gate: &Arc<Gate>, stream: UnixStream, tx: &Sender<Msg>) {
+fn start<M: From<RpcCall> + Send + 'static>(gate: &Arc<Gate>, stream: UnixStream, tx: &Sender<M>) {
     let conn = Arc::new(Conn {
         stream,
         accepted: Instant::now(),
@@ -379,7 +388,7 @@ struct Refusal {
     unread: bool,
 }
 
-fn serve(slot: Slot, tx: Sender<Msg>) {
+fn serve<M: From<RpcCall>>(slot: Slot, tx: Sender<M>) {
     let (gate, conn) = (&*slot.gate, slot.conn.clone().expect("a fresh slot"));
     let stream = &conn.stream;
     let deadline = conn.accepted + gate.deadline;
@@ -499,13 +508,17 @@ fn read_request(
     }
 }
 
-fn dispatch(req: Request, tx: &Sender<Msg>, gate: &Gate) -> Response {
+fn dispatch<M: From<RpcCall>>(req: Request, tx: &Sender<M>, gate: &Gate) -> Response {
     let (reply_tx, reply_rx) = mpsc::channel();
     let gone = || {
         gate.stopping()
             .unwrap_or_else(|| Error::new(Kind::TryAgain, "terway daemon is shutting down"))
     };
-    tx.send(Msg::Rpc(req, reply_tx)).map_err(|_| gone())?;
+    tx.send(M::from(RpcCall {
+        req,
+        reply: reply_tx,
+    }))
+    .map_err(|_| gone())?;
     reply_rx.recv().map_err(|_| gone())?
 }
 
@@ -593,7 +606,7 @@ fn discard_queued(stream: &UnixStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rpc::{AttachKey, PodRef};
+    use crate::model::{AttachKey, PodRef};
     use proptest::prelude::*;
 
     fn config() -> ProptestConfig {
@@ -620,7 +633,8 @@ mod tests {
     }
 
     fn key() -> impl Strategy<Value = AttachKey> {
-        (text(), text()).prop_map(|(container_id, ifname)| AttachKey {
+        (text(), text(), text()).prop_map(|(network, container_id, ifname)| AttachKey {
+            network,
             container_id,
             ifname,
         })
@@ -628,10 +642,9 @@ mod tests {
 
     fn request() -> impl Strategy<Value = Request> {
         prop_oneof![
-            (key(), text(), (text(), text(), text()), text()).prop_map(
-                |(key, network, (namespace, name, uid), netns)| Request::Alloc {
+            (key(), (text(), text(), text()), text()).prop_map(
+                |(key, (namespace, name, uid), netns)| Request::Alloc {
                     key,
-                    network,
                     pod: PodRef {
                         namespace,
                         name,

@@ -4,8 +4,8 @@
 //! be running), its network namespace no longer exists and its host veth is gone.
 
 use crate::datapath::{host_veth_name, policy};
+use crate::model::AttachKey;
 use crate::netlink::Netlink;
-use crate::rpc::AttachKey;
 use crate::store::StoredAllocation;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -40,7 +40,7 @@ pub fn gc_candidates<'a>(
     grace_secs: u64,
 ) -> Vec<AttachKey> {
     allocs
-        .filter(|a| a.network == network && !valid.contains(&a.key))
+        .filter(|a| a.key.network == network && !valid.contains(&a.key))
         .filter(|a| a.created_unix.saturating_add(grace_secs) <= now_secs)
         .map(|a| a.key.clone())
         .collect()
@@ -71,12 +71,14 @@ pub fn find(allocs: &[StoredAllocation], now_secs: u64, grace_secs: u64) -> Vec<
     );
     for a in allocs.iter().filter(|a| found.contains(&a.key)) {
         // Still ours until released, so no other pod's rules can be hit.
-        if let Err(e) = policy::teardown_pod_rules(&mut nl, a.ipv4) {
-            log::warn!("sweep: rules of {}: {e}", a.ipv4);
+        if let Some(ip) = a.address.ipv4_addr()
+            && let Err(e) = policy::teardown_pod_rules(&mut nl, ip)
+        {
+            log::warn!("sweep: rules of {ip}: {e}");
         }
         log::info!(
             "sweep: releasing {} of {} ({}): its namespace and veth are gone",
-            a.ipv4,
+            a.address,
             a.pod,
             a.key
         );
@@ -87,18 +89,15 @@ pub fn find(allocs: &[StoredAllocation], now_secs: u64, grace_secs: u64) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rpc::PodRef;
+    use crate::model::PodRef;
 
     fn alloc(id: &str, netns: &str, created: u64) -> StoredAllocation {
         StoredAllocation {
-            key: AttachKey {
-                container_id: id.into(),
-                ifname: "eth0".into(),
-            },
-            network: "terway".into(),
+            key: AttachKey::new("terway", id, "eth0"),
             pod: PodRef::default(),
             netns: netns.into(),
-            ipv4: "10.0.0.2".parse().unwrap(),
+            address: crate::model::PodAddress::v4("10.0.0.2".parse().unwrap(), 32, None),
+            datapath: crate::model::Datapath::Veth,
             created_unix: created,
         }
     }

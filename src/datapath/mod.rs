@@ -1,12 +1,16 @@
 //! Datapaths: how a pod's interface is wired to the node. One file per datapath, each with
-//! `setup` / `check` / `teardown`. Host-side work happens in the calling thread's namespace; the
-//! pod side is reached through a netlink socket opened inside the pod's namespace.
+//! `setup` / `check` / `teardown`; [`attach`] is the one interface the plugin uses, choosing the
+//! datapath the daemon recorded with the allocation. Host-side work happens in the calling
+//! thread's namespace; the pod side is reached through a netlink socket opened inside the pod's
+//! namespace.
 
+pub mod attach;
+pub mod eni_device;
 pub mod exclusive_eni;
 pub mod policy;
 pub mod veth;
 
-pub use veth::{Teardown, VethInfo, VethSpec, check, setup, teardown};
+pub use veth::{Teardown, VethInfo, VethSpec};
 
 use sha2::{Digest, Sha256};
 use std::net::Ipv4Addr;

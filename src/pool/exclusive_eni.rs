@@ -1,7 +1,7 @@
 //! Exclusive-ENI mode (ENIOnly): a pod takes a whole secondary ENI. The ENI's primary IP is the
 //! pod's address, with the vSwitch's prefix length and gateway.
 //!
-//! Pure like [`crate::pool::eni`]: no I/O, no clock, no randomness. The daemon passes the time
+//! Pure like [`crate::pool::shared_eni`]: no I/O, no clock, no randomness. The daemon passes the time
 //! (monotonic ms) and a random number in, runs the [`CloudOp`]s that [`Pool::plan`] returns on
 //! its workers and feeds the results back through [`Pool::apply`].
 //!
@@ -29,13 +29,13 @@ mod state_tests;
 mod tests;
 
 use crate::config::VSwitchPolicy;
-use crate::rpc::AttachKey;
+use crate::model::AttachKey;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-pub use crate::pool::eni::{BlockedVSwitch, CloudFailure, EniFacts, Lease, OpId};
+pub use crate::pool::shared_eni::{BlockedVSwitch, CloudFailure, EniFacts, Lease, OpId};
 
 /// Who holds an ENI. One alias so the key type can change in one place.
 pub type Owner = AttachKey;

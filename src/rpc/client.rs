@@ -163,15 +163,15 @@ fn largest_field(v: &Value, path: &str) -> Option<(String, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rpc::{AttachKey, PodRef};
+    use crate::model::{AttachKey, PodRef};
 
     fn alloc(network: String) -> Request {
         Request::Alloc {
             key: AttachKey {
+                network,
                 container_id: "c".into(),
                 ifname: "eth0".into(),
             },
-            network,
             pod: PodRef::default(),
             netns: "/run/netns/x".into(),
         }
@@ -191,7 +191,7 @@ mod tests {
         assert!(
             e.error
                 .msg
-                .contains("largest field: network, 2097154 bytes"),
+                .contains("largest field: key.network, 2097154 bytes"),
             "{}",
             e.error
         );
@@ -214,13 +214,7 @@ mod tests {
         );
         let gc = Request::Gc {
             network: "n".into(),
-            valid: vec![
-                AttachKey {
-                    container_id: "a".into(),
-                    ifname: "eth0".into()
-                };
-                3
-            ],
+            valid: vec![AttachKey::new("n", "a", "eth0"); 3],
         };
         let v = serde_json::to_value(&gc).unwrap();
         assert_eq!(largest_field(&v, "").unwrap().0, "valid");

@@ -4,43 +4,12 @@
 pub mod client;
 
 use crate::Error;
+use crate::model::{AttachKey, Datapath, PodAddress, PodRef};
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
 
 /// Largest encoded request the daemon reads; the client refuses to send anything bigger. Real
 /// requests are a few hundred bytes (a GC with thousands of valid attachments stays far below).
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
-
-/// An attachment as the CNI spec keys it: (container id, interface name).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct AttachKey {
-    pub container_id: String,
-    pub ifname: String,
-}
-
-impl std::fmt::Display for AttachKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.container_id, self.ifname)
-    }
-}
-
-/// Who the pod is (from `CNI_ARGS`); empty fields when the runtime did not say.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodRef {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-}
-
-impl std::fmt::Display for PodRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.namespace.is_empty() {
-            f.write_str(&self.name)
-        } else {
-            write!(f, "{}/{}", self.namespace, self.name)
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -48,7 +17,6 @@ pub enum Request {
     /// Allocate (or return the existing allocation of) an address for an attachment.
     Alloc {
         key: AttachKey,
-        network: String,
         pod: PodRef,
         netns: String,
     },
@@ -77,22 +45,11 @@ pub enum Request {
     Pool,
 }
 
-/// How the plugin must wire the pod for an allocation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Datapath {
-    /// veth pair, pod address /32, host route to the pod (VPC mode).
-    Veth,
-    /// veth as above plus policy routing: traffic from the pod leaves through its ENI, whose
-    /// route table (`table`, prepared by the daemon) points at the vSwitch gateway.
-    VethPolicy { table: u32, eni_id: String },
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allocation {
     pub key: AttachKey,
     pub pod: PodRef,
-    pub ipv4: Ipv4Addr,
+    pub address: PodAddress,
     pub datapath: Datapath,
     /// Only in the reply to `Alloc`: what this call may undo if it fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -127,9 +84,9 @@ pub struct MappingRow {
 pub struct PoolView {
     pub mode: String,
     pub pod_cidr: Option<String>,
-    /// Shared ENI mode: per-ENI usage, blocked vSwitches, max pods.
+    /// ENI modes: the ENIs, what holds them, blocked vSwitches.
     #[serde(default)]
-    pub eni: Option<crate::pool::eni::PoolSnapshot>,
+    pub eni: Option<EniPoolView>,
     /// Where the daemon reads instance metadata (the CLI compares against it).
     #[serde(default)]
     pub metadata_endpoint: Option<String>,
@@ -140,6 +97,54 @@ pub struct PoolView {
     pub capacity: u64,
     pub min_pool_size: u32,
     pub max_pool_size: u32,
+}
+
+/// The ENIs of an ENI mode, as `terway pool` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EniPoolView {
+    /// Secondary ENIs the node may have.
+    pub max_enis: u32,
+    /// Addresses (or ENIs) requested from the cloud and not there yet.
+    pub pending_ips: u32,
+    pub enis: Vec<EniView>,
+    #[serde(default)]
+    pub blocked_vswitches: Vec<BlockedVSwitchView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EniView {
+    pub id: String,
+    pub mac: String,
+    pub vswitch_id: String,
+    pub primary_ip: String,
+    /// Addresses held by pods / addresses on the ENI.
+    pub in_use: u32,
+    pub addresses: u32,
+    /// What is wrong with it, empty when nothing is.
+    #[serde(default)]
+    pub problems: String,
+    #[serde(default)]
+    pub ips: Vec<EniIpView>,
+}
+
+/// One address of an ENI: who holds it, or idle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EniIpView {
+    pub ip: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<crate::model::AttachKey>,
+    #[serde(default)]
+    pub primary: bool,
+    /// The cloud no longer has it.
+    #[serde(default)]
+    pub lost: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockedVSwitchView {
+    pub id: String,
+    pub seconds_left: u64,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@ use super::{
     BlockedVSwitch, CloudFailure, CloudOp, CloudOutcome, EniFacts, EniState, Flight, OpId, Pool,
 };
 use crate::config::VSwitchPolicy;
-use crate::pool::eni::MAX_RETRY_MS;
+use crate::pool::shared_eni::MAX_RETRY_MS;
 use std::collections::BTreeMap;
 
 const IP_NOT_ENOUGH: &str = "InvalidVSwitchId.IpNotEnough";

@@ -23,10 +23,7 @@ pub(super) fn cfg() -> PoolConfig {
 }
 
 pub(super) fn key(n: u32) -> Owner {
-    AttachKey {
-        container_id: format!("c{n}"),
-        ifname: "eth0".into(),
-    }
+    AttachKey::new("terway", &format!("c{n}"), "eth0")
 }
 
 pub(super) fn failure(code: &str) -> CloudFailure {

@@ -365,7 +365,8 @@ fn throttling_backs_off_exponentially_and_is_not_unservable() {
     let gaps: Vec<u64> = tries.windows(2).map(|w| w[1] - w[0]).collect();
     assert_eq!(&gaps[..4], &[1000, 2000, 4000, 8000]);
     assert!(
-        gaps.iter().all(|g| *g <= crate::pool::eni::MAX_RETRY_MS),
+        gaps.iter()
+            .all(|g| *g <= crate::pool::shared_eni::MAX_RETRY_MS),
         "{gaps:?}"
     );
     assert!(tries.len() < 20, "{} tries", tries.len());

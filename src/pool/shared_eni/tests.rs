@@ -23,10 +23,7 @@ fn cfg() -> PoolConfig {
 }
 
 fn key(n: u32) -> AttachKey {
-    AttachKey {
-        container_id: format!("c{n}"),
-        ifname: "eth0".into(),
-    }
+    AttachKey::new("terway", &format!("c{n}"), "eth0")
 }
 
 fn ip(s: &str) -> Ipv4Addr {
@@ -787,12 +784,13 @@ fn backoff_is_capped_and_resets_on_success() {
     }
     let gaps: Vec<u64> = tries.windows(2).map(|w| w[1] - w[0]).collect();
     assert!(
-        gaps.iter().all(|g| *g <= crate::pool::eni::MAX_RETRY_MS),
+        gaps.iter()
+            .all(|g| *g <= crate::pool::shared_eni::MAX_RETRY_MS),
         "{gaps:?}"
     );
     assert_eq!(
         gaps.last(),
-        Some(&crate::pool::eni::MAX_RETRY_MS),
+        Some(&crate::pool::shared_eni::MAX_RETRY_MS),
         "{gaps:?}"
     );
     assert!(

@@ -16,7 +16,7 @@ mod reconcile;
 mod tests;
 
 use crate::config::{EniPolicy, VSwitchPolicy};
-use crate::rpc::AttachKey;
+use crate::model::AttachKey;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

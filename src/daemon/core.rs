@@ -1,0 +1,314 @@
+//! The daemon core, the same for every mode: the allocation table keyed by attachment, pods
+//! waiting for an address, grants (what a failing ADD may undo), GC candidates and releases.
+//! Requests and job results go in; replies come out through an [`Outbox`] that the loop sends
+//! only after the state is saved, and cloud jobs come out of [`Core::tick`]. No I/O here but
+//! what the source does.
+
+use super::grants::{Grants, refused_rollback};
+use super::source::{AddressSource, Allocations, Current, Take};
+use super::sweep::gc_candidates;
+use super::waiters::{Waiter, Waiters};
+use super::workers::Job;
+use crate::config::Config;
+use crate::model::{AttachKey, Datapath, PodAddress, PodRef};
+use crate::rpc::{Allocation, Reply, Request, Response, StatusView};
+use crate::store::{State, StoredAllocation};
+use crate::{Error, Kind, Result};
+use std::sync::mpsc::Sender;
+
+/// How long an ADD may wait for its source to grow before it fails with code 11.
+pub const WAIT_TIMEOUT_MS: u64 = 60_000;
+
+/// Replies produced while handling a batch; sent only after the state is saved.
+#[derive(Default)]
+pub struct Outbox {
+    pub replies: Vec<(Sender<Response>, Response)>,
+    dirty: bool,
+}
+
+impl Outbox {
+    /// Queues a reply. `mutating` replies depend on state that must reach the disk first.
+    pub fn reply(&mut self, tx: Sender<Response>, resp: Response, mutating: bool) {
+        self.dirty |= mutating;
+        self.replies.push((tx, resp));
+    }
+
+    /// The state changed without a reply depending on it (a cloud result, a reload, a sweep).
+    pub fn touch(&mut self) {
+        self.dirty = true;
+    }
+
+    pub fn dirty(&self) -> bool {
+        self.dirty
+    }
+}
+
+pub struct Core<S: AddressSource> {
+    source: S,
+    allocs: Allocations,
+    waiters: Waiters<Sender<Response>>,
+    grants: Grants,
+    grace_secs: u64,
+}
+
+fn view(a: &StoredAllocation, address: PodAddress, datapath: Datapath) -> Allocation {
+    Allocation {
+        key: a.key.clone(),
+        pod: a.pod.clone(),
+        address,
+        datapath,
+        grant: None,
+    }
+}
+
+impl<S: AddressSource> Core<S> {
+    /// `allocations`: what the state file holds that the source accepted at start.
+    pub fn new(source: S, allocations: Vec<StoredAllocation>, grace_secs: u64, now: u64) -> Self {
+        Core {
+            source,
+            allocs: allocations
+                .into_iter()
+                .map(|a| (a.key.clone(), a))
+                .collect(),
+            waiters: Waiters::default(),
+            grants: Grants::new(now),
+            grace_secs,
+        }
+    }
+
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    pub fn allocations(&self) -> &Allocations {
+        &self.allocs
+    }
+
+    pub fn handle(&mut self, req: Request, reply: Sender<Response>, now: u64, out: &mut Outbox) {
+        match req {
+            Request::Alloc { key, pod, netns } => self.alloc(key, pod, netns, reply, now, out),
+            Request::Release { key } => {
+                if let Some(w) = self.waiters.cancel(&key) {
+                    let _ = w.reply.send(Err(Error::new(
+                        Kind::TryAgain,
+                        "the pod was deleted while waiting",
+                    )));
+                }
+                let released = self.release(&key, now);
+                let changed = released.is_some();
+                out.reply(reply, Ok(Reply::Released(released)), changed);
+            }
+            Request::Rollback { key, token } => {
+                let released = if self.grants.may_roll_back(&key, token) {
+                    self.release(&key, now)
+                } else {
+                    log::info!("{}", refused_rollback(&key));
+                    None
+                };
+                let changed = released.is_some();
+                out.reply(reply, Ok(Reply::Released(released)), changed);
+            }
+            Request::Get { key } => {
+                let found = self
+                    .allocs
+                    .get(&key)
+                    .and_then(|a| match self.source.current(a) {
+                        Current::Valid(address, datapath) => Some(view(a, address, datapath)),
+                        Current::NotReady(_) | Current::Lost => None,
+                    });
+                out.reply(reply, Ok(Reply::Found(found)), false);
+            }
+            Request::Gc { network, valid } => {
+                let stale = gc_candidates(
+                    self.allocs.values(),
+                    &network,
+                    &valid,
+                    now / 1000,
+                    self.grace_secs,
+                );
+                // As recorded: GC removes what was wired, whatever the source says of it now.
+                let found = stale
+                    .iter()
+                    .filter_map(|k| self.allocs.get(k))
+                    .map(|a| view(a, a.address.clone(), a.datapath.clone()))
+                    .collect();
+                out.reply(reply, Ok(Reply::Collected(found)), false);
+            }
+            Request::Status => {
+                let status = StatusView {
+                    mode: self.source.mode().to_string(),
+                    free: self.source.free(),
+                };
+                out.reply(reply, Ok(Reply::Status(status)), false);
+            }
+            Request::Mapping => {
+                let rows = self.source.mapping(now, &self.allocs);
+                out.reply(reply, Ok(Reply::Mapping(rows)), false);
+            }
+            Request::Pool => {
+                let v = self.source.pool_view(now, &self.allocs);
+                out.reply(reply, Ok(Reply::Pool(v)), false);
+            }
+        }
+    }
+
+    fn alloc(
+        &mut self,
+        key: AttachKey,
+        pod: PodRef,
+        netns: String,
+        reply: Sender<Response>,
+        now: u64,
+        out: &mut Outbox,
+    ) {
+        if let Some(a) = self.allocs.get(&key) {
+            match self.source.current(a) {
+                Current::Valid(address, datapath) => {
+                    // The runtime retried ADD: same attachment, same address.
+                    let mut v = view(a, address, datapath);
+                    v.grant = Some(self.grants.grant(&key, false));
+                    out.reply(reply, Ok(Reply::Allocated(v)), false);
+                    return;
+                }
+                Current::NotReady(e) => {
+                    out.reply(reply, Err(e), false);
+                    return;
+                }
+                Current::Lost => {
+                    // The cloud lost its address: the pod gets a real one.
+                    self.release(&key, now);
+                    out.touch();
+                }
+            }
+        }
+        let w = Waiter {
+            key,
+            pod,
+            netns,
+            reply,
+            deadline: now + WAIT_TIMEOUT_MS,
+        };
+        // First come, first served: a new pod does not overtake waiting ones.
+        if !self.waiters.is_empty() {
+            self.park(w);
+            return;
+        }
+        if let Some(w) = self.try_serve(w, now, out) {
+            self.park(w);
+        }
+    }
+
+    fn park(&mut self, w: Waiter<Sender<Response>>) {
+        if let Some(old) = self.waiters.park(w) {
+            let _ = old.reply.send(Err(Error::new(
+                Kind::TryAgain,
+                "superseded by a retried ADD",
+            )));
+        }
+    }
+
+    /// Serves `w` if the source can; gives it back when the source says later.
+    fn try_serve(
+        &mut self,
+        w: Waiter<Sender<Response>>,
+        now: u64,
+        out: &mut Outbox,
+    ) -> Option<Waiter<Sender<Response>>> {
+        match self.source.take(&w.key, &w.pod, now) {
+            Take::Ready(address, datapath) => {
+                let a = StoredAllocation {
+                    key: w.key.clone(),
+                    pod: w.pod,
+                    netns: w.netns,
+                    address,
+                    datapath,
+                    created_unix: now / 1000,
+                };
+                let mut v = view(&a, a.address.clone(), a.datapath.clone());
+                v.grant = Some(self.grants.grant(&w.key, true));
+                self.allocs.insert(w.key, a);
+                out.reply(w.reply, Ok(Reply::Allocated(v)), true);
+                None
+            }
+            Take::Fail(e) => {
+                out.reply(w.reply, Err(e), false);
+                None
+            }
+            Take::Later => Some(w),
+        }
+    }
+
+    /// Removes `key`'s allocation and gives its address back (DEL, rollback, GC, the sweep).
+    pub fn release(&mut self, key: &AttachKey, now: u64) -> Option<Allocation> {
+        self.grants.forget(key);
+        let a = self.allocs.remove(key)?;
+        self.source.give_back(&a, now);
+        Some(view(&a, a.address.clone(), a.datapath.clone()))
+    }
+
+    pub fn apply(&mut self, done: S::Done, now: u64, out: &mut Outbox) {
+        self.source.apply(done, now);
+        out.touch();
+    }
+
+    /// After every batch and when a deadline passes: the source plans cloud work, then waiting
+    /// pods are served in order, failed when the source cannot serve them at all, or expired.
+    pub fn tick(&mut self, now: u64, out: &mut Outbox) -> Vec<Job<S::Done>> {
+        let jobs = self.source.plan(now, self.waiters.len() as u32);
+        while let Some(w) = self.waiters.pop_front() {
+            if let Some(w) = self.try_serve(w, now, out) {
+                self.waiters.push_front(w);
+                break;
+            }
+        }
+        if self.waiters.is_empty() {
+            return jobs;
+        }
+        if let Some(reason) = self.source.unservable(now, self.waiters.len() as u32) {
+            log::error!("failing {} waiting pod(s): {reason}", self.waiters.len());
+            for w in self.waiters.drain() {
+                let e = Error::new(
+                    Kind::TryAgain,
+                    format!("no address for pod {}: {reason}", w.pod),
+                );
+                out.reply(w.reply, Err(e), false);
+            }
+            return jobs;
+        }
+        for w in self.waiters.expire(now) {
+            let e = Error::new(
+                Kind::TryAgain,
+                format!(
+                    "no address for pod {} after {} s: {}",
+                    w.pod,
+                    WAIT_TIMEOUT_MS / 1000,
+                    self.source.waiting_detail()
+                ),
+            );
+            out.reply(w.reply, Err(e), false);
+        }
+        jobs
+    }
+
+    pub fn next_deadline(&self, now: u64) -> Option<u64> {
+        [self.source.next_deadline(now), self.waiters.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    pub fn write_state(&self, state: &mut State) {
+        state.allocations = self.allocs.values().cloned().collect();
+        self.source.write_state(state);
+    }
+
+    pub fn reload(&mut self, config: &Config) -> Result<()> {
+        self.source.reload(config)?;
+        self.grace_secs = config.orphan_grace_period.as_secs();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

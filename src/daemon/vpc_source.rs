@@ -1,0 +1,236 @@
+//! VPC mode as an address source: pod addresses from the node's pod CIDR (round robin, so a
+//! released address is not handed out again at once). Pure: no cloud calls (yet).
+
+use super::source::{AddressSource, Allocations, Current, Take};
+use super::workers::Job;
+use crate::config::{Config, Mode};
+use crate::model::{AttachKey, Datapath, PodAddress, PodRef};
+use crate::pool::cidr::CidrPool;
+use crate::rpc::{MappingRow, PoolView};
+use crate::store::{State, StoredAllocation, VpcPoolState};
+use crate::{Error, Kind, Result};
+use ipnetwork::Ipv4Network;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+#[derive(Debug)]
+pub struct VpcSource {
+    pool: CidrPool,
+    used: HashMap<Ipv4Addr, AttachKey>,
+    min_pool_size: u32,
+    max_pool_size: u32,
+}
+
+impl VpcSource {
+    /// The source from the config and the loaded state, with the allocations it holds.
+    pub fn start(config: &Config, state: &State) -> Result<(VpcSource, Vec<StoredAllocation>)> {
+        let Some(pod_cidr) = config.pod_cidr else {
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                "pod_cidr is required in VPC mode",
+            ));
+        };
+        let mut source = VpcSource::from_state(pod_cidr, state)
+            .map_err(|e| e.context(format!("state file {}", config.state_path.display())))?;
+        source.min_pool_size = config.min_pool_size;
+        source.max_pool_size = config.max_pool_size;
+        Ok((source, state.allocations.clone()))
+    }
+
+    /// Rebuilds from the state file. Allocations outside `pod_cidr` (the config changed while the
+    /// daemon was stopped) are refused rather than dropped: those pods still use the addresses.
+    pub fn from_state(pod_cidr: Ipv4Network, state: &State) -> Result<VpcSource> {
+        let cursor = state
+            .vpc
+            .as_ref()
+            .filter(|v| v.pod_cidr == pod_cidr)
+            .and_then(|v| v.cursor);
+        let mut source = VpcSource {
+            pool: CidrPool::new(pod_cidr, cursor),
+            used: HashMap::new(),
+            min_pool_size: 0,
+            max_pool_size: 0,
+        };
+        source.hold(state.allocations.iter())?;
+        Ok(source)
+    }
+
+    fn hold<'a>(&mut self, allocs: impl Iterator<Item = &'a StoredAllocation>) -> Result<()> {
+        let allocs: Vec<&StoredAllocation> = allocs.collect();
+        let cidr = self.pool.cidr();
+        let outside: Vec<String> = allocs
+            .iter()
+            .filter(|a| {
+                !a.address
+                    .ipv4_addr()
+                    .is_some_and(|ip| self.pool.is_usable(ip))
+            })
+            .map(|a| format!("{} {} ({})", a.address, a.pod, a.key))
+            .collect();
+        if !outside.is_empty() {
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                format!(
+                    "pod_cidr {cidr} does not hold {} address(es) pods still use: {}; restore the previous pod_cidr or delete those pods first",
+                    outside.len(),
+                    outside.join(", ")
+                ),
+            ));
+        }
+        for a in allocs {
+            let Some(ip) = a.address.ipv4_addr() else {
+                continue;
+            };
+            if let Some(other) = self.used.insert(ip, a.key.clone()) {
+                return Err(Error::new(
+                    Kind::State,
+                    format!("state lists {ip} twice ({other} and {})", a.key),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a new pod CIDR on reload only if every allocation still fits.
+    fn change_cidr(&mut self, cidr: Ipv4Network) -> Result<()> {
+        if cidr == self.pool.cidr() {
+            return Ok(());
+        }
+        let mut next = CidrPool::new(cidr, None);
+        let outside: Vec<String> = self
+            .used
+            .iter()
+            .filter(|(ip, _)| !next.is_usable(**ip))
+            .map(|(ip, key)| format!("{ip} ({key})"))
+            .collect();
+        if !outside.is_empty() {
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                format!(
+                    "pod_cidr {cidr} does not hold {} address(es) pods still use: {}; restore the previous pod_cidr or delete those pods first",
+                    outside.len(),
+                    outside.join(", ")
+                ),
+            ));
+        }
+        std::mem::swap(&mut self.pool, &mut next);
+        Ok(())
+    }
+
+    fn free_now(&self) -> u64 {
+        self.pool.capacity().saturating_sub(self.used.len() as u64)
+    }
+}
+
+impl AddressSource for VpcSource {
+    type Done = ();
+
+    fn mode(&self) -> Mode {
+        Mode::Vpc
+    }
+
+    fn workers(&self) -> usize {
+        0
+    }
+
+    fn take(&mut self, _key: &AttachKey, pod: &PodRef, _now: u64) -> Take {
+        let used = &self.used;
+        match self.pool.next(|ip| used.contains_key(&ip)) {
+            Some(ip) => {
+                self.used.insert(ip, _key.clone());
+                Take::Ready(PodAddress::v4(ip, 32, None), Datapath::Veth)
+            }
+            None => Take::Fail(Error::new(
+                Kind::Exhausted,
+                format!(
+                    "pod CIDR {} has no free address ({} in use) for pod {pod}",
+                    self.pool.cidr(),
+                    self.used.len()
+                ),
+            )),
+        }
+    }
+
+    fn give_back(&mut self, alloc: &StoredAllocation, _now: u64) {
+        if let Some(ip) = alloc.address.ipv4_addr() {
+            self.used.remove(&ip);
+        }
+    }
+
+    fn current(&self, alloc: &StoredAllocation) -> Current {
+        Current::Valid(alloc.address.clone(), Datapath::Veth)
+    }
+
+    fn plan(&mut self, _now: u64, _waiting: u32) -> Vec<Job<()>> {
+        Vec::new()
+    }
+
+    fn apply(&mut self, _done: (), _now: u64) {}
+
+    fn unservable(&self, _now: u64, _waiting: u32) -> Option<String> {
+        None
+    }
+
+    fn waiting_detail(&self) -> String {
+        format!("{} free in pod CIDR {}", self.free_now(), self.pool.cidr())
+    }
+
+    fn next_deadline(&self, _now: u64) -> Option<u64> {
+        None
+    }
+
+    fn write_state(&self, state: &mut State) {
+        state.vpc = Some(VpcPoolState {
+            pod_cidr: self.pool.cidr(),
+            cursor: self.pool.cursor(),
+        });
+    }
+
+    fn reload(&mut self, config: &Config) -> Result<()> {
+        if let Some(cidr) = config.pod_cidr {
+            self.change_cidr(cidr)?;
+        }
+        self.min_pool_size = config.min_pool_size;
+        self.max_pool_size = config.max_pool_size;
+        Ok(())
+    }
+
+    fn free(&self) -> u64 {
+        self.free_now()
+    }
+
+    fn pool_view(&self, _now: u64, allocs: &Allocations) -> PoolView {
+        PoolView {
+            mode: Mode::Vpc.to_string(),
+            pod_cidr: Some(self.pool.cidr().to_string()),
+            eni: None,
+            metadata_endpoint: None,
+            instance_id: None,
+            in_use: allocs.len() as u64,
+            idle: self.free_now(),
+            capacity: self.pool.capacity(),
+            min_pool_size: self.min_pool_size,
+            max_pool_size: self.max_pool_size,
+        }
+    }
+
+    fn mapping(&self, _now: u64, allocs: &Allocations) -> Vec<MappingRow> {
+        let mut rows: Vec<(Option<Ipv4Addr>, MappingRow)> = allocs
+            .values()
+            .map(|a| {
+                let ip = a.address.to_string();
+                (
+                    a.address.ipv4_addr(),
+                    MappingRow {
+                        status: "Normal".into(),
+                        pod: a.pod.to_string(),
+                        res_id: ip.clone(),
+                        factory_res_id: ip,
+                    },
+                )
+            })
+            .collect();
+        rows.sort_by_key(|r| r.0);
+        rows.into_iter().map(|r| r.1).collect()
+    }
+}

@@ -1,0 +1,280 @@
+//! The one interface of the datapaths: set up, check or tear down an attachment as the daemon's
+//! allocation says (its addresses and the datapath that wires them). The plugin never guesses a
+//! datapath from names, and every teardown touches only what provably belongs to the attachment.
+
+use super::exclusive_eni::{self, EniTeardownSpec, ExclusiveEniSpec, HostVethRef};
+use super::veth::{self, Teardown, VethSpec};
+use super::{POD_GATEWAY, host_veth_alias, host_veth_name, policy};
+use crate::error::{Error, Kind, Result};
+use crate::model::{Datapath, PodAddress};
+use crate::netlink::{Netlink, parse_mac};
+use crate::netns::NetNs;
+use ipnetwork::{IpNetwork, Ipv4Network};
+use std::net::{IpAddr, Ipv4Addr};
+
+/// One attachment as the datapaths see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Attachment<'a> {
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+    /// The pod's namespace; `None` when it is gone (DEL, GC).
+    pub netns: Option<&'a NetNs>,
+    pub mtu: u32,
+}
+
+impl Attachment<'_> {
+    fn host_ifname(&self) -> String {
+        host_veth_name(self.container_id, self.ifname)
+    }
+
+    fn alias(&self) -> String {
+        host_veth_alias(self.container_id, self.ifname)
+    }
+
+    fn netns(&self) -> Result<&NetNs> {
+        self.netns
+            .ok_or_else(|| Error::new(Kind::Netns, "the pod's network namespace is needed"))
+    }
+}
+
+/// An interface setup built, for the CNI result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WiredInterface {
+    pub name: String,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    /// Inside the pod (the result names its sandbox) rather than on the node.
+    pub in_pod: bool,
+}
+
+/// An address setup configured, on `interfaces[interface]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WiredIp {
+    pub addr: IpNetwork,
+    pub gateway: IpAddr,
+    pub interface: usize,
+}
+
+/// What setup built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wired {
+    pub interfaces: Vec<WiredInterface>,
+    pub ips: Vec<WiredIp>,
+}
+
+fn ipv4_of(address: &PodAddress) -> Result<Ipv4Addr> {
+    address.ipv4_addr().ok_or_else(|| {
+        Error::new(
+            Kind::InvalidConfig,
+            format!("the allocation ({address}) has no IPv4 address; this datapath needs one"),
+        )
+    })
+}
+
+fn veth_spec<'a>(
+    att: &Attachment<'a>,
+    ns: &'a NetNs,
+    host_ifname: &'a str,
+    alias: &'a str,
+    ip: Ipv4Addr,
+) -> VethSpec<'a> {
+    VethSpec {
+        netns: ns,
+        ifname: att.ifname,
+        host_ifname,
+        alias,
+        ip,
+        mtu: att.mtu,
+    }
+}
+
+/// The exclusive ENI's spec from the allocation.
+fn eni_spec<'a>(
+    att: &'a Attachment<'a>,
+    address: &PodAddress,
+    mac: &str,
+    host_peer: Option<&crate::model::HostPeer>,
+    names: &'a (String, String),
+) -> Result<ExclusiveEniSpec<'a>> {
+    let v4 = address.ipv4.ok_or_else(|| {
+        Error::new(
+            Kind::InvalidConfig,
+            format!("the allocation ({address}) has no IPv4 address"),
+        )
+    })?;
+    let (IpNetwork::V4(ip), Some(IpAddr::V4(gateway))) = (v4.addr, v4.gateway) else {
+        return Err(Error::new(
+            Kind::InvalidConfig,
+            format!("exclusive ENI address {address} needs an IPv4 gateway"),
+        ));
+    };
+    Ok(ExclusiveEniSpec {
+        netns: att.netns()?,
+        ifname: att.ifname,
+        mac: parse_mac(mac)?,
+        ip,
+        gateway,
+        mtu: att.mtu,
+        host_peer: host_peer.map(|p| exclusive_eni::HostPeer {
+            host_ifname: &names.0,
+            alias: &names.1,
+            service_cidr: p.service_cidr,
+            node_ips: p.node_ips.clone(),
+        }),
+    })
+}
+
+/// Builds the attachment's datapath. On failure everything this call created is removed again.
+pub fn setup(att: &Attachment, address: &PodAddress, dp: &Datapath) -> Result<Wired> {
+    let names = (att.host_ifname(), att.alias());
+    match dp {
+        Datapath::Veth | Datapath::VethPolicy { .. } => {
+            let ip = ipv4_of(address)?;
+            let spec = veth_spec(att, att.netns()?, &names.0, &names.1, ip);
+            let info = veth::setup(&spec)?;
+            if let Datapath::VethPolicy { table, .. } = dp {
+                let rules =
+                    Netlink::open().and_then(|mut nl| policy::setup_pod_rules(&mut nl, ip, *table));
+                if let Err(e) = rules {
+                    let _ = veth::teardown(&names.0, &names.1);
+                    return Err(e);
+                }
+            }
+            Ok(Wired {
+                interfaces: vec![
+                    WiredInterface {
+                        name: info.host_ifname,
+                        mac: info.host_mac,
+                        mtu: info.mtu,
+                        in_pod: false,
+                    },
+                    WiredInterface {
+                        name: att.ifname.to_string(),
+                        mac: info.pod_mac,
+                        mtu: info.mtu,
+                        in_pod: true,
+                    },
+                ],
+                ips: vec![WiredIp {
+                    addr: IpNetwork::V4(Ipv4Network::from(ip)),
+                    gateway: IpAddr::V4(POD_GATEWAY),
+                    interface: 1,
+                }],
+            })
+        }
+        Datapath::ExclusiveEni { mac, host_peer, .. } => {
+            let spec = eni_spec(att, address, mac, host_peer.as_ref(), &names)?;
+            let info = exclusive_eni::setup(&spec)?;
+            let mut interfaces = vec![WiredInterface {
+                name: att.ifname.to_string(),
+                mac: info.pod_mac,
+                mtu: info.mtu,
+                in_pod: true,
+            }];
+            if let Some(p) = info.host_peer {
+                interfaces.push(WiredInterface {
+                    name: p.host_ifname,
+                    mac: p.host_mac,
+                    mtu: info.mtu,
+                    in_pod: false,
+                });
+                interfaces.push(WiredInterface {
+                    name: p.pod_ifname,
+                    mac: p.pod_mac,
+                    mtu: info.mtu,
+                    in_pod: true,
+                });
+            }
+            Ok(Wired {
+                interfaces,
+                ips: vec![WiredIp {
+                    addr: IpNetwork::V4(spec.ip),
+                    gateway: IpAddr::V4(spec.gateway),
+                    interface: 0,
+                }],
+            })
+        }
+    }
+}
+
+/// Verifies the whole datapath; the error lists every missing or wrong piece.
+pub fn check(att: &Attachment, address: &PodAddress, dp: &Datapath) -> Result<()> {
+    let names = (att.host_ifname(), att.alias());
+    match dp {
+        Datapath::Veth | Datapath::VethPolicy { .. } => {
+            let ip = ipv4_of(address)?;
+            veth::check(&veth_spec(att, att.netns()?, &names.0, &names.1, ip))?;
+            if let Datapath::VethPolicy { table, .. } = dp {
+                let mut nl = Netlink::open()?;
+                policy::check_pod_rules(&mut nl, ip, *table)?;
+            }
+            Ok(())
+        }
+        Datapath::ExclusiveEni { mac, host_peer, .. } => {
+            exclusive_eni::check(&eni_spec(att, address, mac, host_peer.as_ref(), &names)?)
+        }
+    }
+}
+
+/// Removes the attachment's datapath. `known`: the allocation the daemon holds; `None` when the
+/// daemon could not say (down), and then what provably belongs to the attachment on the node:
+/// its host veth (name and alias) and the policy rules of the addresses routed onto it. Every
+/// step is tried; the first error is returned. Missing pieces are not errors, and neither is a
+/// link that belongs to someone else: it is left alone and logged.
+pub fn teardown(att: &Attachment, known: Option<(&PodAddress, &Datapath)>) -> Result<()> {
+    let (host_ifname, alias) = (att.host_ifname(), att.alias());
+    if let Some((_, Datapath::ExclusiveEni { mac, host_peer, .. })) = known {
+        let spec = EniTeardownSpec {
+            netns: att.netns,
+            mac: parse_mac(mac)?,
+            host_veth: host_peer.as_ref().map(|_| HostVethRef {
+                host_ifname: &host_ifname,
+                alias: &alias,
+            }),
+        };
+        let done = exclusive_eni::teardown(&spec)?;
+        if let exclusive_eni::EniReturn::NotOurs(why) = &done.eni {
+            log::warn!("left the device with MAC {mac} alone: {why}");
+        }
+        return Ok(());
+    }
+    let ips: Vec<Ipv4Addr> = match known {
+        Some((address, _)) => address.ipv4_addr().into_iter().collect(),
+        None => veth::routed_pod_ips(&host_ifname, &alias).unwrap_or_default(),
+    };
+    let mut first: Option<Error> = None;
+    match veth::teardown(&host_ifname, &alias) {
+        Ok(Teardown::NotOurs(why)) => eprintln!("terway: left {host_ifname} alone: {why}"),
+        Ok(_) => {}
+        Err(e) => {
+            first.get_or_insert(e);
+        }
+    }
+    if !ips.is_empty() {
+        match Netlink::open() {
+            Ok(mut nl) => {
+                for ip in &ips {
+                    if let Err(e) = policy::teardown_pod_rules(&mut nl, *ip) {
+                        first.get_or_insert(e.context(format!("remove rules of {ip}")));
+                    }
+                }
+            }
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    match first {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The addresses DEL would clean up without the daemon, for its message.
+pub fn routed_ips(container_id: &str, ifname: &str) -> Vec<Ipv4Addr> {
+    veth::routed_pod_ips(
+        &host_veth_name(container_id, ifname),
+        &host_veth_alias(container_id, ifname),
+    )
+    .unwrap_or_default()
+}
