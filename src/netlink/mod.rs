@@ -17,7 +17,10 @@ use netlink_packet_route::AddressFamily;
 use socket::NlSocket;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub use link::{SHARED_MAC_KINDS, find_link_by_mac, find_link_by_mac_skipping};
+pub use link::{
+    IpvlanMode, LinkKind, LinkSpec, MacvlanMode, SHARED_MAC_KINDS, find_link_by_mac,
+    find_link_by_mac_skipping,
+};
 
 /// The main routing table.
 pub const TABLE_MAIN: u32 = 254;
