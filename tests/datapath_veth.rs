@@ -292,6 +292,274 @@ fn netlink_basics_in_a_namespace() {
         .expect("deleting a missing link is fine");
 }
 
+/// Panics unless `ns` has IPv6 (the module loaded and not disabled there).
+fn require_ipv6(ns: &TestNs) {
+    let v = ns
+        .run(|| terway::sysctl::get("net/ipv6/conf/all/disable_ipv6"))
+        .unwrap_or_else(|e| panic!("this test needs IPv6 in the kernel: {e}"));
+    assert_eq!(v, "0", "IPv6 is disabled in a fresh namespace");
+}
+
+#[test]
+fn netlink_ipv6_routes_and_rules_in_a_namespace() {
+    use terway::netlink::{Family, LinkKind, LinkSpec, Route, Rule, TABLE_MAIN};
+    require_root_and_tools();
+    let ns = TestNs::new("nl6");
+    require_ipv6(&ns);
+    let mut nl = Netlink::open_in(&ns.open()).expect("open_in");
+    nl.create_link(&LinkSpec {
+        name: "v0",
+        mtu: None,
+        mac: None,
+        netns: None,
+        kind: LinkKind::Veth {
+            peer_name: "v1",
+            peer_netns: None,
+        },
+    })
+    .expect("veth pair in one namespace");
+    let v0 = nl.link_by_name("v0").unwrap().expect("v0");
+    let v1 = nl.link_by_name("v1").unwrap().expect("v1");
+    nl.set_link_up(v0.index).unwrap();
+    nl.set_link_up(v1.index).unwrap();
+    nl.add_addr(v0.index, "fd00::1/64".parse().unwrap())
+        .unwrap();
+
+    let via = Route {
+        dst: "fd01::/64".parse().unwrap(),
+        gateway: Some("fd00::2".parse().unwrap()),
+        oif: Some(v0.index),
+        table: TABLE_MAIN,
+        scope_link: false,
+        onlink: false,
+    };
+    let host = Route {
+        dst: "fd02::5/128".parse().unwrap(),
+        gateway: None,
+        oif: Some(v0.index),
+        table: 1005,
+        scope_link: false,
+        onlink: false,
+    };
+    let default = Route {
+        dst: "::/0".parse().unwrap(),
+        gateway: Some("fe80::1".parse().unwrap()),
+        oif: Some(v0.index),
+        table: 1005,
+        scope_link: false,
+        onlink: true,
+    };
+    nl.replace_route(&via).expect("route via a gateway");
+    nl.add_route(&host).expect("host route");
+    nl.add_route(&default).expect("default route onlink");
+    let e = nl.add_route(&host).unwrap_err();
+    assert!(
+        e.msg.contains("add route fd02::5/128 dev v0 table 1005"),
+        "{}",
+        e.msg
+    );
+    assert!(e.msg.contains("already exists"), "{}", e.msg);
+
+    let main = nl.routes_of(Family::V6, TABLE_MAIN).unwrap();
+    assert!(main.contains(&via), "{main:?}");
+    assert!(main.iter().all(|r| r.family() == Family::V6));
+    let mut t = nl.routes_of(Family::V6, 1005).unwrap();
+    t.sort_by_key(|r| r.dst.prefix());
+    assert_eq!(t, [default.clone(), host.clone()]);
+    assert!(nl.routes(1005).unwrap().is_empty(), "IPv4 dump shows IPv6");
+    let shown = ns.ip("-6 route show table 1005");
+    assert!(shown.contains("fd02::5 dev v0"), "{shown}");
+    assert!(shown.contains("default via fe80::1 dev v0"), "{shown}");
+
+    let mixed = Route {
+        gateway: Some("10.0.0.1".parse().unwrap()),
+        ..via.clone()
+    };
+    let e = nl.replace_route(&mixed).unwrap_err();
+    assert_eq!(e.kind, Kind::InvalidConfig, "{}", e.msg);
+
+    for r in [&via, &host, &default] {
+        nl.del_route(r).unwrap();
+        nl.del_route(r).expect("deleting a missing route is fine");
+    }
+    assert!(nl.routes_of(Family::V6, 1005).unwrap().is_empty());
+    assert!(!nl.routes_of(Family::V6, TABLE_MAIN).unwrap().contains(&via));
+
+    let to = Rule {
+        family: Family::V6,
+        priority: 512,
+        src: None,
+        dst: Some("fd02::5/128".parse().unwrap()),
+        table: TABLE_MAIN,
+    };
+    let from = Rule {
+        family: Family::V6,
+        priority: 2048,
+        src: Some("fd02::5/128".parse().unwrap()),
+        dst: None,
+        table: 1005,
+    };
+    // No selector at all: only the family tells it from the IPv4 rule of the same shape.
+    let all = Rule {
+        family: Family::V6,
+        priority: 3000,
+        src: None,
+        dst: None,
+        table: 1005,
+    };
+    for r in [&to, &from, &all] {
+        nl.add_rule(r).unwrap();
+        nl.add_rule(r).expect("adding twice is fine");
+    }
+    let rules = nl.rules_of(Family::V6).unwrap();
+    for r in [&to, &from, &all] {
+        assert!(rules.contains(r), "{r} missing from {rules:?}");
+    }
+    let v4 = nl.rules().unwrap();
+    assert!(
+        !v4.iter().any(|r| [512, 2048, 3000].contains(&r.priority)),
+        "IPv4 dump shows IPv6 rules: {v4:?}"
+    );
+    let shown = ns.ip("-6 rule show");
+    assert!(
+        shown.contains("512:\tfrom all to fd02::5 lookup main"),
+        "{shown}"
+    );
+    assert!(shown.contains("2048:\tfrom fd02::5 lookup 1005"), "{shown}");
+    assert!(shown.contains("3000:\tfrom all lookup 1005"), "{shown}");
+    for r in [&to, &from, &all] {
+        nl.del_rule(r).unwrap();
+        nl.del_rule(r).expect("deleting a missing rule is fine");
+    }
+    let rules = nl.rules_of(Family::V6).unwrap();
+    assert!(
+        !rules
+            .iter()
+            .any(|r| [512, 2048, 3000].contains(&r.priority)),
+        "{rules:?}"
+    );
+}
+
+/// veth and macvlan through `create_link`; ipvlan and vlan are unit-tested only (the build
+/// machines' kernel has no ipvlan or 8021q module).
+#[test]
+fn create_link_makes_veths_and_macvlans_where_asked() {
+    use terway::netlink::{LinkKind, LinkSpec, MacvlanMode};
+    require_root_and_tools();
+    let a = TestNs::new("links-a");
+    let b = TestNs::new("links-b");
+    let (a_ns, b_ns) = (a.open(), b.open());
+    let mut na = Netlink::open_in(&a_ns).expect("open_in a");
+    let mut nb = Netlink::open_in(&b_ns).expect("open_in b");
+
+    // A veth here with its peer over there, with a chosen MAC and MTU.
+    let mac = [0x02, 0xab, 0, 0, 0, 1];
+    let veth = LinkSpec {
+        name: "va",
+        mtu: Some(1400),
+        mac: Some(mac),
+        netns: None,
+        kind: LinkKind::Veth {
+            peer_name: "vb",
+            peer_netns: Some(&b_ns),
+        },
+    };
+    na.create_link(&veth).expect("veth with peer in b");
+    let va = na.link_by_name("va").unwrap().expect("va in a");
+    assert_eq!(
+        (va.kind.as_deref(), va.mtu, va.mac),
+        (Some("veth"), 1400, Some(mac))
+    );
+    assert!(
+        na.link_by_name("vb").unwrap().is_none(),
+        "peer leaked into a"
+    );
+    let vb = nb.link_by_name("vb").unwrap().expect("vb in b");
+    assert_eq!((vb.kind.as_deref(), vb.mtu), (Some("veth"), 1400));
+    let e = na.create_link(&veth).unwrap_err();
+    assert!(
+        e.msg.starts_with(&format!(
+            "create veth va with peer vb in netns {}: ",
+            b.path().display()
+        )),
+        "{}",
+        e.msg
+    );
+
+    // A pair made from a's socket entirely inside b: the peer goes with the link.
+    na.create_link(&LinkSpec {
+        name: "vc",
+        mtu: None,
+        mac: None,
+        netns: Some(&b_ns),
+        kind: LinkKind::Veth {
+            peer_name: "vd",
+            peer_netns: None,
+        },
+    })
+    .expect("veth pair in b");
+    assert!(na.link_by_name("vc").unwrap().is_none());
+    assert!(na.link_by_name("vd").unwrap().is_none());
+    assert!(nb.link_by_name("vc").unwrap().is_some());
+    assert!(nb.link_by_name("vd").unwrap().is_some());
+
+    // A macvlan on va, here (MTU inherited from the parent) ...
+    na.create_link(&LinkSpec {
+        name: "mv0",
+        mtu: None,
+        mac: None,
+        netns: None,
+        kind: LinkKind::Macvlan {
+            parent: va.index,
+            mode: MacvlanMode::Private,
+        },
+    })
+    .expect("macvlan in a");
+    let mv0 = na.link_by_name("mv0").unwrap().expect("mv0");
+    assert_eq!((mv0.kind.as_deref(), mv0.mtu), (Some("macvlan"), 1400));
+    assert!(a.ip("-d link show mv0").contains("macvlan mode private"));
+
+    // ... and one created straight into b with its own MAC, its parent staying in a.
+    let mv_mac = [0x02, 0xab, 0, 0, 0, 2];
+    na.create_link(&LinkSpec {
+        name: "mv1",
+        mtu: Some(1300),
+        mac: Some(mv_mac),
+        netns: Some(&b_ns),
+        kind: LinkKind::Macvlan {
+            parent: va.index,
+            mode: MacvlanMode::Bridge,
+        },
+    })
+    .expect("macvlan into b");
+    assert!(na.link_by_name("mv1").unwrap().is_none());
+    let mv1 = nb.link_by_name("mv1").unwrap().expect("mv1 in b");
+    assert_eq!(
+        (mv1.kind.as_deref(), mv1.mtu, mv1.mac),
+        (Some("macvlan"), 1300, Some(mv_mac))
+    );
+    assert!(b.ip("-d link show mv1").contains("macvlan mode bridge"));
+
+    // Errors name the kind, the link and the parent.
+    let e = na
+        .create_link(&LinkSpec {
+            name: "mv0",
+            mtu: None,
+            mac: None,
+            netns: None,
+            kind: LinkKind::Macvlan {
+                parent: va.index,
+                mode: MacvlanMode::Bridge,
+            },
+        })
+        .unwrap_err();
+    assert!(
+        e.msg.starts_with("create macvlan mv0 on va mode bridge: "),
+        "{}",
+        e.msg
+    );
+}
+
 #[test]
 fn setup_failure_removes_what_it_created() {
     require_root_and_tools();

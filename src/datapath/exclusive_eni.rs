@@ -18,7 +18,7 @@
 use super::{POD_GATEWAY, veth};
 use crate::err;
 use crate::error::{Error, Kind, Result};
-use crate::netlink::{Link, Netlink, Route, TABLE_MAIN, format_mac};
+use crate::netlink::{DEFAULT_DST_V4, Link, Netlink, Route, TABLE_MAIN, format_mac};
 use crate::netns::NetNs;
 use crate::sysctl;
 use ipnetwork::{IpNetwork, Ipv4Network};
@@ -29,12 +29,6 @@ pub const POD_PEER_IFNAME: &str = "veth1";
 
 /// Every parked ENI's name starts with this, followed by the 12 hex digits of its MAC.
 pub const PARKED_PREFIX: &str = "eni";
-
-/// 0.0.0.0/0; `new_checked` is const, so a bad prefix would fail the build, not at runtime.
-const DEFAULT_DST: Ipv4Network = match Ipv4Network::new_checked(Ipv4Addr::UNSPECIFIED, 0) {
-    Some(n) => n,
-    None => panic!("0.0.0.0/0 is valid"),
-};
 
 /// The name an ENI carries on the node while no pod holds it: `eni` + the 12 hex digits of its
 /// MAC (15 bytes, the kernel's limit). Stable, so a retried DEL finds it parked and is a no-op.
@@ -159,8 +153,8 @@ impl ExclusiveEniSpec<'_> {
 
     fn pod_default_route(&self, eni_index: u32) -> Route {
         Route {
-            dst: DEFAULT_DST,
-            gateway: Some(self.gateway),
+            dst: DEFAULT_DST_V4,
+            gateway: Some(IpAddr::V4(self.gateway)),
             oif: Some(eni_index),
             table: TABLE_MAIN,
             scope_link: false,
@@ -170,7 +164,7 @@ impl ExclusiveEniSpec<'_> {
 
     fn host_route(&self, host_index: u32) -> Route {
         Route {
-            dst: Ipv4Network::from(self.ip.ip()),
+            dst: IpNetwork::V4(Ipv4Network::from(self.ip.ip())),
             gateway: None,
             oif: Some(host_index),
             table: TABLE_MAIN,
@@ -198,8 +192,8 @@ impl HostPeer<'_> {
         }
         dsts.into_iter()
             .map(|dst| Route {
-                dst,
-                gateway: Some(POD_GATEWAY),
+                dst: IpNetwork::V4(dst),
+                gateway: Some(IpAddr::V4(POD_GATEWAY)),
                 oif: Some(peer_index),
                 table: TABLE_MAIN,
                 scope_link: false,
@@ -916,7 +910,10 @@ mod tests {
         let mut s = spec(&ns, "10.240.0.10/24", "10.240.0.253", 1500);
         let def = s.pod_default_route(3);
         assert_eq!(def.dst.prefix(), 0);
-        assert_eq!(def.gateway, Some(Ipv4Addr::new(10, 240, 0, 253)));
+        assert_eq!(
+            def.gateway,
+            Some(IpAddr::V4(Ipv4Addr::new(10, 240, 0, 253)))
+        );
         assert_eq!(def.oif, Some(3));
         assert!(!def.onlink && !def.scope_link);
         let host = s.host_route(7);
@@ -932,7 +929,7 @@ mod tests {
         let dsts: Vec<String> = routes.iter().map(|r| r.dst.to_string()).collect();
         assert_eq!(dsts, ["10.96.0.0/12", "10.240.0.1/32"]);
         for r in routes {
-            assert_eq!(r.gateway, Some(POD_GATEWAY));
+            assert_eq!(r.gateway, Some(IpAddr::V4(POD_GATEWAY)));
             assert_eq!(r.oif, Some(5));
             assert!(r.onlink);
         }

@@ -10,9 +10,9 @@
 
 use crate::err;
 use crate::error::{Kind, Result};
-use crate::netlink::{Link, Netlink, Route, Rule, TABLE_MAIN};
+use crate::netlink::{DEFAULT_DST_V4, Family, Link, Netlink, Route, Rule, TABLE_MAIN};
 use crate::sysctl;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use std::net::Ipv4Addr;
 
 /// ENI tables are numbered `ENI_TABLE_BASE + ENI ifindex`, as upstream Terway does.
@@ -22,12 +22,6 @@ pub const PRIO_TO_POD: u32 = 512;
 /// Priority of `from podIP lookup <ENI table>`.
 pub const PRIO_FROM_POD: u32 = 2048;
 
-/// 0.0.0.0/0, built at compile time.
-const DEFAULT_DST: Ipv4Network = match Ipv4Network::new_checked(Ipv4Addr::UNSPECIFIED, 0) {
-    Some(n) => n,
-    None => panic!("0.0.0.0/0 is valid"),
-};
-
 /// The routing table of the ENI with interface index `eni_index`.
 pub fn eni_table(eni_index: u32) -> u32 {
     ENI_TABLE_BASE + eni_index
@@ -35,8 +29,8 @@ pub fn eni_table(eni_index: u32) -> u32 {
 
 fn eni_default_route(eni_index: u32, gateway: Ipv4Addr) -> Route {
     Route {
-        dst: DEFAULT_DST,
-        gateway: Some(gateway),
+        dst: DEFAULT_DST_V4,
+        gateway: Some(gateway.into()),
         oif: Some(eni_index),
         table: eni_table(eni_index),
         scope_link: false,
@@ -112,15 +106,17 @@ pub fn check_eni_table(nl: &mut Netlink, eni_index: u32, gateway: Ipv4Addr) -> R
 
 /// The two rules of a pod whose address lives on the ENI with table `table`.
 pub fn pod_rules(pod_ip: Ipv4Addr, table: u32) -> [Rule; 2] {
-    let host = Ipv4Network::from(pod_ip);
+    let host = IpNetwork::V4(Ipv4Network::from(pod_ip));
     [
         Rule {
+            family: Family::V4,
             priority: PRIO_TO_POD,
             src: None,
             dst: Some(host),
             table: TABLE_MAIN,
         },
         Rule {
+            family: Family::V4,
             priority: PRIO_FROM_POD,
             src: Some(host),
             dst: None,
@@ -131,7 +127,7 @@ pub fn pod_rules(pod_ip: Ipv4Addr, table: u32) -> [Rule; 2] {
 
 /// This pod's rules as they are now, whatever table they point to.
 fn existing_pod_rules(nl: &mut Netlink, pod_ip: Ipv4Addr) -> Result<Vec<Rule>> {
-    let host = Some(Ipv4Network::from(pod_ip));
+    let host = Some(IpNetwork::V4(Ipv4Network::from(pod_ip)));
     Ok(nl
         .rules()?
         .into_iter()

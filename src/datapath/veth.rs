@@ -5,17 +5,11 @@
 use super::POD_GATEWAY;
 use crate::err;
 use crate::error::{Error, Kind, Result};
-use crate::netlink::{Link, Netlink, Route, TABLE_MAIN, format_mac};
+use crate::netlink::{DEFAULT_DST_V4, Link, Netlink, Route, TABLE_MAIN, format_mac};
 use crate::netns::NetNs;
 use crate::sysctl;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use std::net::{IpAddr, Ipv4Addr};
-
-/// 0.0.0.0/0; `new_checked` is const, so a bad prefix would fail the build, not at runtime.
-const DEFAULT_DST: Ipv4Network = match Ipv4Network::new_checked(Ipv4Addr::UNSPECIFIED, 0) {
-    Some(n) => n,
-    None => panic!("0.0.0.0/0 is valid"),
-};
 
 /// What to build.
 #[derive(Debug)]
@@ -53,8 +47,8 @@ impl VethSpec<'_> {
         )
     }
 
-    fn pod_net(&self) -> Ipv4Network {
-        Ipv4Network::from(self.ip)
+    fn pod_net(&self) -> IpNetwork {
+        IpNetwork::V4(Ipv4Network::from(self.ip))
     }
 
     fn host_route(&self, host_index: u32) -> Route {
@@ -70,8 +64,8 @@ impl VethSpec<'_> {
 
     fn pod_default_route(&self, pod_index: u32) -> Route {
         Route {
-            dst: DEFAULT_DST,
-            gateway: Some(POD_GATEWAY),
+            dst: DEFAULT_DST_V4,
+            gateway: Some(IpAddr::V4(POD_GATEWAY)),
             oif: Some(pod_index),
             table: TABLE_MAIN,
             scope_link: false,
@@ -201,7 +195,7 @@ fn configure(host: &mut Netlink, pod: &mut Netlink, spec: &VethSpec) -> Result<V
     if let Some(lo) = pod.link_by_name("lo")? {
         pod.set_link_up(lo.index)?;
     }
-    pod.add_addr(pod_link.index, IpNetwork::V4(spec.pod_net()))?;
+    pod.add_addr(pod_link.index, spec.pod_net())?;
     pod.set_link_up(pod_link.index)?;
 
     // Host side, in the calling thread's namespace.
@@ -321,7 +315,7 @@ fn check_inner(spec: &VethSpec, problems: &mut Vec<String>) -> Result<()> {
         return Ok(());
     };
     check_link(&pod_link, spec, "pod", problems);
-    let want_addr = IpNetwork::V4(spec.pod_net());
+    let want_addr = spec.pod_net();
     if !pod
         .addrs(Some(pod_link.index))?
         .iter()
@@ -436,7 +430,10 @@ pub fn routed_pod_ips(host_ifname: &str, alias: &str) -> Result<Vec<Ipv4Addr>> {
         .routes(TABLE_MAIN)?
         .into_iter()
         .filter(|r| r.oif == Some(link.index) && r.dst.prefix() == 32 && r.gateway.is_none())
-        .map(|r| r.dst.ip())
+        .filter_map(|r| match r.dst {
+            IpNetwork::V4(n) => Some(n.ip()),
+            IpNetwork::V6(_) => None,
+        })
         .collect())
 }
 
@@ -485,7 +482,7 @@ mod tests {
         assert!(host.scope_link && host.gateway.is_none());
         let def = s.pod_default_route(3);
         assert_eq!(def.dst.prefix(), 0);
-        assert_eq!(def.gateway, Some(POD_GATEWAY));
+        assert_eq!(def.gateway, Some(IpAddr::V4(POD_GATEWAY)));
         assert!(def.onlink);
     }
 }

@@ -10,7 +10,7 @@
 
 use crate::emulate::model::{EniStatus, EniType, Model};
 use crate::emulate::topology_watch;
-use crate::netlink::{Netlink, Route, TABLE_MAIN, parse_mac};
+use crate::netlink::{DEFAULT_DST_V4, Netlink, Route, TABLE_MAIN, parse_mac};
 use crate::netns::NetNs;
 use crate::{Error, Kind, Result, ResultExt, err, sysctl};
 use ipnetwork::{IpNetwork, Ipv4Network};
@@ -358,9 +358,8 @@ impl Topology {
             nn.set_link_up(nlk.index)?;
             nn.add_addr(nlk.index, IpNetwork::V4(net))?;
             nn.replace_route(&Route {
-                dst: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0)
-                    .map_err(|e| err!(Kind::Internal, "{e}"))?,
-                gateway: Some(gw),
+                dst: DEFAULT_DST_V4,
+                gateway: Some(gw.into()),
                 oif: Some(nlk.index),
                 table: TABLE_MAIN,
                 scope_link: false,
@@ -382,7 +381,7 @@ impl Topology {
 
 fn host_route(dst: Ipv4Network, oif: u32) -> Route {
     Route {
-        dst,
+        dst: IpNetwork::V4(dst),
         gateway: None,
         oif: Some(oif),
         table: TABLE_MAIN,

@@ -7,8 +7,10 @@ use crate::netns::NetNs;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::RouteNetlinkMessage as M;
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoIpVlan, InfoKind, InfoMacVlan, InfoVeth, InfoVlan, IpVlanMode, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
 };
+use std::fmt;
 use std::os::fd::{AsRawFd, RawFd};
 
 /// Kinds that share a MAC with the device they sit on, so they are never "the" ENI.
@@ -88,24 +90,191 @@ pub fn find_link_by_mac_skipping(
     }))
 }
 
-/// RTM_NEWLINK body for a veth whose peer is created in the namespace open at `peer_ns_fd`.
-fn veth_message(name: &str, peer_name: &str, peer_ns_fd: RawFd, mtu: u32) -> LinkMessage {
-    let mut peer = LinkMessage::default();
-    peer.attributes = vec![
-        LinkAttribute::IfName(peer_name.to_string()),
-        LinkAttribute::Mtu(mtu),
-        LinkAttribute::NetNsFd(peer_ns_fd),
-    ];
+/// A link for [`Netlink::create_link`] to create.
+#[derive(Debug, Clone)]
+pub struct LinkSpec<'a> {
+    pub name: &'a str,
+    /// `None` leaves it to the kernel: the parent's MTU for ipvlan, vlan and macvlan, 1500 for a
+    /// veth. A veth's peer gets the same MTU.
+    pub mtu: Option<u32>,
+    /// `None` lets the kernel pick a random one (ipvlan always shares its parent's).
+    pub mac: Option<[u8; 6]>,
+    /// Creates the link directly inside this namespace (`IFLA_NET_NS_FD`) instead of the
+    /// socket's; a parent index still names a link of the socket's namespace.
+    pub netns: Option<&'a NetNs>,
+    pub kind: LinkKind<'a>,
+}
+
+/// What kind of link [`LinkSpec`] describes, with what only that kind has.
+#[derive(Debug, Clone)]
+pub enum LinkKind<'a> {
+    /// A veth pair; `peer_netns: None` puts the peer in the link's own namespace.
+    Veth {
+        peer_name: &'a str,
+        peer_netns: Option<&'a NetNs>,
+    },
+    /// An ipvlan on link `parent` (an index in the socket's namespace).
+    Ipvlan { parent: u32, mode: IpvlanMode },
+    /// An 802.1Q VLAN on link `parent`; `id` is 1-4094.
+    Vlan { parent: u32, id: u16 },
+    /// A macvlan on link `parent`.
+    Macvlan { parent: u32, mode: MacvlanMode },
+}
+
+/// `IFLA_IPVLAN_MODE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpvlanMode {
+    L2,
+    L3,
+    L3S,
+}
+
+/// `IFLA_MACVLAN_MODE` (the modes a macvlan can be created with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacvlanMode {
+    Private,
+    Vepa,
+    Bridge,
+    Passthru,
+}
+
+impl fmt::Display for IpvlanMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IpvlanMode::L2 => "l2",
+            IpvlanMode::L3 => "l3",
+            IpvlanMode::L3S => "l3s",
+        })
+    }
+}
+
+impl fmt::Display for MacvlanMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MacvlanMode::Private => "private",
+            MacvlanMode::Vepa => "vepa",
+            MacvlanMode::Bridge => "bridge",
+            MacvlanMode::Passthru => "passthru",
+        })
+    }
+}
+
+impl From<IpvlanMode> for IpVlanMode {
+    fn from(m: IpvlanMode) -> IpVlanMode {
+        match m {
+            IpvlanMode::L2 => IpVlanMode::L2,
+            IpvlanMode::L3 => IpVlanMode::L3,
+            IpvlanMode::L3S => IpVlanMode::L3S,
+        }
+    }
+}
+
+impl From<MacvlanMode> for MacVlanMode {
+    fn from(m: MacvlanMode) -> MacVlanMode {
+        match m {
+            MacvlanMode::Private => MacVlanMode::Private,
+            MacvlanMode::Vepa => MacVlanMode::Vepa,
+            MacvlanMode::Bridge => MacVlanMode::Bridge,
+            MacvlanMode::Passthru => MacVlanMode::Passthrough,
+        }
+    }
+}
+
+impl LinkKind<'_> {
+    /// The `IFLA_INFO_KIND` string, as [`Link::kind`] reports it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LinkKind::Veth { .. } => "veth",
+            LinkKind::Ipvlan { .. } => "ipvlan",
+            LinkKind::Vlan { .. } => "vlan",
+            LinkKind::Macvlan { .. } => "macvlan",
+        }
+    }
+
+    fn parent(&self) -> Option<u32> {
+        match self {
+            LinkKind::Veth { .. } => None,
+            LinkKind::Ipvlan { parent, .. }
+            | LinkKind::Vlan { parent, .. }
+            | LinkKind::Macvlan { parent, .. } => Some(*parent),
+        }
+    }
+}
+
+/// Refuses what the kernel would refuse with a bare EINVAL, naming the problem.
+fn check_spec(spec: &LinkSpec) -> Result<()> {
+    check_ifname(spec.name)?;
+    match &spec.kind {
+        LinkKind::Veth { peer_name, .. } => check_ifname(peer_name),
+        LinkKind::Vlan { id, .. } if !(1..=4094).contains(id) => Err(err!(
+            Kind::InvalidConfig,
+            "invalid VLAN id {id} for {}: want 1-4094",
+            spec.name
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// RTM_NEWLINK body for `spec`; namespaces are passed by the fds they are open at.
+fn link_message(spec: &LinkSpec) -> LinkMessage {
+    let fd = |ns: &NetNs| ns.fd().as_raw_fd();
+    let mut attrs = vec![LinkAttribute::IfName(spec.name.to_string())];
+    if let Some(mtu) = spec.mtu {
+        attrs.push(LinkAttribute::Mtu(mtu));
+    }
+    if let Some(mac) = spec.mac {
+        attrs.push(LinkAttribute::Address(mac.to_vec()));
+    }
+    if let Some(ns) = spec.netns {
+        attrs.push(LinkAttribute::NetNsFd(fd(ns)));
+    }
+    if let Some(parent) = spec.kind.parent() {
+        attrs.push(LinkAttribute::Link(parent));
+    }
+    let (kind, data) = match &spec.kind {
+        LinkKind::Veth {
+            peer_name,
+            peer_netns,
+        } => {
+            // Always explicit: where a peer without IFLA_NET_NS_FD lands when the link itself
+            // is created elsewhere has changed between kernel versions.
+            let peer_ns = peer_netns.or(spec.netns).map(fd);
+            (
+                InfoKind::Veth,
+                InfoData::Veth(InfoVeth::Peer(veth_peer(peer_name, spec.mtu, peer_ns))),
+            )
+        }
+        LinkKind::Ipvlan { mode, .. } => (
+            InfoKind::IpVlan,
+            InfoData::IpVlan(vec![InfoIpVlan::Mode((*mode).into())]),
+        ),
+        LinkKind::Vlan { id, .. } => (InfoKind::Vlan, InfoData::Vlan(vec![InfoVlan::Id(*id)])),
+        LinkKind::Macvlan { mode, .. } => (
+            InfoKind::MacVlan,
+            InfoData::MacVlan(vec![InfoMacVlan::Mode((*mode).into())]),
+        ),
+    };
+    attrs.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(kind),
+        LinkInfo::Data(data),
+    ]));
     let mut msg = LinkMessage::default();
-    msg.attributes = vec![
-        LinkAttribute::IfName(name.to_string()),
-        LinkAttribute::Mtu(mtu),
-        LinkAttribute::LinkInfo(vec![
-            LinkInfo::Kind(InfoKind::Veth),
-            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
-        ]),
-    ];
+    msg.attributes = attrs;
     msg
+}
+
+/// The peer half of a veth RTM_NEWLINK (`VETH_INFO_PEER`).
+fn veth_peer(name: &str, mtu: Option<u32>, ns_fd: Option<RawFd>) -> LinkMessage {
+    let mut peer = LinkMessage::default();
+    peer.attributes
+        .push(LinkAttribute::IfName(name.to_string()));
+    if let Some(mtu) = mtu {
+        peer.attributes.push(LinkAttribute::Mtu(mtu));
+    }
+    if let Some(fd) = ns_fd {
+        peer.attributes.push(LinkAttribute::NetNsFd(fd));
+    }
+    peer
 }
 
 /// RTM_SETLINK body that moves link `index` into the namespace open at `ns_fd` as `name`.
@@ -155,6 +324,54 @@ impl Netlink {
         }
     }
 
+    /// Creates the link `spec` describes (RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL: a link of
+    /// that name that already exists is an error, never reused).
+    pub fn create_link(&mut self, spec: &LinkSpec) -> Result<()> {
+        check_spec(spec)?;
+        match self
+            .sock
+            .request(M::NewLink(link_message(spec)), NLM_F_CREATE | NLM_F_EXCL)
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let what = self.describe_spec(spec);
+                Err(e.into_error(format!("create {what}")))
+            }
+        }
+    }
+
+    /// `veth tw1 with peer eth0 in netns /run/netns/x`, `macvlan mv0 on eth1 mode bridge`.
+    fn describe_spec(&mut self, spec: &LinkSpec) -> String {
+        let mut s = format!("{} {}", spec.kind.name(), spec.name);
+        match &spec.kind {
+            LinkKind::Veth {
+                peer_name,
+                peer_netns,
+            } => {
+                s.push_str(&format!(" with peer {peer_name}"));
+                if let Some(ns) = peer_netns {
+                    s.push_str(&format!(" in netns {}", ns.path().display()));
+                }
+            }
+            LinkKind::Ipvlan { parent, mode } => {
+                s.push_str(&format!(" on {} mode {mode}", self.name_of(*parent)));
+            }
+            LinkKind::Vlan { parent, id } => {
+                s.push_str(&format!(" on {} id {id}", self.name_of(*parent)));
+            }
+            LinkKind::Macvlan { parent, mode } => {
+                s.push_str(&format!(" on {} mode {mode}", self.name_of(*parent)));
+            }
+        }
+        if let Some(ns) = spec.netns {
+            s.push_str(&format!(
+                ", the link itself in netns {}",
+                ns.path().display()
+            ));
+        }
+        s
+    }
+
     /// Creates veth `name` here with its peer `peer_name` directly inside `peer_ns`, in one
     /// RTM_NEWLINK: the peer never appears in this namespace, so no rename/move race.
     pub fn create_veth(
@@ -164,18 +381,16 @@ impl Netlink {
         peer_ns: &NetNs,
         mtu: u32,
     ) -> Result<()> {
-        check_ifname(name)?;
-        check_ifname(peer_name)?;
-        let msg = veth_message(name, peer_name, peer_ns.fd().as_raw_fd(), mtu);
-        self.sock
-            .request(M::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
-            .map_err(|e| {
-                e.into_error(format!(
-                    "create veth {name} with peer {peer_name} in netns {}",
-                    peer_ns.path().display()
-                ))
-            })?;
-        Ok(())
+        self.create_link(&LinkSpec {
+            name,
+            mtu: Some(mtu),
+            mac: None,
+            netns: None,
+            kind: LinkKind::Veth {
+                peer_name,
+                peer_netns: Some(peer_ns),
+            },
+        })
     }
 
     /// Deletes a link; a link that is already gone is success.
@@ -288,26 +503,229 @@ mod tests {
         }
     }
 
+    fn own_ns() -> NetNs {
+        NetNs::open(std::path::Path::new("/proc/self/ns/net")).unwrap()
+    }
+
+    /// `spec`'s RTM_NEWLINK on the wire, parsed back.
+    fn wire(spec: &LinkSpec) -> LinkMessage {
+        match super::super::through_the_wire(M::NewLink(link_message(spec))) {
+            M::NewLink(m) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The attributes outside `IFLA_LINKINFO`, and the kind and data inside it.
+    fn split(msg: &LinkMessage) -> (Vec<LinkAttribute>, InfoKind, InfoData) {
+        let mut plain = Vec::new();
+        let (mut kind, mut data) = (None, None);
+        for a in &msg.attributes {
+            match a {
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        match i {
+                            LinkInfo::Kind(k) => kind = Some(k.clone()),
+                            LinkInfo::Data(d) => data = Some(d.clone()),
+                            other => panic!("unexpected {other:?}"),
+                        }
+                    }
+                }
+                other => plain.push(other.clone()),
+            }
+        }
+        (
+            plain,
+            kind.expect("IFLA_INFO_KIND"),
+            data.expect("IFLA_INFO_DATA"),
+        )
+    }
+
+    fn spec<'a>(kind: LinkKind<'a>) -> LinkSpec<'a> {
+        LinkSpec {
+            name: "tw0123456789abc",
+            mtu: Some(1450),
+            mac: None,
+            netns: None,
+            kind,
+        }
+    }
+
     #[test]
     fn veth_message_carries_the_peer_and_its_namespace() {
-        use netlink_packet_core::{Emitable, Parseable};
-        let msg = veth_message("tw0123456789abc", "eth0", 42, 1450);
-        let mut buf = vec![0u8; msg.buffer_len()];
-        msg.emit(&mut buf);
-        let back = LinkMessage::parse(buf.as_slice()).unwrap();
-        assert_eq!(link_from(&back).name, "tw0123456789abc");
-        let infos = back.attributes.iter().find_map(|a| match a {
-            LinkAttribute::LinkInfo(i) => Some(i.clone()),
-            _ => None,
+        let ns = own_ns();
+        let fd = ns.fd().as_raw_fd();
+        let msg = wire(&spec(LinkKind::Veth {
+            peer_name: "eth0",
+            peer_netns: Some(&ns),
+        }));
+        let (plain, kind, data) = split(&msg);
+        assert_eq!(
+            plain,
+            [
+                LinkAttribute::IfName("tw0123456789abc".into()),
+                LinkAttribute::Mtu(1450)
+            ]
+        );
+        assert_eq!(kind, InfoKind::Veth);
+        let InfoData::Veth(InfoVeth::Peer(peer)) = data else {
+            panic!("no veth peer in IFLA_INFO_DATA: {data:?}");
+        };
+        assert_eq!(
+            peer.attributes,
+            [
+                LinkAttribute::IfName("eth0".into()),
+                LinkAttribute::Mtu(1450),
+                LinkAttribute::NetNsFd(fd)
+            ]
+        );
+    }
+
+    #[test]
+    fn veth_created_elsewhere_takes_its_peer_along_unless_told_otherwise() {
+        let (a, b) = (own_ns(), own_ns());
+        let (fa, fb) = (a.fd().as_raw_fd(), b.fd().as_raw_fd());
+        assert_ne!(fa, fb);
+        let peer_fd = |peer_netns| {
+            let mut s = spec(LinkKind::Veth {
+                peer_name: "eth0",
+                peer_netns,
+            });
+            s.netns = Some(&a);
+            s.mtu = None;
+            let (plain, _, data) = split(&wire(&s));
+            assert!(plain.contains(&LinkAttribute::NetNsFd(fa)));
+            assert!(!plain.iter().any(|a| matches!(a, LinkAttribute::Mtu(_))));
+            let InfoData::Veth(InfoVeth::Peer(peer)) = data else {
+                panic!("{data:?}");
+            };
+            assert!(
+                !peer
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::Mtu(_)))
+            );
+            peer.attributes.iter().find_map(|a| match a {
+                LinkAttribute::NetNsFd(fd) => Some(*fd),
+                _ => None,
+            })
+        };
+        assert_eq!(peer_fd(None), Some(fa));
+        assert_eq!(peer_fd(Some(&b)), Some(fb));
+        // Neither namespace given: both ends in the socket's, no fd at all.
+        let (plain, _, data) = split(&wire(&spec(LinkKind::Veth {
+            peer_name: "eth0",
+            peer_netns: None,
+        })));
+        assert!(!plain.iter().any(|a| matches!(a, LinkAttribute::NetNsFd(_))));
+        let InfoData::Veth(InfoVeth::Peer(peer)) = data else {
+            panic!("{data:?}");
+        };
+        assert!(
+            !peer
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::NetNsFd(_)))
+        );
+    }
+
+    #[test]
+    fn ipvlan_message_names_parent_and_mode() {
+        let ns = own_ns();
+        for (mode, want) in [
+            (IpvlanMode::L2, IpVlanMode::L2),
+            (IpvlanMode::L3, IpVlanMode::L3),
+            (IpvlanMode::L3S, IpVlanMode::L3S),
+        ] {
+            let mut s = spec(LinkKind::Ipvlan { parent: 7, mode });
+            s.netns = Some(&ns);
+            let (plain, kind, data) = split(&wire(&s));
+            assert_eq!(
+                plain,
+                [
+                    LinkAttribute::IfName("tw0123456789abc".into()),
+                    LinkAttribute::Mtu(1450),
+                    LinkAttribute::NetNsFd(ns.fd().as_raw_fd()),
+                    LinkAttribute::Link(7),
+                ]
+            );
+            assert_eq!(kind, InfoKind::IpVlan);
+            assert_eq!(data, InfoData::IpVlan(vec![InfoIpVlan::Mode(want)]));
+        }
+    }
+
+    #[test]
+    fn vlan_message_names_parent_id_and_mac() {
+        let mut s = spec(LinkKind::Vlan { parent: 3, id: 100 });
+        s.mac = Some([2, 0xab, 0, 0, 0, 9]);
+        let (plain, kind, data) = split(&wire(&s));
+        assert_eq!(
+            plain,
+            [
+                LinkAttribute::IfName("tw0123456789abc".into()),
+                LinkAttribute::Mtu(1450),
+                LinkAttribute::Address(vec![2, 0xab, 0, 0, 0, 9]),
+                LinkAttribute::Link(3),
+            ]
+        );
+        assert_eq!(kind, InfoKind::Vlan);
+        assert_eq!(data, InfoData::Vlan(vec![InfoVlan::Id(100)]));
+    }
+
+    #[test]
+    fn macvlan_message_names_parent_and_mode() {
+        for (mode, want) in [
+            (MacvlanMode::Private, MacVlanMode::Private),
+            (MacvlanMode::Vepa, MacVlanMode::Vepa),
+            (MacvlanMode::Bridge, MacVlanMode::Bridge),
+            (MacvlanMode::Passthru, MacVlanMode::Passthrough),
+        ] {
+            let (plain, kind, data) = split(&wire(&spec(LinkKind::Macvlan { parent: 4, mode })));
+            assert!(plain.contains(&LinkAttribute::Link(4)));
+            assert_eq!(kind, InfoKind::MacVlan);
+            assert_eq!(data, InfoData::MacVlan(vec![InfoMacVlan::Mode(want)]));
+        }
+    }
+
+    #[test]
+    fn link_specs_are_validated() {
+        for id in [0, 4095, 5000] {
+            let e = check_spec(&spec(LinkKind::Vlan { parent: 3, id })).unwrap_err();
+            assert_eq!(e.kind, Kind::InvalidConfig);
+            assert!(e.msg.contains("VLAN id"), "{}", e.msg);
+        }
+        check_spec(&spec(LinkKind::Vlan {
+            parent: 3,
+            id: 4094,
+        }))
+        .unwrap();
+        let bad_peer = spec(LinkKind::Veth {
+            peer_name: "a/b",
+            peer_netns: None,
         });
-        let peer = infos.unwrap().into_iter().find_map(|i| match i {
-            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) => Some(p),
-            _ => None,
+        assert!(check_spec(&bad_peer).is_err());
+        let mut bad_name = spec(LinkKind::Macvlan {
+            parent: 1,
+            mode: MacvlanMode::Bridge,
         });
-        let peer = peer.expect("veth peer in IFLA_INFO_DATA");
-        assert_eq!(link_from(&peer).name, "eth0");
-        assert_eq!(link_from(&peer).mtu, 1450);
-        assert!(peer.attributes.contains(&LinkAttribute::NetNsFd(42)));
+        bad_name.name = "";
+        assert!(check_spec(&bad_name).is_err());
+        let kinds = [
+            LinkKind::Veth {
+                peer_name: "p",
+                peer_netns: None,
+            },
+            LinkKind::Ipvlan {
+                parent: 1,
+                mode: IpvlanMode::L2,
+            },
+            LinkKind::Vlan { parent: 1, id: 1 },
+            LinkKind::Macvlan {
+                parent: 1,
+                mode: MacvlanMode::Bridge,
+            },
+        ];
+        let names: Vec<&str> = kinds.iter().map(LinkKind::name).collect();
+        assert_eq!(names, ["veth", "ipvlan", "vlan", "macvlan"]);
     }
 
     #[test]

@@ -12,12 +12,30 @@ mod socket;
 use crate::err;
 use crate::error::{Kind, Result, ResultExt};
 use crate::netns::NetNs;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use netlink_packet_route::AddressFamily;
 use socket::NlSocket;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub use link::{SHARED_MAC_KINDS, find_link_by_mac, find_link_by_mac_skipping};
+pub use link::{
+    IpvlanMode, LinkKind, LinkSpec, MacvlanMode, SHARED_MAC_KINDS, find_link_by_mac,
+    find_link_by_mac_skipping,
+};
 
 /// The main routing table.
 pub const TABLE_MAIN: u32 = 254;
+
+/// `0.0.0.0/0`; `new_checked` is const, so a bad prefix would fail the build, not at runtime.
+pub const DEFAULT_DST_V4: IpNetwork = match Ipv4Network::new_checked(Ipv4Addr::UNSPECIFIED, 0) {
+    Some(n) => IpNetwork::V4(n),
+    None => panic!("0.0.0.0/0 is valid"),
+};
+
+/// `::/0`, built at compile time like [`DEFAULT_DST_V4`].
+pub const DEFAULT_DST_V6: IpNetwork = match Ipv6Network::new_checked(Ipv6Addr::UNSPECIFIED, 0) {
+    Some(n) => IpNetwork::V6(n),
+    None => panic!("::/0 is valid"),
+};
 
 /// A blocking NETLINK_ROUTE socket bound to one network namespace.
 pub struct Netlink {
@@ -43,33 +61,101 @@ pub struct Link {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Addr {
     pub index: u32,
-    pub addr: ipnetwork::IpNetwork,
+    pub addr: IpNetwork,
 }
 
-/// An IPv4 unicast route.
+/// An address family: IPv4 or IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The family of a prefix.
+    pub fn of(net: &IpNetwork) -> Family {
+        match net {
+            IpNetwork::V4(_) => Family::V4,
+            IpNetwork::V6(_) => Family::V6,
+        }
+    }
+
+    /// The family of an address.
+    pub fn of_ip(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// The default destination of this family: `0.0.0.0/0` or `::/0`.
+    pub fn default_dst(self) -> IpNetwork {
+        match self {
+            Family::V4 => DEFAULT_DST_V4,
+            Family::V6 => DEFAULT_DST_V6,
+        }
+    }
+
+    fn address_family(self) -> AddressFamily {
+        match self {
+            Family::V4 => AddressFamily::Inet,
+            Family::V6 => AddressFamily::Inet6,
+        }
+    }
+
+    fn from_address_family(af: AddressFamily) -> Option<Family> {
+        match af {
+            AddressFamily::Inet => Some(Family::V4),
+            AddressFamily::Inet6 => Some(Family::V6),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// A unicast route, IPv4 or IPv6 (the family is `dst`'s; a gateway must be of the same family).
+///
+/// The kernel keeps no scope for IPv6 routes (it reports every one as universe), so a dumped
+/// IPv6 route never has `scope_link` set, whatever it was created with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    pub dst: ipnetwork::Ipv4Network,
-    pub gateway: Option<std::net::Ipv4Addr>,
+    pub dst: IpNetwork,
+    pub gateway: Option<IpAddr>,
     pub oif: Option<u32>,
     pub table: u32,
     pub scope_link: bool,
     pub onlink: bool,
 }
 
-/// An IPv4 policy routing rule with action "lookup <table>".
+impl Route {
+    pub fn family(&self) -> Family {
+        Family::of(&self.dst)
+    }
+}
+
+/// A policy routing rule with action "lookup <table>". `src` and `dst`, when set, must be of
+/// `family`; a rule with neither ("from all") still belongs to one family, hence the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
+    pub family: Family,
     pub priority: u32,
-    pub src: Option<ipnetwork::Ipv4Network>,
-    pub dst: Option<ipnetwork::Ipv4Network>,
+    pub src: Option<IpNetwork>,
+    pub dst: Option<IpNetwork>,
     pub table: u32,
 }
 
 /// A neighbour (ARP/NDP) entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Neigh {
-    pub ip: std::net::IpAddr,
+    pub ip: IpAddr,
     pub mac: Option<[u8; 6]>,
     pub permanent: bool,
 }
@@ -128,6 +214,28 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
 /// A 6-byte hardware address from a netlink attribute, if it is one.
 fn mac_from(bytes: &[u8]) -> Option<[u8; 6]> {
     bytes.try_into().ok()
+}
+
+/// Test support: `msg` as a request on the wire (netlink header included, as the socket sends
+/// it), parsed back as the kernel would parse it.
+#[cfg(test)]
+pub(crate) fn through_the_wire(
+    msg: netlink_packet_route::RouteNetlinkMessage,
+) -> netlink_packet_route::RouteNetlinkMessage {
+    use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
+    let mut header = NetlinkHeader::default();
+    header.flags = netlink_packet_core::NLM_F_REQUEST;
+    let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+    packet.finalize();
+    let mut buf = vec![0u8; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    let back = NetlinkMessage::<netlink_packet_route::RouteNetlinkMessage>::deserialize(&buf)
+        .expect("parse back what we built");
+    assert_eq!(back.header.length as usize, buf.len());
+    match back.payload {
+        NetlinkPayload::InnerMessage(m) => m,
+        other => panic!("not an rtnetlink message: {other:?}"),
+    }
 }
 
 #[cfg(test)]
