@@ -3,20 +3,25 @@
 //! Parsing collects *every* problem (with the key it concerns) instead of stopping at the first,
 //! so `terway config check` can show them all at once. `#` annotations as in the upstream docs
 //! are tolerated: they are stripped outside strings before the JSON is parsed.
+//!
+//! Every key is in one table (`support`): used, or accepted and reported ("not built yet", "not
+//! used in this mode"), and refused where ignoring its value would change what users get.
 
 mod parse;
 #[cfg(test)]
 mod prop_tests;
+mod support;
 mod validate;
 
 pub use parse::parse_duration;
 use parse::{Parser, strip_hash_comments};
+pub use support::{KEYS, KeySupport, Support};
 pub use validate::create_parent_dir;
 
 use crate::{Error, Kind, Result, ResultExt};
 use ipnetwork::Ipv4Network;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -113,6 +118,8 @@ pub struct Config {
     pub metadata_endpoint: Option<String>,
     /// How long an allocation is protected from GC and the orphan sweep (its ADD may still run).
     pub orphan_grace_period: Duration,
+    /// Every key the file set, known or not: what `notes` reports on.
+    pub file_keys: BTreeSet<String>,
 }
 
 impl Default for Config {
@@ -148,6 +155,7 @@ impl Default for Config {
             vpc_endpoint: None,
             metadata_endpoint: None,
             orphan_grace_period: Duration::from_secs(60),
+            file_keys: BTreeSet::new(),
         }
     }
 }
@@ -161,14 +169,21 @@ pub struct Problem {
     pub warning: bool,
 }
 
+impl Problem {
+    /// `key "<key>": <msg>`, without the "warning: " the Display form puts before warnings.
+    pub fn without_level(&self) -> String {
+        if self.key.is_empty() {
+            self.msg.clone()
+        } else {
+            format!("key \"{}\": {}", self.key, self.msg)
+        }
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let level = if self.warning { "warning: " } else { "" };
-        if self.key.is_empty() {
-            write!(f, "{level}{}", self.msg)
-        } else {
-            write!(f, "{level}key \"{}\": {}", self.key, self.msg)
-        }
+        write!(f, "{level}{}", self.without_level())
     }
 }
 
@@ -180,8 +195,9 @@ impl Config {
         let (config, problems) = Config::parse_all(&text);
         let (warnings, errors): (Vec<Problem>, Vec<Problem>) =
             problems.into_iter().partition(|p| p.warning);
+        // Once per load (start, reload). When the daemon logs `notes()` itself, drop this.
         for w in &warnings {
-            log::warn!("config {}: {w}", path.display());
+            log::warn!("config {}: {}", path.display(), w.without_level());
         }
         match config {
             Some(c) if errors.is_empty() => Ok(c),
@@ -208,6 +224,20 @@ impl Config {
     /// Every problem, warnings included (`terway config check`).
     pub fn check(text: &str) -> Vec<Problem> {
         Config::parse_all(text).1
+    }
+
+    /// What the daemon should say once at start about a config that loaded: unknown keys, keys
+    /// accepted but not built yet or not used in this mode, values meant for tests. One line
+    /// each, `key "<key>": <what>`. `Config::load` logs them as warnings.
+    pub fn notes(&self) -> Vec<String> {
+        self.warnings().iter().map(Problem::without_level).collect()
+    }
+
+    fn warnings(&self) -> Vec<Problem> {
+        let keys = self.file_keys.iter().map(String::as_str);
+        let mut out = support::notes(keys, self.daemon_mode);
+        out.extend(self.validate().into_iter().filter(|p| p.warning));
+        out
     }
 
     /// The config (None when it could not be read at all) and every problem found.
@@ -237,8 +267,10 @@ impl Config {
             map: &map,
             problems: Vec::new(),
         };
-        let mut c = Config::default();
-        p.check_unknown_keys();
+        let mut c = Config {
+            file_keys: map.keys().cloned().collect(),
+            ..Config::default()
+        };
         if let Some(v) = p.string("version") {
             c.version = Some(v);
         }
@@ -334,6 +366,14 @@ impl Config {
         c.ip_pool_sync_period = p.duration("ip_pool_sync_period");
         c.enable_eni_trunking = p.bool("enable_eni_trunking").unwrap_or(false);
         c.eniip_virtual_type = p.string("eniip_virtual_type");
+        if let Some(v) = &c.eniip_virtual_type
+            && !["veth", "ipvlan"].iter().any(|t| v.eq_ignore_ascii_case(t))
+        {
+            p.problem(
+                "eniip_virtual_type",
+                format!("unknown eniip_virtual_type \"{v}\" (expected veth or ipvlan)"),
+            );
+        }
         c.region_id = p.string("region_id");
         c.ecs_endpoint = p.string("ecs_endpoint");
         c.vpc_endpoint = p.string("vpc_endpoint");
@@ -341,14 +381,23 @@ impl Config {
         if let Some(d) = p.duration("orphan_grace_period") {
             c.orphan_grace_period = d;
         }
-        let mut problems = p.problems;
-        // A key that failed to parse already has its problem; "required" would only repeat it.
+        // Errors, and the warnings of `validate`.
+        let mut found = p.problems;
+        found.extend(support::refusals(&map, c.daemon_mode));
+        // A key that failed to parse already has its error; "required" would only repeat it.
         let semantic: Vec<Problem> = c
             .validate()
             .into_iter()
-            .filter(|sp| !problems.iter().any(|q| q.key == sp.key))
+            .filter(|sp| !found.iter().any(|q| !q.warning && q.key == sp.key))
             .collect();
-        problems.extend(semantic);
+        found.extend(semantic);
+        // An error on a key says more than its note.
+        let noted = map
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !found.iter().any(|e| !e.warning && e.key == *k));
+        let mut problems = support::notes(noted, c.daemon_mode);
+        problems.extend(found);
         Ok((c, problems))
     }
 }

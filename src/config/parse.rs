@@ -1,5 +1,5 @@
 //! The lenient reading of config files: typed accessors that record a problem per key instead
-//! of failing, Go-style durations, `#` annotations, "did you mean" hints.
+//! of failing, Go-style durations, `#` annotations, the distance behind "did you mean" hints.
 
 use super::Problem;
 use ipnetwork::Ipv4Network;
@@ -7,40 +7,6 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
-
-pub(super) const KNOWN_KEYS: &[&str] = &[
-    "version",
-    "daemon_mode",
-    "pod_cidr",
-    "socket_path",
-    "state_path",
-    "max_pool_size",
-    "min_pool_size",
-    "vswitches",
-    "vswitch_selection_policy",
-    "eni_selection_policy",
-    "security_group",
-    "security_groups",
-    "service_cidr",
-    "eni_tags",
-    "credential_path",
-    "access_key",
-    "access_secret",
-    "max_eni",
-    "min_eni",
-    "ip_stack",
-    "idle_ip_reclaim_after",
-    "idle_ip_reclaim_interval",
-    "idle_ip_reclaim_batch_size",
-    "ip_pool_sync_period",
-    "enable_eni_trunking",
-    "eniip_virtual_type",
-    "region_id",
-    "ecs_endpoint",
-    "vpc_endpoint",
-    "metadata_endpoint",
-    "orphan_grace_period",
-];
 
 /// Typed accessors that record a problem instead of failing.
 pub(super) struct Parser<'a> {
@@ -57,30 +23,11 @@ impl Parser<'_> {
         });
     }
 
-    pub(super) fn check_unknown_keys(&mut self) {
-        let unknown: Vec<String> = self
-            .map
-            .keys()
-            .filter(|k| !KNOWN_KEYS.contains(&k.as_str()))
-            .cloned()
-            .collect();
-        for k in unknown {
-            let hint = KNOWN_KEYS
-                .iter()
-                .map(|known| (edit_distance(&k, known), known))
-                .filter(|(d, _)| *d <= 2)
-                .min()
-                .map(|(_, known)| format!(" (did you mean \"{known}\"?)"))
-                .unwrap_or_default();
-            self.problems.push(Problem {
-                key: k.clone(),
-                msg: format!("unknown key, ignored{hint}"),
-                warning: true,
-            });
-        }
-    }
-
     pub(super) fn get(&self, key: &str) -> Option<&Value> {
+        debug_assert!(
+            super::support::lookup(key).is_some(),
+            "{key} is read but not in the support table"
+        );
         self.map.get(key).filter(|v| !v.is_null())
     }
 
@@ -215,7 +162,7 @@ impl Parser<'_> {
 }
 
 /// Levenshtein distance, for "did you mean" hints on misspelt keys.
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(super) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

@@ -3,22 +3,27 @@
 //! durations, unicode), parsing never panics and gives a config or errors naming their keys,
 //! and a config it gives keeps the rules. `PROPTEST_CASES` overrides the case budget.
 
-use super::parse::KNOWN_KEYS;
+use super::support::KEYS;
 use super::validate::{MAX_PERIOD, MIN_SYNC_PERIOD};
-use super::{Config, Mode};
+use super::{Config, IpStack, Mode};
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use std::sync::LazyLock;
+
+/// Every accepted key, as the generators want them.
+static KNOWN_KEYS: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| KEYS.iter().map(|r| r.key).collect());
 
 fn cases() -> ProptestConfig {
     crate::prop_support::proptest_config(1000)
 }
 
 fn any_json() -> impl Strategy<Value = Value> {
-    crate::prop_support::any_json(KNOWN_KEYS, nasty_string())
+    crate::prop_support::any_json(&KNOWN_KEYS, nasty_string())
 }
 
 fn key() -> impl Strategy<Value = String> {
-    crate::prop_support::key(KNOWN_KEYS)
+    crate::prop_support::key(&KNOWN_KEYS)
 }
 
 /// Strings that have broken parsers before: durations, CIDRs, paths, numbers as text.
@@ -165,6 +170,14 @@ fn holds_the_rules(c: &Config) {
     assert!(c.ip_pool_sync_period.is_none_or(|d| d >= MIN_SYNC_PERIOD));
     assert!(c.min_pool_size <= c.max_pool_size);
     assert!(c.state_path.is_absolute() && c.socket_path.is_absolute());
+    // Nothing that would silently change what pods get.
+    assert_eq!(c.ip_stack, IpStack::Ipv4);
+    assert!(!c.enable_eni_trunking);
+    assert_ne!(c.daemon_mode, Mode::EniOnly);
+    if c.daemon_mode == Mode::EniMultiIp {
+        let t = c.eniip_virtual_type.as_deref().unwrap_or("veth");
+        assert!(t.eq_ignore_ascii_case("veth"), "{t}");
+    }
     if c.daemon_mode == Mode::Vpc {
         let cidr = c.pod_cidr.expect("VPC mode has a pod CIDR");
         assert!(cidr.prefix() <= 30 && cidr.ip() == cidr.network(), "{cidr}");
@@ -241,5 +254,11 @@ fn the_bases_are_valid() {
     for b in valid_bases() {
         let c = Config::parse(&b.to_string()).unwrap();
         holds_the_rules(&c);
+        // Every key the parser reads is in the table.
+        let unknown: Vec<_> = Config::check(&b.to_string())
+            .into_iter()
+            .filter(|p| p.msg.starts_with("unknown key"))
+            .collect();
+        assert!(unknown.is_empty(), "{unknown:?}");
     }
 }

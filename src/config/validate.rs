@@ -89,12 +89,6 @@ impl Config {
                 "access_key and access_secret must be given together".into(),
             );
         }
-        if self.daemon_mode == Mode::EniOnly {
-            problem(
-                "daemon_mode",
-                "ENIOnly is not supported by this version yet (use VPC or ENIMultiIP)".into(),
-            );
-        }
         if self.daemon_mode != Mode::Vpc && self.security_groups.is_empty() {
             problem(
                 "security_group",
@@ -159,7 +153,9 @@ impl Config {
                 problem(key, msg);
             }
         }
+        // In VPC mode the key is reported as not used instead.
         if let Some(d) = self.ip_pool_sync_period
+            && self.daemon_mode != Mode::Vpc
             && (MIN_SYNC_PERIOD..SYNC_PERIOD_WARN_BELOW).contains(&d)
         {
             out.push(Problem {
@@ -363,17 +359,11 @@ mod tests {
 
     #[test]
     fn a_test_sync_period_is_a_warning() {
-        let p = problems(
-            r#"{"daemon_mode":"VPC","pod_cidr":"10.1.0.0/24","ip_pool_sync_period":"500ms"}"#,
-        );
+        let p = problems(r#"{"security_group":"sg-1","ip_pool_sync_period":"500ms"}"#);
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].warning && p[0].key == "ip_pool_sync_period", "{p:?}");
-        assert!(
-            problems(
-                r#"{"daemon_mode":"VPC","pod_cidr":"10.1.0.0/24","ip_pool_sync_period":"10s"}"#
-            )
-            .is_empty()
-        );
+        assert!(p[0].msg.contains("meant for tests"), "{p:?}");
+        assert!(problems(r#"{"security_group":"sg-1","ip_pool_sync_period":"10s"}"#).is_empty());
     }
 
     #[test]
