@@ -47,6 +47,15 @@ pub struct EniPoolState {
     pub pool: crate::pool::shared_eni::PoolState,
 }
 
+/// Exclusive ENI mode: the pool of whole ENIs and the node facts worth caching.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExclusiveEniState {
+    pub instance_id: String,
+    pub instance_type: String,
+    pub limits: Option<InstanceLimits>,
+    pub pool: crate::pool::exclusive_eni::PoolState,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceLimits {
     pub eni_quantity: u32,
@@ -64,6 +73,8 @@ pub struct State {
     pub vpc: Option<VpcPoolState>,
     #[serde(default)]
     pub eni: Option<EniPoolState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclusive_eni: Option<ExclusiveEniState>,
 }
 
 impl State {
@@ -74,6 +85,7 @@ impl State {
             allocations: Vec::new(),
             vpc: None,
             eni: None,
+            exclusive_eni: None,
         }
     }
 }
@@ -708,6 +720,7 @@ mod tests {
                         cursor: cursor.map(Ipv4Addr::from),
                     }),
                     eni: None,
+                    exclusive_eni: None,
                 })
         }
 

@@ -189,11 +189,6 @@ fn values_that_would_change_what_pods_get_are_refused() {
             json!([{"dst": "10.0.0.0/8"}]),
             "extra pod routes are not built yet",
         ),
-        (
-            "daemon_mode",
-            json!("ENIOnly"),
-            "ENIOnly is not supported by this version yet",
-        ),
     ];
     for (i, (key, value, says)) in cases.into_iter().enumerate() {
         let f = write(

@@ -173,7 +173,6 @@ fn holds_the_rules(c: &Config) {
     // Nothing that would silently change what pods get.
     assert_eq!(c.ip_stack, IpStack::Ipv4);
     assert!(!c.enable_eni_trunking);
-    assert_ne!(c.daemon_mode, Mode::EniOnly);
     if c.daemon_mode == Mode::EniMultiIp {
         let t = c.eniip_virtual_type.as_deref().unwrap_or("veth");
         assert!(t.eq_ignore_ascii_case("veth"), "{t}");

@@ -86,7 +86,7 @@ const fn eni(key: &'static str, multi: Support, only: Support) -> KeySupport {
 pub const KEYS: &[KeySupport] = &[
     // The file format version: informational, as upstream.
     used("version", None),
-    used("daemon_mode", Some(daemon_mode)),
+    used("daemon_mode", None),
     row("pod_cidr", Used, NO_ENI_CIDR, NO_ENI_CIDR, None),
     used("socket_path", None),
     used("state_path", None),
@@ -288,16 +288,6 @@ fn refused(value: &Value, why: &str) -> Result<(), String> {
 /// `true` as the parser reads booleans (upstream files carry them as strings too).
 fn is_true(v: &Value) -> bool {
     matches!(v, Value::Bool(true)) || v.as_str() == Some("true")
-}
-
-fn daemon_mode(v: &Value) -> Result<(), String> {
-    if v.as_str() == Some("ENIOnly") {
-        return refused(
-            v,
-            "ENIOnly is not supported by this version yet (use VPC or ENIMultiIP)",
-        );
-    }
-    Ok(())
 }
 
 fn ip_stack(v: &Value) -> Result<(), String> {
@@ -572,14 +562,12 @@ mod tests {
     }
 
     #[test]
-    fn eni_only_is_refused_from_the_table() {
+    fn eni_only_uses_the_service_cidr() {
         let p = check(
             r#""daemon_mode":"ENIOnly","security_group":"sg-1""#,
             r#","service_cidr":"172.16.0.0/16""#,
         );
-        assert_eq!(p.len(), 1, "{p:?}");
-        assert_eq!(p[0].key, "daemon_mode");
-        assert!(p[0].msg.contains("ENIOnly is not supported"), "{p:?}");
+        assert!(p.is_empty(), "{p:?}");
     }
 
     #[test]

@@ -6,11 +6,13 @@
 //! the replies, so nothing is handed out that is not on disk.
 
 pub mod core;
+pub mod eni_ops;
+pub mod exclusive_eni;
 pub mod grants;
 pub mod node;
 pub mod server;
 pub mod shared_eni;
-pub mod shared_eni_cloud;
+pub mod shared_eni_jobs;
 pub mod source;
 pub mod sweep;
 pub mod vpc_source;
@@ -90,13 +92,10 @@ pub fn run(args: DaemonArgs) -> Result<()> {
             let (source, allocs) = shared_eni::SharedEniSource::start(&config, &state)?;
             serve(args, config, store, state, source, allocs, lock)
         }
-        Mode::EniOnly => Err(Error::new(
-            Kind::InvalidConfig,
-            format!(
-                "config {}: daemon_mode ENIOnly is not supported by this build yet (use VPC or ENIMultiIP)",
-                args.config.display()
-            ),
-        )),
+        Mode::EniOnly => {
+            let (source, allocs) = exclusive_eni::ExclusiveEniSource::start(&config, &state)?;
+            serve(args, config, store, state, source, allocs, lock)
+        }
     }
 }
 

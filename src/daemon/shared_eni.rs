@@ -1,12 +1,11 @@
 //! Shared ENI mode (ENIMultiIP) as an address source: pods get secondary IPs of ENIs the daemon
 //! creates, attaches and fills through the OpenAPI. The pure pool decides; jobs on the cloud
-//! workers carry out its operations (`shared_eni_cloud`); this file glues them together: takes,
+//! workers carry out its operations (`shared_eni_jobs`, `eni_ops`); this file glues them together: takes,
 //! give-backs, the periodic resync, and what `pool` and `mapping` show.
 
+use super::eni_ops::{DeviceUse, EniOps, NodeFacts, WORKERS, eni_tags, node_vswitches};
 use super::node::{self, cloud_err};
-use super::shared_eni_cloud::{
-    CloudDone, EniOps, NodeFacts, WORKERS, eni_tags, node_vswitches, panicked,
-};
+use super::shared_eni_jobs::{CloudDone, panicked};
 use super::source::{AddressSource, Allocations, Current, Take};
 use super::workers::Job;
 use crate::cloud::error::is_final_code;
@@ -49,7 +48,7 @@ impl SharedEniSource {
             .as_ref()
             .and_then(|e| Some((e.instance_type.as_str(), e.limits?)));
         let limits = node::limits(&cloud, &info, cached)?;
-        let ops = EniOps::new(config, info, cloud, limits)?;
+        let ops = EniOps::new(DeviceUse::PolicyTable, config, info, cloud, limits)?;
         let node = ops.node.clone();
         let saved = match &state.eni {
             Some(e) if e.instance_id == node.info.instance_id => e.pool.clone(),

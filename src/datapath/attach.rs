@@ -12,6 +12,9 @@ use crate::netns::NetNs;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use std::net::{IpAddr, Ipv4Addr};
 
+/// How long ADD waits for an exclusive ENI's device to come back to the node.
+const ENI_RETURN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One attachment as the datapaths see it.
 #[derive(Debug, Clone, Copy)]
 pub struct Attachment<'a> {
@@ -164,6 +167,14 @@ pub fn setup(att: &Attachment, address: &PodAddress, dp: &Datapath) -> Result<Wi
         }
         Datapath::ExclusiveEni { mac, host_peer, .. } => {
             let spec = eni_spec(att, address, mac, host_peer.as_ref(), &names)?;
+            // Its previous pod's namespace may still be on its way out, the device with it (a
+            // retried ADD finds it in its own pod already).
+            let in_pod = Netlink::open_in(spec.netns)
+                .and_then(|mut nl| crate::netlink::find_link_by_mac(&mut nl, &spec.mac))
+                .is_ok_and(|l| l.is_some());
+            if !in_pod {
+                super::eni_device::wait_for_mac(mac, ENI_RETURN_WAIT)?;
+            }
             let info = exclusive_eni::setup(&spec)?;
             let mut interfaces = vec![WiredInterface {
                 name: att.ifname.to_string(),

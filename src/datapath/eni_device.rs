@@ -4,7 +4,7 @@
 
 use super::policy;
 use crate::error::{Error, Kind, Result};
-use crate::netlink::{self, Netlink};
+use crate::netlink::{self, Link, Netlink};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -13,12 +13,41 @@ const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Finds ENI `eni_id`'s device by `mac`, readies it and returns its route table.
 pub fn prepare(eni_id: &str, mac: &str, gateway: Ipv4Addr) -> Result<u32> {
+    let mut nl = Netlink::open()?;
+    let link = wait_in(&mut nl, eni_id, mac)?;
+    policy::prepare_eni_table(&mut nl, link.index, gateway)
+        .map_err(|e| e.context(format!("ENI {eni_id} ({})", link.name)))
+}
+
+/// Waits until ENI `eni_id`'s device (by `mac`) is on the node.
+pub fn wait(eni_id: &str, mac: &str) -> Result<Link> {
+    wait_in(&mut Netlink::open()?, eni_id, mac)
+}
+
+/// Waits up to `timeout` for a device with `mac` in the calling thread's namespace. A NIC whose
+/// namespace was just destroyed comes back to the node a moment later (the kernel tears
+/// namespaces down asynchronously), so a new pod's ADD gives it that moment.
+pub fn wait_for_mac(mac: &str, timeout: Duration) -> Result<bool> {
     let mac_bytes = netlink::parse_mac(mac)?;
     let mut nl = Netlink::open()?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if netlink::find_link_by_mac(&mut nl, &mac_bytes)?.is_some() {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_in(nl: &mut Netlink, eni_id: &str, mac: &str) -> Result<Link> {
+    let mac_bytes = netlink::parse_mac(mac)?;
     let deadline = Instant::now() + DEVICE_TIMEOUT;
-    let link = loop {
-        if let Some(l) = netlink::find_link_by_mac(&mut nl, &mac_bytes)? {
-            break l;
+    loop {
+        if let Some(l) = netlink::find_link_by_mac(nl, &mac_bytes)? {
+            return Ok(l);
         }
         if Instant::now() > deadline {
             return Err(Error::new(
@@ -30,7 +59,5 @@ pub fn prepare(eni_id: &str, mac: &str, gateway: Ipv4Addr) -> Result<u32> {
             ));
         }
         std::thread::sleep(Duration::from_millis(50));
-    };
-    policy::prepare_eni_table(&mut nl, link.index, gateway)
-        .map_err(|e| e.context(format!("ENI {eni_id} ({})", link.name)))
+    }
 }

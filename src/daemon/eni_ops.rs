@@ -1,14 +1,14 @@
-//! The slow side of shared ENI mode, run on the cloud workers: the pool's operations (create +
-//! attach + wait, assign, unassign, detach + delete), the resync that lists what is attached,
-//! and the leaked-ENI clean-up. Each ENI's device is readied in the kernel (`datapath::eni_device`)
-//! as soon as it is attached.
+//! ENI operations of both ENI modes, run on the cloud workers: create + attach + wait for the
+//! device, detach + delete, unassign with a check of what the cloud did, the listing of what is
+//! attached, and the leaked-ENI clean-up. A shared ENI's device is readied with its route table
+//! (`datapath::eni_device`) as soon as it is attached; an exclusive ENI's is only waited for.
 
 use super::node::{Cloud, NodeInfo, cloud_err};
 use crate::cloud::ecs::{EniFilter, EniInfo};
 use crate::cloud::error::CloudError;
 use crate::config::Config;
 use crate::datapath::eni_device;
-use crate::pool::shared_eni::{CloudFailure, CloudOp, CloudOutcome, EniFacts};
+use crate::pool::shared_eni::{CloudFailure, EniFacts};
 use crate::store::InstanceLimits;
 use crate::{Error, Result};
 use ipnetwork::Ipv4Network;
@@ -16,24 +16,6 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// What a cloud job reports back to the loop.
-pub enum CloudDone {
-    /// A pool operation finished; `table` is the route table prepared for a new ENI.
-    Op {
-        outcome: CloudOutcome,
-        table: Option<(String, u32)>,
-    },
-    /// A resync: what the cloud says, or why it failed.
-    Observed(std::result::Result<Observation, String>),
-}
-
-pub struct Observation {
-    /// Our ENIs attached to this instance, each with its prepared route table.
-    pub enis: Vec<(EniFacts, u32)>,
-    /// Free addresses per vSwitch (for the `most` selection policy).
-    pub vswitch_free: Vec<(String, u64)>,
-}
 
 /// Tag on every ENI we create: lets a restart find ENIs leaked by a crash between create and attach.
 pub const TAG_CREATOR: (&str, &str) = ("creator", "terway");
@@ -53,10 +35,20 @@ pub struct NodeFacts {
     pub eni_tags: Vec<(String, String)>,
 }
 
+/// What an ENI's device is for on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceUse {
+    /// Shared ENI mode: up, with a route table for its pods' policy routing.
+    PolicyTable,
+    /// Exclusive ENI mode: it moves into a pod; only its arrival on the node is waited for.
+    Exclusive,
+}
+
 /// Everything a job needs; shared by all workers.
 pub struct EniOps {
     pub node: NodeFacts,
-    cloud: Cloud,
+    pub device: DeviceUse,
+    pub(super) cloud: Cloud,
     cidrs: Mutex<BTreeMap<String, (Ipv4Network, u64)>>,
 }
 
@@ -84,6 +76,7 @@ pub fn node_vswitches(config: &Config, node: &NodeInfo) -> Vec<String> {
 impl EniOps {
     /// The ENI operations of this node; refuses a config without security groups.
     pub fn new(
+        device: DeviceUse,
         config: &Config,
         info: NodeInfo,
         cloud: Cloud,
@@ -104,6 +97,7 @@ impl EniOps {
         };
         let ops = EniOps {
             node,
+            device,
             cloud,
             cidrs: Mutex::new(BTreeMap::new()),
         };
@@ -176,6 +170,16 @@ impl EniOps {
         })
     }
 
+    /// Readies an attached ENI's device: its route table in shared mode (0 in exclusive mode,
+    /// where a `fresh` ENI's device is waited for: one held by a pod is not on the node).
+    fn ready(&self, facts: &EniFacts, fresh: bool) -> Result<u32> {
+        match self.device {
+            DeviceUse::PolicyTable => eni_device::prepare(&facts.id, &facts.mac, facts.gateway),
+            DeviceUse::Exclusive if fresh => eni_device::wait(&facts.id, &facts.mac).map(|_| 0),
+            DeviceUse::Exclusive => Ok(0),
+        }
+    }
+
     /// Secondary ENIs attached to this instance, each with its route table prepared.
     pub fn observe(&self) -> Result<Vec<(EniFacts, u32)>> {
         let enis = self
@@ -217,7 +221,7 @@ impl EniOps {
                 continue;
             }
             let facts = self.facts(&eni, false)?;
-            let table = eni_device::prepare(&facts.id, &facts.mac, facts.gateway)?;
+            let table = self.ready(&facts, false)?;
             out.push((facts, table));
         }
         Ok(out)
@@ -247,46 +251,7 @@ impl EniOps {
         }
     }
 
-    pub fn execute(&self, op: CloudOp, node: &NodeFacts) -> CloudDone {
-        match op {
-            CloudOp::CreateEni {
-                op,
-                vswitch_id,
-                secondary_count,
-            } => match self.create_eni(op, &vswitch_id, secondary_count, node) {
-                Ok((eni, table)) => CloudDone::Op {
-                    table: Some((eni.id.clone(), table)),
-                    outcome: CloudOutcome::EniCreated { op, eni },
-                },
-                Err(failure) => failed(op, failure),
-            },
-            CloudOp::AssignIps { op, eni_id, count } => {
-                match self.cloud.ecs.assign_ips(&eni_id, count) {
-                    Ok(ips) => CloudDone::Op {
-                        outcome: CloudOutcome::IpsAssigned { op, eni_id, ips },
-                        table: None,
-                    },
-                    Err(e) => failed(op, to_failure(e)),
-                }
-            }
-            CloudOp::UnassignIps { op, eni_id, ips } => match self.unassign(&eni_id, &ips) {
-                Ok(()) => CloudDone::Op {
-                    outcome: CloudOutcome::IpsUnassigned { op, eni_id, ips },
-                    table: None,
-                },
-                Err(failure) => failed(op, failure),
-            },
-            CloudOp::DeleteEni { op, eni_id } => match self.delete_eni(&eni_id) {
-                Ok(()) => CloudDone::Op {
-                    outcome: CloudOutcome::EniDeleted { op, eni_id },
-                    table: None,
-                },
-                Err(failure) => failed(op, failure),
-            },
-        }
-    }
-
-    fn create_eni(
+    pub(super) fn create_eni(
         &self,
         op: u64,
         vswitch_id: &str,
@@ -318,8 +283,7 @@ impl EniOps {
         });
         let ready = attached.map_err(to_failure).and_then(|info| {
             let facts = self.facts(&info, true).map_err(internal)?;
-            let table =
-                eni_device::prepare(&facts.id, &facts.mac, facts.gateway).map_err(internal)?;
+            let table = self.ready(&facts, true).map_err(internal)?;
             Ok((facts, table))
         });
         match ready {
@@ -386,7 +350,7 @@ impl EniOps {
 
     /// Detach (wait until Available) and delete. Once it is detached the ENI is gone for the
     /// pool whatever happens next: a leftover Available ENI of ours is deleted by the resync.
-    fn delete_eni(&self, eni_id: &str) -> std::result::Result<(), CloudFailure> {
+    pub(super) fn delete_eni(&self, eni_id: &str) -> std::result::Result<(), CloudFailure> {
         match self.eni_status(eni_id) {
             None => {}
             Some((status, _)) if status == "Available" => {}
@@ -419,7 +383,11 @@ impl EniOps {
 
     /// Unassign; when it fails, the ENI's addresses tell what the cloud actually did (an
     /// answer lost after the work was done must not put the addresses back into use).
-    fn unassign(&self, eni_id: &str, ips: &[Ipv4Addr]) -> std::result::Result<(), CloudFailure> {
+    pub(super) fn unassign(
+        &self,
+        eni_id: &str,
+        ips: &[Ipv4Addr],
+    ) -> std::result::Result<(), CloudFailure> {
         let e = match self.cloud.ecs.unassign_ips(eni_id, ips) {
             Ok(()) => return Ok(()),
             Err(e) => e,
@@ -452,7 +420,7 @@ impl EniOps {
 
 /// The pool speaks the documented codes; a full ENI is also reported as
 /// `InvalidOperation.Ipv4CountExceeded` by the API, which means the same to the pool.
-fn to_failure(e: CloudError) -> CloudFailure {
+pub(super) fn to_failure(e: CloudError) -> CloudFailure {
     let code = match e.code.as_str() {
         "InvalidOperation.Ipv4CountExceeded" => "QuotaExceeded.PrivateIpAddress".to_string(),
         _ => e.code,
@@ -467,40 +435,5 @@ fn internal(e: Error) -> CloudFailure {
     CloudFailure {
         code: "Terway.Internal".into(),
         message: e.msg,
-    }
-}
-
-/// A failed op as the pool hears it.
-pub fn failed(op: u64, failure: CloudFailure) -> CloudDone {
-    CloudDone::Op {
-        outcome: CloudOutcome::Failed { op, failure },
-        table: None,
-    }
-}
-
-/// What a panicking job reports instead of its result.
-pub fn panicked(op: u64) -> CloudDone {
-    failed(
-        op,
-        CloudFailure {
-            code: "Terway.Internal".into(),
-            message: "the cloud worker panicked (a bug; see the log)".into(),
-        },
-    )
-}
-
-impl EniOps {
-    /// A resync: leaked ENIs deleted, vSwitch counts refreshed, attached ENIs listed. Runs only
-    /// while nothing else is in flight (and nothing new goes out until it reports), so an
-    /// unattached ENI of ours is not one being created.
-    pub fn resync(&self, vswitches: &[String]) -> CloudDone {
-        self.delete_leaked_enis();
-        if let Err(e) = self.refresh_vswitches(vswitches) {
-            log::warn!("resync: {e}");
-        }
-        CloudDone::Observed(self.observe().map_err(|e| e.msg).map(|enis| Observation {
-            enis,
-            vswitch_free: self.vswitch_free(),
-        }))
     }
 }

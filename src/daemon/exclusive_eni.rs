@@ -1,0 +1,468 @@
+//! Exclusive ENI mode (ENIOnly) as an address source: a pod takes a whole secondary ENI, whose
+//! device the plugin moves into the pod as its `eth0` (the ENI's primary IP with the vSwitch's
+//! prefix, default route via the vSwitch gateway), plus a veth `veth1` to the node for the
+//! service CIDR and node traffic. The pure pool (`pool::exclusive_eni`) decides; its create and
+//! delete operations run as jobs on the cloud workers (`eni_ops`).
+
+use super::eni_ops::{DeviceUse, EniOps, NodeFacts, eni_tags, node_vswitches};
+use super::node::{self, cloud_err};
+use super::source::{AddressSource, Allocations, Current, Take};
+use super::workers::Job;
+use crate::cloud::error::is_final_code;
+use crate::config::{Config, Mode};
+use crate::model::{AttachKey, Datapath, HostPeer, PodAddress, PodRef};
+use crate::pool::exclusive_eni::{
+    CloudFailure, CloudOp, CloudOutcome, EniFacts, EniStatus, Lease, Pool, PoolConfig, PoolState,
+};
+use crate::rpc::{BlockedVSwitchView, EniIpView, EniPoolView, EniView, MappingRow, PoolView};
+use crate::store::{ExclusiveEniState, State, StoredAllocation};
+use crate::{Error, Kind, Result};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+const DEFAULT_RESYNC_MS: u64 = 120_000;
+/// Creates and deletes only: fewer workers than shared mode needs.
+const WORKERS: usize = 4;
+
+/// What an exclusive-ENI job reports back to the loop.
+pub enum Done {
+    Op(CloudOutcome),
+    /// A resync: our ENIs attached to this instance, or why the listing failed.
+    Observed(std::result::Result<Vec<EniFacts>, String>),
+}
+
+pub struct ExclusiveEniSource {
+    pool: Pool,
+    ops: Arc<EniOps>,
+    node: Arc<NodeFacts>,
+    /// What pods reach through their veth to the node.
+    host_peer: HostPeer,
+    outstanding: usize,
+    resync_every_ms: u64,
+    next_resync: u64,
+    random: u64,
+    /// Pods whose ENI the cloud no longer has attached.
+    lost: BTreeSet<AttachKey>,
+    observing: bool,
+}
+
+impl ExclusiveEniSource {
+    /// Learns the node, reconciles the saved pool with what the cloud says is attached, deletes
+    /// leaked ENIs. Returns the source and the allocations that still hold an ENI.
+    pub fn start(config: &Config, state: &State) -> Result<(Self, Vec<StoredAllocation>)> {
+        let (info, cloud) = node::discover(config)?;
+        let cached = state
+            .exclusive_eni
+            .as_ref()
+            .and_then(|e| Some((e.instance_type.as_str(), e.limits?)));
+        let limits = node::limits(&cloud, &info, cached)?;
+        let node_ip = cloud
+            .meta
+            .eni(&info.primary_mac)
+            .map(|m| m.primary_ip)
+            .map_err(|e| cloud_err("metadata: the node's primary address", e))?;
+        let ops = EniOps::new(DeviceUse::Exclusive, config, info, cloud, limits)?;
+        let node = ops.node.clone();
+        let saved = match &state.exclusive_eni {
+            Some(e) if e.instance_id == node.info.instance_id => e.pool.clone(),
+            Some(e) => {
+                log::warn!(
+                    "state file was written on instance {} but this is {}: starting with an empty pool",
+                    e.instance_id,
+                    node.info.instance_id
+                );
+                PoolState::default()
+            }
+            None => PoolState::default(),
+        };
+        let mut pool = Pool::new(pool_config(config, &node), saved);
+        let now = crate::clock::now_ms();
+        let observed: Vec<EniFacts> = ops
+            .observe()
+            .map_err(|e| {
+                cloud_err(
+                    &format!("list the ENIs attached to {}", node.info.instance_id),
+                    e,
+                )
+            })?
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        ops.delete_leaked_enis();
+        let report = pool.reconcile(&observed, now);
+        let mut lost = BTreeSet::new();
+        for (key, eni) in &report.lost {
+            log::error!(
+                "the cloud no longer has ENI {eni} of {key} attached: the pod needs to be re-created"
+            );
+            lost.insert(key.clone());
+        }
+        let allocs: Vec<StoredAllocation> = state
+            .allocations
+            .iter()
+            .filter(|a| pool.lease_of(&a.key).is_some())
+            .cloned()
+            .collect();
+        let known: BTreeSet<&AttachKey> = allocs.iter().map(|a| &a.key).collect();
+        let orphaned: Vec<AttachKey> = pool
+            .snapshot(now)
+            .enis
+            .iter()
+            .filter_map(|e| e.owner.clone())
+            .filter(|k| !known.contains(k))
+            .collect();
+        for key in &orphaned {
+            pool.release(key, now);
+        }
+        let resync_every_ms = config
+            .ip_pool_sync_period
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(DEFAULT_RESYNC_MS);
+        log::info!(
+            "exclusive ENI mode on {} ({}, zone {}): {} secondary ENI(s), capacity {} pods",
+            node.info.instance_id,
+            node.info.instance_type,
+            node.info.zone_id,
+            observed.len(),
+            pool.capacity()
+        );
+        let source = ExclusiveEniSource {
+            pool,
+            ops: Arc::new(ops),
+            node: Arc::new(node),
+            host_peer: HostPeer {
+                service_cidr: config.service_cidr,
+                node_ips: vec![node_ip],
+            },
+            outstanding: 0,
+            resync_every_ms,
+            next_resync: now + resync_every_ms,
+            random: now ^ u64::from(std::process::id()).rotate_left(32) | 1,
+            lost,
+            observing: false,
+        };
+        Ok((source, allocs))
+    }
+
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.random;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.random = x;
+        x
+    }
+
+    fn wiring(&self, lease: &Lease) -> (PodAddress, Datapath) {
+        (
+            PodAddress::v4(lease.ip, lease.vswitch_cidr.prefix(), Some(lease.gateway)),
+            Datapath::ExclusiveEni {
+                eni_id: lease.eni_id.clone(),
+                mac: lease.mac.clone(),
+                host_peer: Some(self.host_peer.clone()),
+            },
+        )
+    }
+}
+
+fn execute(ops: &EniOps, op: CloudOp, node: &NodeFacts) -> Done {
+    match op {
+        CloudOp::CreateEni { op, vswitch_id } => match ops.create_eni(op, &vswitch_id, 0, node) {
+            Ok((eni, _)) => Done::Op(CloudOutcome::EniCreated { op, eni }),
+            Err(failure) => Done::Op(CloudOutcome::Failed { op, failure }),
+        },
+        CloudOp::DeleteEni { op, eni_id } => match ops.delete_eni(&eni_id) {
+            Ok(()) => Done::Op(CloudOutcome::EniDeleted { op, eni_id }),
+            Err(failure) => Done::Op(CloudOutcome::Failed { op, failure }),
+        },
+    }
+}
+
+fn panicked(op: u64) -> Done {
+    Done::Op(CloudOutcome::Failed {
+        op,
+        failure: CloudFailure {
+            code: "Terway.Internal".into(),
+            message: "the cloud worker panicked (a bug; see the log)".into(),
+        },
+    })
+}
+
+impl AddressSource for ExclusiveEniSource {
+    type Done = Done;
+
+    fn mode(&self) -> Mode {
+        Mode::EniOnly
+    }
+
+    fn workers(&self) -> usize {
+        WORKERS
+    }
+
+    fn take(&mut self, key: &AttachKey, pod: &PodRef, now: u64) -> Take {
+        self.lost.remove(key);
+        match self.pool.allocate(key, &pod.to_string(), now) {
+            Some(lease) => {
+                let (address, datapath) = self.wiring(&lease);
+                Take::Ready(address, datapath)
+            }
+            None => Take::Later,
+        }
+    }
+
+    fn give_back(&mut self, alloc: &StoredAllocation, now: u64) {
+        self.lost.remove(&alloc.key);
+        self.pool.release(&alloc.key, now);
+    }
+
+    fn current(&self, alloc: &StoredAllocation) -> Current {
+        if self.lost.contains(&alloc.key) {
+            return Current::Lost;
+        }
+        match self.pool.lease_of(&alloc.key) {
+            Some(lease) => {
+                let (address, datapath) = self.wiring(&lease);
+                Current::Valid(address, datapath)
+            }
+            None => Current::Lost,
+        }
+    }
+
+    fn plan(&mut self, now: u64, waiting: u32) -> Vec<Job<Done>> {
+        if self.observing {
+            return Vec::new();
+        }
+        let random = self.next_random();
+        let mut jobs = Vec::new();
+        for op in self.pool.plan(now, waiting, random) {
+            log::debug!("cloud op: {op:?}");
+            let id = op.id();
+            let (ops, node) = (self.ops.clone(), self.node.clone());
+            jobs.push(Job::new(
+                move || execute(&ops, op, &node),
+                move || panicked(id),
+            ));
+        }
+        self.outstanding += jobs.len();
+        let due = now >= self.next_resync || self.pool.wants_reconcile();
+        if self.outstanding == 0 && due {
+            self.next_resync = now + self.resync_every_ms;
+            let (ops, vswitches) = (self.ops.clone(), self.node.vswitches.clone());
+            jobs.push(Job::new(
+                move || {
+                    ops.delete_leaked_enis();
+                    if let Err(e) = ops.refresh_vswitches(&vswitches) {
+                        log::warn!("resync: {e}");
+                    }
+                    Done::Observed(
+                        ops.observe()
+                            .map(|l| l.into_iter().map(|(f, _)| f).collect())
+                            .map_err(|e| e.msg),
+                    )
+                },
+                || Done::Observed(Err("resync panicked (a bug)".into())),
+            ));
+            self.outstanding += 1;
+            self.observing = true;
+        }
+        jobs
+    }
+
+    fn apply(&mut self, done: Done, now: u64) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        match done {
+            Done::Op(outcome) => {
+                if let CloudOutcome::Failed { failure, .. } = &outcome {
+                    log::warn!("cloud: {}: {}", failure.code, failure.message);
+                }
+                self.pool.apply(outcome, now);
+            }
+            Done::Observed(Ok(facts)) => {
+                self.observing = false;
+                for (vsw, free) in self.ops.vswitch_free() {
+                    self.pool.set_vswitch_free(&vsw, free);
+                }
+                let report = self.pool.reconcile(&facts, now);
+                for (key, eni) in report.lost {
+                    log::error!("resync: the cloud no longer has ENI {eni} of {key} attached");
+                    self.lost.insert(key);
+                }
+            }
+            Done::Observed(Err(e)) => {
+                self.observing = false;
+                log::warn!("resync failed, retrying later: {e}");
+            }
+        }
+    }
+
+    fn unservable(&self, now: u64, waiting: u32) -> Option<String> {
+        self.pool
+            .last_failure()
+            .filter(|f| is_final_code(&f.code))
+            .map(|f| format!("{}: {}", f.code, f.message))
+            .or_else(|| self.pool.unservable(now, waiting))
+    }
+
+    fn waiting_detail(&self) -> String {
+        format!(
+            "the ENI pool is still growing ({} idle, {} in use, {} being created, capacity {}){}",
+            self.pool.idle(),
+            self.pool.in_use(),
+            self.pool.creating(),
+            self.pool.capacity(),
+            self.pool
+                .last_failure()
+                .map(|f| format!("; last cloud error: {}: {}", f.code, f.message))
+                .unwrap_or_default()
+        )
+    }
+
+    fn next_deadline(&self, now: u64) -> Option<u64> {
+        [self.pool.next_deadline(now), Some(self.next_resync)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn write_state(&self, state: &mut State) {
+        state.exclusive_eni = Some(ExclusiveEniState {
+            instance_id: self.node.info.instance_id.clone(),
+            instance_type: self.node.info.instance_type.clone(),
+            limits: Some(self.node.limits),
+            pool: self.pool.state().clone(),
+        });
+    }
+
+    fn reload(&mut self, config: &Config) -> Result<()> {
+        if config.security_groups.is_empty() {
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                "security_group (or security_groups) is required in ENIOnly mode",
+            ));
+        }
+        let mut node = (*self.node).clone();
+        node.security_groups = config.security_groups.clone();
+        node.eni_tags = eni_tags(config, &node.info.instance_id);
+        node.vswitches = node_vswitches(config, &node.info);
+        self.pool.set_config(pool_config(config, &node));
+        // New pods get the new service CIDR; wired ones keep theirs until re-created.
+        self.host_peer.service_cidr = config.service_cidr;
+        self.node = Arc::new(node);
+        Ok(())
+    }
+
+    fn free(&self) -> u64 {
+        u64::from(self.pool.capacity().saturating_sub(self.pool.in_use()))
+    }
+
+    fn pool_view(&self, now: u64, _allocs: &Allocations) -> PoolView {
+        let snap = self.pool.snapshot(now);
+        let enis = snap
+            .enis
+            .iter()
+            .map(|e| EniView {
+                id: e.id.clone(),
+                mac: e.mac.clone(),
+                vswitch_id: e.vswitch_id.clone(),
+                primary_ip: e.primary_ip.to_string(),
+                in_use: u32::from(e.owner.is_some()),
+                addresses: 1,
+                problems: match e.status {
+                    EniStatus::Lost => "lost by the cloud".into(),
+                    EniStatus::Deleting => "being deleted".into(),
+                    EniStatus::Unconfirmed => "delete failed, checking".into(),
+                    EniStatus::InUse | EniStatus::Idle => String::new(),
+                },
+                ips: vec![EniIpView {
+                    ip: e.primary_ip.to_string(),
+                    owner: e.owner.clone(),
+                    primary: true,
+                    lost: e.status == EniStatus::Lost,
+                }],
+            })
+            .collect();
+        PoolView {
+            mode: Mode::EniOnly.to_string(),
+            pod_cidr: None,
+            in_use: u64::from(snap.in_use),
+            idle: u64::from(snap.idle),
+            capacity: u64::from(snap.capacity),
+            min_pool_size: snap.min_idle,
+            max_pool_size: snap.max_idle,
+            eni: Some(EniPoolView {
+                max_enis: snap.max_enis,
+                pending_ips: snap.creating,
+                enis,
+                blocked_vswitches: snap
+                    .blocked_vswitches
+                    .iter()
+                    .map(|b| BlockedVSwitchView {
+                        id: b.id.clone(),
+                        seconds_left: b.until_ms.saturating_sub(now).div_ceil(1000),
+                        reason: b.reason.clone(),
+                    })
+                    .collect(),
+            }),
+            metadata_endpoint: Some(self.ops.metadata_endpoint().to_string()),
+            instance_id: Some(self.node.info.instance_id.clone()),
+        }
+    }
+
+    fn mapping(&self, now: u64, allocs: &Allocations) -> Vec<MappingRow> {
+        self.pool
+            .snapshot(now)
+            .enis
+            .iter()
+            .map(|e| {
+                let res = format!("{}.{}", e.mac, e.primary_ip);
+                let pod = e
+                    .owner
+                    .as_ref()
+                    .map(|k| {
+                        allocs
+                            .get(k)
+                            .map(|a| a.pod.to_string())
+                            .filter(|p| !p.is_empty())
+                            .unwrap_or_else(|| k.to_string())
+                    })
+                    .unwrap_or_default();
+                let (status, factory) = match e.status {
+                    EniStatus::Lost => (
+                        "Error: the cloud no longer has this ENI attached".to_string(),
+                        "-".to_string(),
+                    ),
+                    EniStatus::InUse => ("Normal".into(), res.clone()),
+                    _ => ("Idle".into(), res.clone()),
+                };
+                MappingRow {
+                    status,
+                    pod,
+                    res_id: res,
+                    factory_res_id: factory,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The pool's knobs from the config and the instance type.
+fn pool_config(config: &Config, node: &NodeFacts) -> PoolConfig {
+    let secondary = node.limits.eni_quantity.saturating_sub(1);
+    let max_enis = config.max_eni.map_or(secondary, |m| m.min(secondary));
+    PoolConfig {
+        min_idle: config.min_pool_size,
+        max_idle: config.max_pool_size,
+        max_enis,
+        min_enis: config.min_eni.unwrap_or(0).min(max_enis),
+        coalesce_ms: 20,
+        release_after_ms: config
+            .idle_ip_reclaim_after
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(60_000),
+        vswitch_backoff_ms: 300_000,
+        retry_after_ms: 1_000,
+        vswitches: node.vswitches.clone(),
+        vswitch_policy: config.vswitch_selection_policy,
+        sticky_ms: 300_000,
+    }
+}
