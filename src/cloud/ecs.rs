@@ -1,5 +1,6 @@
 //! Typed ECS (2014-05-26) and VPC (2016-04-28) actions the daemon needs, on top of [`OpenApi`].
 
+use crate::cloud::codes;
 use crate::cloud::credentials::CredentialProvider;
 use crate::cloud::error::{CloudError, TIMEOUT};
 use crate::cloud::http::{self, HttpConfig};
@@ -315,7 +316,7 @@ impl Ecs {
             let Some(eni) = found else {
                 return Err(CloudError::new(
                     A,
-                    "InvalidEniId.NotFound",
+                    codes::ENI_NOT_FOUND,
                     format!("ENI {eni_id} no longer exists (waiting for {status})"),
                 ));
             };
@@ -370,7 +371,7 @@ impl Ecs {
     pub fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
         for chunk in ips.chunks(MAX_IPS_PER_CALL) {
             match self.unassign_chunk(eni_id, chunk) {
-                Err(e) if e.code == "InvalidIp.IpUnassigned" => {
+                Err(e) if e.code == codes::IP_UNASSIGNED => {
                     // The call fails as a whole when any address is gone: remove the rest.
                     let filter = EniFilter {
                         eni_ids: vec![eni_id.to_string()],
@@ -385,7 +386,7 @@ impl Ecs {
                         .collect();
                     if !still.is_empty() {
                         match self.unassign_chunk(eni_id, &still) {
-                            Err(e) if e.code != "InvalidIp.IpUnassigned" => return Err(e),
+                            Err(e) if e.code != codes::IP_UNASSIGNED => return Err(e),
                             _ => {}
                         }
                     }

@@ -1,6 +1,7 @@
 //! The one error type of the cloud clients: what the cloud (or the wire) said, verbatim, with the
 //! action and request id needed to chase it with the provider. Never carries secrets.
 
+use crate::cloud::codes;
 use crate::{Error, Kind};
 use std::fmt;
 
@@ -48,45 +49,23 @@ impl CloudError {
 
     /// Worth another attempt: throttling, server-side trouble, a broken connection.
     pub fn is_retryable(&self) -> bool {
-        self.code.starts_with("Throttling")
-            || self.code.starts_with("InternalError")
-            || self.code.starts_with("ServiceUnavailable")
-            // A nonce collision is ours; the next attempt signs with a fresh nonce.
-            || self.code == "SignatureNonceUsed"
-            || self.code == TRANSPORT
-            || self.http_status >= 500
+        codes::is_retryable(&self.code) || self.code == TRANSPORT || self.http_status >= 500
     }
 
     pub fn is_throttling(&self) -> bool {
-        self.code.starts_with("Throttling")
+        codes::is_throttling(&self.code)
     }
 
     /// The vSwitch has no free address (per vSwitch, unlike `QuotaExceeded.PrivateIpAddress`
     /// which is per ENI): the caller should try another vSwitch.
     pub fn is_vswitch_exhausted(&self) -> bool {
-        self.code == "InvalidVSwitchId.IpNotEnough"
+        self.code == codes::VSWITCH_IP_NOT_ENOUGH
     }
 
     /// The resource does not exist (any `*.NotFound` code).
     pub fn is_not_found(&self) -> bool {
-        self.code.ends_with(".NotFound")
+        codes::is_not_found(&self.code)
     }
-}
-
-/// Codes that retrying cannot fix (missing permission, a wrong id or parameter): pods waiting
-/// on the operation fail at once with the cloud's words.
-pub fn is_final_code(code: &str) -> bool {
-    code.starts_with("Forbidden")
-        || code.starts_with("InvalidAccessKeyId")
-        || code.starts_with("InvalidSecurityGroupId")
-        || code.starts_with("InvalidVSwitchId.NotFound")
-        || matches!(
-            code,
-            "SignatureDoesNotMatch"
-                | "InvalidParameter"
-                | "MissingParameter"
-                | "IncorrectInstanceStatus"
-        )
 }
 
 impl fmt::Display for CloudError {

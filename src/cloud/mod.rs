@@ -4,6 +4,7 @@
 //!   per-action rate limits, retries with backoff).
 //! - [`metadata::Metadata`]: the instance metadata service with the token flow.
 //! - [`credentials::CredentialProvider`]: static keys, a credential file, or the RAM role.
+pub mod codes;
 pub mod credentials;
 pub mod ecs;
 pub mod error;

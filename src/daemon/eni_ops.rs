@@ -4,6 +4,7 @@
 //! (`datapath::eni_device`) as soon as it is attached; an exclusive ENI's is only waited for.
 
 use super::node::{Cloud, NodeInfo, cloud_err};
+use crate::cloud::codes;
 use crate::cloud::ecs::{EniFilter, EniInfo};
 use crate::cloud::error::CloudError;
 use crate::config::Config;
@@ -418,15 +419,10 @@ impl EniOps {
     }
 }
 
-/// The pool speaks the documented codes; a full ENI is also reported as
-/// `InvalidOperation.Ipv4CountExceeded` by the API, which means the same to the pool.
+/// A cloud error as the pools hear it: one spelling per meaning (`codes::normalize`).
 pub(super) fn to_failure(e: CloudError) -> CloudFailure {
-    let code = match e.code.as_str() {
-        "InvalidOperation.Ipv4CountExceeded" => "QuotaExceeded.PrivateIpAddress".to_string(),
-        _ => e.code,
-    };
     CloudFailure {
-        code,
+        code: codes::normalize(&e.code).to_string(),
         message: e.message,
     }
 }

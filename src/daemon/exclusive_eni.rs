@@ -8,7 +8,7 @@ use super::eni_ops::{DeviceUse, EniOps, NodeFacts, eni_tags, node_vswitches};
 use super::node::{self, cloud_err};
 use super::source::{AddressSource, Allocations, Current, Take};
 use super::workers::Job;
-use crate::cloud::error::is_final_code;
+use crate::cloud::codes::is_final as is_final_code;
 use crate::config::{Config, Mode};
 use crate::model::{AttachKey, Datapath, HostPeer, PodAddress, PodRef};
 use crate::pool::exclusive_eni::{

@@ -8,7 +8,7 @@ use super::node::{self, cloud_err};
 use super::shared_eni_jobs::{CloudDone, panicked};
 use super::source::{AddressSource, Allocations, Current, Take};
 use super::workers::Job;
-use crate::cloud::error::is_final_code;
+use crate::cloud::codes::is_final as is_final_code;
 use crate::config::{Config, Mode};
 use crate::model::{AttachKey, Datapath, PodAddress, PodRef};
 use crate::pool::shared_eni::{EniFacts, Lease, Pool, PoolConfig, PoolState};

@@ -8,15 +8,9 @@ use crate::config::VSwitchPolicy;
 use crate::pool::shared_eni::MAX_RETRY_MS;
 use std::collections::BTreeMap;
 
-const IP_NOT_ENOUGH: &str = "InvalidVSwitchId.IpNotEnough";
-const ENI_LIMIT: &str = "EniPerInstanceLimitExceeded";
-const QUOTA_EXCEEDED: &str = "QuotaExceeded";
-const ENI_NOT_FOUND: &str = "InvalidEniId.NotFound";
-
-/// The cloud will not create or attach another ENI for a while: more calls cannot help.
-fn refuses_creates(code: &str) -> bool {
-    code == ENI_LIMIT || code == QUOTA_EXCEEDED || code.starts_with("QuotaExceeded.")
-}
+use crate::cloud::codes::{
+    ENI_NOT_FOUND, VSWITCH_IP_NOT_ENOUGH as IP_NOT_ENOUGH, refuses_enis as refuses_creates,
+};
 
 impl Pool {
     /// Cloud work to do now, given `waiting` allocations the daemon is holding. Marks them in

@@ -9,11 +9,10 @@ use crate::config::VSwitchPolicy;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-const IP_NOT_ENOUGH: &str = "InvalidVSwitchId.IpNotEnough";
-const ENI_LIMIT: &str = "EniPerInstanceLimitExceeded";
-const ENI_FULL: &str = "QuotaExceeded.PrivateIpAddress";
-const IP_ALREADY_UNASSIGNED: &str = "InvalidIp.IpUnassigned";
-const ENI_NOT_FOUND: &str = "InvalidEniId.NotFound";
+use crate::cloud::codes::{
+    ENI_IP_QUOTA as ENI_FULL, ENI_NOT_FOUND, ENI_PER_INSTANCE_LIMIT as ENI_LIMIT,
+    IP_UNASSIGNED as IP_ALREADY_UNASSIGNED, VSWITCH_IP_NOT_ENOUGH as IP_NOT_ENOUGH,
+};
 
 impl Pool {
     /// Cloud work to do now, given `waiting` allocations the daemon is holding. Marks them in flight.

@@ -1,0 +1,83 @@
+//! The Alibaba Cloud error codes terway acts on, and what each means for it: one table, pure
+//! (no I/O), used by the client (retries), the pools (blocking a vSwitch, backing off creates)
+//! and the daemon (failing waiting pods at once).
+
+pub const VSWITCH_IP_NOT_ENOUGH: &str = "InvalidVSwitchId.IpNotEnough";
+pub const ENI_PER_INSTANCE_LIMIT: &str = "EniPerInstanceLimitExceeded";
+/// An ENI has as many addresses as its instance type allows.
+pub const ENI_IP_QUOTA: &str = "QuotaExceeded.PrivateIpAddress";
+/// What the API also answers for a full ENI; means the same as [`ENI_IP_QUOTA`].
+pub const IPV4_COUNT_EXCEEDED: &str = "InvalidOperation.Ipv4CountExceeded";
+/// Unassign of an address already gone: success.
+pub const IP_UNASSIGNED: &str = "InvalidIp.IpUnassigned";
+pub const ENI_NOT_FOUND: &str = "InvalidEniId.NotFound";
+pub const SIGNATURE_NONCE_USED: &str = "SignatureNonceUsed";
+
+pub fn is_throttling(code: &str) -> bool {
+    code.starts_with("Throttling")
+}
+
+/// Worth another attempt of the same call: throttling, server-side trouble (a nonce collision
+/// is ours: the next attempt signs with a fresh nonce). Transport errors and 5xx also are.
+pub fn is_retryable(code: &str) -> bool {
+    is_throttling(code)
+        || code.starts_with("InternalError")
+        || code.starts_with("ServiceUnavailable")
+        || code == SIGNATURE_NONCE_USED
+}
+
+/// The resource does not exist (any `*.NotFound` code).
+pub fn is_not_found(code: &str) -> bool {
+    code.ends_with(".NotFound")
+}
+
+/// The cloud will not create or attach another ENI for a while: more calls cannot help.
+pub fn refuses_enis(code: &str) -> bool {
+    code == ENI_PER_INSTANCE_LIMIT
+        || code == "QuotaExceeded"
+        || code.starts_with("QuotaExceeded.") && code != ENI_IP_QUOTA
+}
+
+/// Codes that retrying cannot fix (missing permission, a wrong id or parameter): pods waiting
+/// on the operation fail at once with the cloud's words.
+pub fn is_final(code: &str) -> bool {
+    code.starts_with("Forbidden")
+        || code.starts_with("InvalidAccessKeyId")
+        || code.starts_with("InvalidSecurityGroupId")
+        || code.starts_with("InvalidVSwitchId.NotFound")
+        || matches!(
+            code,
+            "SignatureDoesNotMatch"
+                | "InvalidParameter"
+                | "MissingParameter"
+                | "IncorrectInstanceStatus"
+        )
+}
+
+/// One spelling per meaning, as the pools speak: a full ENI is [`ENI_IP_QUOTA`].
+pub fn normalize(code: &str) -> &str {
+    match code {
+        IPV4_COUNT_EXCEEDED => ENI_IP_QUOTA,
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table() {
+        assert!(is_retryable("Throttling.User") && is_throttling("Throttling.User"));
+        assert!(is_retryable("ServiceUnavailable") && !is_retryable("Forbidden.RAM"));
+        assert!(is_final("Forbidden.RAM") && is_final("InvalidVSwitchId.NotFound"));
+        assert!(!is_final(VSWITCH_IP_NOT_ENOUGH));
+        assert!(refuses_enis(ENI_PER_INSTANCE_LIMIT) && refuses_enis("QuotaExceeded.Eni"));
+        assert!(
+            !refuses_enis(ENI_IP_QUOTA),
+            "a full ENI does not stop new ENIs"
+        );
+        assert_eq!(normalize(IPV4_COUNT_EXCEEDED), ENI_IP_QUOTA);
+        assert!(is_not_found(ENI_NOT_FOUND));
+    }
+}
