@@ -4,23 +4,21 @@
 //! service CIDR and node traffic. The pure pool (`pool::exclusive_eni`) decides; its create and
 //! delete operations run as jobs on the cloud workers (`eni_ops`).
 
-use super::eni_ops::{DeviceUse, EniOps, NodeFacts, eni_tags, node_vswitches};
+use super::eni_ops::{DeviceUse, EniOps, NodeFacts};
+use super::eni_source::{EniCommon, blocked_views, last_error, orphaned_owners, unservable};
 use super::node::{self, cloud_err};
 use super::source::{AddressSource, Allocations, Current, Take};
 use super::workers::Job;
-use crate::cloud::codes::is_final as is_final_code;
+use crate::Result;
 use crate::config::{Config, Mode};
 use crate::model::{AttachKey, Datapath, HostPeer, PodAddress, PodRef};
 use crate::pool::exclusive_eni::{
-    CloudFailure, CloudOp, CloudOutcome, EniFacts, EniStatus, Lease, Pool, PoolConfig, PoolState,
+    CloudFailure, CloudOp, CloudOutcome, EniFacts, EniStatus, Lease, Pool, PoolConfig,
 };
-use crate::rpc::{BlockedVSwitchView, EniIpView, EniPoolView, EniView, MappingRow, PoolView};
+use crate::rpc::{EniIpView, EniPoolView, EniView, MappingRow, PoolView};
 use crate::store::{ExclusiveEniState, State, StoredAllocation};
-use crate::{Error, Kind, Result};
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
-const DEFAULT_RESYNC_MS: u64 = 120_000;
 /// Creates and deletes only: fewer workers than shared mode needs.
 const WORKERS: usize = 4;
 
@@ -33,17 +31,11 @@ pub enum Done {
 
 pub struct ExclusiveEniSource {
     pool: Pool,
-    ops: Arc<EniOps>,
-    node: Arc<NodeFacts>,
+    common: EniCommon,
     /// What pods reach through their veth to the node.
     host_peer: HostPeer,
-    outstanding: usize,
-    resync_every_ms: u64,
-    next_resync: u64,
-    random: u64,
     /// Pods whose ENI the cloud no longer has attached.
     lost: BTreeSet<AttachKey>,
-    observing: bool,
 }
 
 impl ExclusiveEniSource {
@@ -62,21 +54,16 @@ impl ExclusiveEniSource {
             .map(|m| m.primary_ip)
             .map_err(|e| cloud_err("metadata: the node's primary address", e))?;
         let ops = EniOps::new(DeviceUse::Exclusive, config, info, cloud, limits)?;
-        let node = ops.node.clone();
-        let saved = match &state.exclusive_eni {
-            Some(e) if e.instance_id == node.info.instance_id => e.pool.clone(),
-            Some(e) => {
-                log::warn!(
-                    "state file was written on instance {} but this is {}: starting with an empty pool",
-                    e.instance_id,
-                    node.info.instance_id
-                );
-                PoolState::default()
-            }
-            None => PoolState::default(),
-        };
-        let mut pool = Pool::new(pool_config(config, &node), saved);
         let now = crate::clock::now_ms();
+        let common = EniCommon::new(ops, config, now);
+        let (node, ops) = (common.node.clone(), common.ops.clone());
+        let saved = common.saved_pool(
+            state
+                .exclusive_eni
+                .as_ref()
+                .map(|e| (e.instance_id.as_str(), &e.pool)),
+        );
+        let mut pool = Pool::new(pool_config(config, &node), saved);
         let observed: Vec<EniFacts> = ops
             .observe()
             .map_err(|e| {
@@ -103,21 +90,11 @@ impl ExclusiveEniSource {
             .filter(|a| pool.lease_of(&a.key).is_some())
             .cloned()
             .collect();
-        let known: BTreeSet<&AttachKey> = allocs.iter().map(|a| &a.key).collect();
-        let orphaned: Vec<AttachKey> = pool
-            .snapshot(now)
-            .enis
-            .iter()
-            .filter_map(|e| e.owner.clone())
-            .filter(|k| !known.contains(k))
-            .collect();
+        let snap = pool.snapshot(now);
+        let orphaned = orphaned_owners(snap.enis.iter().filter_map(|e| e.owner.as_ref()), &allocs);
         for key in &orphaned {
             pool.release(key, now);
         }
-        let resync_every_ms = config
-            .ip_pool_sync_period
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(DEFAULT_RESYNC_MS);
         log::info!(
             "exclusive ENI mode on {} ({}, zone {}): {} secondary ENI(s), capacity {} pods",
             node.info.instance_id,
@@ -128,29 +105,14 @@ impl ExclusiveEniSource {
         );
         let source = ExclusiveEniSource {
             pool,
-            ops: Arc::new(ops),
-            node: Arc::new(node),
+            common,
             host_peer: HostPeer {
                 service_cidr: config.service_cidr,
                 node_ips: vec![node_ip],
             },
-            outstanding: 0,
-            resync_every_ms,
-            next_resync: now + resync_every_ms,
-            random: now ^ u64::from(std::process::id()).rotate_left(32) | 1,
             lost,
-            observing: false,
         };
         Ok((source, allocs))
-    }
-
-    fn next_random(&mut self) -> u64 {
-        let mut x = self.random;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.random = x;
-        x
     }
 
     fn wiring(&self, lease: &Lease) -> (PodAddress, Datapath) {
@@ -229,25 +191,23 @@ impl AddressSource for ExclusiveEniSource {
     }
 
     fn plan(&mut self, now: u64, waiting: u32) -> Vec<Job<Done>> {
-        if self.observing {
+        if self.common.observing() {
             return Vec::new();
         }
-        let random = self.next_random();
+        let random = self.common.next_random();
         let mut jobs = Vec::new();
         for op in self.pool.plan(now, waiting, random) {
             log::debug!("cloud op: {op:?}");
             let id = op.id();
-            let (ops, node) = (self.ops.clone(), self.node.clone());
+            let (ops, node) = (self.common.ops.clone(), self.common.node.clone());
             jobs.push(Job::new(
                 move || execute(&ops, op, &node),
                 move || panicked(id),
             ));
         }
-        self.outstanding += jobs.len();
-        let due = now >= self.next_resync || self.pool.wants_reconcile();
-        if self.outstanding == 0 && due {
-            self.next_resync = now + self.resync_every_ms;
-            let (ops, vswitches) = (self.ops.clone(), self.node.vswitches.clone());
+        self.common.sent(jobs.len());
+        if self.common.start_resync(now, self.pool.wants_reconcile()) {
+            let (ops, vswitches) = (self.common.ops.clone(), self.common.node.vswitches.clone());
             jobs.push(Job::new(
                 move || {
                     ops.delete_leaked_enis();
@@ -262,14 +222,12 @@ impl AddressSource for ExclusiveEniSource {
                 },
                 || Done::Observed(Err("resync panicked (a bug)".into())),
             ));
-            self.outstanding += 1;
-            self.observing = true;
         }
         jobs
     }
 
     fn apply(&mut self, done: Done, now: u64) {
-        self.outstanding = self.outstanding.saturating_sub(1);
+        self.common.done(matches!(done, Done::Observed(_)));
         match done {
             Done::Op(outcome) => {
                 if let CloudOutcome::Failed { failure, .. } = &outcome {
@@ -278,8 +236,7 @@ impl AddressSource for ExclusiveEniSource {
                 self.pool.apply(outcome, now);
             }
             Done::Observed(Ok(facts)) => {
-                self.observing = false;
-                for (vsw, free) in self.ops.vswitch_free() {
+                for (vsw, free) in self.common.ops.vswitch_free() {
                     self.pool.set_vswitch_free(&vsw, free);
                 }
                 let report = self.pool.reconcile(&facts, now);
@@ -289,18 +246,13 @@ impl AddressSource for ExclusiveEniSource {
                 }
             }
             Done::Observed(Err(e)) => {
-                self.observing = false;
                 log::warn!("resync failed, retrying later: {e}");
             }
         }
     }
 
     fn unservable(&self, now: u64, waiting: u32) -> Option<String> {
-        self.pool
-            .last_failure()
-            .filter(|f| is_final_code(&f.code))
-            .map(|f| format!("{}: {}", f.code, f.message))
-            .or_else(|| self.pool.unservable(now, waiting))
+        unservable(self.pool.last_failure(), self.pool.unservable(now, waiting))
     }
 
     fn waiting_detail(&self) -> String {
@@ -310,44 +262,34 @@ impl AddressSource for ExclusiveEniSource {
             self.pool.in_use(),
             self.pool.creating(),
             self.pool.capacity(),
-            self.pool
-                .last_failure()
-                .map(|f| format!("; last cloud error: {}: {}", f.code, f.message))
-                .unwrap_or_default()
+            last_error(self.pool.last_failure())
         )
     }
 
     fn next_deadline(&self, now: u64) -> Option<u64> {
-        [self.pool.next_deadline(now), Some(self.next_resync)]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.pool.next_deadline(now),
+            Some(self.common.next_resync()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn write_state(&self, state: &mut State) {
         state.exclusive_eni = Some(ExclusiveEniState {
-            instance_id: self.node.info.instance_id.clone(),
-            instance_type: self.node.info.instance_type.clone(),
-            limits: Some(self.node.limits),
+            instance_id: self.common.node.info.instance_id.clone(),
+            instance_type: self.common.node.info.instance_type.clone(),
+            limits: Some(self.common.node.limits),
             pool: self.pool.state().clone(),
         });
     }
 
     fn reload(&mut self, config: &Config) -> Result<()> {
-        if config.security_groups.is_empty() {
-            return Err(Error::new(
-                Kind::InvalidConfig,
-                "security_group (or security_groups) is required in ENIOnly mode",
-            ));
-        }
-        let mut node = (*self.node).clone();
-        node.security_groups = config.security_groups.clone();
-        node.eni_tags = eni_tags(config, &node.info.instance_id);
-        node.vswitches = node_vswitches(config, &node.info);
+        let node = self.common.reload(config, "ENIOnly")?;
         self.pool.set_config(pool_config(config, &node));
         // New pods get the new service CIDR; wired ones keep theirs until re-created.
         self.host_peer.service_cidr = config.service_cidr;
-        self.node = Arc::new(node);
         Ok(())
     }
 
@@ -393,18 +335,10 @@ impl AddressSource for ExclusiveEniSource {
                 max_enis: snap.max_enis,
                 pending_ips: snap.creating,
                 enis,
-                blocked_vswitches: snap
-                    .blocked_vswitches
-                    .iter()
-                    .map(|b| BlockedVSwitchView {
-                        id: b.id.clone(),
-                        seconds_left: b.until_ms.saturating_sub(now).div_ceil(1000),
-                        reason: b.reason.clone(),
-                    })
-                    .collect(),
+                blocked_vswitches: blocked_views(&snap.blocked_vswitches, now),
             }),
-            metadata_endpoint: Some(self.ops.metadata_endpoint().to_string()),
-            instance_id: Some(self.node.info.instance_id.clone()),
+            metadata_endpoint: Some(self.common.ops.metadata_endpoint().to_string()),
+            instance_id: Some(self.common.node.info.instance_id.clone()),
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod core;
 pub mod eni_ops;
+pub mod eni_source;
 pub mod exclusive_eni;
 pub mod grants;
 pub mod node;

@@ -3,38 +3,28 @@
 //! workers carry out its operations (`shared_eni_jobs`, `eni_ops`); this file glues them together: takes,
 //! give-backs, the periodic resync, and what `pool` and `mapping` show.
 
-use super::eni_ops::{DeviceUse, EniOps, NodeFacts, WORKERS, eni_tags, node_vswitches};
+use super::eni_ops::{DeviceUse, EniOps, NodeFacts, WORKERS};
+use super::eni_source::{EniCommon, blocked_views, last_error, orphaned_owners, unservable};
 use super::node::{self, cloud_err};
 use super::shared_eni_jobs::{CloudDone, panicked};
 use super::source::{AddressSource, Allocations, Current, Take};
 use super::workers::Job;
-use crate::cloud::codes::is_final as is_final_code;
 use crate::config::{Config, Mode};
 use crate::model::{AttachKey, Datapath, PodAddress, PodRef};
-use crate::pool::shared_eni::{EniFacts, Lease, Pool, PoolConfig, PoolState};
-use crate::rpc::{BlockedVSwitchView, EniIpView, EniPoolView, EniView, MappingRow, PoolView};
+use crate::pool::shared_eni::{EniFacts, Lease, Pool, PoolConfig};
+use crate::rpc::{EniIpView, EniPoolView, EniView, MappingRow, PoolView};
 use crate::store::{EniPoolState, State, StoredAllocation};
 use crate::{Error, Kind, Result};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
-
-const DEFAULT_RESYNC_MS: u64 = 120_000;
 
 pub struct SharedEniSource {
     pool: Pool,
-    ops: Arc<EniOps>,
-    /// The node as new ENIs see it (security groups, tags, vSwitches follow reloads).
-    node: Arc<NodeFacts>,
+    common: EniCommon,
     /// Route table per ENI id, prepared when its device appeared.
     tables: BTreeMap<String, u32>,
-    outstanding: usize,
-    resync_every_ms: u64,
-    next_resync: u64,
-    random: u64,
     /// Pods whose address the cloud lost (reported in mapping until they release it).
     lost: BTreeMap<AttachKey, Ipv4Addr>,
-    observing: bool,
 }
 
 impl SharedEniSource {
@@ -49,21 +39,16 @@ impl SharedEniSource {
             .and_then(|e| Some((e.instance_type.as_str(), e.limits?)));
         let limits = node::limits(&cloud, &info, cached)?;
         let ops = EniOps::new(DeviceUse::PolicyTable, config, info, cloud, limits)?;
-        let node = ops.node.clone();
-        let saved = match &state.eni {
-            Some(e) if e.instance_id == node.info.instance_id => e.pool.clone(),
-            Some(e) => {
-                log::warn!(
-                    "state file was written on instance {} but this is {}: starting with an empty pool",
-                    e.instance_id,
-                    node.info.instance_id
-                );
-                PoolState::default()
-            }
-            None => PoolState::default(),
-        };
-        let mut pool = Pool::new(pool_config(config, &node), saved);
         let now = crate::clock::now_ms();
+        let common = EniCommon::new(ops, config, now);
+        let (node, ops) = (common.node.clone(), common.ops.clone());
+        let saved = common.saved_pool(
+            state
+                .eni
+                .as_ref()
+                .map(|e| (e.instance_id.as_str(), &e.pool)),
+        );
+        let mut pool = Pool::new(pool_config(config, &node), saved);
         let observed = ops.observe().map_err(|e| {
             cloud_err(
                 &format!("list the ENIs attached to {}", node.info.instance_id),
@@ -101,14 +86,12 @@ impl SharedEniSource {
         }
         // The reverse: addresses held for pods the state no longer lists (allocations are
         // dropped after a reboot: those pods are gone) go back to the pool.
-        let known: std::collections::BTreeSet<&AttachKey> = allocs.iter().map(|a| &a.key).collect();
-        let orphaned: Vec<AttachKey> = pool
-            .snapshot(now)
+        let snap = pool.snapshot(now);
+        let owners = snap
             .enis
             .iter()
-            .flat_map(|e| e.ips.iter().filter_map(|i| i.owner.clone()))
-            .filter(|k| !known.contains(k))
-            .collect();
+            .flat_map(|e| e.ips.iter().filter_map(|i| i.owner.as_ref()));
+        let orphaned = orphaned_owners(owners, &allocs);
         for key in &orphaned {
             pool.release(key, now);
         }
@@ -133,10 +116,6 @@ impl SharedEniSource {
                 a
             })
             .collect();
-        let resync_every_ms = config
-            .ip_pool_sync_period
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(DEFAULT_RESYNC_MS);
         log::info!(
             "shared ENI mode on {} ({}, zone {}): {} secondary ENI(s), capacity {} pods",
             node.info.instance_id,
@@ -147,27 +126,11 @@ impl SharedEniSource {
         );
         let source = SharedEniSource {
             pool,
-            node: Arc::new(node),
-            ops: Arc::new(ops),
+            common,
             tables,
-            outstanding: 0,
-            resync_every_ms,
-            next_resync: now + resync_every_ms,
-            random: now ^ u64::from(std::process::id()).rotate_left(32) | 1,
             lost,
-            observing: false,
         };
         Ok((source, allocs))
-    }
-
-    fn next_random(&mut self) -> u64 {
-        // xorshift64: the pool only needs an unbiased pick among a few vSwitches.
-        let mut x = self.random;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.random = x;
-        x
     }
 
     /// The address and datapath of a lease; an ENI without a route table cannot be wired yet.
@@ -235,39 +198,33 @@ impl AddressSource for SharedEniSource {
     }
 
     fn plan(&mut self, now: u64, waiting: u32) -> Vec<Job<CloudDone>> {
-        // A resync's listing is only true of a pool that no operation changes meanwhile (an
-        // unassign finishing after the listing would be adopted back): nothing new goes out
-        // while one runs, and one only starts when nothing is in flight.
-        if self.observing {
+        if self.common.observing() {
             return Vec::new();
         }
-        let random = self.next_random();
+        let random = self.common.next_random();
         let mut jobs = Vec::new();
         for op in self.pool.plan(now, waiting, random) {
             log::debug!("cloud op: {op:?}");
             let id = op.id();
-            let (ops, node) = (self.ops.clone(), self.node.clone());
+            let (ops, node) = (self.common.ops.clone(), self.common.node.clone());
             jobs.push(Job::new(
                 move || ops.execute(op, &node),
                 move || panicked(id),
             ));
         }
-        self.outstanding += jobs.len();
-        if self.outstanding == 0 && now >= self.next_resync {
-            self.next_resync = now + self.resync_every_ms;
-            let (ops, vswitches) = (self.ops.clone(), self.node.vswitches.clone());
+        self.common.sent(jobs.len());
+        if self.common.start_resync(now, false) {
+            let (ops, vswitches) = (self.common.ops.clone(), self.common.node.vswitches.clone());
             jobs.push(Job::new(
                 move || ops.resync(&vswitches),
                 || CloudDone::Observed(Err("resync panicked (a bug)".into())),
             ));
-            self.outstanding += 1;
-            self.observing = true;
         }
         jobs
     }
 
     fn apply(&mut self, done: CloudDone, now: u64) {
-        self.outstanding = self.outstanding.saturating_sub(1);
+        self.common.done(matches!(done, CloudDone::Observed(_)));
         match done {
             CloudDone::Op { outcome, table } => {
                 if let crate::pool::shared_eni::CloudOutcome::Failed { failure, .. } = &outcome {
@@ -282,7 +239,6 @@ impl AddressSource for SharedEniSource {
                 self.pool.apply(outcome, now);
             }
             CloudDone::Observed(Ok(seen)) => {
-                self.observing = false;
                 for (vsw, free) in &seen.vswitch_free {
                     self.pool.set_vswitch_free(vsw, *free);
                 }
@@ -297,18 +253,13 @@ impl AddressSource for SharedEniSource {
                 }
             }
             CloudDone::Observed(Err(e)) => {
-                self.observing = false;
                 log::warn!("resync failed, retrying later: {e}");
             }
         }
     }
 
     fn unservable(&self, now: u64, waiting: u32) -> Option<String> {
-        self.pool
-            .last_failure()
-            .filter(|f| is_final_code(&f.code))
-            .map(|f| format!("{}: {}", f.code, f.message))
-            .or_else(|| self.pool.unservable(now, waiting))
+        unservable(self.pool.last_failure(), self.pool.unservable(now, waiting))
     }
 
     fn waiting_detail(&self) -> String {
@@ -317,41 +268,31 @@ impl AddressSource for SharedEniSource {
             self.pool.idle(),
             self.pool.in_use(),
             self.pool.capacity(),
-            self.pool
-                .last_failure()
-                .map(|f| format!("; last cloud error: {}: {}", f.code, f.message))
-                .unwrap_or_default()
+            last_error(self.pool.last_failure())
         )
     }
 
     fn next_deadline(&self, now: u64) -> Option<u64> {
-        [self.pool.next_deadline(now), Some(self.next_resync)]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.pool.next_deadline(now),
+            Some(self.common.next_resync()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn write_state(&self, state: &mut State) {
         state.eni = Some(EniPoolState {
-            instance_id: self.node.info.instance_id.clone(),
-            instance_type: self.node.info.instance_type.clone(),
-            limits: Some(self.node.limits),
+            instance_id: self.common.node.info.instance_id.clone(),
+            instance_type: self.common.node.info.instance_type.clone(),
+            limits: Some(self.common.node.limits),
             pool: self.pool.state().clone(),
         });
     }
 
     fn reload(&mut self, config: &Config) -> Result<()> {
-        if config.security_groups.is_empty() {
-            return Err(Error::new(
-                Kind::InvalidConfig,
-                "security_group (or security_groups) is required in ENIMultiIP mode",
-            ));
-        }
-        // New ENIs join the new groups and carry the new tags; existing ENIs are left as they are.
-        let mut node = (*self.node).clone();
-        node.security_groups = config.security_groups.clone();
-        node.eni_tags = eni_tags(config, &node.info.instance_id);
-        node.vswitches = node_vswitches(config, &node.info);
+        let node = self.common.reload(config, "ENIMultiIP")?;
         self.pool.set_config(pool_config(config, &node));
         log::info!(
             "reload: vSwitches {:?}, watermarks min {} max {}",
@@ -359,7 +300,6 @@ impl AddressSource for SharedEniSource {
             config.min_pool_size,
             config.max_pool_size
         );
-        self.node = Arc::new(node);
         Ok(())
     }
 
@@ -399,15 +339,7 @@ impl AddressSource for SharedEniSource {
                 }
             })
             .collect();
-        let blocked = snap
-            .blocked_vswitches
-            .iter()
-            .map(|b| BlockedVSwitchView {
-                id: b.id.clone(),
-                seconds_left: b.until_ms.saturating_sub(now).div_ceil(1000),
-                reason: b.reason.clone(),
-            })
-            .collect();
+        let blocked = blocked_views(&snap.blocked_vswitches, now);
         PoolView {
             mode: Mode::EniMultiIp.to_string(),
             pod_cidr: None,
@@ -422,8 +354,8 @@ impl AddressSource for SharedEniSource {
                 enis,
                 blocked_vswitches: blocked,
             }),
-            metadata_endpoint: Some(self.ops.metadata_endpoint().to_string()),
-            instance_id: Some(self.node.info.instance_id.clone()),
+            metadata_endpoint: Some(self.common.ops.metadata_endpoint().to_string()),
+            instance_id: Some(self.common.node.info.instance_id.clone()),
         }
     }
 
