@@ -11,6 +11,7 @@ pub mod eni_source;
 pub mod exclusive_eni;
 pub mod grants;
 pub mod node;
+pub mod notify;
 pub mod server;
 pub mod shared_eni;
 pub mod shared_eni_jobs;
@@ -147,6 +148,8 @@ fn serve<S: AddressSource>(
         store.path().display()
     );
     let socket_path = config.socket_path.clone();
+    let mut notifier = notify::Notifier::from_env();
+    notifier.ready(status_line(&core, now_ms()));
     let mut daemon = Daemon {
         config_path: args.config,
         config,
@@ -156,6 +159,7 @@ fn serve<S: AddressSource>(
         workers,
         next_sweep: 0,
         gate: gate.clone(),
+        notifier,
     };
     let result = daemon.event_loop(&rx);
     if let Err(e) = &result {
@@ -238,6 +242,16 @@ struct Daemon<S: AddressSource> {
     workers: Workers<S::Done>,
     next_sweep: u64,
     gate: Arc<server::Gate>,
+    notifier: notify::Notifier,
+}
+
+/// What systemd shows for the daemon: pods served and idle addresses.
+fn status_line<S: AddressSource>(core: &Core<S>, now: u64) -> String {
+    let v = core.source().pool_view(now, core.allocations());
+    format!(
+        "{} mode: {} pod(s), {} idle, capacity {}",
+        v.mode, v.in_use, v.idle, v.capacity
+    )
 }
 
 impl<S: AddressSource> Daemon<S> {
@@ -318,7 +332,10 @@ impl<S: AddressSource> Daemon<S> {
             }
         }
         if let Some(sig) = stop {
+            self.notifier.stopping();
             self.gate.stop(&format!("signal {sig}"));
+        } else if out.dirty() && fatal.is_none() {
+            self.notifier.status(status_line(&self.core, now));
         }
         for (tx, resp) in out.replies {
             let _ = tx.send(resp);
