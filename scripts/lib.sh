@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for the scripts (sourced, not run).
 
 # Installs Debian packages that are missing; apt-get update only when something is needed.
@@ -23,6 +24,7 @@ require_root() {
 # Rust via rustup when there is none (Debian's own cargo is older than the 1.89 we need).
 require_cargo() {
     if ! command -v cargo >/dev/null && [ -f "$HOME/.cargo/env" ]; then
+        # shellcheck source=/dev/null
         . "$HOME/.cargo/env"
     fi
     if ! command -v cargo >/dev/null; then
@@ -30,6 +32,7 @@ require_cargo() {
         ensure_packages curl ca-certificates build-essential
         curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
             sh -s -- -y --profile minimal -c rustfmt -c clippy
+        # shellcheck source=/dev/null
         . "$HOME/.cargo/env"
     fi
     command -v cargo >/dev/null || { echo "cargo not found and rustup failed" >&2; exit 1; }

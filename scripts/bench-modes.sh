@@ -1,0 +1,330 @@
+#!/usr/bin/env bash
+# The two ENI modes side by side on the emulated VPC (`terway emulate --netns`), in one run:
+#   1. warm-pool CNI ADD/DEL latency: exclusive ENI (ENIOnly: the ENI's device becomes the pod's
+#      eth0, plus veth1 to the node) vs shared ENI (ENIMultiIP: veth + policy routing) vs
+#      Debian's reference ptp + host-local; medians of N plugin execs each, fresh pod namespace
+#      each, at most CONC pods alive at once (min_pool_size >= CONC: no ADD waits for the cloud,
+#      which the run checks by counting OpenAPI calls), plugins interleaved batch by batch;
+#   2. pod-to-pod TCP throughput (iperf3, SECS s, median of ROUNDS) and RTT (ping -c 50 -i 0.01,
+#      average) across two nodes through the emulated VPC: ENIOnly pod -> ENIOnly pod, shared-ENI
+#      pod -> pod, and a raw veth pair between two plain namespaces as the baseline.
+# Four emulated ecs.g7.4xlarge instances (two per ENI mode), no emulated cloud latency. Run as
+# root (the variables below, shown with their defaults, are optional; RAW_DIR=DIR keeps the raw
+# data: times, iperf3 JSON, daemon and emulator logs):
+#   N=30 CONC=5 SECS=5 ROUNDS=3 scripts/bench-modes.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+require_root
+require_cargo
+ensure_packages iproute2 iputils-ping containernetworking-plugins iperf3 procps python3 curl util-linux
+
+N=${N:-30}            # part 1: plugin execs per plugin and operation
+CONC=${CONC:-5}       # part 1: pods alive at once (a batch: CONC ADDs, then their DELs)
+SECS=${SECS:-5}       # part 2: seconds per iperf3 run
+ROUNDS=${ROUNDS:-3}   # part 2: iperf3 runs per path (interleaved; the median is shown)
+PINGS=50              # part 2: pings per path, 10 ms apart
+SERVICE_CIDR=10.96.0.0/16
+REF=/usr/lib/cni
+if [ ! -x "$REF/ptp" ] || [ ! -x "$REF/host-local" ]; then echo "reference plugins not found in $REF" >&2; exit 1; fi
+if [ "$CONC" -lt 1 ] || [ "$CONC" -gt 7 ]; then echo "CONC must be 1..7 (ENIs per ecs.g7.4xlarge)" >&2; exit 1; fi
+if [ "$N" -lt 1 ] || [ "$ROUNDS" -lt 1 ] || [ "$SECS" -lt 1 ]; then echo "N, ROUNDS and SECS must be >= 1" >&2; exit 1; fi
+
+T_START=$EPOCHREALTIME
+echo "==> building terway (release; scripts/build-static.sh makes the static binary we ship)"
+cargo build --release --quiet
+BIN="$PWD/target/release/terway"
+
+# Fixed names (twmodes-*, i-twmodes*: used by nothing else) so that leftovers of a crashed run
+# can be found and removed; a lock keeps two runs apart.
+VPC_NS=twmodes-vpc
+X_A=i-twmodes1 X_B=i-twmodes2   # ENIOnly nodes
+S_A=i-twmodes3 S_B=i-twmodes4   # shared ENI nodes
+STATE_DIR=/run/twmodes          # pids of what we started, for the next run to clean up after a crash
+mkdir -p "$STATE_DIR"
+exec 9>"$STATE_DIR/lock"
+flock -w 10 9 || { echo "another bench-modes.sh is running (lock $STATE_DIR/lock)" >&2; exit 1; }
+
+# stop_pid PID: stops a process this run or a crashed earlier one started, if it still is ours
+# (our own child, or its command line names a run's /tmp/twmodes.* directory): TERM, wait, KILL.
+proc_field() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f"$2"; } # 1 state, 2 parent
+stop_pid() {
+    local pid=$1 st
+    [ "$(proc_field "$pid" 2)" = $$ ] ||
+        tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline" | grep -q /tmp/twmodes. || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 100); do
+        st=$(proc_field "$pid" 1)
+        [ -n "$st" ] && [ "$st" != Z ] || return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+remove_leftovers() {
+    local pid ns
+    if [ -f "$STATE_DIR/pids" ]; then
+        # Newest first: loops, iperf3 servers and daemons; the emulator (which removes its
+        # namespaces on TERM) last.
+        for pid in $(tac "$STATE_DIR/pids"); do stop_pid "$pid"; done
+        rm -f "$STATE_DIR/pids"
+    fi
+    for ns in $(ip netns list | awk '{print $1}' | grep -E '^(twmodes-|i-twmodes)' || true); do
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    rm -rf /tmp/twmodes.*
+}
+cleanup() {
+    set +e
+    trap - INT TERM
+    if [ -n "${RAW_DIR:-}" ] && [ -n "${WORK:-}" ] && [ -d "$WORK" ]; then
+        mkdir -p "$RAW_DIR" && cp -r "$WORK"/. "$RAW_DIR"/ 2>/dev/null
+    fi
+    remove_leftovers
+}
+
+remove_leftovers
+WORK=$(mktemp -d /tmp/twmodes.XXXXXX)
+trap cleanup EXIT
+trap 'echo "interrupted" >&2; exit 130' INT
+trap 'exit 143' TERM
+
+# run_bg CMD...: runs CMD in the background and waits for it, so that Ctrl-C stops the run at
+# once (the trap runs as soon as the signal arrives; the clean-up stops CMD by its pid).
+run_bg() {
+    local pid rc=0
+    "$@" 9>&- <&0 &   # (<&0: a background command's stdin would be /dev/null)
+    pid=$!
+    echo "$pid" >> "$STATE_DIR/pids"
+    wait "$pid" || rc=$?
+    return $rc
+}
+# start_bg CMD...: runs CMD in the background, recorded for the clean-up; BG_PID is its pid.
+start_bg() {
+    "$@" 9>&- &
+    BG_PID=$!
+    echo "$BG_PID" >> "$STATE_DIR/pids"
+}
+fail() { echo "$*" >&2; exit 1; }
+# json_get EXPR: evaluates a Python expression over the JSON on stdin (bound to d).
+json_get() { python3 -c 'import json, sys; d = json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
+
+# ---------------------------------------------------------------------------------------------
+MACHINE="$(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)), Linux $(uname -r), $("$BIN" version) release build"
+LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "==> machine: $MACHINE; load average $LOAD"
+"$BIN" emulate --print-config | python3 -c '
+import json, sys
+c = json.load(sys.stdin)
+inst = next(i for i in c["instances"] if i["instance_type"] == "ecs.g7.4xlarge")
+c["instances"] = [dict(inst, id=i) for i in sys.argv[2:]]
+c["vswitches"][0]["cidr"] = "172.16.0.0/20"
+c["vswitches"][1]["cidr"] = "172.16.16.0/24"
+c["timing"] = {"attach_delay_ms": 0, "detach_delay_ms": 0, "metadata_lag_ms": 0}
+json.dump(c, open(sys.argv[1], "w"), indent=1)
+' "$WORK/region.json" "$X_A" "$X_B" "$S_A" "$S_B"
+echo "==> the emulated VPC ($VPC_NS): ENIOnly nodes $X_A $X_B, shared ENI nodes $S_A $S_B"
+start_bg "$BIN" emulate --netns --listen 127.0.0.1:0 --vpc-netns "$VPC_NS" --config "$WORK/region.json" \
+    --node-configs "$WORK/nodes" > "$WORK/emulate.out" 2> "$WORK/emulate.log"
+EMU_PID=$BG_PID
+ADDR=
+for _ in $(seq 200); do
+    ADDR=$(sed -n '1s/^listening on //p' "$WORK/emulate.out" 2>/dev/null)
+    [ -n "$ADDR" ] && break
+    kill -0 "$EMU_PID" 2>/dev/null || fail "emulator exited: $(cat "$WORK/emulate.log")"
+    sleep 0.1
+done
+[ -n "$ADDR" ] || fail "emulator did not start: $(cat "$WORK/emulate.log")"
+for i in $X_A $X_B $S_A $S_B; do
+    for _ in $(seq 200); do [ -f "$WORK/nodes/$i.json" ] && break; sleep 0.1; done
+    [ -f "$WORK/nodes/$i.json" ] || fail "emulator wrote no node config for $i"
+done
+admin() { curl -sS --fail-with-body -X "$1" "http://$ADDR$2"; }
+
+node_conf() { echo "$WORK/nodes/$1.json"; }
+node_sock() { json_get 'd["socket_path"]' < "$(node_conf "$1")"; }
+pool_field() { "$BIN" pool --json --socket "$(node_sock "$1")" | json_get "d[\"$2\"]"; }
+set_node_keys() { # set_node_keys INSTANCE JSON: merges keys into the daemon config the emulator wrote
+    python3 -c '
+import json, sys
+p = sys.argv[1]; c = json.load(open(p)); c.update(json.loads(sys.argv[2]))
+json.dump(c, open(p, "w"), indent=1)' "$(node_conf "$1")" "$2"
+}
+start_daemon() { # start_daemon INSTANCE: runs the daemon in the instance namespace until it answers
+    local sock
+    sock=$(node_sock "$1")
+    start_bg ip netns exec "$1" "$BIN" daemon --config "$(node_conf "$1")" 2> "$WORK/daemon-$1.log"
+    for _ in $(seq 300); do
+        "$BIN" pool --socket "$sock" > /dev/null 2>&1 && return 0
+        kill -0 "$BG_PID" 2>/dev/null || fail "daemon on $1 exited: $(cat "$WORK/daemon-$1.log")"
+        sleep 0.1
+    done
+    fail "daemon on $1 did not come up: $(cat "$WORK/daemon-$1.log")"
+}
+wait_idle() { # wait_idle INSTANCE COUNT: until the pool has COUNT idle (ENIs or addresses)
+    local idle=0
+    for _ in $(seq 300); do
+        idle=$(pool_field "$1" idle)
+        [ "$idle" -ge "$2" ] && return 0
+        sleep 0.1
+    done
+    fail "the pool of $1 did not warm up: idle $idle of $2"
+}
+terway_conf() { # terway_conf INSTANCE: the CNI network config for that node's daemon
+    echo "{\"cniVersion\":\"1.0.0\",\"name\":\"terway\",\"type\":\"terway\",\"daemon_socket\":\"$(node_sock "$1")\"}" > "$WORK/$1.conf"
+}
+
+# ENIOnly: a full pool (min = max = all 7 ENIs the instance type allows) on the node measured,
+# one spare ENI on the other; shared: min_pool_size 2 x CONC addresses.
+set_node_keys "$X_A" "{\"daemon_mode\": \"ENIOnly\", \"service_cidr\": \"$SERVICE_CIDR\", \"min_pool_size\": 7, \"max_pool_size\": 7}"
+set_node_keys "$X_B" "{\"daemon_mode\": \"ENIOnly\", \"service_cidr\": \"$SERVICE_CIDR\", \"min_pool_size\": 1, \"max_pool_size\": 7}"
+set_node_keys "$S_A" "{\"min_pool_size\": $((2 * CONC)), \"max_pool_size\": $((2 * CONC + 10))}"
+set_node_keys "$S_B" '{"min_pool_size": 1}'
+for i in $X_A $X_B $S_A $S_B; do start_daemon "$i"; terway_conf "$i"; done
+wait_idle "$X_A" 7
+wait_idle "$X_B" 1
+wait_idle "$S_A" $((2 * CONC))
+wait_idle "$S_B" 1
+echo "{\"cniVersion\":\"1.0.0\",\"name\":\"bench\",\"type\":\"ptp\",\"ipMasq\":false,\"mtu\":1500,
+  \"ipam\":{\"type\":\"host-local\",\"subnet\":\"10.253.0.0/16\",\"dataDir\":\"$WORK/host-local\"}}" > "$WORK/ptp.conf"
+
+# Everything timed runs inside a node namespace, so nothing but the plugin execs is measured.
+cat > "$WORK/inner.sh" <<'INNER'
+set -euo pipefail
+# inner.sh WORK REF LABEL PLUGIN CONF FIRST LAST: ADDs for pods FIRST..LAST, then their DELs;
+# prints "LABEL ADD|DEL microseconds" per exec.
+WORK=$1 REF=$2 label=$3 plugin=$4 conf=$5 first=$6 last=$7
+run() { # run CMD I -> microseconds of the plugin exec
+    local t0 t1
+    t0=$EPOCHREALTIME
+    CNI_COMMAND=$1 CNI_CONTAINERID="$label-$2" CNI_NETNS="/run/netns/twmodes-$label$2" CNI_IFNAME=eth0 \
+        CNI_PATH=$REF CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=$label-$2" \
+        "$plugin" < "$conf" > "$WORK/out" || { echo "$label $1 $2 failed: $(cat "$WORK/out")" >&2; exit 1; }
+    t1=$EPOCHREALTIME
+    echo $(( ${t1/./} - ${t0/./} ))
+}
+for op in ADD DEL; do
+    for i in $(seq "$first" "$last"); do echo "$label $op $(run $op "$i")"; done
+done
+INNER
+
+# ---------------------------------------------------------------------------------------------
+echo "==> 1/2 warm pool: $N ADDs and $N DELs per plugin, batches of $CONC pods, plugins interleaved"
+for i in $(seq "$N"); do for l in x s p; do ip netns add "twmodes-$l$i"; done; done
+admin DELETE /admin/calls > /dev/null
+for first in $(seq 1 "$CONC" "$N"); do
+    last=$((first + CONC - 1 < N ? first + CONC - 1 : N))
+    run_bg ip netns exec "$X_A" bash "$WORK/inner.sh" "$WORK" "$REF" x "$BIN" "$WORK/$X_A.conf" "$first" "$last"
+    run_bg ip netns exec "$S_A" bash "$WORK/inner.sh" "$WORK" "$REF" s "$BIN" "$WORK/$S_A.conf" "$first" "$last"
+    run_bg ip netns exec "$S_A" bash "$WORK/inner.sh" "$WORK" "$REF" p "$REF/ptp" "$WORK/ptp.conf" "$first" "$last"
+done > "$WORK/warm.times"
+admin GET /admin/calls > "$WORK/warm.calls"
+for i in $(seq "$N"); do for l in x s p; do ip netns del "twmodes-$l$i"; done; done
+
+# ---------------------------------------------------------------------------------------------
+echo "==> 2/2 pod to pod across nodes: iperf3 ${SECS}s x $ROUNDS and $PINGS pings per path"
+declare -A POD_IP
+add_pod() { # add_pod POD INSTANCE: a pod namespace with a terway CNI ADD from that node
+    ip netns add "$1"
+    run_bg ip netns exec "$2" env CNI_COMMAND=ADD CNI_CONTAINERID="$1" CNI_NETNS="/run/netns/$1" \
+        CNI_IFNAME=eth0 CNI_PATH="$REF" CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=$1" \
+        "$BIN" < "$WORK/$2.conf" > "$WORK/$1.add" || fail "ADD $1 on $2 failed: $(cat "$WORK/$1.add")"
+    POD_IP[$1]=$(json_get 'd["ips"][0]["address"].split("/")[0]' < "$WORK/$1.add")
+}
+del_pod() { # del_pod POD INSTANCE
+    ip netns exec "$2" env CNI_COMMAND=DEL CNI_CONTAINERID="$1" CNI_NETNS="/run/netns/$1" \
+        CNI_IFNAME=eth0 CNI_PATH="$REF" "$BIN" < "$WORK/$2.conf" > /dev/null || echo "DEL $1 failed" >&2
+    ip netns del "$1"
+}
+add_pod twmodes-xa "$X_A"
+add_pod twmodes-xb "$X_B"
+add_pod twmodes-sa "$S_A"
+add_pod twmodes-sb "$S_B"
+ip netns add twmodes-rawa
+ip netns add twmodes-rawb
+ip -n twmodes-rawa link add eth0 type veth peer name eth0 netns twmodes-rawb
+ip -n twmodes-rawa addr add 10.254.0.1/30 dev eth0
+ip -n twmodes-rawb addr add 10.254.0.2/30 dev eth0
+for ns in twmodes-rawa twmodes-rawb; do ip -n "$ns" link set lo up; ip -n "$ns" link set eth0 up; done
+POD_IP[twmodes-rawb]=10.254.0.2
+
+# The paths: label, client namespace, server namespace.
+PATHS=("raw twmodes-rawa twmodes-rawb" "x twmodes-xa twmodes-xb" "s twmodes-sa twmodes-sb")
+for p in "${PATHS[@]}"; do
+    read -r label src dst <<< "$p"
+    ip netns exec "$src" ping -c 3 -W 2 -q "${POD_IP[$dst]}" > /dev/null || fail "$src cannot reach $dst (${POD_IP[$dst]})"
+    echo "$label $(ip -n "$src" -o link show eth0 | sed -n 's/.* mtu \([0-9]*\) .*/\1/p')" >> "$WORK/mtu"
+done
+iperf() { # iperf LABEL SRC DST ROUND: one TCP run SRC -> DST, JSON in $WORK
+    local out="$WORK/iperf-$1-$4" srv
+    start_bg ip netns exec "$3" timeout $((SECS + 30)) iperf3 -s -1 -B "${POD_IP[$3]}" -p 5201 --logfile "$out.server"
+    srv=$BG_PID
+    for _ in $(seq 100); do
+        [ -n "$(ip netns exec "$3" ss -Hltn 'sport = :5201')" ] && break
+        sleep 0.05
+    done
+    run_bg ip netns exec "$2" timeout $((SECS + 20)) iperf3 -c "${POD_IP[$3]}" -p 5201 -t "$SECS" -J > "$out.json" ||
+        fail "iperf3 $2 -> $3 failed: $(cat "$out.json" "$out.server")"
+    wait "$srv" || true
+}
+for r in $(seq "$ROUNDS"); do
+    for p in "${PATHS[@]}"; do
+        read -r label src dst <<< "$p"
+        iperf "$label" "$src" "$dst" "$r"
+    done
+done
+for p in "${PATHS[@]}"; do
+    read -r label src dst <<< "$p"
+    run_bg ip netns exec "$src" ping -c "$PINGS" -i 0.01 -q -W 2 "${POD_IP[$dst]}" > "$WORK/ping-$label" ||
+        fail "ping $src -> $dst failed: $(cat "$WORK/ping-$label")"
+done
+del_pod twmodes-xa "$X_A"
+del_pod twmodes-xb "$X_B"
+del_pod twmodes-sa "$S_A"
+del_pod twmodes-sb "$S_B"
+
+# ---------------------------------------------------------------------------------------------
+T_END=$EPOCHREALTIME
+python3 - "$WORK" <<PY
+import glob, json, re, statistics, sys
+work = sys.argv[1]
+names = {"x": "ENIOnly", "s": "shared ENI", "p": "ptp+host-local"}
+
+print()
+print("terway ENI modes side by side (terway emulate --netns: ecs.g7.4xlarge nodes, no emulated cloud latency)")
+print("machine: $MACHINE; load average at start: $LOAD")
+print()
+times = {}
+for line in open(f"{work}/warm.times"):
+    plugin, op, us = line.split()
+    times.setdefault((plugin, op), []).append(int(us) / 1000)
+print("1. warm-pool CNI latency: medians of $N plugin execs (ms), fresh pod netns each, "
+      "at most $CONC pods alive, plugins interleaved per batch")
+print(f"   {'op':<4} {'ENIOnly':>9} {'shared ENI':>11} {'ptp+host-local':>15} {'ENIOnly/ptp':>12} {'shared/ptp':>11}")
+for op in ("ADD", "DEL"):
+    x, s, p = (statistics.median(times[(k, op)]) for k in ("x", "s", "p"))
+    print(f"   {op:<4} {x:>9.2f} {s:>11.2f} {p:>15.2f} {x / p:>12.2f} {s / p:>11.2f}")
+# The daemons' periodic resyncs (Describe*) are not the pools' doing.
+calls = {a: c["total"] for a, c in json.load(open(f"{work}/warm.calls")).items() if not a.startswith("Describe")}
+print("   OpenAPI calls meanwhile (Describe* left out): " + (", ".join(f"{a} {c}" for a, c in calls.items()) or "none")
+      + ("" if not calls else "  (background top-ups of the shared pool back to min_pool_size)"))
+print()
+
+mtu = dict(l.split() for l in open(f"{work}/mtu"))
+rows = []
+for label, name, hops in (("raw", "raw veth pair, 2 plain namespaces", "1 veth"),
+                          ("x", "ENIOnly pod -> ENIOnly pod", "2 veth, 1 routing ns"),
+                          ("s", "shared ENI pod -> pod (veth)", "4 veth, 3 routing ns")):
+    gbits = []
+    for f in sorted(glob.glob(f"{work}/iperf-{label}-*.json")):
+        gbits.append(json.load(open(f))["end"]["sum_received"]["bits_per_second"] / 1e9)
+    m = re.search(r"= [\d.]+/([\d.]+)/", open(f"{work}/ping-{label}").read())
+    rows.append((name, hops, statistics.median(gbits), min(gbits), max(gbits), float(m.group(1)) * 1000, mtu[label]))
+print("2. pod to pod across two nodes through the emulated VPC: iperf3 TCP ${SECS} s (median of $ROUNDS, "
+      "min-max), ping -c $PINGS -i 0.01 average RTT")
+print(f"   {'path':<34} {'emulated as':<21} {'Gbit/s':>7} {'(min-max)':>12} {'vs raw':>7} {'RTT us':>7} {'vs raw':>7} {'MTU':>5}")
+raw_g, raw_rtt = rows[0][2], rows[0][5]
+for name, hops, g, lo, hi, rtt, m in rows:
+    print(f"   {name:<34} {hops:<21} {g:>7.2f} {f'({lo:.1f}-{hi:.1f})':>12} {g / raw_g:>7.2f} {rtt:>7.0f} {rtt / raw_rtt:>7.2f} {m:>5}")
+print()
+print(f"total run time {(${T_END/./} - ${T_START/./}) / 1e6:.0f} s")
+PY
