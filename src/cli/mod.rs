@@ -1,8 +1,10 @@
 //! Command line: subcommands of `terway` (also reached as `terwayd` and `terway-cli`).
 
 pub mod cloud_access;
+pub mod eni;
 pub mod max_pods;
 pub mod metadata;
+pub mod node_cleanup;
 pub mod table;
 
 pub use max_pods::MaxPodsArgs;
@@ -47,6 +49,12 @@ pub enum Command {
     /// Maximum pods per node for an instance type, per network mode: from the type's ENI limits
     /// (DescribeInstanceTypes, or this instance's type from metadata) or given figures.
     MaxPods(MaxPodsArgs),
+    /// A node's cloud resources: `cleanup` deletes what terway created for an instance.
+    #[command(subcommand)]
+    Node(node_cleanup::NodeCommand),
+    /// ENIs terway created in the region: `list` (leaks flagged), `delete`.
+    #[command(subcommand)]
+    Eni(eni::EniCommand),
     /// Work with daemon config files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -101,6 +109,9 @@ pub fn main(argv0: &str, mut args: Vec<std::ffi::OsString>) -> ExitCode {
         Command::Mapping(a) => mapping(&a),
         Command::Pool(a) => pool(&a),
         Command::MaxPods(a) => max_pods::run(&a),
+        Command::Node(node_cleanup::NodeCommand::Cleanup(a)) => node_cleanup::cleanup(&a),
+        Command::Eni(eni::EniCommand::List(a)) => eni::list(&a),
+        Command::Eni(eni::EniCommand::Delete(a)) => eni::delete(&a),
         Command::Metadata(a) => show_metadata(&a),
         Command::Config(ConfigCommand::Check { file, json }) => config_check(&file, json),
         Command::Emulate(a) => crate::emulate::run(a).map(|_| ExitCode::SUCCESS),
