@@ -79,12 +79,25 @@ fn config_check_lists_every_problem_with_its_key() {
 #[test]
 fn help_for_every_subcommand() {
     for sub in [
-        "daemon", "mapping", "pool", "max-pods", "config", "emulate", "version",
+        "daemon", "mapping", "pool", "max-pods", "config", "emulate", "version", "node", "eni",
     ] {
         let (ok, out, err) = run(&[sub, "--help"]);
         assert!(ok, "{sub} --help: {err}");
         assert!(out.contains("Usage"), "{sub}: {out}");
     }
+    for sub in [["node", "cleanup"], ["eni", "list"], ["eni", "delete"]] {
+        let (ok, out, err) = run(&[sub[0], sub[1], "--help"]);
+        assert!(ok, "{sub:?} --help: {err}");
+        assert!(
+            out.contains("--config") && out.contains("--json"),
+            "{sub:?}: {out}"
+        );
+    }
+    let (_, out, _) = run(&["max-pods", "--help"]);
+    assert!(
+        out.contains("--instance-type") && out.contains("--kubelet"),
+        "{out}"
+    );
     let (_, out, _) = run(&["mapping", "--help"]);
     assert!(out.contains("--socket") && out.contains("TERWAY_SOCKET") && out.contains("--json"));
 }

@@ -1,8 +1,13 @@
 //! Command line: subcommands of `terway` (also reached as `terwayd` and `terway-cli`).
 
+pub mod cloud_access;
+pub mod eni;
 pub mod max_pods;
 pub mod metadata;
+pub mod node_cleanup;
 pub mod table;
+
+pub use max_pods::MaxPodsArgs;
 
 use crate::config::{Config, DEFAULT_SOCKET_PATH};
 use crate::output;
@@ -41,8 +46,15 @@ pub enum Command {
     /// Show what the instance metadata service says: vSwitch -> ENIs -> IPs, and ENIs that
     /// have no Linux device on this node.
     Metadata(MetadataArgs),
-    /// Compute the maximum pods per node for an instance type, per network mode.
+    /// Maximum pods per node for an instance type, per network mode: from the type's ENI limits
+    /// (DescribeInstanceTypes, or this instance's type from metadata) or given figures.
     MaxPods(MaxPodsArgs),
+    /// A node's cloud resources: `cleanup` deletes what terway created for an instance.
+    #[command(subcommand)]
+    Node(node_cleanup::NodeCommand),
+    /// ENIs terway created in the region: `list` (leaks flagged), `delete`.
+    #[command(subcommand)]
+    Eni(eni::EniCommand),
     /// Work with daemon config files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -72,22 +84,6 @@ pub struct MetadataArgs {
     pub client: ClientArgs,
 }
 
-#[derive(Debug, Args)]
-pub struct MaxPodsArgs {
-    /// ENIs the instance type supports (EniQuantity), the primary ENI included.
-    #[arg(long)]
-    pub eni_quantity: u32,
-    /// Private IPs per ENI (EniPrivateIpAddressQuantity).
-    #[arg(long)]
-    pub eni_ips: u32,
-    /// All network interfaces including trunk members (EniTotalQuantity).
-    #[arg(long)]
-    pub eni_total: Option<u32>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate a daemon config file and print every problem with the key it concerns.
@@ -112,7 +108,10 @@ pub fn main(argv0: &str, mut args: Vec<std::ffi::OsString>) -> ExitCode {
         Command::Daemon(a) => crate::daemon::run(a).map(|_| ExitCode::SUCCESS),
         Command::Mapping(a) => mapping(&a),
         Command::Pool(a) => pool(&a),
-        Command::MaxPods(a) => print_max_pods(&a),
+        Command::MaxPods(a) => max_pods::run(&a),
+        Command::Node(node_cleanup::NodeCommand::Cleanup(a)) => node_cleanup::cleanup(&a),
+        Command::Eni(eni::EniCommand::List(a)) => eni::list(&a),
+        Command::Eni(eni::EniCommand::Delete(a)) => eni::delete(&a),
         Command::Metadata(a) => show_metadata(&a),
         Command::Config(ConfigCommand::Check { file, json }) => config_check(&file, json),
         Command::Emulate(a) => crate::emulate::run(a).map(|_| ExitCode::SUCCESS),
@@ -308,33 +307,6 @@ fn show_metadata(a: &MetadataArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-fn print_max_pods(a: &MaxPodsArgs) -> Result<ExitCode> {
-    let m = max_pods::max_pods(a.eni_quantity, a.eni_ips, a.eni_total);
-    if a.json {
-        print_json(&m)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let mut rows = vec![
-        vec!["shared ENI (ENIMultiIP)".to_string(), m.shared.to_string()],
-        vec![
-            "exclusive ENI (ENIOnly)".to_string(),
-            m.exclusive.to_string(),
-        ],
-    ];
-    rows.push(vec![
-        "trunk member ENIs".to_string(),
-        m.trunk
-            .map(|t| t.to_string())
-            .unwrap_or_else(|| "(give --eni-total)".into()),
-    ]);
-    let mut text = table::render(&["Mode", "Max Pods"], &rows);
-    for n in &m.notes {
-        text.push_str(&format!("note: {n}\n"));
-    }
-    output::print(&text)?;
-    Ok(ExitCode::SUCCESS)
 }
 
 fn config_check(file: &std::path::Path, json: bool) -> Result<ExitCode> {

@@ -9,6 +9,7 @@ pub mod credentials;
 pub mod ecs;
 pub mod error;
 pub mod http;
+pub mod lifecycle;
 pub mod metadata;
 pub mod openapi;
 pub mod parse;

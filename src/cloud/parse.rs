@@ -20,6 +20,8 @@ pub struct EniInfo {
     pub secondary_ips: Vec<Ipv4Addr>,
     pub instance_id: Option<String>,
     pub tags: Vec<(String, String)>,
+    /// `CreationTime` as Unix seconds, when the answer has one.
+    pub creation_time: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,7 +154,17 @@ pub fn eni(action: &str, v: &Value) -> Result<EniInfo, CloudError> {
         secondary_ips,
         instance_id: (!instance.is_empty()).then_some(instance),
         tags,
+        creation_time: timestamp(&text(v, "CreationTime")),
     })
+}
+
+/// `YYYY-MM-DDThh:mm:ssZ`, or `YYYY-MM-DDThh:mmZ` as some ECS answers write it (UTC).
+pub fn timestamp(s: &str) -> Option<u64> {
+    let s = s.trim();
+    match s.len() {
+        17 => crate::cloud::sign::parse_timestamp(&format!("{}:00Z", &s.get(..16)?)),
+        _ => crate::cloud::sign::parse_timestamp(s),
+    }
 }
 
 /// A `DescribeNetworkInterfaces` page: the ENIs and the `NextToken` (`None` on the last page).
@@ -250,7 +262,8 @@ mod tests {
                     {"PrivateIpAddress": "172.16.0.12", "Primary": false}
                 ]},
                 "Ipv6Sets": {"Ipv6Set": []},
-                "Tags": {"Tag": [{"TagKey": "creator", "TagValue": "terway"}]}
+                "Tags": {"Tag": [{"TagKey": "creator", "TagValue": "terway"}]},
+                "CreationTime": "2023-10-26T10:22:32Z"
             }, {
                 "NetworkInterfaceId": "eni-2",
                 "Status": "Available",
@@ -280,11 +293,28 @@ mod tests {
         );
         assert_eq!(a.instance_id.as_deref(), Some("i-1"));
         assert_eq!(a.tags, vec![("creator".to_string(), "terway".to_string())]);
+        assert_eq!(a.creation_time, Some(1_698_315_752));
         let b = &list[1];
         assert_eq!((b.instance_id.clone(), b.secondary_ips.len()), (None, 0));
+        assert_eq!(b.creation_time, None);
         assert_eq!(b.primary_ip, Ipv4Addr::new(172, 16, 0, 20));
         let (empty, none) = eni_page("D", &json!({"NextToken": ""})).unwrap();
         assert!(empty.is_empty() && none.is_none());
+    }
+
+    #[test]
+    fn creation_times_with_and_without_seconds() {
+        assert_eq!(timestamp("2023-10-26T10:22:32Z"), Some(1_698_315_752));
+        assert_eq!(timestamp("2023-10-26T10:22Z"), Some(1_698_315_720));
+        for bad in [
+            "",
+            "2023-10-26",
+            "2023-10-26T10:22:32",
+            "x023-10-26T10:22Z",
+            "2023-10-26T1é:22Z",
+        ] {
+            assert_eq!(timestamp(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -221,6 +221,24 @@ impl Config {
         }
     }
 
+    /// Reads a config file for the operator commands that only need some of its keys (cloud
+    /// endpoints and credentials, the mode): the config as parsed and its errors, which the
+    /// caller judges by key. Fails only when the file cannot be read or is not a JSON object.
+    pub fn load_lenient(path: &Path) -> Result<(Config, Vec<Problem>)> {
+        let text =
+            std::fs::read_to_string(path).with_ctx(|| format!("config {}", path.display()))?;
+        match Config::parse_all(&text) {
+            (Some(c), problems) => Ok((c, problems.into_iter().filter(|p| !p.warning).collect())),
+            (None, problems) => {
+                let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+                Err(Error::new(
+                    Kind::InvalidConfig,
+                    format!("config {}: {}", path.display(), list.join("; ")),
+                ))
+            }
+        }
+    }
+
     /// Every problem, warnings included (`terway config check`).
     pub fn check(text: &str) -> Vec<Problem> {
         Config::parse_all(text).1

@@ -18,9 +18,9 @@ use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Tag on every ENI we create: lets a restart find ENIs leaked by a crash between create and attach.
-pub const TAG_CREATOR: (&str, &str) = ("creator", "terway");
-pub const TAG_NODE: &str = "terway.node";
+/// Tags on every ENI we create: let a restart find ENIs leaked by a crash between create and
+/// attach, and `terway node cleanup` / `terway eni list` find what terway made.
+pub use crate::cloud::lifecycle::{TAG_CREATOR, TAG_NODE};
 pub const WORKERS: usize = 8;
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
