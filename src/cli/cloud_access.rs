@@ -140,21 +140,17 @@ impl Access {
     pub fn ecs(&self) -> Result<Ecs> {
         let region = self.region()?;
         let env = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
-        let source = if let (Some(ak), Some(sk)) = (env(ENV_KEY_ID), env(ENV_KEY_SECRET)) {
-            CredentialSource::Static {
-                access_key: ak,
-                access_secret: sk,
-            }
-        } else if let (Some(ak), Some(sk)) = (&self.config.access_key, &self.config.access_secret) {
-            CredentialSource::Static {
-                access_key: ak.clone(),
-                access_secret: sk.0.clone(),
-            }
-        } else if let Some(p) = &self.config.credential_path {
-            CredentialSource::File(p.clone())
-        } else {
-            CredentialSource::RamRole
-        };
+        let from_env = env(ENV_KEY_ID).zip(env(ENV_KEY_SECRET));
+        let from_config = self
+            .config
+            .access_key
+            .as_deref()
+            .zip(self.config.access_secret.as_ref().map(|s| s.0.as_str()));
+        let key_pair = from_env
+            .as_ref()
+            .map(|(a, s)| (a.as_str(), s.as_str()))
+            .or(from_config);
+        let source = CredentialSource::choose(key_pair, self.config.credential_path.as_deref());
         let creds = Arc::new(CredentialProvider::new(source, Some(self.meta.clone())));
         let pick = |flag: &Option<String>, key: &Option<String>, default: fn(&str) -> String| {
             flag.clone()

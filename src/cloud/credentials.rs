@@ -26,6 +26,24 @@ pub enum CredentialSource {
     RamRole,
 }
 
+impl CredentialSource {
+    /// The first that is there: a static key pair, a credential file, else the instance's RAM
+    /// role (the daemon's config keys `access_key`/`access_secret`, `credential_path`).
+    pub fn choose(
+        key_pair: Option<(&str, &str)>,
+        credential_path: Option<&std::path::Path>,
+    ) -> CredentialSource {
+        match (key_pair, credential_path) {
+            (Some((ak, sk)), _) => CredentialSource::Static {
+                access_key: ak.to_string(),
+                access_secret: sk.to_string(),
+            },
+            (None, Some(p)) => CredentialSource::File(p.to_path_buf()),
+            (None, None) => CredentialSource::RamRole,
+        }
+    }
+}
+
 impl std::fmt::Debug for CredentialSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

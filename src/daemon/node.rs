@@ -55,16 +55,11 @@ pub fn discover(config: &Config) -> Result<(NodeInfo, Cloud)> {
     let zone_id = meta.zone_id().map_err(|e| m("zone-id").context(e))?;
     let vswitch_id = meta.vswitch_id().map_err(|e| m("vswitch-id").context(e))?;
     let primary_mac = meta.primary_mac().map_err(|e| m("mac").context(e))?;
-    let source = if let (Some(ak), Some(sk)) = (&config.access_key, &config.access_secret) {
-        CredentialSource::Static {
-            access_key: ak.clone(),
-            access_secret: sk.0.clone(),
-        }
-    } else if let Some(p) = &config.credential_path {
-        CredentialSource::File(p.clone())
-    } else {
-        CredentialSource::RamRole
-    };
+    let key_pair = config
+        .access_key
+        .as_deref()
+        .zip(config.access_secret.as_ref().map(|s| s.0.as_str()));
+    let source = CredentialSource::choose(key_pair, config.credential_path.as_deref());
     let creds = Arc::new(CredentialProvider::new(source, Some(meta.clone())));
     let ecs = Ecs::new(
         CloudConfig {
