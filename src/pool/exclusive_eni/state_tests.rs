@@ -209,3 +209,22 @@ fn state_from_a_previous_boot_does_not_freeze_blocks_or_sticky() {
     pool.release(&key(2), 30);
     assert_ne!(pool.allocate(&key(3), "ns/web-0", 400_000), Some(l));
 }
+
+#[test]
+fn state_file_format_is_stable() {
+    // Every field set once: the state files of running nodes must keep loading, and what is
+    // written back must read the same.
+    let json = concat!(
+        r#"{"enis":[{"id":"eni-1","mac":"00:16:3e:00:00:01","vswitch_id":"vsw-AAA","#,
+        r#""vswitch_cidr":"10.1.0.0/16","gateway":"10.1.0.1","primary_ip":"10.1.0.11","#,
+        r#""owner":{"network":"terway","container_id":"c1","ifname":"eth0"},"pod":"ns/a","#,
+        r#""since":5,"lost":true,"deleting":true,"unconfirmed":true},{"id":"eni-2","#,
+        r#""mac":"00:16:3e:00:00:02","vswitch_id":"vsw-AAA","vswitch_cidr":"10.1.0.0/16","#,
+        r#""gateway":"10.1.0.1","primary_ip":"10.1.0.12","since":0}],"#,
+        r#""blocked":[{"id":"vsw-BBB","until_ms":300000,"reason":"out of addresses"}]}"#
+    );
+    let st: PoolState = serde_json::from_str(json).unwrap();
+    assert_eq!(st.enis.len(), 2);
+    assert_eq!(st.blocked.len(), 1);
+    assert_eq!(serde_json::to_string(&st).unwrap(), json);
+}

@@ -1223,3 +1223,21 @@ fn burst_time_to_all_ready_within_target() {
         assert!(sim.calls <= 6, "{} calls", sim.calls);
     }
 }
+
+#[test]
+fn state_file_format_is_stable() {
+    // Every field set once: the state files of running nodes must keep loading, and what is
+    // written back must read the same.
+    let json = concat!(
+        r#"{"enis":[{"id":"eni-1","mac":"00:16:3e:00:00:01","vswitch_id":"vsw-AAA","#,
+        r#""vswitch_cidr":"10.1.0.0/16","gateway":"10.1.0.1","primary_ip":"10.1.0.11","#,
+        r#""ips":[{"ip":"10.1.0.11","owner":{"network":"terway","container_id":"c1","#,
+        r#""ifname":"eth0"},"pod":"ns/a","since":5,"invalid":true,"releasing":true},"#,
+        r#"{"ip":"10.1.0.12","since":0}],"full":true,"gone":true,"deleting":true}],"#,
+        r#""blocked":[{"id":"vsw-BBB","until_ms":300000,"reason":"out of addresses"}]}"#
+    );
+    let st: PoolState = serde_json::from_str(json).unwrap();
+    assert_eq!(st.enis[0].ips.len(), 2);
+    assert_eq!(st.blocked.len(), 1);
+    assert_eq!(serde_json::to_string(&st).unwrap(), json);
+}
