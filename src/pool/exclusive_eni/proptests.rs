@@ -103,7 +103,7 @@ fn check(pool: &Pool, cloud: &Cloud, flying: &[CloudOp]) {
     );
     for op in flying {
         if let CloudOp::DeleteEni { eni_id, .. } = op {
-            let e = pool.st.enis.iter().find(|e| &e.id == eni_id);
+            let e = pool.st.enis.iter().find(|e| &e.info.id == eni_id);
             assert!(
                 e.is_none_or(|e| e.owner.is_none()),
                 "owned {eni_id} in a planned delete"

@@ -84,7 +84,7 @@ impl Cloud {
                 CloudOutcome::EniCreated { op: *op, eni }
             }
             CloudOp::DeleteEni { op, eni_id } => {
-                if let Some(e) = pool.st.enis.iter().find(|e| &e.id == eni_id) {
+                if let Some(e) = pool.st.enis.iter().find(|e| &e.info.id == eni_id) {
                     assert!(e.owner.is_none(), "deleting an owned ENI {eni_id}");
                 }
                 self.enis.remove(eni_id);
@@ -104,13 +104,21 @@ pub(super) fn assert_invariants(pool: &Pool) {
     let mut owners = BTreeSet::new();
     let mut ips = BTreeSet::new();
     for e in &pool.st.enis {
-        assert!(ids.insert(e.id.clone()), "{} appears twice", e.id);
-        assert!(ips.insert(e.primary_ip), "{} appears twice", e.primary_ip);
+        assert!(ids.insert(e.info.id.clone()), "{} appears twice", e.info.id);
+        assert!(
+            ips.insert(e.info.primary_ip),
+            "{} appears twice",
+            e.info.primary_ip
+        );
         if let Some(o) = &e.owner {
             assert!(owners.insert(o.clone()), "{o} owns two ENIs");
-            assert!(!e.deleting && !e.unconfirmed, "owned {} is deleting", e.id);
+            assert!(
+                !e.deleting && !e.unconfirmed,
+                "owned {} is deleting",
+                e.info.id
+            );
         }
-        assert!(!(e.lost && e.owner.is_none()), "unowned lost {}", e.id);
+        assert!(!(e.lost && e.owner.is_none()), "unowned lost {}", e.info.id);
     }
 }
 

@@ -43,7 +43,7 @@ fn reconcile_lost_adopted_dropped() {
     assert_eq!(got.len(), 2);
     // Released by its pod: dropped, never idle.
     assert_eq!(pool.release(&key(1), 400), Some(held.clone()));
-    assert!(pool.st.enis.iter().all(|e| e.id != held.eni_id));
+    assert!(pool.st.enis.iter().all(|e| e.info.id != held.eni_id));
     // A re-ADD of a pod whose ENI was lost never gets it back (here: nothing idle).
     pool.release(&key(10), 500);
     cloud.enis.clear();
@@ -176,7 +176,7 @@ fn corrupt_state_gives_no_owner_two_enis() {
     let b = EniState::new_idle(&cloud.facts(AAA), 0);
     let mut st = PoolState {
         enis: vec![a.clone(), b, a],
-        blocked: Vec::new(),
+        blocked: Default::default(),
     };
     st.enis[0].owner = Some(key(1));
     st.enis[1].owner = Some(key(1));
@@ -225,6 +225,6 @@ fn state_file_format_is_stable() {
     );
     let st: PoolState = serde_json::from_str(json).unwrap();
     assert_eq!(st.enis.len(), 2);
-    assert_eq!(st.blocked.len(), 1);
+    assert_eq!(st.blocked.active(0).len(), 1);
     assert_eq!(serde_json::to_string(&st).unwrap(), json);
 }

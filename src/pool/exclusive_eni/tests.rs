@@ -230,7 +230,7 @@ fn failed_delete_holds_eni_back_until_reconcile() {
     assert_eq!(pool.next_deadline(31), Some(1020));
     assert_eq!(deletes(&pool.plan(1020, 0, 0)), vec![deletes(&ops)[1]]);
     // Already gone when retried: counts as deleted.
-    let op = pool.flights.keys().copied().next().unwrap();
+    let op = pool.flights.ids().next().unwrap();
     pool.apply(
         CloudOutcome::Failed {
             op,

@@ -1,4 +1,5 @@
 use super::*;
+use ipnetwork::Ipv4Network;
 use std::collections::{BTreeSet, VecDeque};
 
 const AAA: &str = "vsw-AAA";
@@ -141,7 +142,7 @@ impl Cloud {
                 }
             }
             CloudOp::DeleteEni { op, eni_id } => {
-                if let Some(e) = pool.st.enis.iter().find(|e| &e.id == eni_id) {
+                if let Some(e) = pool.st.enis.iter().find(|e| &e.info.id == eni_id) {
                     assert_eq!(e.owned_count(), 0, "deleting an ENI with owned IPs");
                 }
                 self.enis.remove(eni_id);
@@ -296,7 +297,7 @@ fn burst_of_40_creates_in_parallel_then_assigns_in_parallel() {
     }
     assert_eq!(pool.in_use(), 40);
     // Four calls for 40 pods; ready at attach + one assign.
-    assert_eq!(pool.next_op - 1, 4);
+    assert_eq!(pool.flights.next_id() - 1, 4);
     assert_invariants(&pool);
 }
 
@@ -1238,6 +1239,6 @@ fn state_file_format_is_stable() {
     );
     let st: PoolState = serde_json::from_str(json).unwrap();
     assert_eq!(st.enis[0].ips.len(), 2);
-    assert_eq!(st.blocked.len(), 1);
+    assert_eq!(st.blocked.active(0).len(), 1);
     assert_eq!(serde_json::to_string(&st).unwrap(), json);
 }
