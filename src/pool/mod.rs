@@ -13,4 +13,6 @@ mod flights;
 mod reconcile;
 mod schedule;
 pub mod shared_eni;
+#[cfg(test)]
+mod test_support;
 mod vswitch;

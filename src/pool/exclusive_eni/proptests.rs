@@ -4,8 +4,9 @@
 //! The case budget is fixed for CI; `PROPTEST_CASES=100000 cargo test --lib
 //! pool::exclusive_eni::proptests` runs a longer fuzz.
 
-use super::sim::{Cloud, assert_invariants, cfg, failure, key};
+use super::sim::{assert_invariants, cfg};
 use super::*;
+use crate::pool::test_support::{Cloud, Runs, failure, key};
 use proptest::prelude::*;
 use proptest::sample::Index;
 

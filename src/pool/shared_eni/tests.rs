@@ -1,110 +1,35 @@
 use super::*;
-use ipnetwork::Ipv4Network;
+use crate::pool::test_support::*;
 use std::collections::{BTreeSet, VecDeque};
 
-const AAA: &str = "vsw-AAA";
-const BBB: &str = "vsw-BBB";
-
 fn cfg() -> PoolConfig {
-    PoolConfig {
+    test_config!(PoolConfig {
         min_idle: 2,
         max_idle: 5,
         max_enis: 7,
         ips_per_eni: 30,
         batch: 10,
-        coalesce_ms: 20,
-        release_after_ms: 60_000,
-        vswitch_backoff_ms: 300_000,
-        retry_after_ms: 1_000,
-        vswitches: vec![AAA.into(), BBB.into()],
-        vswitch_policy: VSwitchPolicy::Ordered,
         eni_policy: EniPolicy::MostIps,
-        sticky_ms: 300_000,
-    }
-}
-
-fn key(n: u32) -> AttachKey {
-    AttachKey::new("terway", &format!("c{n}"), "eth0")
+    })
 }
 
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
-fn exhausted(vsw: &str) -> CloudFailure {
-    CloudFailure {
-        code: "InvalidVSwitchId.IpNotEnough".into(),
-        message: format!("The specified VSwitch \"{vsw}\" has not enough IpAddress."),
-    }
-}
-
-fn failure(code: &str) -> CloudFailure {
-    CloudFailure {
-        code: code.into(),
-        message: format!("{code} happened"),
-    }
-}
-
-/// A cloud that always succeeds (unless told otherwise) and remembers what it holds.
-#[derive(Default)]
-struct Cloud {
-    next_eni: u32,
-    next_ip: u32,
-    enis: BTreeMap<String, EniFacts>,
-    /// vSwitches that are out of addresses.
-    exhausted: BTreeSet<String>,
-}
-
-impl Cloud {
-    fn fresh_ip(&mut self, vsw: &str) -> Ipv4Addr {
-        self.next_ip += 1;
-        let net: u32 = match vsw {
-            AAA => 0x0a01_0000,
-            BBB => 0x0a02_0000,
-            _ => 0x0a09_0000,
-        };
-        Ipv4Addr::from(net + 10 + self.next_ip)
-    }
-
-    fn facts(&mut self, vsw: &str, secondary: u32) -> EniFacts {
-        self.next_eni += 1;
-        let id = format!("eni-{:03}", self.next_eni);
-        let primary_ip = self.fresh_ip(vsw);
-        let secondary_ips = (0..secondary).map(|_| self.fresh_ip(vsw)).collect();
-        let base = u32::from(primary_ip) & 0xffff_0000;
-        let f = EniFacts {
-            id: id.clone(),
-            mac: format!("00:16:3e:00:00:{:02x}", self.next_eni % 256),
-            vswitch_id: vsw.into(),
-            vswitch_cidr: Ipv4Network::new(Ipv4Addr::from(base), 16).unwrap(),
-            gateway: Ipv4Addr::from(base + 1),
-            primary_ip,
-            secondary_ips,
-        };
-        self.enis.insert(id, f.clone());
-        f
-    }
-
-    fn observed(&self) -> Vec<EniFacts> {
-        self.enis.values().cloned().collect()
-    }
-
+/// The cloud succeeds (unless a vSwitch is exhausted or the ENI unknown) and checks that the
+/// pool never releases what a pod holds.
+impl Runs<Pool> for Cloud {
     fn run(&mut self, op: &CloudOp, pool: &Pool) -> CloudOutcome {
         match op {
             CloudOp::CreateEni {
                 op,
                 vswitch_id,
                 secondary_count,
-            } => {
-                if self.exhausted.contains(vswitch_id) {
-                    return CloudOutcome::Failed {
-                        op: *op,
-                        failure: exhausted(vswitch_id),
-                    };
-                }
-                let eni = self.facts(vswitch_id, *secondary_count);
-                CloudOutcome::EniCreated { op: *op, eni }
-            }
+            } => match self.create(vswitch_id, *secondary_count) {
+                Ok(eni) => CloudOutcome::EniCreated { op: *op, eni },
+                Err(failure) => CloudOutcome::Failed { op: *op, failure },
+            },
             CloudOp::AssignIps { op, eni_id, count } => {
                 let Some(vsw) = self.enis.get(eni_id).map(|e| e.vswitch_id.clone()) else {
                     return CloudOutcome::Failed {
@@ -183,14 +108,6 @@ fn assert_invariants(pool: &Pool) {
                 i.ip
             );
         }
-    }
-}
-
-/// Runs all `ops` successfully at once.
-fn run_all(pool: &mut Pool, cloud: &mut Cloud, ops: &[CloudOp], now: u64) {
-    for op in ops {
-        let out = cloud.run(op, pool);
-        pool.apply(out, now);
     }
 }
 
@@ -622,14 +539,7 @@ fn exhausted_vswitch_is_blocked_and_next_one_used() {
     let ops = pool.plan(20, 1, 0);
     assert_eq!(creates(&ops)[0].0, AAA);
     run_all(&mut pool, &mut cloud, &ops, 100);
-    let snap = pool.snapshot(100);
-    assert_eq!(snap.blocked_vswitches.len(), 1);
-    assert_eq!(snap.blocked_vswitches[0].id, AAA);
-    assert_eq!(snap.blocked_vswitches[0].until_ms, 300_100);
-    assert_eq!(
-        snap.blocked_vswitches[0].reason,
-        "The specified VSwitch \"vsw-AAA\" has not enough IpAddress."
-    );
+    assert_blocked_alone(&pool.snapshot(100).blocked_vswitches, AAA, 300_100);
     assert_eq!(pool.unservable(100, 1), None);
     assert_eq!(pool.next_deadline(100), Some(100));
     let ops = pool.plan(100, 1, 0);
@@ -683,15 +593,7 @@ fn all_blocked_is_unservable_with_each_message_and_reload_fixes_it() {
     let ops = pool.plan(40, 3, 0);
     assert_eq!(creates(&ops)[0].0, BBB);
     run_all(&mut pool, &mut cloud, &ops, 50);
-    let why = pool.unservable(50, 3).unwrap();
-    assert!(
-        why.contains("\"vsw-AAA\" has not enough IpAddress."),
-        "{why}"
-    );
-    assert!(
-        why.contains("\"vsw-BBB\" has not enough IpAddress."),
-        "{why}"
-    );
+    assert_quotes_exhausted(&pool.unservable(50, 3).unwrap(), &[AAA, BBB]);
     // A reload adding a vSwitch with room; the old blocks stay.
     c.vswitches.push("vsw-CCC".into());
     pool.set_config(c);
@@ -706,8 +608,7 @@ fn no_vswitch_configured_is_unservable() {
     let mut c = cfg();
     c.vswitches.clear();
     let pool = Pool::new(c, PoolState::default());
-    let why = pool.unservable(0, 1).unwrap();
-    assert!(why.contains("no vSwitch configured"), "{why}");
+    assert_no_vswitch(pool.unservable(0, 1));
 }
 
 #[test]
@@ -746,16 +647,9 @@ fn failures_retry_after_without_op_storm() {
     let mut now = 0;
     // The cloud throttles every call for 10 s; the daemon plans every 10 ms.
     while now < 10_000 {
-        for op in pool.plan(now, 5, 0) {
-            calls += 1;
-            pool.apply(
-                CloudOutcome::Failed {
-                    op: op.id(),
-                    failure: failure("Throttling.User"),
-                },
-                now,
-            );
-        }
+        let ops = pool.plan(now, 5, 0);
+        calls += ops.len();
+        fail_all(&mut pool, &ops, &failure("Throttling.User"), now);
         assert_eq!(pool.unservable(now, 5), None, "throttling is temporary");
         now += 10;
     }
@@ -771,16 +665,9 @@ fn backoff_is_capped_and_resets_on_success() {
     let mut now = 0;
     let mut tries = Vec::new();
     while now < 3_000_000 {
-        for op in pool.plan(now, 1, 0) {
-            tries.push(now);
-            pool.apply(
-                CloudOutcome::Failed {
-                    op: op.id(),
-                    failure: failure("Forbidden.RAM"),
-                },
-                now,
-            );
-        }
+        let ops = pool.plan(now, 1, 0);
+        tries.extend(std::iter::repeat_n(now, ops.len()));
+        fail_all(&mut pool, &ops, &failure("Forbidden.RAM"), now);
         now += 1_000;
     }
     let gaps: Vec<u64> = tries.windows(2).map(|w| w[1] - w[0]).collect();
@@ -1032,15 +919,11 @@ fn serde_round_trip() {
         "The specified VSwitch \"vsw-BBB\" has not enough IpAddress.",
         30,
     );
-    let json = serde_json::to_string(pool.state()).unwrap();
-    let back: PoolState = serde_json::from_str(&json).unwrap();
-    assert_eq!(&back, pool.state());
+    // An empty file loads too.
+    let back = assert_round_trip(pool.state());
     let restored = Pool::new(c, back);
     assert_eq!(restored.lease_of(&key(1)), pool.lease_of(&key(1)));
     assert_eq!(restored.snapshot(40), pool.snapshot(40));
-    // An empty or old file (missing fields) still loads.
-    let empty: PoolState = serde_json::from_str("{}").unwrap();
-    assert_eq!(empty, PoolState::default());
 }
 
 #[test]
@@ -1128,19 +1011,8 @@ fn next_deadline_never_spins() {
     let mut c = cfg();
     c.min_idle = 3;
     let mut pool = Pool::new(c, PoolState::default());
-    let mut now = 0;
-    let mut plans = 0;
     // With nothing completing, a loop obeying next_deadline plans only a handful of times.
-    while now < 100_000 {
-        match pool.next_deadline(now) {
-            Some(t) if t <= now => {
-                plans += 1;
-                pool.plan(now, 0, 0);
-            }
-            Some(t) => now = t,
-            None => break,
-        }
-    }
+    let plans = plans_obeying_next_deadline(&mut pool, 100_000);
     assert!(plans <= 3, "{plans}");
     assert_eq!(pool.ops_in_flight(), 1);
 }
