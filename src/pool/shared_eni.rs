@@ -13,6 +13,10 @@
 mod plan;
 mod reconcile;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod state_tests;
+#[cfg(test)]
 mod tests;
 
 use super::backoff::Backoff;
