@@ -198,6 +198,9 @@ impl Pool {
                 if code == IP_NOT_ENOUGH {
                     self.block(&vswitch, &failure.message, now);
                 } else if refuses_creates(code) {
+                    // Probing is this pool's own: its creates go out in parallel waves, so after
+                    // a failure one create goes first (the shared pool retries its whole fill once
+                    // the back-off is over).
                     self.creates_refused_until = retry;
                     self.refusal = Some(failure.clone());
                     self.probing = true;
@@ -213,7 +216,8 @@ impl Pool {
                 }
                 self.retry_release = retry;
                 if let Some(e) = self.eni_index(&eni) {
-                    // It may be detached already: not handed out before a reconcile confirms it.
+                    // It may be detached already: not handed out before a reconcile confirms it
+                    // (the shared pool hands the IPs of such an ENI out again at once).
                     let eni = &mut self.st.enis[e];
                     eni.deleting = false;
                     eni.unconfirmed = true;

@@ -440,6 +440,8 @@ impl Pool {
                     return;
                 }
                 self.retry_release = retry;
+                // Its IPs are idle again at once (the exclusive pool holds a whole ENI back as
+                // unconfirmed until a reconcile says it is still attached).
                 if let Some(e) = self.eni_index(&eni) {
                     let eni = &mut self.st.enis[e];
                     eni.deleting = false;
