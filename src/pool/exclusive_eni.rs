@@ -28,6 +28,11 @@ mod state_tests;
 #[cfg(test)]
 mod tests;
 
+use super::backoff::Backoff;
+use super::eni::{EniInfo, is_false};
+use super::flights::{Flights, InFlight};
+use super::schedule::Schedule;
+use super::vswitch::Blocked;
 use crate::config::VSwitchPolicy;
 use crate::model::AttachKey;
 use ipnetwork::Ipv4Network;
@@ -35,7 +40,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-pub use crate::pool::shared_eni::{BlockedVSwitch, CloudFailure, EniFacts, Lease, OpId};
+pub use super::eni::{CloudFailure, EniFacts, Lease, OpId};
+pub use super::vswitch::BlockedVSwitch;
 
 /// Who holds an ENI. One alias so the key type can change in one place.
 pub type Owner = AttachKey;
@@ -101,12 +107,8 @@ pub enum CloudOutcome {
 /// One secondary ENI. `pod` is the owner's pod name, or the last owner's while idle (sticky rule).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct EniState {
-    id: String,
-    mac: String,
-    vswitch_id: String,
-    vswitch_cidr: Ipv4Network,
-    gateway: Ipv4Addr,
-    primary_ip: Ipv4Addr,
+    #[serde(flatten)]
+    info: EniInfo,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     owner: Option<Owner>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -126,19 +128,10 @@ struct EniState {
     unconfirmed: bool,
 }
 
-fn is_false(b: &bool) -> bool {
-    !*b
-}
-
 impl EniState {
     fn new_idle(f: &EniFacts, now: u64) -> EniState {
         EniState {
-            id: f.id.clone(),
-            mac: f.mac.clone(),
-            vswitch_id: f.vswitch_id.clone(),
-            vswitch_cidr: f.vswitch_cidr,
-            gateway: f.gateway,
-            primary_ip: f.primary_ip,
+            info: EniInfo::of(f),
             owner: None,
             pod: String::new(),
             since: now,
@@ -150,23 +143,14 @@ impl EniState {
 
     /// The cloud's view of the ENI wins.
     fn refresh(&mut self, f: &EniFacts) {
-        self.mac = f.mac.clone();
-        self.vswitch_id = f.vswitch_id.clone();
-        self.vswitch_cidr = f.vswitch_cidr;
-        self.gateway = f.gateway;
-        self.primary_ip = f.primary_ip;
+        self.info = EniInfo::of(f);
         self.lost = false;
         self.unconfirmed = false;
     }
 
+    /// The ENI's primary IP is the pod's.
     fn lease(&self) -> Lease {
-        Lease {
-            eni_id: self.id.clone(),
-            mac: self.mac.clone(),
-            ip: self.primary_ip,
-            gateway: self.gateway,
-            vswitch_cidr: self.vswitch_cidr,
-        }
+        self.info.lease(self.info.primary_ip)
     }
 
     fn is_idle(&self) -> bool {
@@ -204,7 +188,7 @@ pub struct PoolState {
     #[serde(default)]
     enis: Vec<EniState>,
     #[serde(default)]
-    blocked: Vec<BlockedVSwitch>,
+    blocked: Blocked,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,15 +253,25 @@ enum Flight {
     Delete { eni: String },
 }
 
+impl InFlight for Flight {
+    fn eni(&self) -> Option<&str> {
+        match self {
+            Flight::Create { .. } => None,
+            Flight::Delete { eni } => Some(eni),
+        }
+    }
+
+    fn is_create(&self) -> bool {
+        matches!(self, Flight::Create { .. })
+    }
+}
+
 pub struct Pool {
     cfg: PoolConfig,
     st: PoolState,
-    flights: BTreeMap<OpId, Flight>,
-    next_op: OpId,
-    /// When the current shortfall was first seen by `plan` (coalescing window start).
-    demand_since: Option<u64>,
-    /// Since when there have been idle ENIs to delete, without interruption.
-    above_max_since: Option<u64>,
+    flights: Flights<Flight>,
+    /// The coalescing window, the delete cool-down (idle ENIs to delete), when to plan.
+    sched: Schedule,
     /// No op of that kind is planned before these times (after a failure).
     retry_create: u64,
     retry_release: u64,
@@ -285,15 +279,9 @@ pub struct Pool {
     creates_refused_until: u64,
     refusal: Option<CloudFailure>,
     vswitch_free: BTreeMap<String, u64>,
-    /// Something changed that `plan` should look at now.
-    replan: bool,
-    last_plan: Option<u64>,
-    last_failure: Option<CloudFailure>,
-    /// Failed waves since the last successful create: the retry delay doubles with each. Ops
-    /// planned together (a wave of parallel creates) failing together count once.
-    failures_in_a_row: u32,
-    /// Ops from this id on were planned after the last counted failure.
-    wave_start: OpId,
+    /// Failed waves since the last successful create: ops planned together (a wave of parallel
+    /// creates) failing together count once.
+    backoff: Backoff,
     /// A create failed (other than an exhausted vSwitch): the next create is a single probe,
     /// the rest follow once one succeeds.
     probing: bool,
@@ -305,7 +293,7 @@ impl Pool {
         let mut ids = std::collections::BTreeSet::new();
         let mut owners = std::collections::BTreeSet::new();
         // A hand-edited or corrupt file must not list an ENI twice or give an owner two ENIs.
-        st.enis.retain(|e| ids.insert(e.id.clone()));
+        st.enis.retain(|e| ids.insert(e.info.id.clone()));
         for eni in &mut st.enis {
             // Ops of a previous process are gone: what they were deleting is idle again (the
             // startup reconcile drops what the cloud did delete).
@@ -320,20 +308,14 @@ impl Pool {
         Pool {
             cfg,
             st,
-            flights: BTreeMap::new(),
-            next_op: 1,
-            demand_since: None,
-            above_max_since: None,
+            flights: Flights::default(),
+            sched: Schedule::default(),
             retry_create: 0,
             retry_release: 0,
             creates_refused_until: 0,
             refusal: None,
             vswitch_free: BTreeMap::new(),
-            replan: true,
-            last_plan: None,
-            last_failure: None,
-            failures_in_a_row: 0,
-            wave_start: 1,
+            backoff: Backoff::default(),
             probing: false,
         }
     }
@@ -342,7 +324,7 @@ impl Pool {
     /// a lowered `max_enis` are deleted as they become idle.
     pub fn set_config(&mut self, cfg: PoolConfig) {
         self.cfg = cfg;
-        self.replan = true;
+        self.sched.wake();
     }
 
     pub fn config(&self) -> &PoolConfig {
@@ -372,7 +354,7 @@ impl Pool {
         eni.since = now;
         let lease = eni.lease();
         if self.idle() < self.cfg.min_idle {
-            self.replan = true;
+            self.sched.wake();
         }
         self.touch(now);
         Some(lease)
@@ -408,12 +390,12 @@ impl Pool {
             .enis
             .iter()
             .map(|e| EniSnapshot {
-                id: e.id.clone(),
-                mac: e.mac.clone(),
-                vswitch_id: e.vswitch_id.clone(),
-                vswitch_cidr: e.vswitch_cidr,
-                gateway: e.gateway,
-                primary_ip: e.primary_ip,
+                id: e.info.id.clone(),
+                mac: e.info.mac.clone(),
+                vswitch_id: e.info.vswitch_id.clone(),
+                vswitch_cidr: e.info.vswitch_cidr,
+                gateway: e.info.gateway,
+                primary_ip: e.info.primary_ip,
                 owner: e.owner.clone(),
                 status: e.status(),
             })
@@ -429,13 +411,7 @@ impl Pool {
             max_idle: self.cfg.max_idle,
             min_enis: self.cfg.min_enis,
             max_enis: self.cfg.max_enis,
-            blocked_vswitches: self
-                .st
-                .blocked
-                .iter()
-                .filter(|b| b.until_ms > now)
-                .cloned()
-                .collect(),
+            blocked_vswitches: self.st.blocked.active(now),
             creates_refused: self
                 .creates_refused(now)
                 .map(|f| format!("{}: {}", f.code, f.message)),
@@ -459,15 +435,12 @@ impl Pool {
 
     /// ENIs being created.
     pub fn creating(&self) -> u32 {
-        self.flights
-            .values()
-            .filter(|f| matches!(f, Flight::Create { .. }))
-            .count() as u32
+        self.flights.creating()
     }
 
     /// The last cloud failure, until a create planned after it succeeds (for logs and pod events).
     pub fn last_failure(&self) -> Option<&CloudFailure> {
-        self.last_failure.as_ref()
+        self.backoff.last_failure()
     }
 
     /// Number of cloud ops handed out by `plan` and not yet applied.
@@ -489,7 +462,7 @@ impl Pool {
     }
 
     fn eni_index(&self, id: &str) -> Option<usize> {
-        self.st.enis.iter().position(|e| e.id == id)
+        self.st.enis.iter().position(|e| e.info.id == id)
     }
 
     fn sticky_for(&self, eni: &EniState, now: u64) -> bool {
@@ -514,7 +487,7 @@ impl Pool {
             .iter()
             .enumerate()
             .filter(|(_, e)| e.is_idle())
-            .min_by_key(|(_, e)| (self.sticky_for(e, now), e.since, e.id.as_str()))
+            .min_by_key(|(_, e)| (self.sticky_for(e, now), e.since, e.info.id.as_str()))
             .map(|(i, _)| i)
     }
 
@@ -547,24 +520,8 @@ impl Pool {
 
     /// Track how long there has been something to delete without interruption.
     fn touch(&mut self, now: u64) {
-        if self.deletable_excess() > 0 {
-            self.above_max_since.get_or_insert(now);
-        } else {
-            self.above_max_since = None;
-        }
-    }
-
-    fn is_blocked(&self, vswitch: &str, now: u64) -> bool {
-        self.st
-            .blocked
-            .iter()
-            .any(|b| b.id == vswitch && b.until_ms > now)
-    }
-
-    fn eni_busy(&self, id: &str) -> bool {
-        self.flights
-            .values()
-            .any(|f| matches!(f, Flight::Delete { eni } if eni == id))
+        let excess = self.deletable_excess() > 0;
+        self.sched.excess(excess, now);
     }
 
     fn creates_refused(&self, now: u64) -> Option<&CloudFailure> {

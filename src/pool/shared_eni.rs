@@ -13,14 +13,26 @@
 mod plan;
 mod reconcile;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod state_tests;
+#[cfg(test)]
 mod tests;
 
+use super::backoff::Backoff;
+use super::eni::{EniInfo, is_false};
+use super::flights::{Flights, InFlight};
+use super::schedule::Schedule;
+use super::vswitch::Blocked;
 use crate::config::{EniPolicy, VSwitchPolicy};
 use crate::model::AttachKey;
-use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+
+pub use super::backoff::MAX_RETRY_MS;
+pub use super::eni::{CloudFailure, EniFacts, Lease, OpId};
+pub use super::vswitch::BlockedVSwitch;
 
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -50,20 +62,6 @@ pub struct PoolConfig {
     /// An idle IP last held by the same pod name is given back to it within this window.
     pub sticky_ms: u64,
 }
-
-/// What the cloud says about one ENI (from CreateNetworkInterface / DescribeNetworkInterfaces / metadata).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EniFacts {
-    pub id: String,
-    pub mac: String,
-    pub vswitch_id: String,
-    pub vswitch_cidr: Ipv4Network,
-    pub gateway: Ipv4Addr,
-    pub primary_ip: Ipv4Addr,
-    pub secondary_ips: Vec<Ipv4Addr>,
-}
-
-pub type OpId = u64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloudOp {
@@ -99,14 +97,6 @@ impl CloudOp {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloudFailure {
-    /// e.g. "InvalidVSwitchId.IpNotEnough", "Throttling.User", "EniPerInstanceLimitExceeded"
-    pub code: String,
-    /// e.g. The specified VSwitch "vsw-x" has not enough IpAddress.
-    pub message: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloudOutcome {
     EniCreated {
         op: OpId,
@@ -132,15 +122,6 @@ pub enum CloudOutcome {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    pub eni_id: String,
-    pub mac: String,
-    pub ip: Ipv4Addr,
-    pub gateway: Ipv4Addr,
-    pub vswitch_cidr: Ipv4Network,
-}
-
 /// One IP of an ENI. `pod` is the owner's pod name, or the last owner's while idle (sticky rule).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct IpState {
@@ -158,10 +139,6 @@ struct IpState {
     /// An unassign/delete is in flight (not persisted across restarts: reset in `Pool::new`).
     #[serde(default, skip_serializing_if = "is_false")]
     releasing: bool,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 impl IpState {
@@ -183,12 +160,8 @@ impl IpState {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct EniState {
-    id: String,
-    mac: String,
-    vswitch_id: String,
-    vswitch_cidr: Ipv4Network,
-    gateway: Ipv4Addr,
-    primary_ip: Ipv4Addr,
+    #[serde(flatten)]
+    info: EniInfo,
     ips: Vec<IpState>,
     /// The cloud said QuotaExceeded.PrivateIpAddress: assign nothing more until something is unassigned.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -202,13 +175,13 @@ struct EniState {
 }
 
 impl EniState {
-    fn lease(&self, ip: Ipv4Addr) -> Lease {
-        Lease {
-            eni_id: self.id.clone(),
-            mac: self.mac.clone(),
-            ip,
-            gateway: self.gateway,
-            vswitch_cidr: self.vswitch_cidr,
+    fn new(facts: &EniFacts) -> EniState {
+        EniState {
+            info: EniInfo::of(facts),
+            ips: Vec::new(),
+            full: false,
+            gone: false,
+            deleting: false,
         }
     }
 
@@ -235,7 +208,7 @@ pub struct PoolState {
     #[serde(default)]
     enis: Vec<EniState>,
     #[serde(default)]
-    blocked: Vec<BlockedVSwitch>,
+    blocked: Blocked,
 }
 
 /// For the CLI (`terway pool`, `terway mapping`).
@@ -269,13 +242,6 @@ pub struct IpSnapshot {
     pub invalid: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlockedVSwitch {
-    pub id: String,
-    pub until_ms: u64,
-    pub reason: String,
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
     /// Held by pods, but the cloud no longer has them (now marked invalid, never handed out).
@@ -295,7 +261,7 @@ enum Flight {
     Delete { eni: String },
 }
 
-impl Flight {
+impl InFlight for Flight {
     fn eni(&self) -> Option<&str> {
         match self {
             Flight::Create { .. } => None,
@@ -304,17 +270,18 @@ impl Flight {
             }
         }
     }
+
+    fn is_create(&self) -> bool {
+        matches!(self, Flight::Create { .. })
+    }
 }
 
 pub struct Pool {
     cfg: PoolConfig,
     st: PoolState,
-    flights: BTreeMap<OpId, Flight>,
-    next_op: OpId,
-    /// When the current shortfall was first seen by `plan` (coalescing window start).
-    demand_since: Option<u64>,
-    /// Since when idle has been above max_idle without interruption.
-    above_max_since: Option<u64>,
+    flights: Flights<Flight>,
+    /// The coalescing window, the release cool-down (idle above max_idle), when to plan.
+    sched: Schedule,
     /// No op of that kind is planned before these times (after a failure).
     retry_create: u64,
     retry_assign: u64,
@@ -322,17 +289,9 @@ pub struct Pool {
     /// EniPerInstanceLimitExceeded: no create before this time.
     eni_limit_until: u64,
     vswitch_free: BTreeMap<String, u64>,
-    /// Something changed that `plan` should look at now.
-    replan: bool,
-    last_plan: Option<u64>,
-    last_failure: Option<CloudFailure>,
-    /// Failures since the last successful create or assign: the retry delay doubles with each,
-    /// so a permanent error (no permission, a deleted security group) does not hammer the API.
-    failures_in_a_row: u32,
+    /// Failures since the last successful create or assign, each one a step.
+    backoff: Backoff,
 }
-
-/// The longest wait between retries after repeated failures.
-pub const MAX_RETRY_MS: u64 = 300_000;
 
 impl Pool {
     pub fn new(cfg: PoolConfig, state: PoolState) -> Pool {
@@ -353,26 +312,21 @@ impl Pool {
         Pool {
             cfg,
             st,
-            flights: BTreeMap::new(),
-            next_op: 1,
-            demand_since: None,
-            above_max_since: None,
+            flights: Flights::default(),
+            sched: Schedule::default(),
             retry_create: 0,
             retry_assign: 0,
             retry_release: 0,
             eni_limit_until: 0,
             vswitch_free: BTreeMap::new(),
-            replan: true,
-            last_plan: None,
-            last_failure: None,
-            failures_in_a_row: 0,
+            backoff: Backoff::default(),
         }
     }
 
     /// Reload: new vSwitches / watermarks. Owned IPs and blocks are left as they are.
     pub fn set_config(&mut self, cfg: PoolConfig) {
         self.cfg = cfg;
-        self.replan = true;
+        self.sched.wake();
     }
 
     pub fn config(&self) -> &PoolConfig {
@@ -389,7 +343,7 @@ impl Pool {
         if let Some((e, i)) = self.find_owned(key) {
             let eni = &self.st.enis[e];
             if !eni.ips[i].invalid {
-                return Some(eni.lease(eni.ips[i].ip));
+                return Some(eni.info.lease(eni.ips[i].ip));
             }
             // Its address is gone from the cloud: drop it and hand out a real one.
             self.st.enis[e].ips.remove(i);
@@ -404,9 +358,9 @@ impl Pool {
         ip.pod = pod_name.to_string();
         ip.since = now;
         let addr = ip.ip;
-        let lease = eni.lease(addr);
+        let lease = eni.info.lease(addr);
         if self.idle() < self.cfg.min_idle {
-            self.replan = true;
+            self.sched.wake();
         }
         self.touch(now);
         Some(lease)
@@ -415,14 +369,14 @@ impl Pool {
     pub fn lease_of(&self, key: &AttachKey) -> Option<Lease> {
         let (e, i) = self.find_owned(key)?;
         let eni = &self.st.enis[e];
-        Some(eni.lease(eni.ips[i].ip))
+        Some(eni.info.lease(eni.ips[i].ip))
     }
 
     /// Back to idle (idle_since = now). None if the key held nothing.
     pub fn release(&mut self, key: &AttachKey, now: u64) -> Option<Lease> {
         let (e, i) = self.find_owned(key)?;
         let eni = &mut self.st.enis[e];
-        let lease = eni.lease(eni.ips[i].ip);
+        let lease = eni.info.lease(eni.ips[i].ip);
         if eni.ips[i].invalid || eni.gone {
             // The cloud no longer has it: nothing to give back to the pool.
             eni.ips.remove(i);
@@ -453,16 +407,16 @@ impl Pool {
                     .map(|i| IpSnapshot {
                         ip: i.ip,
                         owner: i.owner.clone(),
-                        primary: i.ip == e.primary_ip,
+                        primary: i.ip == e.info.primary_ip,
                         invalid: i.invalid,
                     })
                     .collect();
                 ips.sort_by_key(|i| i.ip);
                 EniSnapshot {
-                    id: e.id.clone(),
-                    mac: e.mac.clone(),
-                    vswitch_id: e.vswitch_id.clone(),
-                    primary_ip: e.primary_ip,
+                    id: e.info.id.clone(),
+                    mac: e.info.mac.clone(),
+                    vswitch_id: e.info.vswitch_id.clone(),
+                    primary_ip: e.info.primary_ip,
                     ips,
                 }
             })
@@ -477,13 +431,7 @@ impl Pool {
             pending_ips: self.pending_ips(),
             min_idle: self.cfg.min_idle,
             max_idle: self.cfg.max_idle,
-            blocked_vswitches: self
-                .st
-                .blocked
-                .iter()
-                .filter(|b| b.until_ms > now)
-                .cloned()
-                .collect(),
+            blocked_vswitches: self.st.blocked.active(now),
         }
     }
 
@@ -515,7 +463,7 @@ impl Pool {
 
     /// The last cloud failure, until a create or assign succeeds (for logs and pod events).
     pub fn last_failure(&self) -> Option<&CloudFailure> {
-        self.last_failure.as_ref()
+        self.backoff.last_failure()
     }
 
     /// Number of cloud ops handed out by `plan` and not yet applied.
@@ -586,7 +534,7 @@ impl Pool {
     }
 
     fn eni_index(&self, id: &str) -> Option<usize> {
-        self.st.enis.iter().position(|e| e.id == id)
+        self.st.enis.iter().position(|e| e.info.id == id)
     }
 
     fn drop_empty_gone(&mut self) {
@@ -595,21 +543,7 @@ impl Pool {
 
     /// Track how long idle has been above max_idle without interruption.
     fn touch(&mut self, now: u64) {
-        if self.idle() > self.cfg.max_idle {
-            self.above_max_since.get_or_insert(now);
-        } else {
-            self.above_max_since = None;
-        }
-    }
-
-    fn is_blocked(&self, vswitch: &str, now: u64) -> bool {
-        self.st
-            .blocked
-            .iter()
-            .any(|b| b.id == vswitch && b.until_ms > now)
-    }
-
-    fn eni_busy(&self, id: &str) -> bool {
-        self.flights.values().any(|f| f.eni() == Some(id))
+        let excess = self.idle() > self.cfg.max_idle;
+        self.sched.excess(excess, now);
     }
 }

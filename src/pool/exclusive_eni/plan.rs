@@ -1,12 +1,8 @@
 //! Planning cloud work (create, delete), applying its outcomes, and telling the daemon when to
 //! come back or to give up.
 
-use super::{
-    BlockedVSwitch, CloudFailure, CloudOp, CloudOutcome, EniFacts, EniState, Flight, OpId, Pool,
-};
-use crate::config::VSwitchPolicy;
-use crate::pool::shared_eni::MAX_RETRY_MS;
-use std::collections::BTreeMap;
+use super::{CloudFailure, CloudOp, CloudOutcome, EniFacts, EniState, Flight, OpId, Pool};
+use crate::pool::vswitch::{self, NO_VSWITCH};
 
 use crate::cloud::codes::{
     ENI_NOT_FOUND, VSWITCH_IP_NOT_ENOUGH as IP_NOT_ENOUGH, refuses_enis as refuses_creates,
@@ -16,21 +12,19 @@ impl Pool {
     /// Cloud work to do now, given `waiting` allocations the daemon is holding. Marks them in
     /// flight. `random` is a fresh random number (used by VSwitchPolicy::Random only).
     pub fn plan(&mut self, now: u64, waiting: u32, random: u64) -> Vec<CloudOp> {
-        self.replan = false;
-        self.last_plan = Some(now);
+        self.sched.planning(now);
         self.normalize_clock(now);
-        self.st.blocked.retain(|b| b.until_ms > now);
+        self.st.blocked.expire(now);
         self.touch(now);
         let mut ops = Vec::new();
         let need = self.shortfall(waiting);
         if need > 0 {
-            let start = *self.demand_since.get_or_insert(now);
             // Coalesce: pods arriving together are planned together (creates run in parallel).
-            if now >= start.saturating_add(self.cfg.coalesce_ms) {
+            if self.sched.shortfall(now, self.cfg.coalesce_ms) {
                 self.plan_creates(now, need, random, &mut ops);
             }
         } else {
-            self.demand_since = None;
+            self.sched.no_shortfall();
         }
         // ENIs above a lowered max_enis go even while idle is below min_idle (nothing can be
         // created then anyway).
@@ -46,10 +40,9 @@ impl Pool {
     /// (reboot): never let them lie in the future, or a block or sticky window would last for
     /// the old uptime.
     pub(super) fn normalize_clock(&mut self, now: u64) {
-        let longest = now.saturating_add(self.cfg.vswitch_backoff_ms);
-        for b in &mut self.st.blocked {
-            b.until_ms = b.until_ms.min(longest);
-        }
+        self.st
+            .blocked
+            .clamp(now.saturating_add(self.cfg.vswitch_backoff_ms));
         for e in &mut self.st.enis {
             e.since = e.since.min(now);
         }
@@ -70,25 +63,8 @@ impl Pool {
         need_idle.max(need_min)
     }
 
-    fn new_op(&mut self, flight: Flight) -> u64 {
-        let op = self.next_op;
-        self.next_op = self.next_op.wrapping_add(1).max(1);
-        self.flights.insert(op, flight);
-        op
-    }
-
     pub(super) fn creates_allowed(&self, now: u64) -> bool {
         now >= self.creates_refused_until && self.eni_count() < self.cfg.max_enis
-    }
-
-    pub(super) fn candidates(&self, now: u64) -> Vec<&str> {
-        let mut out: Vec<&str> = Vec::new();
-        for v in &self.cfg.vswitches {
-            if !self.is_blocked(v, now) && !out.contains(&v.as_str()) {
-                out.push(v);
-            }
-        }
-        out
     }
 
     /// One create per missing ENI, all at once (they attach in parallel), up to max_enis.
@@ -107,18 +83,13 @@ impl Pool {
             if !self.creates_allowed(now) {
                 return;
             }
-            let Some(vswitch) = pick_vswitch(
-                &self.candidates(now),
-                self.cfg.vswitch_policy,
-                random,
-                &free,
-            ) else {
+            let candidates = self.st.blocked.candidates(&self.cfg.vswitches, now);
+            let policy = self.cfg.vswitch_policy;
+            let Some(vswitch) = vswitch::pick(&candidates, policy, random, &free) else {
                 return;
             };
-            if let Some(n) = free.get_mut(&vswitch) {
-                *n = n.saturating_sub(1);
-            }
-            let op = self.new_op(Flight::Create {
+            vswitch::take_free(&mut free, &vswitch, 1);
+            let op = self.flights.start(Flight::Create {
                 vswitch: vswitch.clone(),
             });
             ops.push(CloudOp::CreateEni {
@@ -135,16 +106,15 @@ impl Pool {
         if excess == 0 || now < self.retry_release {
             return;
         }
-        match self.above_max_since {
-            Some(t) if now >= t.saturating_add(self.cfg.release_after_ms) => {}
-            _ => return,
+        if !self.sched.cooled_down(now, self.cfg.release_after_ms) {
+            return;
         }
         let mut victims: Vec<(u64, String)> = self
             .st
             .enis
             .iter()
             .filter(|e| e.is_idle())
-            .map(|e| (e.since, e.id.clone()))
+            .map(|e| (e.since, e.info.id.clone()))
             .collect();
         victims.sort();
         for (_, eni_id) in victims.into_iter().take(excess as usize) {
@@ -152,7 +122,7 @@ impl Pool {
                 continue;
             };
             self.st.enis[e].deleting = true;
-            let op = self.new_op(Flight::Delete {
+            let op = self.flights.start(Flight::Delete {
                 eni: eni_id.clone(),
             });
             ops.push(CloudOp::DeleteEni { op, eni_id });
@@ -160,15 +130,14 @@ impl Pool {
     }
 
     pub fn apply(&mut self, outcome: CloudOutcome, now: u64) {
-        self.replan = true;
+        self.sched.wake();
         match outcome {
             CloudOutcome::EniCreated { op, eni } => {
-                self.flights.remove(&op);
+                self.flights.finish(op);
                 // Only a create planned after the last failure proves the cloud is fine again
                 // (another of the same wave may have succeeded just before the refusal).
-                if op >= self.wave_start {
-                    self.last_failure = None;
-                    self.failures_in_a_row = 0;
+                if self.backoff.is_current(op) {
+                    self.backoff.reset();
                     self.probing = false;
                     self.creates_refused_until = 0;
                     self.refusal = None;
@@ -176,11 +145,11 @@ impl Pool {
                 self.add_eni(&eni, now);
             }
             CloudOutcome::EniDeleted { op, eni_id } => {
-                self.flights.remove(&op);
+                self.flights.finish(op);
                 self.deleted(&eni_id);
             }
             CloudOutcome::Failed { op, failure } => {
-                if let Some(flight) = self.flights.remove(&op) {
+                if let Some(flight) = self.flights.finish(op) {
                     self.failed(op, flight, &failure, now);
                 }
             }
@@ -218,23 +187,20 @@ impl Pool {
     }
 
     fn failed(&mut self, op: OpId, flight: Flight, failure: &CloudFailure, now: u64) {
-        self.last_failure = Some(failure.clone());
-        if op >= self.wave_start {
-            self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
-            self.wave_start = self.next_op;
-        }
-        let backoff = self
-            .cfg
-            .retry_after_ms
-            .saturating_mul(1 << self.failures_in_a_row.saturating_sub(1).min(16))
-            .min(MAX_RETRY_MS.max(self.cfg.retry_after_ms));
-        let retry = now.saturating_add(backoff);
+        // A wave of parallel creates failing together is one step of the back-off (the shared
+        // pool counts every failure).
+        self.backoff
+            .fail_in_wave(failure, op, self.flights.next_id());
+        let retry = self.backoff.retry_at(now, self.cfg.retry_after_ms);
         let code = failure.code.as_str();
         match flight {
             Flight::Create { vswitch } => {
                 if code == IP_NOT_ENOUGH {
                     self.block(&vswitch, &failure.message, now);
                 } else if refuses_creates(code) {
+                    // Probing is this pool's own: its creates go out in parallel waves, so after
+                    // a failure one create goes first (the shared pool retries its whole fill once
+                    // the back-off is over).
                     self.creates_refused_until = retry;
                     self.refusal = Some(failure.clone());
                     self.probing = true;
@@ -250,7 +216,8 @@ impl Pool {
                 }
                 self.retry_release = retry;
                 if let Some(e) = self.eni_index(&eni) {
-                    // It may be detached already: not handed out before a reconcile confirms it.
+                    // It may be detached already: not handed out before a reconcile confirms it
+                    // (the shared pool hands the IPs of such an ENI out again at once).
                     let eni = &mut self.st.enis[e];
                     eni.deleting = false;
                     eni.unconfirmed = true;
@@ -260,43 +227,22 @@ impl Pool {
     }
 
     pub(super) fn block(&mut self, vswitch: &str, message: &str, now: u64) {
-        let reason = if message.trim().is_empty() {
-            format!("The specified VSwitch \"{vswitch}\" has not enough IpAddress.")
-        } else {
-            message.trim().to_string()
-        };
         let until_ms = now.saturating_add(self.cfg.vswitch_backoff_ms);
-        self.st.blocked.retain(|b| b.id != vswitch);
-        self.st.blocked.push(BlockedVSwitch {
-            id: vswitch.to_string(),
-            until_ms,
-            reason,
-        });
+        self.st.blocked.block(vswitch, message, until_ms);
     }
 
     /// When the pool next wants `plan` called (coalesce window end, release cool-down end,
     /// back-off end, block expiry). A time is reported only until a `plan` at or after it has
     /// run, so the loop never spins.
     pub fn next_deadline(&self, now: u64) -> Option<u64> {
-        if self.replan {
-            return Some(now);
-        }
-        let mut times = vec![
+        let retries = [
             self.retry_create,
             self.retry_release,
             self.creates_refused_until,
         ];
-        if let Some(t) = self.demand_since {
-            times.push(t.saturating_add(self.cfg.coalesce_ms));
-        }
-        if let Some(t) = self.above_max_since {
-            times.push(t.saturating_add(self.cfg.release_after_ms));
-        }
-        times.extend(self.st.blocked.iter().map(|b| b.until_ms));
-        times
-            .into_iter()
-            .filter(|&t| t > 0 && self.last_plan.is_none_or(|p| t > p))
-            .min()
+        let times = retries.into_iter().chain(self.st.blocked.ends());
+        let (coalesce, cool_down) = (self.cfg.coalesce_ms, self.cfg.release_after_ms);
+        self.sched.next_deadline(now, coalesce, cool_down, times)
     }
 
     /// Some(reason) when `waiting` allocations cannot be served by anything in flight or
@@ -333,62 +279,13 @@ impl Pool {
             ));
         }
         if self.cfg.vswitches.is_empty() {
-            return Some(format!(
-                "no ENI for {waiting} pod(s): no vSwitch configured for pod ENIs \
-                 (set `vswitches` for the node's zone)"
-            ));
+            return Some(format!("no ENI for {waiting} pod(s): {NO_VSWITCH}"));
         }
-        if !self.candidates(now).is_empty() {
+        let blocked = &self.st.blocked;
+        if !blocked.candidates(&self.cfg.vswitches, now).is_empty() {
             return None;
         }
-        let mut parts: Vec<String> = Vec::new();
-        let mut seen: Vec<&str> = Vec::new();
-        for v in &self.cfg.vswitches {
-            if seen.contains(&v.as_str()) {
-                continue;
-            }
-            seen.push(v);
-            if let Some(b) = self
-                .st
-                .blocked
-                .iter()
-                .find(|b| b.id == *v && b.until_ms > now)
-            {
-                let secs = b.until_ms.saturating_sub(now).div_ceil(1000);
-                parts.push(format!("{} ({} skipped for {secs} s)", b.reason, b.id));
-            }
-        }
-        Some(format!(
-            "no ENI for {waiting} pod(s): every vSwitch is out of addresses: {}; \
-             add a vSwitch with free addresses to `vswitches`",
-            parts.join("; ")
-        ))
+        let why = blocked.exhausted(self.cfg.vswitches.iter().map(String::as_str), now);
+        Some(format!("no ENI for {waiting} pod(s): {why}"))
     }
-}
-
-/// The vSwitch for the next ENI among unblocked `candidates` (config order).
-fn pick_vswitch(
-    candidates: &[&str],
-    policy: VSwitchPolicy,
-    random: u64,
-    free: &BTreeMap<String, u64>,
-) -> Option<String> {
-    let first = *candidates.first()?;
-    let chosen = match policy {
-        VSwitchPolicy::Ordered => first,
-        VSwitchPolicy::Random => candidates[(random % candidates.len() as u64) as usize],
-        // Known free addresses first (most first), then unknown counts, then vSwitches known to
-        // be empty; ties keep config order (min_by_key returns the first).
-        VSwitchPolicy::Most => candidates
-            .iter()
-            .enumerate()
-            .min_by_key(|(i, v)| match free.get(**v) {
-                Some(&n) if n > 0 => (0, u64::MAX - n, *i),
-                None => (1, 0, *i),
-                Some(_) => (2, 0, *i),
-            })
-            .map(|(_, v)| *v)
-            .unwrap_or(first),
-    };
-    Some(chosen.to_string())
 }

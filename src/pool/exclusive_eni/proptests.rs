@@ -4,8 +4,9 @@
 //! The case budget is fixed for CI; `PROPTEST_CASES=100000 cargo test --lib
 //! pool::exclusive_eni::proptests` runs a longer fuzz.
 
-use super::sim::{Cloud, assert_invariants, cfg, failure, key};
+use super::sim::{assert_invariants, cfg};
 use super::*;
+use crate::pool::test_support::{Cloud, Runs, failure, key};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -103,7 +104,7 @@ fn check(pool: &Pool, cloud: &Cloud, flying: &[CloudOp]) {
     );
     for op in flying {
         if let CloudOp::DeleteEni { eni_id, .. } = op {
-            let e = pool.st.enis.iter().find(|e| &e.id == eni_id);
+            let e = pool.st.enis.iter().find(|e| &e.info.id == eni_id);
             assert!(
                 e.is_none_or(|e| e.owner.is_none()),
                 "owned {eni_id} in a planned delete"

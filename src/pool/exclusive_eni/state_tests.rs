@@ -2,6 +2,7 @@
 
 use super::sim::*;
 use super::*;
+use crate::pool::test_support::*;
 use std::collections::BTreeSet;
 
 #[test]
@@ -21,7 +22,7 @@ fn reconcile_lost_adopted_dropped() {
     // The cloud lost the pod's ENI and one idle ENI, and has a new one we did not create.
     cloud.enis.remove(&held.eni_id);
     cloud.enis.remove(&idle_ids[0]);
-    let new = cloud.facts(BBB);
+    let new = cloud.facts(BBB, 0);
     let rep = pool.reconcile(&cloud.observed(), 100);
     assert_eq!(rep.lost, vec![(key(1), held.eni_id.clone())]);
     assert_eq!(rep.removed_idle, vec![idle_ids[0].clone()]);
@@ -43,7 +44,7 @@ fn reconcile_lost_adopted_dropped() {
     assert_eq!(got.len(), 2);
     // Released by its pod: dropped, never idle.
     assert_eq!(pool.release(&key(1), 400), Some(held.clone()));
-    assert!(pool.st.enis.iter().all(|e| e.id != held.eni_id));
+    assert!(pool.st.enis.iter().all(|e| e.info.id != held.eni_id));
     // A re-ADD of a pod whose ENI was lost never gets it back (here: nothing idle).
     pool.release(&key(10), 500);
     cloud.enis.clear();
@@ -78,7 +79,7 @@ fn reconcile_leaves_ops_in_flight_alone_and_lost_eni_may_come_back() {
     let ops = pool.plan(30, 1, 0);
     let ops = [ops, pool.plan(60, 1, 0)].concat();
     assert_eq!(creates(&ops).len(), 1);
-    let f = cloud.facts(AAA);
+    let f = cloud.facts(AAA, 0);
     assert_eq!(
         pool.reconcile(&cloud.observed(), 70),
         ReconcileReport::default()
@@ -145,9 +146,8 @@ fn serde_round_trip() {
         "The specified VSwitch \"vsw-BBB\" has not enough IpAddress.",
         30,
     );
-    let json = serde_json::to_string(pool.state()).unwrap();
-    let back: PoolState = serde_json::from_str(&json).unwrap();
-    assert_eq!(&back, pool.state());
+    // An empty file loads too.
+    let back = assert_round_trip(pool.state());
     let mut restored = Pool::new(c.clone(), back);
     assert_eq!(restored.lease_of(&key(1)), pool.lease_of(&key(1)));
     assert_eq!(restored.snapshot(40), pool.snapshot(40));
@@ -158,9 +158,7 @@ fn serde_round_trip() {
         restored.allocate(&key(3), "ns/web-1", 50).map(|l| l.eni_id),
         pool.allocate(&key(3), "ns/web-1", 50).map(|l| l.eni_id)
     );
-    // An empty or old file (missing optional fields) still loads; a deleting flag is reset.
-    let empty: PoolState = serde_json::from_str("{}").unwrap();
-    assert_eq!(empty, PoolState::default());
+    // An old file (missing optional fields) still loads; a deleting flag is reset.
     let old = r#"{"enis":[{"id":"eni-1","mac":"00:16:3e:00:00:01","vswitch_id":"vsw-AAA",
         "vswitch_cidr":"10.1.0.0/16","gateway":"10.1.0.1","primary_ip":"10.1.0.11",
         "deleting":true}]}"#;
@@ -172,11 +170,11 @@ fn serde_round_trip() {
 #[test]
 fn corrupt_state_gives_no_owner_two_enis() {
     let mut cloud = Cloud::default();
-    let a = EniState::new_idle(&cloud.facts(AAA), 0);
-    let b = EniState::new_idle(&cloud.facts(AAA), 0);
+    let a = EniState::new_idle(&cloud.facts(AAA, 0), 0);
+    let b = EniState::new_idle(&cloud.facts(AAA, 0), 0);
     let mut st = PoolState {
         enis: vec![a.clone(), b, a],
-        blocked: Vec::new(),
+        blocked: Default::default(),
     };
     st.enis[0].owner = Some(key(1));
     st.enis[1].owner = Some(key(1));
@@ -208,4 +206,23 @@ fn state_from_a_previous_boot_does_not_freeze_blocks_or_sticky() {
     assert_eq!(pool.allocate(&key(2), "ns/web-0", 20), Some(l.clone()));
     pool.release(&key(2), 30);
     assert_ne!(pool.allocate(&key(3), "ns/web-0", 400_000), Some(l));
+}
+
+#[test]
+fn state_file_format_is_stable() {
+    // Every field set once: the state files of running nodes must keep loading, and what is
+    // written back must read the same.
+    let json = concat!(
+        r#"{"enis":[{"id":"eni-1","mac":"00:16:3e:00:00:01","vswitch_id":"vsw-AAA","#,
+        r#""vswitch_cidr":"10.1.0.0/16","gateway":"10.1.0.1","primary_ip":"10.1.0.11","#,
+        r#""owner":{"network":"terway","container_id":"c1","ifname":"eth0"},"pod":"ns/a","#,
+        r#""since":5,"lost":true,"deleting":true,"unconfirmed":true},{"id":"eni-2","#,
+        r#""mac":"00:16:3e:00:00:02","vswitch_id":"vsw-AAA","vswitch_cidr":"10.1.0.0/16","#,
+        r#""gateway":"10.1.0.1","primary_ip":"10.1.0.12","since":0}],"#,
+        r#""blocked":[{"id":"vsw-BBB","until_ms":300000,"reason":"out of addresses"}]}"#
+    );
+    let st: PoolState = serde_json::from_str(json).unwrap();
+    assert_eq!(st.enis.len(), 2);
+    assert_eq!(st.blocked.active(0).len(), 1);
+    assert_eq!(serde_json::to_string(&st).unwrap(), json);
 }

@@ -2,6 +2,7 @@
 
 use super::sim::*;
 use super::*;
+use crate::pool::test_support::*;
 
 #[test]
 fn allocate_release_and_idempotent_allocate() {
@@ -208,15 +209,12 @@ fn failed_delete_holds_eni_back_until_reconcile() {
     assert_eq!(deletes(&ops).len(), 2);
     // The first is detached but its delete failed; the second was not touched.
     cloud.enis.remove(deletes(&ops)[0]);
-    for op in &ops {
-        pool.apply(
-            CloudOutcome::Failed {
-                op: op.id(),
-                failure: failure("InvalidOperation.InvalidEniState"),
-            },
-            20,
-        );
-    }
+    fail_all(
+        &mut pool,
+        &ops,
+        &failure("InvalidOperation.InvalidEniState"),
+        20,
+    );
     assert_eq!(pool.idle(), 0);
     assert!(pool.wants_reconcile());
     assert!(pool.allocate(&key(1), "", 20).is_none());
@@ -230,7 +228,7 @@ fn failed_delete_holds_eni_back_until_reconcile() {
     assert_eq!(pool.next_deadline(31), Some(1020));
     assert_eq!(deletes(&pool.plan(1020, 0, 0)), vec![deletes(&ops)[1]]);
     // Already gone when retried: counts as deleted.
-    let op = pool.flights.keys().copied().next().unwrap();
+    let op = pool.flights.ids().next().unwrap();
     pool.apply(
         CloudOutcome::Failed {
             op,
@@ -248,23 +246,17 @@ fn eni_limit_and_quota_are_unservable_with_the_clouds_words_and_back_off() {
         c.min_idle = 0;
         let mut pool = Pool::new(c, PoolState::default());
         let msg = format!("{code}: the cloud says no");
+        let refusal = CloudFailure {
+            code: code.into(),
+            message: msg.clone(),
+        };
         let mut calls = Vec::new();
         let mut now = 0;
         // The daemon plans every 10 ms for 10 s with 3 pods waiting.
         while now < 10_000 {
-            for op in pool.plan(now, 3, 0) {
-                calls.push(now);
-                pool.apply(
-                    CloudOutcome::Failed {
-                        op: op.id(),
-                        failure: CloudFailure {
-                            code: code.into(),
-                            message: msg.clone(),
-                        },
-                    },
-                    now + 5,
-                );
-            }
+            let ops = pool.plan(now, 3, 0);
+            calls.extend(std::iter::repeat_n(now, ops.len()));
+            fail_all(&mut pool, &ops, &refusal, now + 5);
             if now == 100 {
                 let why = pool.unservable(now, 3).unwrap();
                 assert!(why.contains(&format!("{code}: {msg}")), "{why}");
@@ -288,16 +280,8 @@ fn after_a_refusal_one_probe_then_the_rest_in_parallel() {
     let mut pool = Pool::new(c, PoolState::default());
     let mut cloud = Cloud::default();
     pool.plan(0, 4, 0);
-    for op in pool.plan(20, 4, 0) {
-        let failure = failure("EniPerInstanceLimitExceeded");
-        pool.apply(
-            CloudOutcome::Failed {
-                op: op.id(),
-                failure,
-            },
-            30,
-        );
-    }
+    let ops = pool.plan(20, 4, 0);
+    fail_all(&mut pool, &ops, &failure("EniPerInstanceLimitExceeded"), 30);
     assert!(pool.plan(500, 4, 0).is_empty());
     let probe = pool.plan(1030, 4, 0);
     assert_eq!(creates(&probe).len(), 1);
@@ -318,14 +302,8 @@ fn a_success_from_the_failed_wave_does_not_end_a_refusal() {
     let mut cloud = Cloud::default();
     pool.plan(0, 2, 0);
     let ops = pool.plan(20, 2, 0);
-    let failure = failure("EniPerInstanceLimitExceeded");
-    pool.apply(
-        CloudOutcome::Failed {
-            op: ops[0].id(),
-            failure,
-        },
-        30,
-    );
+    let refusal = failure("EniPerInstanceLimitExceeded");
+    fail_all(&mut pool, &ops[..1], &refusal, 30);
     run_all(&mut pool, &mut cloud, &ops[1..], 40);
     assert_eq!(pool.idle(), 1);
     assert!(pool.snapshot(40).creates_refused.is_some());
@@ -349,16 +327,9 @@ fn throttling_backs_off_exponentially_and_is_not_unservable() {
     let mut tries = Vec::new();
     let mut now = 0;
     while now < 3_000_000 {
-        for op in pool.plan(now, 1, 0) {
-            tries.push(now);
-            pool.apply(
-                CloudOutcome::Failed {
-                    op: op.id(),
-                    failure: failure("Throttling.User"),
-                },
-                now,
-            );
-        }
+        let ops = pool.plan(now, 1, 0);
+        tries.extend(std::iter::repeat_n(now, ops.len()));
+        fail_all(&mut pool, &ops, &failure("Throttling.User"), now);
         assert_eq!(pool.unservable(now, 1), None, "throttling is temporary");
         now += 10;
     }
@@ -387,13 +358,7 @@ fn exhausted_vswitch_is_blocked_and_next_one_used() {
     let ops = pool.plan(20, 1, 0);
     assert_eq!(creates(&ops), vec![AAA, AAA]);
     run_all(&mut pool, &mut cloud, &ops, 100);
-    let snap = pool.snapshot(100);
-    assert_eq!(snap.blocked_vswitches.len(), 1);
-    assert_eq!(snap.blocked_vswitches[0].until_ms, 300_100);
-    assert_eq!(
-        snap.blocked_vswitches[0].reason,
-        "The specified VSwitch \"vsw-AAA\" has not enough IpAddress."
-    );
+    assert_blocked_alone(&pool.snapshot(100).blocked_vswitches, AAA, 300_100);
     assert_eq!(pool.unservable(100, 1), None);
     assert_eq!(pool.next_deadline(100), Some(100));
     let ops = pool.plan(100, 1, 0);
@@ -418,15 +383,7 @@ fn all_vswitches_blocked_is_unservable_and_reload_fixes_it() {
     let ops = pool.plan(30, 1, 0);
     assert_eq!(creates(&ops), vec![BBB, BBB]);
     run_all(&mut pool, &mut cloud, &ops, 40);
-    let why = pool.unservable(40, 1).unwrap();
-    assert!(
-        why.contains("\"vsw-AAA\" has not enough IpAddress."),
-        "{why}"
-    );
-    assert!(
-        why.contains("\"vsw-BBB\" has not enough IpAddress."),
-        "{why}"
-    );
+    assert_quotes_exhausted(&pool.unservable(40, 1).unwrap(), &[AAA, BBB]);
     assert!(pool.plan(40, 1, 0).is_empty());
     c.vswitches.push("vsw-CCC".into());
     pool.set_config(c);
@@ -436,8 +393,7 @@ fn all_vswitches_blocked_is_unservable_and_reload_fixes_it() {
     let mut c = cfg();
     c.vswitches.clear();
     let pool = Pool::new(c, PoolState::default());
-    let why = pool.unservable(0, 1).unwrap();
-    assert!(why.contains("no vSwitch configured"), "{why}");
+    assert_no_vswitch(pool.unservable(0, 1));
 }
 
 #[test]
@@ -517,19 +473,8 @@ fn next_deadline_never_spins() {
     let mut c = cfg();
     c.min_idle = 3;
     let mut pool = Pool::new(c, PoolState::default());
-    let mut now = 0;
-    let mut plans = 0;
     // With nothing completing, a loop obeying next_deadline plans only a handful of times.
-    while now < 100_000 {
-        match pool.next_deadline(now) {
-            Some(t) if t <= now => {
-                plans += 1;
-                pool.plan(now, 0, 0);
-            }
-            Some(t) => now = t,
-            None => break,
-        }
-    }
+    let plans = plans_obeying_next_deadline(&mut pool, 100_000);
     assert!(plans <= 3, "{plans}");
     assert_eq!(pool.ops_in_flight(), 3);
 }

@@ -1,12 +1,8 @@
 //! Planning cloud work (fill, release), applying its outcomes, and telling the daemon when to
 //! come back or to give up.
 
-use super::{
-    BlockedVSwitch, CloudFailure, CloudOp, CloudOutcome, EniFacts, EniState, Flight, IpState,
-    MAX_RETRY_MS, Pool,
-};
-use crate::config::VSwitchPolicy;
-use std::collections::BTreeMap;
+use super::{CloudFailure, CloudOp, CloudOutcome, EniFacts, EniState, Flight, IpState, Pool};
+use crate::pool::vswitch::{self, NO_VSWITCH};
 use std::net::Ipv4Addr;
 
 use crate::cloud::codes::{
@@ -18,19 +14,17 @@ impl Pool {
     /// Cloud work to do now, given `waiting` allocations the daemon is holding. Marks them in flight.
     /// `random` is a fresh random number (used by VSwitchPolicy::Random only).
     pub fn plan(&mut self, now: u64, waiting: u32, random: u64) -> Vec<CloudOp> {
-        self.replan = false;
-        self.last_plan = Some(now);
+        self.sched.planning(now);
         self.normalize_clock(now);
-        self.st.blocked.retain(|b| b.until_ms > now);
+        self.st.blocked.expire(now);
         self.touch(now);
         let mut ops = Vec::new();
         let idle = self.idle();
         let coming = idle.saturating_add(self.pending_ips());
         let target = waiting.saturating_add(self.cfg.min_idle);
         if coming < target {
-            let start = *self.demand_since.get_or_insert(now);
             // Coalesce: a burst of pods arriving together becomes a few large calls.
-            if now >= start.saturating_add(self.cfg.coalesce_ms) {
+            if self.sched.shortfall(now, self.cfg.coalesce_ms) {
                 let need = target - coming;
                 // Round requests up to a batch, but never past what leaves max_idle after the
                 // waiters are served, so a fill does not feed the release path.
@@ -39,7 +33,7 @@ impl Pool {
                 self.plan_fill(now, need, allowance, random, &mut ops);
             }
         } else {
-            self.demand_since = None;
+            self.sched.no_shortfall();
             if waiting == 0 {
                 self.plan_release(now, &mut ops);
             }
@@ -52,20 +46,12 @@ impl Pool {
     /// (reboot): never let them lie in the future, or a block or sticky window would last for
     /// the old uptime.
     pub(super) fn normalize_clock(&mut self, now: u64) {
-        let longest = now.saturating_add(self.cfg.vswitch_backoff_ms);
-        for b in &mut self.st.blocked {
-            b.until_ms = b.until_ms.min(longest);
-        }
+        self.st
+            .blocked
+            .clamp(now.saturating_add(self.cfg.vswitch_backoff_ms));
         for ip in self.st.enis.iter_mut().flat_map(|e| e.ips.iter_mut()) {
             ip.since = ip.since.min(now);
         }
-    }
-
-    fn new_op(&mut self, flight: Flight) -> u64 {
-        let op = self.next_op;
-        self.next_op = self.next_op.wrapping_add(1).max(1);
-        self.flights.insert(op, flight);
-        op
     }
 
     /// Free slots on a live ENI, minus what assigns in flight will add.
@@ -77,7 +63,7 @@ impl Pool {
             .flights
             .values()
             .map(|f| match f {
-                Flight::Assign { eni: id, count } if *id == eni.id => *count,
+                Flight::Assign { eni: id, count } if *id == eni.info.id => *count,
                 _ => 0,
             })
             .fold(0u32, u32::saturating_add);
@@ -89,50 +75,11 @@ impl Pool {
 
     /// ENIs attached or being created (gone ENIs are not attached any more).
     pub(super) fn eni_count(&self) -> u32 {
-        let creates = self
-            .flights
-            .values()
-            .filter(|f| matches!(f, Flight::Create { .. }))
-            .count();
-        (self.st.enis.iter().filter(|e| !e.gone).count() + creates) as u32
+        self.st.enis.iter().filter(|e| !e.gone).count() as u32 + self.flights.creating()
     }
 
     fn creates_allowed(&self, now: u64) -> bool {
         now >= self.eni_limit_until && self.eni_count() < self.cfg.max_enis
-    }
-
-    fn candidates(&self, now: u64) -> Vec<&str> {
-        let mut out: Vec<&str> = Vec::new();
-        for v in &self.cfg.vswitches {
-            if !self.is_blocked(v, now) && !out.contains(&v.as_str()) {
-                out.push(v);
-            }
-        }
-        out
-    }
-
-    fn pick_vswitch(&self, now: u64, random: u64, free: &BTreeMap<String, u64>) -> Option<String> {
-        let c = self.candidates(now);
-        if c.is_empty() {
-            return None;
-        }
-        let chosen = match self.cfg.vswitch_policy {
-            VSwitchPolicy::Ordered => c[0],
-            VSwitchPolicy::Random => c[(random % c.len() as u64) as usize],
-            // Known free addresses first (most first), then unknown counts, then vSwitches
-            // known to be empty; ties keep config order (min_by_key returns the first).
-            VSwitchPolicy::Most => c
-                .iter()
-                .enumerate()
-                .min_by_key(|(i, v)| match free.get(**v) {
-                    Some(&n) if n > 0 => (0, u64::MAX - n, *i),
-                    None => (1, 0, *i),
-                    Some(_) => (2, 0, *i),
-                })
-                .map(|(_, v)| *v)
-                .unwrap_or(c[0]),
-        };
-        Some(chosen.to_string())
     }
 
     /// Claim `need` (at most `allowance`) IPs: room on existing ENIs first, then room the ENIs
@@ -153,8 +100,14 @@ impl Pool {
             .st
             .enis
             .iter()
-            .filter(|e| !self.is_blocked(&e.vswitch_id, now))
-            .map(|e| (self.room(e), e.id.clone(), self.eni_busy(&e.id)))
+            .filter(|e| !self.st.blocked.is_blocked(&e.info.vswitch_id, now))
+            .map(|e| {
+                (
+                    self.room(e),
+                    e.info.id.clone(),
+                    self.flights.busy(&e.info.id),
+                )
+            })
             .filter(|(room, _, _)| *room > 0)
             .collect();
         // Most room first: fewer calls for the same number of IPs.
@@ -169,7 +122,7 @@ impl Pool {
                 continue;
             }
             let count = allowance.min(*room).min(batch);
-            let op = self.new_op(Flight::Assign {
+            let op = self.flights.start(Flight::Assign {
                 eni: eni_id.clone(),
                 count,
             });
@@ -196,7 +149,7 @@ impl Pool {
                 return;
             }
             if let Flight::Create { vswitch, count } = f {
-                if self.is_blocked(vswitch, now) {
+                if self.st.blocked.is_blocked(vswitch, now) {
                     continue;
                 }
                 let claim = allowance.min(per_eni.saturating_sub(*count));
@@ -210,17 +163,17 @@ impl Pool {
         }
         let mut free = self.vswitch_free.clone();
         while need > 0 && self.creates_allowed(now) {
-            let Some(vswitch) = self.pick_vswitch(now, random, &free) else {
+            let candidates = self.st.blocked.candidates(&self.cfg.vswitches, now);
+            let policy = self.cfg.vswitch_policy;
+            let Some(vswitch) = vswitch::pick(&candidates, policy, random, &free) else {
                 return;
             };
             // The ENI will hold up to per_eni; it comes with at most one batch, the rest is
             // assigned (in parallel across ENIs) once it is attached.
             let claim = allowance.min(per_eni).max(1);
             let count = claim.min(batch).min(per_eni);
-            if let Some(n) = free.get_mut(&vswitch) {
-                *n = n.saturating_sub(u64::from(count));
-            }
-            let op = self.new_op(Flight::Create {
+            vswitch::take_free(&mut free, &vswitch, u64::from(count));
+            let op = self.flights.start(Flight::Create {
                 vswitch: vswitch.clone(),
                 count,
             });
@@ -242,9 +195,8 @@ impl Pool {
         if idle <= max_idle || now < self.retry_release {
             return;
         }
-        match self.above_max_since {
-            Some(t) if now >= t.saturating_add(self.cfg.release_after_ms) => {}
-            _ => return,
+        if !self.sched.cooled_down(now, self.cfg.release_after_ms) {
+            return;
         }
         let batch = self.cfg.batch.max(1);
         let mut excess = idle - max_idle;
@@ -253,8 +205,8 @@ impl Pool {
             .st
             .enis
             .iter()
-            .filter(|e| e.live() && !self.eni_busy(&e.id))
-            .map(|e| (e.owned_count(), e.idle_count(), e.id.clone()))
+            .filter(|e| e.live() && !self.flights.busy(&e.info.id))
+            .map(|e| (e.owned_count(), e.idle_count(), e.info.id.clone()))
             .filter(|(_, idle, _)| *idle > 0)
             .collect();
         // Emptiest (fewest in use) first; among those, the one with most idle.
@@ -279,7 +231,7 @@ impl Pool {
                 for ip in &mut eni.ips {
                     ip.releasing = true;
                 }
-                let op = self.new_op(Flight::Delete {
+                let op = self.flights.start(Flight::Delete {
                     eni: eni_id.clone(),
                 });
                 ops.push(CloudOp::DeleteEni { op, eni_id });
@@ -287,7 +239,7 @@ impl Pool {
                 left_idle = left_idle.saturating_sub(eni_idle);
                 continue;
             }
-            let primary = eni.primary_ip;
+            let primary = eni.info.primary_ip;
             let mut victims: Vec<&IpState> = eni
                 .ips
                 .iter()
@@ -309,7 +261,7 @@ impl Pool {
                 }
             }
             let n = ips.len() as u32;
-            let op = self.new_op(Flight::Unassign {
+            let op = self.flights.start(Flight::Unassign {
                 eni: eni_id.clone(),
                 ips: ips.clone(),
             });
@@ -320,33 +272,32 @@ impl Pool {
     }
 
     pub fn apply(&mut self, outcome: CloudOutcome, now: u64) {
-        self.replan = true;
+        self.sched.wake();
         if matches!(
             outcome,
             CloudOutcome::EniCreated { .. } | CloudOutcome::IpsAssigned { .. }
         ) {
-            self.last_failure = None;
-            self.failures_in_a_row = 0;
+            self.backoff.reset();
         }
         match outcome {
             CloudOutcome::EniCreated { op, eni } => {
-                self.flights.remove(&op);
+                self.flights.finish(op);
                 self.add_eni(&eni, now);
             }
             CloudOutcome::IpsAssigned { op, eni_id, ips } => {
-                self.flights.remove(&op);
+                self.flights.finish(op);
                 self.add_ips(&eni_id, &ips, now);
             }
             CloudOutcome::IpsUnassigned { op, eni_id, ips } => {
-                let flight = self.flights.remove(&op);
+                let flight = self.flights.finish(op);
                 self.unassigned(&eni_id, &ips, flight);
             }
             CloudOutcome::EniDeleted { op, eni_id } => {
-                self.flights.remove(&op);
+                self.flights.finish(op);
                 self.deleted(&eni_id);
             }
             CloudOutcome::Failed { op, failure } => {
-                if let Some(flight) = self.flights.remove(&op) {
+                if let Some(flight) = self.flights.finish(op) {
                     self.failed(flight, &failure, now);
                 }
             }
@@ -359,18 +310,7 @@ impl Pool {
         let idx = match self.eni_index(&facts.id) {
             Some(i) => i,
             None => {
-                self.st.enis.push(EniState {
-                    id: facts.id.clone(),
-                    mac: facts.mac.clone(),
-                    vswitch_id: facts.vswitch_id.clone(),
-                    vswitch_cidr: facts.vswitch_cidr,
-                    gateway: facts.gateway,
-                    primary_ip: facts.primary_ip,
-                    ips: Vec::new(),
-                    full: false,
-                    gone: false,
-                    deleting: false,
-                });
+                self.st.enis.push(EniState::new(facts));
                 self.st.enis.len() - 1
             }
         };
@@ -449,14 +389,9 @@ impl Pool {
     }
 
     fn failed(&mut self, flight: Flight, failure: &CloudFailure, now: u64) {
-        self.last_failure = Some(failure.clone());
-        self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
-        let backoff = self
-            .cfg
-            .retry_after_ms
-            .saturating_mul(1 << self.failures_in_a_row.saturating_sub(1).min(16))
-            .min(MAX_RETRY_MS.max(self.cfg.retry_after_ms));
-        let retry = now.saturating_add(backoff);
+        // Every failure is a step of the back-off (the exclusive pool counts waves instead).
+        self.backoff.fail(failure);
+        let retry = self.backoff.retry_at(now, self.cfg.retry_after_ms);
         let code = failure.code.as_str();
         match flight {
             Flight::Create { vswitch, .. } => match code {
@@ -467,7 +402,7 @@ impl Pool {
             Flight::Assign { eni, .. } => {
                 let vswitch = self
                     .eni_index(&eni)
-                    .map(|e| self.st.enis[e].vswitch_id.clone());
+                    .map(|e| self.st.enis[e].info.vswitch_id.clone());
                 match (code, vswitch) {
                     (IP_NOT_ENOUGH, Some(v)) => self.block(&v, &failure.message, now),
                     (ENI_FULL, Some(_)) => {
@@ -505,6 +440,8 @@ impl Pool {
                     return;
                 }
                 self.retry_release = retry;
+                // Its IPs are idle again at once (the exclusive pool holds a whole ENI back as
+                // unconfirmed until a reconcile says it is still attached).
                 if let Some(e) = self.eni_index(&eni) {
                     let eni = &mut self.st.enis[e];
                     eni.deleting = false;
@@ -517,43 +454,22 @@ impl Pool {
     }
 
     pub(super) fn block(&mut self, vswitch: &str, message: &str, now: u64) {
-        let reason = if message.trim().is_empty() {
-            format!("The specified VSwitch \"{vswitch}\" has not enough IpAddress.")
-        } else {
-            message.trim().to_string()
-        };
         let until_ms = now.saturating_add(self.cfg.vswitch_backoff_ms);
-        self.st.blocked.retain(|b| b.id != vswitch);
-        self.st.blocked.push(BlockedVSwitch {
-            id: vswitch.to_string(),
-            until_ms,
-            reason,
-        });
+        self.st.blocked.block(vswitch, message, until_ms);
     }
 
     /// When the pool next wants `plan` called (coalesce window end, release cool-down end, back-off end).
     /// A time is reported only until a `plan` at or after it has run, so the loop never spins.
     pub fn next_deadline(&self, now: u64) -> Option<u64> {
-        if self.replan {
-            return Some(now);
-        }
-        let mut times = vec![
+        let retries = [
             self.retry_create,
             self.retry_assign,
             self.retry_release,
             self.eni_limit_until,
         ];
-        if let Some(t) = self.demand_since {
-            times.push(t.saturating_add(self.cfg.coalesce_ms));
-        }
-        if let Some(t) = self.above_max_since {
-            times.push(t.saturating_add(self.cfg.release_after_ms));
-        }
-        times.extend(self.st.blocked.iter().map(|b| b.until_ms));
-        times
-            .into_iter()
-            .filter(|&t| t > 0 && self.last_plan.is_none_or(|p| t > p))
-            .min()
+        let times = retries.into_iter().chain(self.st.blocked.ends());
+        let (coalesce, cool_down) = (self.cfg.coalesce_ms, self.cfg.release_after_ms);
+        self.sched.next_deadline(now, coalesce, cool_down, times)
     }
 
     /// Some(reason) when `waiting` allocations cannot be served by anything in flight or plannable:
@@ -570,8 +486,13 @@ impl Pool {
             .st
             .enis
             .iter()
-            .any(|e| self.room(e) > 0 && !self.is_blocked(&e.vswitch_id, now));
-        let can_create = self.creates_allowed(now) && !self.candidates(now).is_empty();
+            .any(|e| self.room(e) > 0 && !self.st.blocked.is_blocked(&e.info.vswitch_id, now));
+        let can_create = self.creates_allowed(now)
+            && !self
+                .st
+                .blocked
+                .candidates(&self.cfg.vswitches, now)
+                .is_empty();
         if can_assign || can_create {
             return None;
         }
@@ -597,10 +518,7 @@ impl Pool {
             ));
         }
         if self.cfg.vswitches.is_empty() && !any_room {
-            return Some(format!(
-                "no address for {waiting} pod(s): no vSwitch configured for pod ENIs \
-                 (set `vswitches` for the node's zone)"
-            ));
+            return Some(format!("no address for {waiting} pod(s): {NO_VSWITCH}"));
         }
         // Blocked vSwitches stand in the way: quote the cloud for each one.
         let mut relevant: Vec<&str> = Vec::new();
@@ -609,30 +527,10 @@ impl Pool {
         }
         for e in &self.st.enis {
             if self.room(e) > 0 {
-                relevant.push(&e.vswitch_id);
+                relevant.push(&e.info.vswitch_id);
             }
         }
-        let mut parts: Vec<String> = Vec::new();
-        let mut seen: Vec<&str> = Vec::new();
-        for v in relevant {
-            if seen.contains(&v) {
-                continue;
-            }
-            seen.push(v);
-            if let Some(b) = self
-                .st
-                .blocked
-                .iter()
-                .find(|b| b.id == v && b.until_ms > now)
-            {
-                let secs = b.until_ms.saturating_sub(now).div_ceil(1000);
-                parts.push(format!("{} ({} skipped for {secs} s)", b.reason, b.id));
-            }
-        }
-        Some(format!(
-            "no address for {waiting} pod(s): every vSwitch is out of addresses: {}; \
-             add a vSwitch with free addresses to `vswitches`",
-            parts.join("; ")
-        ))
+        let why = self.st.blocked.exhausted(relevant, now);
+        Some(format!("no address for {waiting} pod(s): {why}"))
     }
 }

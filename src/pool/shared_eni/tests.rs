@@ -1,227 +1,9 @@
+//! Fills and releases, coalescing, failures and back-off, vSwitch choice, capacity, bursts and
+//! churn.
+
+use super::sim::*;
 use super::*;
-use std::collections::{BTreeSet, VecDeque};
-
-const AAA: &str = "vsw-AAA";
-const BBB: &str = "vsw-BBB";
-
-fn cfg() -> PoolConfig {
-    PoolConfig {
-        min_idle: 2,
-        max_idle: 5,
-        max_enis: 7,
-        ips_per_eni: 30,
-        batch: 10,
-        coalesce_ms: 20,
-        release_after_ms: 60_000,
-        vswitch_backoff_ms: 300_000,
-        retry_after_ms: 1_000,
-        vswitches: vec![AAA.into(), BBB.into()],
-        vswitch_policy: VSwitchPolicy::Ordered,
-        eni_policy: EniPolicy::MostIps,
-        sticky_ms: 300_000,
-    }
-}
-
-fn key(n: u32) -> AttachKey {
-    AttachKey::new("terway", &format!("c{n}"), "eth0")
-}
-
-fn ip(s: &str) -> Ipv4Addr {
-    s.parse().unwrap()
-}
-
-fn exhausted(vsw: &str) -> CloudFailure {
-    CloudFailure {
-        code: "InvalidVSwitchId.IpNotEnough".into(),
-        message: format!("The specified VSwitch \"{vsw}\" has not enough IpAddress."),
-    }
-}
-
-fn failure(code: &str) -> CloudFailure {
-    CloudFailure {
-        code: code.into(),
-        message: format!("{code} happened"),
-    }
-}
-
-/// A cloud that always succeeds (unless told otherwise) and remembers what it holds.
-#[derive(Default)]
-struct Cloud {
-    next_eni: u32,
-    next_ip: u32,
-    enis: BTreeMap<String, EniFacts>,
-    /// vSwitches that are out of addresses.
-    exhausted: BTreeSet<String>,
-}
-
-impl Cloud {
-    fn fresh_ip(&mut self, vsw: &str) -> Ipv4Addr {
-        self.next_ip += 1;
-        let net: u32 = match vsw {
-            AAA => 0x0a01_0000,
-            BBB => 0x0a02_0000,
-            _ => 0x0a09_0000,
-        };
-        Ipv4Addr::from(net + 10 + self.next_ip)
-    }
-
-    fn facts(&mut self, vsw: &str, secondary: u32) -> EniFacts {
-        self.next_eni += 1;
-        let id = format!("eni-{:03}", self.next_eni);
-        let primary_ip = self.fresh_ip(vsw);
-        let secondary_ips = (0..secondary).map(|_| self.fresh_ip(vsw)).collect();
-        let base = u32::from(primary_ip) & 0xffff_0000;
-        let f = EniFacts {
-            id: id.clone(),
-            mac: format!("00:16:3e:00:00:{:02x}", self.next_eni % 256),
-            vswitch_id: vsw.into(),
-            vswitch_cidr: Ipv4Network::new(Ipv4Addr::from(base), 16).unwrap(),
-            gateway: Ipv4Addr::from(base + 1),
-            primary_ip,
-            secondary_ips,
-        };
-        self.enis.insert(id, f.clone());
-        f
-    }
-
-    fn observed(&self) -> Vec<EniFacts> {
-        self.enis.values().cloned().collect()
-    }
-
-    fn run(&mut self, op: &CloudOp, pool: &Pool) -> CloudOutcome {
-        match op {
-            CloudOp::CreateEni {
-                op,
-                vswitch_id,
-                secondary_count,
-            } => {
-                if self.exhausted.contains(vswitch_id) {
-                    return CloudOutcome::Failed {
-                        op: *op,
-                        failure: exhausted(vswitch_id),
-                    };
-                }
-                let eni = self.facts(vswitch_id, *secondary_count);
-                CloudOutcome::EniCreated { op: *op, eni }
-            }
-            CloudOp::AssignIps { op, eni_id, count } => {
-                let Some(vsw) = self.enis.get(eni_id).map(|e| e.vswitch_id.clone()) else {
-                    return CloudOutcome::Failed {
-                        op: *op,
-                        failure: failure("InvalidEniId.NotFound"),
-                    };
-                };
-                if self.exhausted.contains(&vsw) {
-                    return CloudOutcome::Failed {
-                        op: *op,
-                        failure: exhausted(&vsw),
-                    };
-                }
-                let ips: Vec<Ipv4Addr> = (0..*count).map(|_| self.fresh_ip(&vsw)).collect();
-                let eni = self.enis.get_mut(eni_id).unwrap();
-                eni.secondary_ips.extend(ips.iter().copied());
-                assert!(eni.secondary_ips.len() < pool.cfg.ips_per_eni as usize);
-                CloudOutcome::IpsAssigned {
-                    op: *op,
-                    eni_id: eni_id.clone(),
-                    ips,
-                }
-            }
-            CloudOp::UnassignIps { op, eni_id, ips } => {
-                for i in ips {
-                    assert_no_owner(pool, *i);
-                }
-                let eni = self.enis.get_mut(eni_id).unwrap();
-                assert!(!ips.contains(&eni.primary_ip), "primary IP unassigned");
-                eni.secondary_ips.retain(|i| !ips.contains(i));
-                CloudOutcome::IpsUnassigned {
-                    op: *op,
-                    eni_id: eni_id.clone(),
-                    ips: ips.clone(),
-                }
-            }
-            CloudOp::DeleteEni { op, eni_id } => {
-                if let Some(e) = pool.st.enis.iter().find(|e| &e.id == eni_id) {
-                    assert_eq!(e.owned_count(), 0, "deleting an ENI with owned IPs");
-                }
-                self.enis.remove(eni_id);
-                CloudOutcome::EniDeleted {
-                    op: *op,
-                    eni_id: eni_id.clone(),
-                }
-            }
-        }
-    }
-}
-
-fn assert_no_owner(pool: &Pool, addr: Ipv4Addr) {
-    for e in &pool.st.enis {
-        for i in &e.ips {
-            assert!(
-                !(i.ip == addr && i.owner.is_some()),
-                "owned IP {addr} released"
-            );
-        }
-    }
-}
-
-/// Every IP appears once, has at most one owner, and every owner holds at most one IP.
-fn assert_invariants(pool: &Pool) {
-    let mut ips = BTreeSet::new();
-    let mut owners = BTreeSet::new();
-    for e in &pool.st.enis {
-        assert!(e.ips.len() as u32 <= pool.cfg.ips_per_eni.max(1) + 50);
-        for i in &e.ips {
-            assert!(ips.insert(i.ip), "{} appears twice", i.ip);
-            if let Some(o) = &i.owner {
-                assert!(owners.insert(o.clone()), "{o} owns two IPs");
-            }
-            assert!(
-                !(i.invalid && i.owner.is_none()),
-                "unowned invalid {}",
-                i.ip
-            );
-        }
-    }
-}
-
-/// Runs all `ops` successfully at once.
-fn run_all(pool: &mut Pool, cloud: &mut Cloud, ops: &[CloudOp], now: u64) {
-    for op in ops {
-        let out = cloud.run(op, pool);
-        pool.apply(out, now);
-    }
-}
-
-fn creates(ops: &[CloudOp]) -> Vec<(String, u32)> {
-    ops.iter()
-        .filter_map(|o| match o {
-            CloudOp::CreateEni {
-                vswitch_id,
-                secondary_count,
-                ..
-            } => Some((vswitch_id.clone(), *secondary_count)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn assigns(ops: &[CloudOp]) -> Vec<u32> {
-    ops.iter()
-        .filter_map(|o| match o {
-            CloudOp::AssignIps { count, .. } => Some(*count),
-            _ => None,
-        })
-        .collect()
-}
-
-/// A pool with one ENI from the cloud holding `n` IPs (primary included), all idle.
-fn pool_with_eni(c: PoolConfig, cloud: &mut Cloud, n: u32) -> Pool {
-    let mut pool = Pool::new(c, PoolState::default());
-    cloud.facts(AAA, n - 1);
-    pool.reconcile(&cloud.observed(), 0);
-    pool
-}
+use crate::pool::test_support::*;
 
 #[test]
 fn cold_start_fill_table() {
@@ -296,7 +78,7 @@ fn burst_of_40_creates_in_parallel_then_assigns_in_parallel() {
     }
     assert_eq!(pool.in_use(), 40);
     // Four calls for 40 pods; ready at attach + one assign.
-    assert_eq!(pool.next_op - 1, 4);
+    assert_eq!(pool.flights.next_id() - 1, 4);
     assert_invariants(&pool);
 }
 
@@ -467,113 +249,6 @@ fn failed_release_goes_back_to_idle_with_retry() {
     assert_eq!(pool.plan(1020, 0, 0).len(), 1);
 }
 
-/// xorshift64*: deterministic randomness for the simulations.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-/// The daemon's loop in miniature: ops complete after a delay, waiters are served in order.
-struct Sim {
-    pool: Pool,
-    cloud: Cloud,
-    now: u64,
-    running: Vec<(u64, CloudOp)>,
-    waiters: VecDeque<AttachKey>,
-    pods: Vec<AttachKey>,
-    next_pod: u32,
-    calls: u64,
-    allocations: u64,
-}
-
-impl Sim {
-    fn new(c: PoolConfig) -> Sim {
-        Sim {
-            pool: Pool::new(c, PoolState::default()),
-            cloud: Cloud::default(),
-            now: 0,
-            running: Vec::new(),
-            waiters: VecDeque::new(),
-            pods: Vec::new(),
-            next_pod: 0,
-            calls: 0,
-            allocations: 0,
-        }
-    }
-
-    fn delay(op: &CloudOp) -> u64 {
-        match op {
-            CloudOp::CreateEni { .. } => 2_000,
-            CloudOp::DeleteEni { .. } => 1_500,
-            _ => 300,
-        }
-    }
-
-    fn serve(&mut self) {
-        while let Some(k) = self.waiters.front().cloned() {
-            match self.pool.allocate(&k, "", self.now) {
-                Some(_) => {
-                    self.waiters.pop_front();
-                    self.pods.push(k);
-                    self.allocations += 1;
-                }
-                None => break,
-            }
-        }
-    }
-
-    /// Advance to `until` in 10 ms ticks; with `churn`, pods come and go around `population`.
-    fn run(&mut self, until: u64, rng: &mut Rng, churn: Option<u64>) {
-        while self.now < until {
-            self.now += 10;
-            let now = self.now;
-            let mut event = false;
-            let (done, rest): (Vec<_>, Vec<_>) =
-                self.running.drain(..).partition(|(t, _)| *t <= now);
-            self.running = rest;
-            for (_, op) in done {
-                let out = self.cloud.run(&op, &self.pool);
-                self.pool.apply(out, now);
-                event = true;
-            }
-            // Roughly one pod event per 100 ms.
-            if let Some(population) = churn.filter(|_| rng.below(10) == 0) {
-                event = true;
-                let len = self.pods.len() as u64;
-                let up = len < population / 2 || rng.below(2 * population) > len;
-                if up && self.waiters.len() < 20 {
-                    self.next_pod += 1;
-                    self.waiters.push_back(key(self.next_pod));
-                } else if !self.pods.is_empty() {
-                    let i = rng.below(len) as usize;
-                    let k = self.pods.swap_remove(i);
-                    assert!(self.pool.release(&k, now).is_some());
-                }
-            }
-            self.serve();
-            if self.pool.next_deadline(now).is_some_and(|t| t <= now) || !self.waiters.is_empty() {
-                let ops = self.pool.plan(now, self.waiters.len() as u32, rng.next());
-                event |= !ops.is_empty();
-                self.calls += ops.len() as u64;
-                for op in ops {
-                    self.running.push((now + Sim::delay(&op), op));
-                }
-            }
-            if event {
-                assert_invariants(&self.pool);
-            }
-        }
-    }
-}
-
 #[test]
 fn churn_stays_within_watermarks_with_few_calls() {
     let mut c = cfg();
@@ -621,14 +296,7 @@ fn exhausted_vswitch_is_blocked_and_next_one_used() {
     let ops = pool.plan(20, 1, 0);
     assert_eq!(creates(&ops)[0].0, AAA);
     run_all(&mut pool, &mut cloud, &ops, 100);
-    let snap = pool.snapshot(100);
-    assert_eq!(snap.blocked_vswitches.len(), 1);
-    assert_eq!(snap.blocked_vswitches[0].id, AAA);
-    assert_eq!(snap.blocked_vswitches[0].until_ms, 300_100);
-    assert_eq!(
-        snap.blocked_vswitches[0].reason,
-        "The specified VSwitch \"vsw-AAA\" has not enough IpAddress."
-    );
+    assert_blocked_alone(&pool.snapshot(100).blocked_vswitches, AAA, 300_100);
     assert_eq!(pool.unservable(100, 1), None);
     assert_eq!(pool.next_deadline(100), Some(100));
     let ops = pool.plan(100, 1, 0);
@@ -682,15 +350,7 @@ fn all_blocked_is_unservable_with_each_message_and_reload_fixes_it() {
     let ops = pool.plan(40, 3, 0);
     assert_eq!(creates(&ops)[0].0, BBB);
     run_all(&mut pool, &mut cloud, &ops, 50);
-    let why = pool.unservable(50, 3).unwrap();
-    assert!(
-        why.contains("\"vsw-AAA\" has not enough IpAddress."),
-        "{why}"
-    );
-    assert!(
-        why.contains("\"vsw-BBB\" has not enough IpAddress."),
-        "{why}"
-    );
+    assert_quotes_exhausted(&pool.unservable(50, 3).unwrap(), &[AAA, BBB]);
     // A reload adding a vSwitch with room; the old blocks stay.
     c.vswitches.push("vsw-CCC".into());
     pool.set_config(c);
@@ -705,8 +365,7 @@ fn no_vswitch_configured_is_unservable() {
     let mut c = cfg();
     c.vswitches.clear();
     let pool = Pool::new(c, PoolState::default());
-    let why = pool.unservable(0, 1).unwrap();
-    assert!(why.contains("no vSwitch configured"), "{why}");
+    assert_no_vswitch(pool.unservable(0, 1));
 }
 
 #[test]
@@ -745,16 +404,9 @@ fn failures_retry_after_without_op_storm() {
     let mut now = 0;
     // The cloud throttles every call for 10 s; the daemon plans every 10 ms.
     while now < 10_000 {
-        for op in pool.plan(now, 5, 0) {
-            calls += 1;
-            pool.apply(
-                CloudOutcome::Failed {
-                    op: op.id(),
-                    failure: failure("Throttling.User"),
-                },
-                now,
-            );
-        }
+        let ops = pool.plan(now, 5, 0);
+        calls += ops.len();
+        fail_all(&mut pool, &ops, &failure("Throttling.User"), now);
         assert_eq!(pool.unservable(now, 5), None, "throttling is temporary");
         now += 10;
     }
@@ -770,16 +422,9 @@ fn backoff_is_capped_and_resets_on_success() {
     let mut now = 0;
     let mut tries = Vec::new();
     while now < 3_000_000 {
-        for op in pool.plan(now, 1, 0) {
-            tries.push(now);
-            pool.apply(
-                CloudOutcome::Failed {
-                    op: op.id(),
-                    failure: failure("Forbidden.RAM"),
-                },
-                now,
-            );
-        }
+        let ops = pool.plan(now, 1, 0);
+        tries.extend(std::iter::repeat_n(now, ops.len()));
+        fail_all(&mut pool, &ops, &failure("Forbidden.RAM"), now);
         now += 1_000;
     }
     let gaps: Vec<u64> = tries.windows(2).map(|w| w[1] - w[0]).collect();
@@ -834,238 +479,6 @@ fn eni_limit_and_full_eni() {
     // Second failure in a row: the wait has doubled.
     assert_eq!(pool.next_deadline(41), Some(2040));
     assert_eq!(creates(&pool.plan(2040, 1, 0)).len(), 1);
-}
-
-#[test]
-fn reconcile_lost_adopted_removed() {
-    let mut c = cfg();
-    c.min_idle = 0;
-    c.max_idle = 100;
-    let mut cloud = Cloud::default();
-    let mut pool = pool_with_eni(c, &mut cloud, 4);
-    let f = cloud.observed()[0].clone();
-    let (a, b, d) = (f.secondary_ips[0], f.secondary_ips[1], f.secondary_ips[2]);
-    // key 1 gets `a` (longest idle among equals = lowest address after the primary? force it).
-    for i in &mut pool.st.enis[0].ips {
-        if i.ip == a {
-            i.owner = Some(key(1));
-        }
-    }
-    // The cloud lost `a` and `b`, and has a new `n`; and a second ENI appeared.
-    let n = ip("10.1.9.9");
-    let e = cloud.enis.get_mut(&f.id).unwrap();
-    e.secondary_ips = vec![d, n];
-    let other = cloud.facts(BBB, 2);
-    let rep = pool.reconcile(&cloud.observed(), 100);
-    assert_eq!(rep.lost, vec![(key(1), a)]);
-    assert_eq!(rep.removed_idle, vec![b]);
-    let mut adopted = rep.adopted.clone();
-    adopted.sort();
-    let mut want = vec![n, other.primary_ip];
-    want.extend(other.secondary_ips.iter().copied());
-    want.sort();
-    assert_eq!(adopted, want);
-    // Lost is reported once; the pod still has it (invalid), nobody else gets it.
-    assert!(pool.reconcile(&cloud.observed(), 200).lost.is_empty());
-    assert_eq!(pool.lease_of(&key(1)).unwrap().ip, a);
-    let snap = pool.snapshot(200);
-    assert!(snap.enis[0].ips.iter().any(|i| i.ip == a && i.invalid));
-    let mut given = BTreeSet::new();
-    for k in 10..20 {
-        if let Some(l) = pool.allocate(&key(k), "", 300) {
-            assert_ne!(l.ip, a);
-            assert!(given.insert(l.ip));
-        }
-    }
-    assert_eq!(given.len(), 6);
-    // Released by its pod: dropped, never idle.
-    assert_eq!(pool.release(&key(1), 400).unwrap().ip, a);
-    assert!(!pool.st.enis.iter().any(|e| e.ips.iter().any(|i| i.ip == a)));
-    assert_invariants(&pool);
-}
-
-#[test]
-fn reconcile_missing_eni_and_in_flight_ops() {
-    let mut c = cfg();
-    c.min_idle = 0;
-    c.max_idle = 100;
-    let mut cloud = Cloud::default();
-    let mut pool = pool_with_eni(c, &mut cloud, 3);
-    let l = pool.allocate(&key(1), "", 0).unwrap();
-    // The ENI vanished: idle dropped, the owned one invalid, the ENI no longer counts.
-    cloud.enis.clear();
-    let rep = pool.reconcile(&[], 10);
-    assert_eq!(rep.lost, vec![(key(1), l.ip)]);
-    assert_eq!(rep.removed_idle.len(), 2);
-    assert_eq!(pool.idle(), 0);
-    assert_eq!(pool.in_use(), 1);
-    assert_eq!(pool.eni_count(), 0);
-    assert!(
-        pool.allocate(&key(1), "", 20).is_none(),
-        "re-ADD gets no invalid IP"
-    );
-    assert_eq!(pool.in_use(), 0);
-    assert!(pool.state().enis.is_empty());
-
-    // An assign in flight: the reconcile leaves that ENI alone, and does not adopt unknown ENIs
-    // while a create is in flight.
-    let f = cloud.facts(AAA, 0);
-    pool.reconcile(&cloud.observed(), 30);
-    pool.allocate(&key(2), "", 30).unwrap();
-    pool.plan(30, 1, 0);
-    let ops = pool.plan(50, 1, 0);
-    assert_eq!(assigns(&ops).len(), 1);
-    let extra = ip("10.1.8.8");
-    cloud.enis.get_mut(&f.id).unwrap().secondary_ips.push(extra);
-    let rep = pool.reconcile(&cloud.observed(), 60);
-    assert!(rep.adopted.is_empty() && rep.lost.is_empty());
-    pool.apply(
-        CloudOutcome::IpsAssigned {
-            op: ops[0].id(),
-            eni_id: f.id.clone(),
-            ips: vec![extra],
-        },
-        70,
-    );
-    assert_eq!(pool.idle(), 1);
-    assert_invariants(&pool);
-}
-
-#[test]
-fn random_sequences_never_double_assign_or_release_owned() {
-    for seed in 1..40u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
-        let mut c = cfg();
-        c.min_idle = rng.below(4) as u32;
-        c.max_idle = c.min_idle + rng.below(6) as u32;
-        c.ips_per_eni = 1 + rng.below(6) as u32;
-        c.max_enis = 1 + rng.below(4) as u32;
-        c.batch = 1 + rng.below(4) as u32;
-        c.release_after_ms = rng.below(50);
-        c.coalesce_ms = rng.below(3);
-        let mut pool = Pool::new(c, PoolState::default());
-        let mut cloud = Cloud::default();
-        let mut flying: Vec<CloudOp> = Vec::new();
-        let mut now = 0;
-        for _ in 0..400 {
-            now += rng.below(20);
-            match rng.below(9) {
-                0 | 1 => {
-                    let k = key(rng.below(12) as u32);
-                    let name = format!("ns/p{}", rng.below(4));
-                    if let Some(l) = pool.allocate(&k, &name, now) {
-                        assert_eq!(pool.lease_of(&k), Some(l.clone()));
-                        let snap = pool.snapshot(now);
-                        let held = snap.enis.iter().flat_map(|e| &e.ips).find(|i| i.ip == l.ip);
-                        assert!(held.is_some_and(|i| !i.invalid && i.owner == Some(k.clone())));
-                    }
-                }
-                2 => {
-                    pool.release(&key(rng.below(12) as u32), now);
-                }
-                3 | 4 => {
-                    let ops = pool.plan(now, rng.below(4) as u32, rng.next());
-                    flying.extend(ops);
-                }
-                5 | 6 if !flying.is_empty() => {
-                    let op = flying.swap_remove(rng.below(flying.len() as u64) as usize);
-                    let out = if rng.below(4) == 0 {
-                        let code = [
-                            "Throttling.User",
-                            "InvalidVSwitchId.IpNotEnough",
-                            "QuotaExceeded.PrivateIpAddress",
-                            "EniPerInstanceLimitExceeded",
-                            "InvalidIp.IpUnassigned",
-                        ][rng.below(5) as usize];
-                        CloudOutcome::Failed {
-                            op: op.id(),
-                            failure: failure(code),
-                        }
-                    } else {
-                        cloud.run(&op, &pool)
-                    };
-                    pool.apply(out, now);
-                }
-                7 => {
-                    // The cloud loses a random address now and then.
-                    if rng.below(3) == 0 {
-                        let ids: Vec<String> = cloud.enis.keys().cloned().collect();
-                        if !ids.is_empty() {
-                            let id = &ids[rng.below(ids.len() as u64) as usize];
-                            let e = cloud.enis.get_mut(id).unwrap();
-                            if !e.secondary_ips.is_empty() {
-                                e.secondary_ips.remove(0);
-                            }
-                        }
-                    }
-                    pool.reconcile(&cloud.observed(), now);
-                }
-                _ => {
-                    let _ = pool.unservable(now, rng.below(3) as u32);
-                    let _ = pool.next_deadline(now);
-                }
-            }
-            assert_invariants(&pool);
-            assert!(pool.in_use() + pool.idle() <= pool.capacity().max(1) * 2 + 10);
-            // Nothing invalid is ever idle; nothing releasing is ever owned.
-            for e in &pool.st.enis {
-                for i in &e.ips {
-                    assert!(!(i.releasing && i.owner.is_some()));
-                }
-            }
-        }
-    }
-}
-
-#[test]
-fn serde_round_trip() {
-    let mut c = cfg();
-    c.min_idle = 0;
-    let mut cloud = Cloud::default();
-    let mut pool = pool_with_eni(c.clone(), &mut cloud, 5);
-    pool.allocate(&key(1), "ns/web-0", 10).unwrap();
-    pool.allocate(&key(2), "ns/web-1", 10).unwrap();
-    pool.release(&key(2), 20);
-    pool.block(
-        BBB,
-        "The specified VSwitch \"vsw-BBB\" has not enough IpAddress.",
-        30,
-    );
-    let json = serde_json::to_string(pool.state()).unwrap();
-    let back: PoolState = serde_json::from_str(&json).unwrap();
-    assert_eq!(&back, pool.state());
-    let restored = Pool::new(c, back);
-    assert_eq!(restored.lease_of(&key(1)), pool.lease_of(&key(1)));
-    assert_eq!(restored.snapshot(40), pool.snapshot(40));
-    // An empty or old file (missing fields) still loads.
-    let empty: PoolState = serde_json::from_str("{}").unwrap();
-    assert_eq!(empty, PoolState::default());
-}
-
-#[test]
-fn sticky_ip_for_recreated_pod_and_longest_idle_otherwise() {
-    let mut c = cfg();
-    c.min_idle = 0;
-    c.max_idle = 100;
-    let mut cloud = Cloud::default();
-    let mut pool = pool_with_eni(c, &mut cloud, 5);
-    let web0 = pool.allocate(&key(1), "ns/web-0", 100).unwrap();
-    let other = pool.allocate(&key(2), "ns/x", 100).unwrap();
-    assert_ne!(web0.ip, other.ip);
-    pool.release(&key(1), 200);
-    pool.release(&key(2), 200);
-    // Other pods do not get web-0's address while it is kept for it.
-    for k in 3..6 {
-        let l = pool.allocate(&key(k), "ns/y", 300).unwrap();
-        assert_ne!(l.ip, web0.ip);
-        pool.release(&key(k), 300);
-    }
-    let again = pool.allocate(&key(10), "ns/web-0", 1000).unwrap();
-    assert_eq!(again.ip, web0.ip);
-    pool.release(&key(10), 2000);
-    // After the window it is an ordinary idle IP again: the longest idle goes first.
-    let l = pool.allocate(&key(11), "ns/web-0", 2000 + 300_000).unwrap();
-    assert_ne!(l.ip, web0.ip);
 }
 
 #[test]
@@ -1127,50 +540,10 @@ fn next_deadline_never_spins() {
     let mut c = cfg();
     c.min_idle = 3;
     let mut pool = Pool::new(c, PoolState::default());
-    let mut now = 0;
-    let mut plans = 0;
     // With nothing completing, a loop obeying next_deadline plans only a handful of times.
-    while now < 100_000 {
-        match pool.next_deadline(now) {
-            Some(t) if t <= now => {
-                plans += 1;
-                pool.plan(now, 0, 0);
-            }
-            Some(t) => now = t,
-            None => break,
-        }
-    }
+    let plans = plans_obeying_next_deadline(&mut pool, 100_000);
     assert!(plans <= 3, "{plans}");
     assert_eq!(pool.ops_in_flight(), 1);
-}
-
-#[test]
-fn state_from_a_previous_boot_does_not_freeze_blocks_or_sticky() {
-    let mut c = cfg();
-    c.min_idle = 0;
-    c.max_idle = 100;
-    let mut cloud = Cloud::default();
-    let mut old = pool_with_eni(c.clone(), &mut cloud, 3);
-    let boot = 1_000_000_000;
-    let l = old.allocate(&key(1), "ns/web-0", boot).unwrap();
-    old.release(&key(1), boot);
-    old.block(
-        AAA,
-        "The specified VSwitch \"vsw-AAA\" has not enough IpAddress.",
-        boot,
-    );
-    // New boot: the monotonic clock starts again near 0.
-    let mut pool = Pool::new(c, old.state().clone());
-    pool.plan(10, 0, 0);
-    assert_eq!(pool.snapshot(10).blocked_vswitches[0].until_ms, 300_010);
-    assert_eq!(pool.snapshot(300_010).blocked_vswitches.len(), 0);
-    // Sticky still works within the window, and ends with it.
-    assert_eq!(pool.allocate(&key(2), "ns/web-0", 20).unwrap().ip, l.ip);
-    pool.release(&key(2), 30);
-    assert_ne!(
-        pool.allocate(&key(3), "ns/web-0", 400_000).unwrap().ip,
-        l.ip
-    );
 }
 
 #[test]
