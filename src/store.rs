@@ -35,6 +35,9 @@ pub struct StoredAllocation {
 pub struct VpcPoolState {
     pub pod_cidr: ipnetwork::Ipv4Network,
     pub cursor: Option<Ipv4Addr>,
+    /// Addresses cooling down since (unix ms) they were released.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<(Ipv4Addr, u64)>,
 }
 
 /// Shared ENI mode: the pool and the node facts worth caching across restarts.

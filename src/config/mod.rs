@@ -29,6 +29,8 @@ use std::time::Duration;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/terway/eni.json";
 pub const DEFAULT_SOCKET_PATH: &str = "/run/terway/terway.sock";
 pub const DEFAULT_STATE_PATH: &str = "/var/lib/terway/state.json";
+/// Longer than Linux's conntrack timeouts for closed and idle UDP flows (120 s).
+pub const DEFAULT_IP_COOLDOWN: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Mode {
@@ -118,6 +120,9 @@ pub struct Config {
     pub metadata_endpoint: Option<String>,
     /// How long an allocation is protected from GC and the orphan sweep (its ADD may still run).
     pub orphan_grace_period: Duration,
+    /// A released address is not handed out again for this long unless nothing else is free
+    /// (conntrack entries and neighbours of its old pod must expire first).
+    pub ip_cooldown: Duration,
     /// Every key the file set, known or not: what `notes` reports on.
     pub file_keys: BTreeSet<String>,
 }
@@ -155,6 +160,7 @@ impl Default for Config {
             vpc_endpoint: None,
             metadata_endpoint: None,
             orphan_grace_period: Duration::from_secs(60),
+            ip_cooldown: DEFAULT_IP_COOLDOWN,
             file_keys: BTreeSet::new(),
         }
     }
@@ -398,6 +404,9 @@ impl Config {
         c.metadata_endpoint = p.string("metadata_endpoint");
         if let Some(d) = p.duration("orphan_grace_period") {
             c.orphan_grace_period = d;
+        }
+        if let Some(d) = p.duration("ip_cooldown") {
+            c.ip_cooldown = d;
         }
         // Errors, and the warnings of `validate`.
         let mut found = p.problems;

@@ -91,6 +91,7 @@ pub const KEYS: &[KeySupport] = &[
     used("socket_path", None),
     used("state_path", None),
     used("orphan_grace_period", None),
+    used("ip_cooldown", None),
     row("max_pool_size", NO_POOL, Used, Used, None),
     row("min_pool_size", NO_POOL, Used, Used, None),
     eni("vswitches", Used, Used),

@@ -132,6 +132,7 @@ impl Config {
                 Some(self.orphan_grace_period),
                 Duration::ZERO,
             ),
+            ("ip_cooldown", Some(self.ip_cooldown), Duration::ZERO),
         ] {
             match value {
                 Some(d) if d < min => problem(key, format!("{d:?} is too short: at least {min:?}")),

@@ -364,3 +364,20 @@ fn released_addresses_go_back_to_the_source() {
     let _ = call(&mut c, Request::Release { key: key("a") }, 1);
     assert_eq!(c.source().given_back, [ip(7)]);
 }
+
+#[test]
+fn vpc_addresses_cool_down_unless_nothing_else_is_free() {
+    // A /29 holds 5 pod addresses (.2 to .6); all taken, the round-robin cursor at .6.
+    let mut c = vpc("10.9.0.0/29");
+    for id in ["a", "b", "c", "d", "e"] {
+        let _ = call(&mut c, alloc_req(id), 0);
+    }
+    let _ = call(&mut c, Request::Release { key: key("c") }, 0); // .4: cooled by 200 s
+    let _ = call(&mut c, Request::Release { key: key("a") }, 190_000); // .2: still cooling
+    // Round robin would wrap to .2; it is skipped for the cooled .4.
+    let got = ip_of(&call(&mut c, alloc_req("f"), 200_000).0);
+    assert_eq!(got, Ipv4Addr::new(10, 9, 0, 4));
+    // Only a cooling address is left: it is handed out rather than none.
+    let got = ip_of(&call(&mut c, alloc_req("g"), 200_000).0);
+    assert_eq!(got, Ipv4Addr::new(10, 9, 0, 2));
+}

@@ -416,5 +416,6 @@ fn pool_config(config: &Config, node: &NodeFacts) -> PoolConfig {
         vswitch_policy: config.vswitch_selection_policy,
         eni_policy: config.eni_selection_policy,
         sticky_ms: 300_000,
+        cooldown_ms: config.ip_cooldown.as_millis() as u64,
     }
 }

@@ -17,6 +17,9 @@ use std::net::Ipv4Addr;
 pub struct VpcSource {
     pool: CidrPool,
     used: HashMap<Ipv4Addr, AttachKey>,
+    /// When each address was last given back (unix ms): cooling down.
+    released: HashMap<Ipv4Addr, u64>,
+    cooldown_ms: u64,
     min_pool_size: u32,
     max_pool_size: u32,
 }
@@ -34,6 +37,7 @@ impl VpcSource {
             .map_err(|e| e.context(format!("state file {}", config.state_path.display())))?;
         source.min_pool_size = config.min_pool_size;
         source.max_pool_size = config.max_pool_size;
+        source.cooldown_ms = config.ip_cooldown.as_millis() as u64;
         Ok((source, state.allocations.clone()))
     }
 
@@ -48,6 +52,12 @@ impl VpcSource {
         let mut source = VpcSource {
             pool: CidrPool::new(pod_cidr, cursor),
             used: HashMap::new(),
+            released: state
+                .vpc
+                .as_ref()
+                .map(|v| v.released.iter().copied().collect())
+                .unwrap_or_default(),
+            cooldown_ms: crate::config::DEFAULT_IP_COOLDOWN.as_millis() as u64,
             min_pool_size: 0,
             max_pool_size: 0,
         };
@@ -133,11 +143,22 @@ impl AddressSource for VpcSource {
         0
     }
 
-    fn take(&mut self, _key: &AttachKey, pod: &PodRef, _now: u64) -> Take {
-        let used = &self.used;
-        match self.pool.next(|ip| used.contains_key(&ip)) {
+    fn take(&mut self, key: &AttachKey, pod: &PodRef, now: u64) -> Take {
+        let (used, released) = (&self.used, &self.released);
+        let cooling = |ip: &Ipv4Addr| {
+            released
+                .get(ip)
+                .is_some_and(|t| now.saturating_sub(*t) < self.cooldown_ms)
+        };
+        // Cooled addresses first; one still cooling only when nothing else is free.
+        let ip = self
+            .pool
+            .next(|ip| used.contains_key(&ip) || cooling(&ip))
+            .or_else(|| self.pool.next(|ip| used.contains_key(&ip)));
+        match ip {
             Some(ip) => {
-                self.used.insert(ip, _key.clone());
+                self.used.insert(ip, key.clone());
+                self.released.remove(&ip);
                 Take::Ready(PodAddress::v4(ip, 32, None), Datapath::Veth)
             }
             None => Take::Fail(Error::new(
@@ -151,10 +172,14 @@ impl AddressSource for VpcSource {
         }
     }
 
-    fn give_back(&mut self, alloc: &StoredAllocation, _now: u64) {
+    fn give_back(&mut self, alloc: &StoredAllocation, now: u64) {
         if let Some(ip) = alloc.address.ipv4_addr() {
             self.used.remove(&ip);
+            self.released.insert(ip, now);
         }
+        let cooldown = self.cooldown_ms;
+        self.released
+            .retain(|_, t| now.saturating_sub(*t) < cooldown);
     }
 
     fn current(&self, alloc: &StoredAllocation) -> Current {
@@ -180,9 +205,13 @@ impl AddressSource for VpcSource {
     }
 
     fn write_state(&self, state: &mut State) {
+        let mut released: Vec<(Ipv4Addr, u64)> =
+            self.released.iter().map(|(ip, t)| (*ip, *t)).collect();
+        released.sort();
         state.vpc = Some(VpcPoolState {
             pod_cidr: self.pool.cidr(),
             cursor: self.pool.cursor(),
+            released,
         });
     }
 
@@ -192,6 +221,7 @@ impl AddressSource for VpcSource {
         }
         self.min_pool_size = config.min_pool_size;
         self.max_pool_size = config.max_pool_size;
+        self.cooldown_ms = config.ip_cooldown.as_millis() as u64;
         Ok(())
     }
 

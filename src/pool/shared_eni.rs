@@ -61,6 +61,8 @@ pub struct PoolConfig {
     pub eni_policy: EniPolicy,
     /// An idle IP last held by the same pod name is given back to it within this window.
     pub sticky_ms: u64,
+    /// A released IP goes to another pod only after this long, unless no other is idle.
+    pub cooldown_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -499,13 +501,26 @@ impl Pool {
         })
     }
 
+    /// An idle IP by the ENI policy: one past its cool-down if there is any, else any.
     fn pick_by_policy(&self, now: u64) -> Option<(usize, usize)> {
+        let cooled = |ip: &IpState| now.saturating_sub(ip.since) >= self.cfg.cooldown_ms;
+        self.pick_among(now, cooled)
+            .or_else(|| self.pick_among(now, |_| true))
+    }
+
+    fn pick_among(&self, now: u64, ok: impl Fn(&IpState) -> bool) -> Option<(usize, usize)> {
         let candidates = self
             .st
             .enis
             .iter()
             .enumerate()
-            .map(|(e, eni)| (e, eni.idle_count()))
+            .filter(|(_, eni)| eni.live())
+            .map(|(e, eni)| {
+                (
+                    e,
+                    eni.ips.iter().filter(|ip| ip.is_idle() && ok(ip)).count(),
+                )
+            })
             .filter(|(_, n)| *n > 0);
         let e = match self.cfg.eni_policy {
             // max_by_key returns the last maximum: compare with the index reversed so that ties
@@ -521,7 +536,7 @@ impl Pool {
             .ips
             .iter()
             .enumerate()
-            .filter(|(_, ip)| ip.is_idle())
+            .filter(|(_, ip)| ip.is_idle() && ok(ip))
             .min_by_key(|(_, ip)| (self.sticky_for(ip, now), ip.since, ip.ip))
             .map(|(i, _)| (e, i))
     }

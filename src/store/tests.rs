@@ -380,6 +380,7 @@ mod props {
                 vpc: vpc.map(|(net, prefix, cursor)| VpcPoolState {
                     pod_cidr: ipnetwork::Ipv4Network::new(Ipv4Addr::from(net), prefix).unwrap(),
                     cursor: cursor.map(Ipv4Addr::from),
+                    released: Vec::new(),
                 }),
                 eni: None,
                 exclusive_eni: None,

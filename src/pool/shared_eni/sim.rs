@@ -14,6 +14,7 @@ pub(super) fn cfg() -> PoolConfig {
         ips_per_eni: 30,
         batch: 10,
         eni_policy: EniPolicy::MostIps,
+        cooldown_ms: 0,
     })
 }
 

@@ -279,3 +279,29 @@ fn state_file_format_is_stable() {
     assert_eq!(st.blocked.active(0).len(), 1);
     assert_eq!(serde_json::to_string(&st).unwrap(), json);
 }
+
+#[test]
+fn a_released_ip_cools_down_before_another_pod_gets_it() {
+    let mut c = cfg();
+    c.min_idle = 0;
+    c.max_idle = 100;
+    c.cooldown_ms = 120_000;
+    let mut cloud = Cloud::default();
+    let busy = cloud.facts(AAA, 3); // 4 addresses: the ENI policy's favourite when idle
+    let quiet = cloud.facts(AAA, 0); // 1 address, idle since the start
+    let mut pool = Pool::new(c, PoolState::default());
+    pool.reconcile(&cloud.observed(), 0);
+    let held: Vec<Lease> = (1..=4)
+        .map(|k| pool.allocate(&key(k), "ns/old", 1_000).unwrap())
+        .collect();
+    assert!(held.iter().all(|l| l.eni_id == busy.id), "{held:?}");
+    for k in 1..=4 {
+        pool.release(&key(k), 10_000);
+    }
+    // 121 s in: the four just-released addresses still cool down; the quiet one does not.
+    let first = pool.allocate(&key(10), "ns/new", 121_000).unwrap();
+    assert_eq!(first.eni_id, quiet.id, "a cooled address first");
+    // Nothing else has cooled: a cooling address rather than no address.
+    let second = pool.allocate(&key(11), "ns/new2", 121_000).unwrap();
+    assert_eq!(second.eni_id, busy.id);
+}
