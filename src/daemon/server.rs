@@ -398,9 +398,12 @@ fn serve<M: From<RpcCall>>(slot: Slot, tx: Sender<M>) {
     let (resp, unread) = match read {
         Err(r) => (Err(r.error), r.unread),
         Ok(buf) => {
+            let started = Instant::now();
+            let mut op = None;
             let resp = check_peer(stream)
                 .and_then(|()| decode_request(&buf))
                 .and_then(|req| {
+                    op = Some(req.op());
                     // Counted before the check: the loop, which stops first and then waits for
                     // the count to drop, either sees this request or this thread sees it stop.
                     gate.unanswered.fetch_add(1, SeqCst);
@@ -410,6 +413,10 @@ fn serve<M: From<RpcCall>>(slot: Slot, tx: Sender<M>) {
                         None => dispatch(req, &tx, gate),
                     }
                 });
+            if let Some(op) = op {
+                let failed = resp.as_ref().err().map(|e| e.kind);
+                crate::metrics::global().rpc(op, failed, started.elapsed());
+            }
             (resp, false)
         }
     };
