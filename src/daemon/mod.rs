@@ -9,6 +9,7 @@ pub mod core;
 pub mod eni_ops;
 pub mod eni_source;
 pub mod exclusive_eni;
+pub mod failures;
 pub mod grants;
 pub mod node;
 pub mod notify;
