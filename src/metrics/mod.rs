@@ -226,11 +226,11 @@ impl Metrics {
             ),
             pool_min_idle: gauge(
                 "terway_resource_pool_min_idle",
-                "the pool's low watermark (min_pool_size; 0 in VPC mode)",
+                "the pool's low watermark (min_pool_size; not used in VPC mode)",
             ),
             pool_max_idle: gauge(
                 "terway_resource_pool_max_idle",
-                "the pool's high watermark (max_pool_size; 0 in VPC mode)",
+                "the pool's high watermark (max_pool_size; not used in VPC mode)",
             ),
             eni_count: gauge(
                 "terway_eniip_factory_eni_count",
