@@ -55,7 +55,12 @@ pub struct RpcCall {
 
 /// Binds the socket, refusing to steal it from a daemon that is still running.
 pub fn bind(path: &Path) -> Result<UnixListener> {
-    crate::config::create_parent_dir("socket_path", path)?;
+    bind_as("socket_path", path)
+}
+
+/// [`bind`] for the socket of config key `key` (errors name it).
+pub fn bind_as(key: &str, path: &Path) -> Result<UnixListener> {
+    crate::config::create_parent_dir(key, path)?;
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
             return Err(Error::new(
@@ -71,7 +76,7 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
             return Err(Error::new(
                 Kind::InvalidConfig,
                 format!(
-                    "socket_path {} exists and is not a socket; refusing to replace it",
+                    "{key} {} exists and is not a socket; refusing to replace it",
                     path.display()
                 ),
             ));
