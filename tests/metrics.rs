@@ -269,7 +269,7 @@ fn a_vpc_daemon_serves_its_metrics_on_its_socket_over_tcp_and_to_terway_metrics(
     let (status, _) = in_netns(&node.ns.name, || {
         http(
             &listen,
-            "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            "POST /metrics HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789",
         )
     });
     assert_eq!(status, 405);

@@ -143,6 +143,7 @@ impl OpenApi {
             crate::metrics::global().openapi(
                 action,
                 result.as_ref().err().map(|e| e.code.as_str()),
+                result.as_ref().is_err_and(CloudError::is_throttling),
                 started.elapsed(),
             );
             match result {

@@ -14,6 +14,11 @@ pub const MAX_HEAD: usize = 8 << 10;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// A scrape answer larger than this is refused by the client.
 const MAX_ANSWER: u64 = 64 << 20;
+/// After answering, what the peer still sends (a body, pipelined requests) is read and dropped,
+/// this much at most, within [`DRAIN_TIME`]: closing with unread data would reset the
+/// connection and could destroy the answer before the peer reads it.
+const DRAIN_CAP: usize = 64 << 10;
+const DRAIN_TIME: Duration = Duration::from_millis(500);
 
 /// What a connection asked for, once its head is read.
 #[derive(Debug, PartialEq, Eq)]
@@ -77,6 +82,8 @@ fn read_head(
 /// A stream whose reads and writes can be bounded in time.
 pub trait ReadTimeout: Read + Write {
     fn set_timeout(&mut self, t: Duration);
+    /// Tells the peer the answer is complete.
+    fn shutdown_write(&mut self);
 }
 
 impl ReadTimeout for UnixStream {
@@ -84,12 +91,38 @@ impl ReadTimeout for UnixStream {
         let _ = self.set_read_timeout(Some(t));
         let _ = self.set_write_timeout(Some(t));
     }
+    fn shutdown_write(&mut self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
 }
 
 impl ReadTimeout for std::net::TcpStream {
     fn set_timeout(&mut self, t: Duration) {
         let _ = self.set_read_timeout(Some(t));
         let _ = self.set_write_timeout(Some(t));
+    }
+    fn shutdown_write(&mut self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Reads and drops what the peer still sends, bounded in bytes and time.
+fn drain(stream: &mut impl ReadTimeout) {
+    let deadline = Instant::now() + DRAIN_TIME;
+    let mut chunk = [0u8; 4096];
+    let mut total = 0;
+    while total < DRAIN_CAP {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        stream.set_timeout(left);
+        match stream.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
     }
 }
 
@@ -119,6 +152,8 @@ fn write_answer(stream: &mut impl ReadTimeout, status: u16, content_type: &str, 
         .write_all(head.as_bytes())
         .and_then(|()| stream.write_all(body))
         .and_then(|()| stream.flush());
+    stream.shutdown_write();
+    drain(stream);
 }
 
 /// Serves one connection: reads the request, answers `GET /metrics` with `text()` (called only

@@ -316,8 +316,9 @@ impl Metrics {
             .observe(ms(took));
     }
 
-    /// One OpenAPI exchange of `action`; `code` is the error code when it failed.
-    pub fn openapi(&self, action: &str, code: Option<&str>, took: Duration) {
+    /// One OpenAPI exchange of `action`; `code` is the error code when it failed, `throttled`
+    /// whether that code is a throttling one.
+    pub fn openapi(&self, action: &str, code: Option<&str>, throttled: bool, took: Duration) {
         let error = if code.is_some() { "true" } else { "false" };
         self.openapi_latency
             .with_label_values(&[action, error])
@@ -328,7 +329,7 @@ impl Metrics {
             self.openapi_errors
                 .with_label_values(&[action, &code])
                 .inc();
-            if crate::cloud::codes::is_throttling(&code) {
+            if throttled {
                 self.openapi_throttles.with_label_values(&[action]).inc();
             }
         }

@@ -17,7 +17,12 @@ fn every_family_has_help_and_type() {
     let m = Metrics::new();
     m.set_info("VPC");
     m.rpc("alloc", None, Duration::from_millis(3));
-    m.openapi("DescribeNetworkInterfaces", None, Duration::from_millis(1));
+    m.openapi(
+        "DescribeNetworkInterfaces",
+        None,
+        false,
+        Duration::from_millis(1),
+    );
     m.metadata("meta-data/instance-id", false, Duration::from_millis(1));
     m.set_pool(&PoolSnapshot {
         enis: Some(vec![EniSnapshot::default()]),
@@ -73,15 +78,22 @@ fn values_are_what_was_recorded() {
         Some(crate::Kind::TryAgain),
         Duration::from_millis(40),
     );
-    m.openapi("AssignPrivateIpAddresses", None, Duration::from_millis(2));
+    m.openapi(
+        "AssignPrivateIpAddresses",
+        None,
+        false,
+        Duration::from_millis(2),
+    );
     m.openapi(
         "AssignPrivateIpAddresses",
         Some("Throttling.User"),
+        true,
         Duration::from_millis(2),
     );
     m.openapi(
         "CreateNetworkInterface",
         Some("InvalidVSwitchId.IpNotEnough"),
+        false,
         Duration::from_millis(2),
     );
     m.failed_allocation(reason::VSWITCH_EXHAUSTED);
@@ -220,9 +232,9 @@ fn metadata_paths_become_small_labels() {
 fn free_form_labels_are_bounded() {
     let m = Metrics::new();
     for i in 0..(MAX_FREE_LABELS + 20) {
-        m.openapi("X", Some(&format!("Code{i}")), Duration::ZERO);
+        m.openapi("X", Some(&format!("Code{i}")), false, Duration::ZERO);
     }
-    m.openapi("X", Some("Code\n\"quoted\""), Duration::ZERO);
+    m.openapi("X", Some("Code\n\"quoted\""), false, Duration::ZERO);
     let t = m.encode();
     let codes = t
         .lines()
