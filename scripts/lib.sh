@@ -37,3 +37,21 @@ require_cargo() {
     fi
     command -v cargo >/dev/null || { echo "cargo not found and rustup failed" >&2; exit 1; }
 }
+
+# promtool (Prometheus's own checker; tests/metrics.rs runs `promtool check metrics`), taken out
+# of Debian's prometheus package: installing the package itself would also start a Prometheus
+# server. Goes to /usr/local/bin.
+ensure_promtool() {
+    command -v promtool >/dev/null && return 0
+    echo "==> installing promtool from Debian's prometheus package"
+    local tmp
+    tmp="$(mktemp -d)"
+    chmod 0755 "$tmp"
+    chown _apt "$tmp" 2>/dev/null || true
+    apt-get update -qq
+    (cd "$tmp" && apt-get download -qq prometheus >/dev/null)
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+    install -m 0755 "$tmp/x/usr/bin/promtool" /usr/local/bin/promtool
+    rm -rf "$tmp"
+    promtool --version >/dev/null
+}

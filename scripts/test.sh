@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 require_root
 require_cargo
 ensure_packages iproute2 iputils-ping procps gcc
+ensure_promtool
 # Leftovers of an interrupted earlier run would only confuse the next one.
 for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(tw(node|pod|bench|vpc)|tw-test-|i-tw)' || true); do
     ip netns del "$ns" 2>/dev/null || true

@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod emulate;
+pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod netns;

@@ -4,6 +4,7 @@ pub mod cloud_access;
 pub mod eni;
 pub mod max_pods;
 pub mod metadata;
+pub mod metrics;
 pub mod node_cleanup;
 pub mod table;
 
@@ -46,6 +47,8 @@ pub enum Command {
     /// Show what the instance metadata service says: vSwitch -> ENIs -> IPs, and ENIs that
     /// have no Linux device on this node.
     Metadata(MetadataArgs),
+    /// Print the daemon's Prometheus metrics (what its metrics socket serves on GET /metrics).
+    Metrics(metrics::MetricsArgs),
     /// Maximum pods per node for an instance type, per network mode: from the type's ENI limits
     /// (DescribeInstanceTypes, or this instance's type from metadata) or given figures.
     MaxPods(MaxPodsArgs),
@@ -108,6 +111,7 @@ pub fn main(argv0: &str, mut args: Vec<std::ffi::OsString>) -> ExitCode {
         Command::Daemon(a) => crate::daemon::run(a).map(|_| ExitCode::SUCCESS),
         Command::Mapping(a) => mapping(&a),
         Command::Pool(a) => pool(&a),
+        Command::Metrics(a) => metrics::run(&a),
         Command::MaxPods(a) => max_pods::run(&a),
         Command::Node(node_cleanup::NodeCommand::Cleanup(a)) => node_cleanup::cleanup(&a),
         Command::Eni(eni::EniCommand::List(a)) => eni::list(&a),

@@ -106,6 +106,7 @@ impl Metadata {
             _ => {}
         }
         let url = format!("{}/latest/api/token", self.base);
+        let started = Instant::now();
         let resp = self
             .agent
             .put(&url)
@@ -114,7 +115,10 @@ impl Metadata {
                 TOKEN_TTL_SECS.to_string(),
             )
             .send_empty();
-        let (status, body) = http::read(what, resp)?;
+        let read = http::read(what, resp);
+        let failed = !matches!(&read, Ok((200 | 403..=405, _)));
+        crate::metrics::global().metadata("api/token", failed, started.elapsed());
+        let (status, body) = read?;
         let new = match status {
             200 if !body.trim().is_empty() => Token::Valid(
                 body.trim().to_string(),
@@ -154,7 +158,15 @@ impl Metadata {
             if let Some(t) = &token {
                 req = req.header("X-aliyun-ecs-metadata-token", t);
             }
-            let (status, body) = http::read(what, req.call())?;
+            let started = Instant::now();
+            let read = http::read(what, req.call());
+            let failed = !matches!(&read, Ok((200, _)));
+            crate::metrics::global().metadata(
+                &format!("meta-data/{}", path.trim_start_matches('/')),
+                failed,
+                started.elapsed(),
+            );
+            let (status, body) = read?;
             // 401: the token expired or the service forgot it; one fresh token, then give up.
             if status == 401 && !fresh_token {
                 *self.lock() = Token::Unknown;

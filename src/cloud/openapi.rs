@@ -138,7 +138,15 @@ impl OpenApi {
         loop {
             self.limiter.acquire(action);
             self.count(action);
-            match self.attempt(action, &query) {
+            let started = std::time::Instant::now();
+            let result = self.attempt(action, &query);
+            crate::metrics::global().openapi(
+                action,
+                result.as_ref().err().map(|e| e.code.as_str()),
+                result.as_ref().is_err_and(CloudError::is_throttling),
+                started.elapsed(),
+            );
+            match result {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() && attempt < max => {
                     let delay = self.retry.delay(attempt, http::random_unit());

@@ -23,6 +23,7 @@ use ipnetwork::Ipv4Network;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ pub const DEFAULT_SOCKET_PATH: &str = "/run/terway/terway.sock";
 pub const DEFAULT_STATE_PATH: &str = "/var/lib/terway/state.json";
 /// Longer than Linux's conntrack timeouts for closed and idle UDP flows (120 s).
 pub const DEFAULT_IP_COOLDOWN: Duration = Duration::from_secs(120);
+/// The metrics socket's file name, in the RPC socket's directory unless `metrics_socket` says.
+pub const METRICS_SOCKET_NAME: &str = "metrics.sock";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Mode {
@@ -94,6 +97,10 @@ pub struct Config {
     pub pod_cidr: Option<Ipv4Network>,
     pub socket_path: PathBuf,
     pub state_path: PathBuf,
+    /// Where the metrics are served over HTTP; `None`: `metrics.sock` beside `socket_path`.
+    pub metrics_socket: Option<PathBuf>,
+    /// Also serve the metrics over TCP here.
+    pub metrics_listen: Option<SocketAddr>,
     pub max_pool_size: u32,
     pub min_pool_size: u32,
     pub vswitches: BTreeMap<String, Vec<String>>,
@@ -135,6 +142,8 @@ impl Default for Config {
             pod_cidr: None,
             socket_path: PathBuf::from(DEFAULT_SOCKET_PATH),
             state_path: PathBuf::from(DEFAULT_STATE_PATH),
+            metrics_socket: None,
+            metrics_listen: None,
             max_pool_size: 5,
             min_pool_size: 0,
             vswitches: BTreeMap::new(),
@@ -194,6 +203,13 @@ impl fmt::Display for Problem {
 }
 
 impl Config {
+    /// The metrics socket: `metrics_socket`, or `metrics.sock` beside the RPC socket.
+    pub fn metrics_socket_path(&self) -> PathBuf {
+        self.metrics_socket
+            .clone()
+            .unwrap_or_else(|| self.socket_path.with_file_name(METRICS_SOCKET_NAME))
+    }
+
     /// Reads and validates a config file. The error lists every problem with its key.
     pub fn load(path: &Path) -> Result<Config> {
         let text =
@@ -317,6 +333,8 @@ impl Config {
         if let Some(v) = p.path("state_path") {
             c.state_path = v;
         }
+        c.metrics_socket = p.path("metrics_socket");
+        c.metrics_listen = p.socket_addr("metrics_listen");
         if let Some(v) = p.uint("max_pool_size") {
             c.max_pool_size = v;
         }

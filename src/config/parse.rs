@@ -51,6 +51,21 @@ impl Parser<'_> {
         Some(PathBuf::from(s))
     }
 
+    /// `IP:port`, e.g. `127.0.0.1:9253` or `[::1]:9253`.
+    pub(super) fn socket_addr(&mut self, key: &str) -> Option<std::net::SocketAddr> {
+        let s = self.string(key)?;
+        match s.trim().parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(
+                    key,
+                    format!("invalid address \"{s}\" (expected IP:port, e.g. 127.0.0.1:9253)"),
+                );
+                None
+            }
+        }
+    }
+
     pub(super) fn bool(&mut self, key: &str) -> Option<bool> {
         match self.get(key)? {
             Value::Bool(b) => Some(*b),

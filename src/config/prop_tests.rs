@@ -75,6 +75,8 @@ fn valid_bases() -> Vec<Value> {
         "daemon_mode": "ENIMultiIP",
         "socket_path": "/run/terway/terway.sock",
         "state_path": "/var/lib/terway/state.json",
+        "metrics_socket": "/run/terway/metrics.sock",
+        "metrics_listen": "127.0.0.1:9253",
         "max_pool_size": 5,
         "min_pool_size": "0",
         "vswitches": {"cn-hangzhou-i": ["vsw-1", "vsw-2"]},

@@ -90,6 +90,8 @@ pub const KEYS: &[KeySupport] = &[
     row("pod_cidr", Used, NO_ENI_CIDR, NO_ENI_CIDR, None),
     used("socket_path", None),
     used("state_path", None),
+    used("metrics_socket", None),
+    used("metrics_listen", None),
     used("orphan_grace_period", None),
     used("ip_cooldown", None),
     row("max_pool_size", NO_POOL, Used, Used, None),

@@ -146,12 +146,39 @@ impl Config {
                 _ => {}
             }
         }
+        let mut socket_ok = true;
         for (key, path) in [
             ("state_path", &self.state_path),
             ("socket_path", &self.socket_path),
         ] {
             if let Some(msg) = path_problem(key, path) {
+                socket_ok &= key != "socket_path";
                 problem(key, msg);
+            }
+        }
+        // Beside socket_path unless set: a broken socket_path is reported once, as itself.
+        let metrics = self.metrics_socket_path();
+        if self.metrics_socket.is_some() || socket_ok {
+            if let Some(msg) = path_problem("metrics_socket", &metrics) {
+                let beside = if self.metrics_socket.is_none() {
+                    " (the default, beside socket_path)"
+                } else {
+                    ""
+                };
+                problem("metrics_socket", format!("{msg}{beside}"));
+            } else if metrics == self.socket_path || metrics == self.state_path {
+                problem(
+                    "metrics_socket",
+                    format!(
+                        "{} is the daemon's {} already",
+                        metrics.display(),
+                        if metrics == self.socket_path {
+                            "RPC socket"
+                        } else {
+                            "state file"
+                        }
+                    ),
+                );
             }
         }
         // In VPC mode the key is reported as not used instead.
@@ -197,8 +224,10 @@ fn pod_cidr_problem(c: Ipv4Network) -> Option<String> {
     })
 }
 
-/// Why the daemon could not create or use the file at `path` (`state_path`, `socket_path`).
+/// Why the daemon could not create or use the file at `path` (`state_path`, `socket_path`,
+/// `metrics_socket`).
 fn path_problem(key: &str, path: &Path) -> Option<String> {
+    let socket = key != "state_path";
     let shown = path.display();
     if !path.is_absolute() {
         return Some(format!("\"{shown}\" must be an absolute path"));
@@ -206,7 +235,7 @@ fn path_problem(key: &str, path: &Path) -> Option<String> {
     if path.file_name().is_none() {
         return Some(format!("\"{shown}\" names no file"));
     }
-    if key == "socket_path" && path.as_os_str().len() > MAX_SOCKET_PATH {
+    if socket && path.as_os_str().len() > MAX_SOCKET_PATH {
         return Some(format!(
             "\"{shown}\" is {} bytes long; a unix socket path holds at most {MAX_SOCKET_PATH}",
             path.as_os_str().len()
@@ -221,7 +250,7 @@ fn path_problem(key: &str, path: &Path) -> Option<String> {
     // The state file's own kind (and its companions') the store checks first thing at start.
     // The socket is bound only after the state is saved: say it now.
     let t = std::fs::symlink_metadata(path).ok()?.file_type();
-    (key == "socket_path" && !t.is_socket())
+    (socket && !t.is_socket())
         .then(|| format!("{shown} exists and is not a socket (the daemon would replace it)"))
 }
 
@@ -423,6 +452,54 @@ mod tests {
             d.display()
         );
         assert!(Config::parse(&ok).is_ok());
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn metrics_endpoints() {
+        let c = Config::parse(
+            r#"{"daemon_mode":"VPC","pod_cidr":"10.1.0.0/24","socket_path":"/run/tw/t.sock"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.metrics_socket_path(), Path::new("/run/tw/metrics.sock"));
+        assert_eq!(c.metrics_listen, None);
+        let c = Config::parse(
+            r#"{"daemon_mode":"VPC","pod_cidr":"10.1.0.0/24","metrics_socket":"/run/m.sock",
+                "metrics_listen":"[::1]:9253"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.metrics_socket_path(), Path::new("/run/m.sock"));
+        assert_eq!(c.metrics_listen, Some("[::1]:9253".parse().unwrap()));
+        for bad in ["9253", "localhost:9253", "127.0.0.1", "127.0.0.1:99999", ""] {
+            let p = vpc_error(&format!(r#","metrics_listen":"{bad}""#));
+            assert_eq!(p.key, "metrics_listen", "{bad}");
+            assert!(p.msg.contains("expected IP:port"), "{bad}: {p:?}");
+        }
+        for (bad, says) in [
+            ("metrics.sock", "absolute"),
+            ("/run/terway/terway.sock", "RPC socket already"),
+            ("/var/lib/terway/state.json", "state file already"),
+        ] {
+            let p = vpc_error(&format!(r#","metrics_socket":"{bad}""#));
+            assert_eq!(p.key, "metrics_socket", "{bad}");
+            assert!(p.msg.contains(says), "{bad}: {p:?}");
+        }
+        let long = format!("/run/{}/m.sock", "x".repeat(100));
+        let p = vpc_error(&format!(r#","metrics_socket":"{long}""#));
+        assert!(p.msg.contains("at most 107"), "{p:?}");
+        // The default beside a socket_path whose name is shorter can be too long on its own.
+        let dir = format!("/run/{}", "x".repeat(95));
+        let p = vpc_error(&format!(r#","socket_path":"{dir}/t.sock""#));
+        assert_eq!(p.key, "metrics_socket");
+        assert!(p.msg.contains("beside socket_path"), "{p:?}");
+        // A broken socket_path is reported once, as itself.
+        let p = vpc_error(r#","socket_path":"t.sock""#);
+        assert_eq!(p.key, "socket_path");
+        let d = tmpdir("metrics");
+        let file = d.join("file");
+        std::fs::write(&file, b"").unwrap();
+        let p = vpc_error(&format!(r#","metrics_socket":"{}""#, file.display()));
+        assert!(p.msg.contains("is not a socket"), "{p:?}");
         std::fs::remove_dir_all(d).unwrap();
     }
 

@@ -4,17 +4,21 @@
 //! only after the state is saved, and cloud jobs come out of [`Core::tick`]. No I/O here but
 //! what the source does.
 
+use super::failures;
 use super::grants::{Grants, refused_rollback};
 use super::source::{AddressSource, Allocations, Current, Take};
 use super::sweep::gc_candidates;
 use super::waiters::{Waiter, Waiters};
 use super::workers::Job;
 use crate::config::Config;
+use crate::metrics::{Metrics, outcome, reason};
 use crate::model::{AttachKey, Datapath, PodAddress, PodRef};
 use crate::rpc::{Allocation, Reply, Request, Response, StatusView};
 use crate::store::{State, StoredAllocation};
 use crate::{Error, Kind, Result};
+use std::sync::Arc;
 use std::sync::mpsc::Sender;
+use std::time::Duration;
 
 /// How long an ADD may wait for its source to grow before it fails with code 11.
 pub const WAIT_TIMEOUT_MS: u64 = 60_000;
@@ -49,6 +53,7 @@ pub struct Core<S: AddressSource> {
     waiters: Waiters<Sender<Response>>,
     grants: Grants,
     grace_secs: u64,
+    metrics: Arc<Metrics>,
 }
 
 fn view(a: &StoredAllocation, address: PodAddress, datapath: Datapath) -> Allocation {
@@ -73,7 +78,18 @@ impl<S: AddressSource> Core<S> {
             waiters: Waiters::default(),
             grants: Grants::new(now),
             grace_secs,
+            metrics: crate::metrics::global().clone(),
         }
+    }
+
+    /// Records waits and failures into `metrics` instead of the process's registry.
+    pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = metrics;
+    }
+
+    fn waited(&self, outcome: &str, w: &Waiter<Sender<Response>>, now: u64) {
+        self.metrics
+            .waited(outcome, Duration::from_millis(now.saturating_sub(w.since)));
     }
 
     pub fn source(&self) -> &S {
@@ -89,6 +105,7 @@ impl<S: AddressSource> Core<S> {
             Request::Alloc { key, pod, netns } => self.alloc(key, pod, netns, reply, now, out),
             Request::Release { key } => {
                 if let Some(w) = self.waiters.cancel(&key) {
+                    self.waited(outcome::CANCELLED, &w, now);
                     let _ = w.reply.send(Err(Error::new(
                         Kind::TryAgain,
                         "the pod was deleted while waiting",
@@ -186,20 +203,22 @@ impl<S: AddressSource> Core<S> {
             pod,
             netns,
             reply,
+            since: now,
             deadline: now + WAIT_TIMEOUT_MS,
         };
         // First come, first served: a new pod does not overtake waiting ones.
         if !self.waiters.is_empty() {
-            self.park(w);
+            self.park(w, now);
             return;
         }
-        if let Some(w) = self.try_serve(w, now, out) {
-            self.park(w);
+        if let Some(w) = self.try_serve(w, false, now, out) {
+            self.park(w, now);
         }
     }
 
-    fn park(&mut self, w: Waiter<Sender<Response>>) {
+    fn park(&mut self, w: Waiter<Sender<Response>>, now: u64) {
         if let Some(old) = self.waiters.park(w) {
+            self.waited(outcome::CANCELLED, &old, now);
             let _ = old.reply.send(Err(Error::new(
                 Kind::TryAgain,
                 "superseded by a retried ADD",
@@ -207,15 +226,20 @@ impl<S: AddressSource> Core<S> {
         }
     }
 
-    /// Serves `w` if the source can; gives it back when the source says later.
+    /// Serves `w` if the source can; gives it back when the source says later. `parked`: it
+    /// waited in the queue (its wait is recorded when it ends).
     fn try_serve(
         &mut self,
         w: Waiter<Sender<Response>>,
+        parked: bool,
         now: u64,
         out: &mut Outbox,
     ) -> Option<Waiter<Sender<Response>>> {
         match self.source.take(&w.key, &w.pod, now) {
             Take::Ready(address, datapath) => {
+                if parked {
+                    self.waited(outcome::SERVED, &w, now);
+                }
                 let a = StoredAllocation {
                     key: w.key.clone(),
                     pod: w.pod,
@@ -231,6 +255,11 @@ impl<S: AddressSource> Core<S> {
                 None
             }
             Take::Fail(e) => {
+                self.metrics
+                    .failed_allocation(failures::reason(e.kind, &e.msg));
+                if parked {
+                    self.waited(outcome::FAILED, &w, now);
+                }
                 out.reply(w.reply, Err(e), false);
                 None
             }
@@ -255,27 +284,38 @@ impl<S: AddressSource> Core<S> {
     /// pods are served in order, failed when the source cannot serve them at all, or expired.
     pub fn tick(&mut self, now: u64, out: &mut Outbox) -> Vec<Job<S::Done>> {
         let jobs = self.source.plan(now, self.waiters.len() as u32);
+        self.serve_waiting(now, out);
+        self.metrics.pods_waiting.set(self.waiters.len() as i64);
+        jobs
+    }
+
+    fn serve_waiting(&mut self, now: u64, out: &mut Outbox) {
         while let Some(w) = self.waiters.pop_front() {
-            if let Some(w) = self.try_serve(w, now, out) {
+            if let Some(w) = self.try_serve(w, true, now, out) {
                 self.waiters.push_front(w);
                 break;
             }
         }
         if self.waiters.is_empty() {
-            return jobs;
+            return;
         }
-        if let Some(reason) = self.source.unservable(now, self.waiters.len() as u32) {
-            log::error!("failing {} waiting pod(s): {reason}", self.waiters.len());
+        if let Some(why) = self.source.unservable(now, self.waiters.len() as u32) {
+            log::error!("failing {} waiting pod(s): {why}", self.waiters.len());
+            let counted = failures::reason(Kind::TryAgain, &why);
             for w in self.waiters.drain() {
+                self.metrics.failed_allocation(counted);
+                self.waited(outcome::FAILED, &w, now);
                 let e = Error::new(
                     Kind::TryAgain,
-                    format!("no address for pod {}: {reason}", w.pod),
+                    format!("no address for pod {}: {why}", w.pod),
                 );
                 out.reply(w.reply, Err(e), false);
             }
-            return jobs;
+            return;
         }
         for w in self.waiters.expire(now) {
+            self.metrics.failed_allocation(reason::TIMEOUT);
+            self.waited(outcome::EXPIRED, &w, now);
             let e = Error::new(
                 Kind::TryAgain,
                 format!(
@@ -287,7 +327,6 @@ impl<S: AddressSource> Core<S> {
             );
             out.reply(w.reply, Err(e), false);
         }
-        jobs
     }
 
     pub fn next_deadline(&self, now: u64) -> Option<u64> {

@@ -381,3 +381,80 @@ fn vpc_addresses_cool_down_unless_nothing_else_is_free() {
     let got = ip_of(&call(&mut c, alloc_req("g"), 200_000).0);
     assert_eq!(got, Ipv4Addr::new(10, 9, 0, 2));
 }
+
+#[test]
+fn waits_and_failures_are_counted() {
+    use crate::metrics::Metrics;
+    use std::sync::Arc;
+    let m = Arc::new(Metrics::new());
+    let count = |series: &str| -> f64 {
+        let text = m.encode();
+        text.lines()
+            .find(|l| l.starts_with(&format!("{series} ")))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    let mut c = Core::new(Scripted::default(), Vec::new(), 60, 0);
+    c.set_metrics(m.clone());
+    // a waits 1.5 s and is served; b is still waiting.
+    let _rx = park(&mut c, &["a", "b"], 0);
+    let mut out = Outbox::default();
+    c.tick(0, &mut out);
+    assert_eq!(count("terway_pods_waiting"), 2.0);
+    c.apply(ip(1), 1_500, &mut out);
+    c.tick(1_500, &mut out);
+    assert_eq!(count("terway_pods_waiting"), 1.0);
+    assert_eq!(
+        count(r#"terway_pod_wait_seconds_count{outcome="served"}"#),
+        1.0
+    );
+    assert_eq!(
+        count(r#"terway_pod_wait_seconds_sum{outcome="served"}"#),
+        1.5
+    );
+    // b runs out of time.
+    c.tick(WAIT_TIMEOUT_MS, &mut out);
+    assert_eq!(count("terway_pods_waiting"), 0.0);
+    assert_eq!(
+        count(r#"terway_allocation_failures_total{reason="timeout"}"#),
+        1.0
+    );
+    assert_eq!(
+        count(r#"terway_pod_wait_seconds_count{outcome="expired"}"#),
+        1.0
+    );
+    // Two fail at once on a vSwitch the cloud says is exhausted; a pod served at once is no wait.
+    let _rx = park(&mut c, &["c", "d"], 70_000);
+    c.source.unservable = Some(
+        "no address for 2 pod(s): every vSwitch is out of addresses: The specified VSwitch \
+         \"vsw-1\" has not enough IpAddress. (vsw-1 skipped for 300 s)"
+            .into(),
+    );
+    c.tick(70_100, &mut out);
+    assert_eq!(
+        count(r#"terway_allocation_failures_total{reason="vswitch_exhausted"}"#),
+        2.0
+    );
+    assert_eq!(
+        count(r#"terway_pod_wait_seconds_count{outcome="failed"}"#),
+        2.0
+    );
+    c.source.unservable = None;
+    c.source.free.borrow_mut().push_back(ip(2));
+    let _ = call(&mut c, alloc_req("e"), 80_000);
+    assert_eq!(
+        count(r#"terway_pod_wait_seconds_count{outcome="served"}"#),
+        1.0
+    );
+    // The VPC source's exhausted pod CIDR is a capacity failure.
+    let mut v = vpc("10.9.0.0/30");
+    v.set_metrics(m.clone());
+    let _ = call(&mut v, alloc_req("a"), 7_000);
+    let _ = call(&mut v, alloc_req("b"), 7_000);
+    assert_eq!(
+        count(r#"terway_allocation_failures_total{reason="capacity"}"#),
+        1.0
+    );
+}

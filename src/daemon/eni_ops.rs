@@ -242,6 +242,8 @@ impl EniOps {
                 for eni in list {
                     match self.cloud.ecs.delete_eni(&eni.id) {
                         Ok(()) => {
+                            crate::metrics::global()
+                                .findings(crate::metrics::finding::LEAKED_ENI, 1);
                             log::info!("deleted leaked ENI {} (created, never attached)", eni.id)
                         }
                         Err(e) => log::warn!("delete leaked ENI {}: {e}", eni.id),

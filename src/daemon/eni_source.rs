@@ -126,6 +126,15 @@ pub fn unservable(last: Option<&CloudFailure>, pool_says: Option<String>) -> Opt
         .or(pool_says)
 }
 
+/// A reconcile's findings, counted in `terway_reconcile_findings_total`.
+pub fn count_findings(lost: usize, adopted: usize, removed_idle: usize) {
+    use crate::metrics::finding;
+    let m = crate::metrics::global();
+    m.findings(finding::LOST, lost);
+    m.findings(finding::ADOPTED, adopted);
+    m.findings(finding::REMOVED_IDLE, removed_idle);
+}
+
 /// "; last cloud error: code: message", or nothing.
 pub fn last_error(last: Option<&CloudFailure>) -> String {
     last.map(|f| format!("; last cloud error: {}: {}", f.code, f.message))

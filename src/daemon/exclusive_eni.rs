@@ -5,7 +5,9 @@
 //! delete operations run as jobs on the cloud workers (`eni_ops`).
 
 use super::eni_ops::{DeviceUse, EniOps, NodeFacts};
-use super::eni_source::{EniCommon, blocked_views, last_error, orphaned_owners, unservable};
+use super::eni_source::{
+    EniCommon, blocked_views, count_findings, last_error, orphaned_owners, unservable,
+};
 use super::node::{self, cloud_err};
 use super::source::{AddressSource, Allocations, Current, Take};
 use super::workers::Job;
@@ -77,6 +79,11 @@ impl ExclusiveEniSource {
             .collect();
         ops.delete_leaked_enis();
         let report = pool.reconcile(&observed, now);
+        count_findings(
+            report.lost.len(),
+            report.adopted.len(),
+            report.removed_idle.len(),
+        );
         let mut lost = BTreeSet::new();
         for (key, eni) in &report.lost {
             log::error!(
@@ -240,6 +247,11 @@ impl AddressSource for ExclusiveEniSource {
                     self.pool.set_vswitch_free(&vsw, free);
                 }
                 let report = self.pool.reconcile(&facts, now);
+                count_findings(
+                    report.lost.len(),
+                    report.adopted.len(),
+                    report.removed_idle.len(),
+                );
                 for (key, eni) in report.lost {
                     log::error!("resync: the cloud no longer has ENI {eni} of {key} attached");
                     self.lost.insert(key);

@@ -9,7 +9,9 @@ pub mod core;
 pub mod eni_ops;
 pub mod eni_source;
 pub mod exclusive_eni;
+pub mod failures;
 pub mod grants;
+pub mod metrics_server;
 pub mod node;
 pub mod notify;
 pub mod server;
@@ -120,7 +122,11 @@ fn serve<S: AddressSource>(
     );
     core.write_state(&mut state);
     state.schema = crate::store::SCHEMA;
+    let started = Instant::now();
     store.save(&state)?;
+    crate::metrics::global()
+        .state_save
+        .observe(started.elapsed().as_secs_f64());
     if let Err(e) = crate::sysctl::set("net/ipv4/ip_forward", "1") {
         log::warn!("cannot enable IPv4 forwarding: {e}");
     }
@@ -129,6 +135,11 @@ fn serve<S: AddressSource>(
     let workers = Workers::start(core.source().workers(), move |d| {
         job_tx.send(Msg::Job(d)).is_ok()
     })?;
+    let metrics = crate::metrics::global().clone();
+    metrics.set_info(config.daemon_mode.name());
+    let pool = core.source().metrics(now, core.allocations());
+    metrics.set_pool(&pool);
+    let metrics_socket = metrics_server::start(&config, metrics.clone())?;
     let listener = server::bind(&config.socket_path)?;
     spawn_signal_thread(tx.clone())?;
     let acceptor_tx = tx.clone();
@@ -149,7 +160,7 @@ fn serve<S: AddressSource>(
     );
     let socket_path = config.socket_path.clone();
     let mut notifier = notify::Notifier::from_env();
-    notifier.ready(status_line(&core, now_ms()));
+    notifier.ready(status_line(config.daemon_mode, &pool));
     let mut daemon = Daemon {
         config_path: args.config,
         config,
@@ -160,6 +171,7 @@ fn serve<S: AddressSource>(
         next_sweep: 0,
         gate: gate.clone(),
         notifier,
+        metrics,
     };
     let result = daemon.event_loop(&rx);
     if let Err(e) = &result {
@@ -169,6 +181,7 @@ fn serve<S: AddressSource>(
     drop(daemon);
     finish(&gate, &rx, Instant::now() + STOP_GRACE);
     let _ = std::fs::remove_file(&socket_path);
+    let _ = std::fs::remove_file(&metrics_socket);
     result
 }
 
@@ -243,14 +256,14 @@ struct Daemon<S: AddressSource> {
     next_sweep: u64,
     gate: Arc<server::Gate>,
     notifier: notify::Notifier,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What systemd shows for the daemon: pods served and idle addresses.
-fn status_line<S: AddressSource>(core: &Core<S>, now: u64) -> String {
-    let v = core.source().pool_view(now, core.allocations());
+fn status_line(mode: Mode, pool: &crate::metrics::PoolSnapshot) -> String {
     format!(
-        "{} mode: {} pod(s), {} idle, capacity {}",
-        v.mode, v.in_use, v.idle, v.capacity
+        "{mode} mode: {} pod(s), {} idle, capacity {}",
+        pool.in_use, pool.idle, pool.capacity
     )
 }
 
@@ -317,7 +330,12 @@ impl<S: AddressSource> Daemon<S> {
         let mut fatal = None;
         if out.dirty() || stop.is_some() {
             self.core.write_state(&mut self.state);
-            if let Err(e) = self.store.save(&self.state) {
+            let started = Instant::now();
+            let saved = self.store.save(&self.state);
+            self.metrics
+                .state_save
+                .observe(started.elapsed().as_secs_f64());
+            if let Err(e) = saved {
                 // Fail-stop: what is in memory but not on disk must not be handed out. The
                 // state on disk stays the truth; the restarted daemon reconciles from it. Every
                 // reply of the batch gets the error (a read may show unsaved state), and from
@@ -335,7 +353,10 @@ impl<S: AddressSource> Daemon<S> {
             self.notifier.stopping();
             self.gate.stop(&format!("signal {sig}"));
         } else if out.dirty() && fatal.is_none() {
-            self.notifier.status(status_line(&self.core, now));
+            let pool = self.core.source().metrics(now, self.core.allocations());
+            self.metrics.set_pool(&pool);
+            self.notifier
+                .status(status_line(self.config.daemon_mode, &pool));
         }
         for (tx, resp) in out.replies {
             let _ = tx.send(resp);
@@ -381,14 +402,24 @@ impl<S: AddressSource> Daemon<S> {
         for (what, old, new) in [
             ("socket_path", &self.config.socket_path, &config.socket_path),
             ("state_path", &self.config.state_path, &config.state_path),
+            (
+                "metrics_socket",
+                &self.config.metrics_socket_path(),
+                &config.metrics_socket_path(),
+            ),
         ] {
             if old != new {
                 log::warn!("reload: {what} changes only on restart");
             }
         }
+        if config.metrics_listen != self.config.metrics_listen {
+            log::warn!("reload: metrics_listen changes only on restart");
+        }
         self.config = Config {
             socket_path: self.config.socket_path.clone(),
             state_path: self.config.state_path.clone(),
+            metrics_socket: self.config.metrics_socket.clone(),
+            metrics_listen: self.config.metrics_listen,
             ..config
         };
         log::info!("reload: config {} applied", self.config_path.display());

@@ -55,7 +55,12 @@ pub struct RpcCall {
 
 /// Binds the socket, refusing to steal it from a daemon that is still running.
 pub fn bind(path: &Path) -> Result<UnixListener> {
-    crate::config::create_parent_dir("socket_path", path)?;
+    bind_as("socket_path", path)
+}
+
+/// [`bind`] for the socket of config key `key` (errors name it).
+pub fn bind_as(key: &str, path: &Path) -> Result<UnixListener> {
+    crate::config::create_parent_dir(key, path)?;
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
             return Err(Error::new(
@@ -71,7 +76,7 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
             return Err(Error::new(
                 Kind::InvalidConfig,
                 format!(
-                    "socket_path {} exists and is not a socket; refusing to replace it",
+                    "{key} {} exists and is not a socket; refusing to replace it",
                     path.display()
                 ),
             ));
@@ -398,9 +403,12 @@ fn serve<M: From<RpcCall>>(slot: Slot, tx: Sender<M>) {
     let (resp, unread) = match read {
         Err(r) => (Err(r.error), r.unread),
         Ok(buf) => {
+            let started = Instant::now();
+            let mut op = None;
             let resp = check_peer(stream)
                 .and_then(|()| decode_request(&buf))
                 .and_then(|req| {
+                    op = Some(req.op());
                     // Counted before the check: the loop, which stops first and then waits for
                     // the count to drop, either sees this request or this thread sees it stop.
                     gate.unanswered.fetch_add(1, SeqCst);
@@ -410,6 +418,10 @@ fn serve<M: From<RpcCall>>(slot: Slot, tx: Sender<M>) {
                         None => dispatch(req, &tx, gate),
                     }
                 });
+            if let Some(op) = op {
+                let failed = resp.as_ref().err().map(|e| e.kind);
+                crate::metrics::global().rpc(op, failed, started.elapsed());
+            }
             (resp, false)
         }
     };

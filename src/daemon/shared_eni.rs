@@ -4,7 +4,9 @@
 //! give-backs, the periodic resync, and what `pool` and `mapping` show.
 
 use super::eni_ops::{DeviceUse, EniOps, NodeFacts, WORKERS};
-use super::eni_source::{EniCommon, blocked_views, last_error, orphaned_owners, unservable};
+use super::eni_source::{
+    EniCommon, blocked_views, count_findings, last_error, orphaned_owners, unservable,
+};
 use super::node::{self, cloud_err};
 use super::shared_eni_jobs::{CloudDone, panicked};
 use super::source::{AddressSource, Allocations, Current, Take};
@@ -61,6 +63,11 @@ impl SharedEniSource {
         }
         let facts: Vec<EniFacts> = observed.iter().map(|(f, _)| f.clone()).collect();
         let report = pool.reconcile(&facts, now);
+        count_findings(
+            report.lost.len(),
+            report.adopted.len(),
+            report.removed_idle.len(),
+        );
         let mut lost = BTreeMap::new();
         for (key, ip) in &report.lost {
             log::error!(
@@ -247,6 +254,11 @@ impl AddressSource for SharedEniSource {
                     self.tables.insert(f.id.clone(), *t);
                 }
                 let report = self.pool.reconcile(&facts, now);
+                count_findings(
+                    report.lost.len(),
+                    report.adopted.len(),
+                    report.removed_idle.len(),
+                );
                 for (key, ip) in report.lost {
                     log::error!("resync: the cloud no longer has {ip} of {key}");
                     self.lost.insert(key, ip);

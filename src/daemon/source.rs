@@ -5,6 +5,7 @@
 
 use super::workers::Job;
 use crate::config::{Config, Mode};
+use crate::metrics::{EniSnapshot, PoolSnapshot};
 use crate::model::{AttachKey, Datapath, PodAddress, PodRef};
 use crate::rpc::{MappingRow, PoolView};
 use crate::store::{State, StoredAllocation};
@@ -63,4 +64,31 @@ pub trait AddressSource {
     fn free(&self) -> u64;
     fn pool_view(&self, now: u64, allocs: &Allocations) -> PoolView;
     fn mapping(&self, now: u64, allocs: &Allocations) -> Vec<MappingRow>;
+    /// What the pool gauges show (refreshed after every batch that changed something). By
+    /// default read from [`AddressSource::pool_view`]; a source may answer more cheaply.
+    fn metrics(&self, now: u64, allocs: &Allocations) -> PoolSnapshot {
+        snapshot_of(&self.pool_view(now, allocs))
+    }
+}
+
+/// The gauges' view of a pool view.
+pub fn snapshot_of(v: &PoolView) -> PoolSnapshot {
+    PoolSnapshot {
+        in_use: v.in_use,
+        idle: v.idle,
+        capacity: v.capacity,
+        min_idle: v.min_pool_size,
+        max_idle: v.max_pool_size,
+        enis: v.eni.as_ref().map(|e| {
+            e.enis
+                .iter()
+                .map(|x| EniSnapshot {
+                    id: x.id.clone(),
+                    mac: x.mac.clone(),
+                    addresses: x.addresses,
+                    in_use: x.in_use,
+                })
+                .collect()
+        }),
+    }
 }

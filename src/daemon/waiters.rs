@@ -9,6 +9,8 @@ pub struct Waiter<R> {
     pub pod: PodRef,
     pub netns: String,
     pub reply: R,
+    /// When it was parked, and when it fails if still waiting (unix ms).
+    pub since: u64,
     pub deadline: u64,
 }
 
@@ -87,6 +89,7 @@ mod tests {
             pod: PodRef::default(),
             netns: String::new(),
             reply,
+            since: 0,
             deadline,
         }
     }

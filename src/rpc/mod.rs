@@ -45,6 +45,22 @@ pub enum Request {
     Pool,
 }
 
+impl Request {
+    /// The request's `op` as on the wire (`alloc`, `release`, …): the RPC metrics' `rpc_api`.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Alloc { .. } => "alloc",
+            Request::Release { .. } => "release",
+            Request::Rollback { .. } => "rollback",
+            Request::Get { .. } => "get",
+            Request::Gc { .. } => "gc",
+            Request::Status => "status",
+            Request::Mapping => "mapping",
+            Request::Pool => "pool",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allocation {
     pub key: AttachKey,
@@ -163,3 +179,36 @@ pub enum Reply {
 
 /// What travels back on the wire.
 pub type Response = std::result::Result<Reply, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_names_are_the_wire_names() {
+        let key = AttachKey::new("terway", "c", "eth0");
+        for req in [
+            Request::Alloc {
+                key: key.clone(),
+                pod: PodRef::default(),
+                netns: String::new(),
+            },
+            Request::Release { key: key.clone() },
+            Request::Rollback {
+                key: key.clone(),
+                token: 1,
+            },
+            Request::Get { key: key.clone() },
+            Request::Gc {
+                network: "terway".into(),
+                valid: Vec::new(),
+            },
+            Request::Status,
+            Request::Mapping,
+            Request::Pool,
+        ] {
+            let wire = serde_json::to_value(&req).unwrap();
+            assert_eq!(wire["op"], req.op(), "{req:?}");
+        }
+    }
+}
