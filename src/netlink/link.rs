@@ -340,6 +340,24 @@ impl Netlink {
         }
     }
 
+    /// [`Netlink::create_link`], telling a kernel without that kind of link apart: `Ok(false)`
+    /// when the kernel does not know the kind (`EOPNOTSUPP`, "Unknown device type": its module
+    /// is missing and cannot be loaded), `Ok(true)` when the link was created.
+    pub fn create_link_if_supported(&mut self, spec: &LinkSpec) -> Result<bool> {
+        check_spec(spec)?;
+        match self
+            .sock
+            .request(M::NewLink(link_message(spec)), NLM_F_CREATE | NLM_F_EXCL)
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => Ok(false),
+            Err(e) => {
+                let what = self.describe_spec(spec);
+                Err(e.into_error(format!("create {what}")))
+            }
+        }
+    }
+
     /// `veth tw1 with peer eth0 in netns /run/netns/x`, `macvlan mv0 on eth1 mode bridge`.
     fn describe_spec(&mut self, spec: &LinkSpec) -> String {
         let mut s = format!("{} {}", spec.kind.name(), spec.name);

@@ -64,6 +64,26 @@ impl Netlink {
         }
     }
 
+    /// Deletes the neighbour entry for `ip` on link `index`; one that is not there is success.
+    pub fn del_neigh(&mut self, index: u32, ip: IpAddr) -> Result<()> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = match ip {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        msg.header.ifindex = index;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::from(ip)));
+        match self.sock.request(M::DelNeighbour(msg), 0) {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT | libc::ENODEV)) => Ok(()),
+            Err(e) => {
+                let dev = self.name_of(index);
+                Err(e.into_error(format!("delete neighbour {ip} dev {dev}")))
+            }
+        }
+    }
+
     /// The IPv4 and IPv6 neighbour entries of link `index`.
     pub fn neighs(&mut self, index: u32) -> Result<Vec<Neigh>> {
         let msgs = self
