@@ -127,10 +127,34 @@ pub enum Datapath {
         #[serde(default)]
         host_peer: Option<HostPeer>,
     },
+    /// An ipvlan L2 slave of the ENI (found by `mac`) is the pod's interface (shared ENI mode
+    /// with `eniip_virtual_type: ipvlan`): the pod address with the vSwitch prefix, default
+    /// route via the vSwitch gateway. What `to_node` names goes to the node's own stack
+    /// instead; the node reaches the pod through its own slave of the ENI.
+    Ipvlan {
+        eni_id: String,
+        mac: String,
+        #[serde(default)]
+        to_node: HostPeer,
+    },
 }
 
-/// What the pod routes through its veth to the node in exclusive ENI mode.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+impl Datapath {
+    /// The name the state file and `terway pool` use for it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Datapath::Veth => "veth",
+            Datapath::VethPolicy { .. } => "veth_policy",
+            Datapath::ExclusiveEni { .. } => "exclusive_eni",
+            Datapath::Ipvlan { .. } => "ipvlan",
+        }
+    }
+}
+
+/// What a pod sends to the node's own stack rather than into the VPC: the service CIDR (so
+/// kube-proxy's rules apply) and the node's addresses. Through `veth1` in exclusive ENI mode,
+/// through the ENI's ipvlan to the node in ipvlan mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostPeer {
     #[serde(default)]
     pub service_cidr: Option<ipnetwork::Ipv4Network>,
@@ -156,6 +180,37 @@ mod tests {
         assert!(json.get("ipv6").is_none(), "{json}");
         assert_eq!(serde_json::from_value::<PodAddress>(json).unwrap(), a);
         assert_eq!(PodAddress::default().to_string(), "(no address)");
+    }
+
+    #[test]
+    fn datapaths_are_tagged_by_their_names() {
+        let dp = Datapath::Ipvlan {
+            eni_id: "eni-1".into(),
+            mac: "02:00:00:00:00:01".into(),
+            to_node: HostPeer {
+                service_cidr: Some("10.96.0.0/12".parse().unwrap()),
+                node_ips: vec![Ipv4Addr::new(10, 0, 0, 2)],
+            },
+        };
+        let json = serde_json::to_value(&dp).unwrap();
+        assert_eq!(json["kind"], dp.name());
+        assert_eq!(json["to_node"]["service_cidr"], "10.96.0.0/12");
+        assert_eq!(serde_json::from_value::<Datapath>(json).unwrap(), dp);
+        for dp in [
+            Datapath::Veth,
+            Datapath::VethPolicy {
+                table: 1003,
+                eni_id: "eni-1".into(),
+            },
+        ] {
+            assert_eq!(serde_json::to_value(&dp).unwrap()["kind"], dp.name());
+        }
+        // Written without `to_node` (an older file): nothing routed to the node.
+        let bare: Datapath = serde_json::from_value(
+            serde_json::json!({"kind": "ipvlan", "eni_id": "eni-1", "mac": "02:00:00:00:00:01"}),
+        )
+        .unwrap();
+        assert!(matches!(bare, Datapath::Ipvlan { to_node, .. } if to_node == HostPeer::default()));
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct NodeFacts {
 pub enum DeviceUse {
     /// Shared ENI mode: up, with a route table for its pods' policy routing.
     PolicyTable,
+    /// Shared ENI mode with ipvlan pods: as [`DeviceUse::PolicyTable`] (pods wired with veth
+    /// before keep working) plus the node's ipvlan slave of the ENI.
+    PolicyTableAndIpvlan,
     /// Exclusive ENI mode: it moves into a pod; only its arrival on the node is waited for.
     Exclusive,
 }
@@ -175,7 +178,12 @@ impl EniOps {
     /// where a `fresh` ENI's device is waited for: one held by a pod is not on the node).
     fn ready(&self, facts: &EniFacts, fresh: bool) -> Result<u32> {
         match self.device {
-            DeviceUse::PolicyTable => eni_device::prepare(&facts.id, &facts.mac, facts.gateway),
+            DeviceUse::PolicyTable => {
+                eni_device::prepare(&facts.id, &facts.mac, facts.gateway, false)
+            }
+            DeviceUse::PolicyTableAndIpvlan => {
+                eni_device::prepare(&facts.id, &facts.mac, facts.gateway, true)
+            }
             DeviceUse::Exclusive if fresh => eni_device::wait(&facts.id, &facts.mac).map(|_| 0),
             DeviceUse::Exclusive => Ok(0),
         }

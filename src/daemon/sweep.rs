@@ -1,10 +1,11 @@
 //! The daemon's own clean-up of allocations whose pod is gone: a DEL that ran while the daemon
 //! was down removed the wiring but could not release the address, and not every runtime sends
 //! CNI GC. An allocation is an orphan when it is older than a grace period (its ADD may still
-//! be running), its network namespace no longer exists and its host veth is gone.
+//! be running), its network namespace no longer exists and its host veth is gone (an ipvlan
+//! pod has none: its interface went with its namespace).
 
-use crate::datapath::{host_veth_name, policy};
-use crate::model::AttachKey;
+use crate::datapath::{host_veth_name, ipvlan, policy};
+use crate::model::{AttachKey, Datapath};
 use crate::netlink::Netlink;
 use crate::store::StoredAllocation;
 use std::collections::BTreeSet;
@@ -46,7 +47,8 @@ pub fn gc_candidates<'a>(
         .collect()
 }
 
-/// Finds orphans in this (the node's) namespace and removes their leftover policy rules.
+/// Finds orphans in this (the node's) namespace and removes their leftover policy rules (and,
+/// of ipvlan pods, the node's route and neighbour through the host slave).
 pub fn find(allocs: &[StoredAllocation], now_secs: u64, grace_secs: u64) -> Vec<AttachKey> {
     let mut nl = match Netlink::open() {
         Ok(nl) => nl,
@@ -75,6 +77,11 @@ pub fn find(allocs: &[StoredAllocation], now_secs: u64, grace_secs: u64) -> Vec<
             && let Err(e) = policy::teardown_pod_rules(&mut nl, ip)
         {
             log::warn!("sweep: rules of {ip}: {e}");
+        }
+        if let (Some(ip), Datapath::Ipvlan { .. }) = (a.address.ipv4_addr(), &a.datapath)
+            && let Err(e) = ipvlan::remove_host_side(&mut nl, ip)
+        {
+            log::warn!("sweep: node route of {ip}: {e}");
         }
         log::info!(
             "sweep: releasing {} of {} ({}): its namespace and veth are gone",
@@ -112,6 +119,31 @@ mod tests {
         ];
         let links: BTreeSet<String> = [host_veth_name("alive-veth", "eth0")].into();
         let found = orphans(&allocs, 1000, 60, |p| p.ends_with("alive"), &links);
+        let ids: Vec<&str> = found.iter().map(|k| k.container_id.as_str()).collect();
+        assert_eq!(ids, ["gone"]);
+    }
+
+    #[test]
+    fn an_ipvlan_pod_is_gone_with_its_namespace() {
+        let ipvlan = |id: &str, netns: &str| StoredAllocation {
+            datapath: Datapath::Ipvlan {
+                eni_id: "eni-1".into(),
+                mac: "02:16:3e:00:00:01".into(),
+                to_node: Default::default(),
+            },
+            ..alloc(id, netns, 0)
+        };
+        let allocs = vec![
+            ipvlan("gone", "/run/netns/gone"),
+            ipvlan("alive", "/run/netns/alive"),
+        ];
+        let found = orphans(
+            &allocs,
+            1000,
+            60,
+            |p| p.ends_with("alive"),
+            &BTreeSet::new(),
+        );
         let ids: Vec<&str> = found.iter().map(|k| k.container_id.as_str()).collect();
         assert_eq!(ids, ["gone"]);
     }

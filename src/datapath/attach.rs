@@ -3,6 +3,7 @@
 //! datapath from names, and every teardown touches only what provably belongs to the attachment.
 
 use super::exclusive_eni::{self, EniTeardownSpec, ExclusiveEniSpec, HostVethRef};
+use super::ipvlan::{self, IpvlanSpec, IpvlanTeardown};
 use super::veth::{self, Teardown, VethSpec};
 use super::{POD_GATEWAY, host_veth_alias, host_veth_name, policy};
 use crate::error::{Error, Kind, Result};
@@ -127,6 +128,39 @@ fn eni_spec<'a>(
     })
 }
 
+/// The ipvlan spec from the allocation: the address with its vSwitch prefix and gateway.
+fn ipvlan_spec<'a>(
+    att: &'a Attachment<'a>,
+    address: &PodAddress,
+    mac: &str,
+    to_node: &crate::model::HostPeer,
+    alias: &'a str,
+) -> Result<IpvlanSpec<'a>> {
+    let v4 = address.ipv4.ok_or_else(|| {
+        Error::new(
+            Kind::InvalidConfig,
+            format!("the allocation ({address}) has no IPv4 address"),
+        )
+    })?;
+    let (IpNetwork::V4(ip), Some(IpAddr::V4(gateway))) = (v4.addr, v4.gateway) else {
+        return Err(Error::new(
+            Kind::InvalidConfig,
+            format!("ipvlan address {address} needs an IPv4 gateway"),
+        ));
+    };
+    Ok(IpvlanSpec {
+        netns: att.netns()?,
+        ifname: att.ifname,
+        alias,
+        mac: parse_mac(mac)?,
+        ip,
+        gateway,
+        mtu: att.mtu,
+        service_cidr: to_node.service_cidr,
+        node_ips: to_node.node_ips.clone(),
+    })
+}
+
 /// Builds the attachment's datapath. On failure everything this call created is removed again.
 pub fn setup(att: &Attachment, address: &PodAddress, dp: &Datapath) -> Result<Wired> {
     let names = (att.host_ifname(), att.alias());
@@ -205,6 +239,23 @@ pub fn setup(att: &Attachment, address: &PodAddress, dp: &Datapath) -> Result<Wi
                 }],
             })
         }
+        Datapath::Ipvlan { mac, to_node, .. } => {
+            let spec = ipvlan_spec(att, address, mac, to_node, &names.1)?;
+            let info = ipvlan::setup(&spec)?;
+            Ok(Wired {
+                interfaces: vec![WiredInterface {
+                    name: att.ifname.to_string(),
+                    mac: info.pod_mac,
+                    mtu: info.mtu,
+                    in_pod: true,
+                }],
+                ips: vec![WiredIp {
+                    addr: IpNetwork::V4(spec.ip),
+                    gateway: IpAddr::V4(spec.gateway),
+                    interface: 0,
+                }],
+            })
+        }
     }
 }
 
@@ -223,6 +274,9 @@ pub fn check(att: &Attachment, address: &PodAddress, dp: &Datapath) -> Result<()
         }
         Datapath::ExclusiveEni { mac, host_peer, .. } => {
             exclusive_eni::check(&eni_spec(att, address, mac, host_peer.as_ref(), &names)?)
+        }
+        Datapath::Ipvlan { mac, to_node, .. } => {
+            ipvlan::check(&ipvlan_spec(att, address, mac, to_node, &names.1)?)
         }
     }
 }
@@ -248,6 +302,37 @@ pub fn teardown(att: &Attachment, known: Option<(&PodAddress, &Datapath)>) -> Re
             log::warn!("left the device with MAC {mac} alone: {why}");
         }
         return Ok(());
+    }
+    if let Some((address, Datapath::Ipvlan { .. })) = known {
+        return ipvlan::teardown(&IpvlanTeardown {
+            netns: att.netns,
+            ifname: att.ifname,
+            alias: &alias,
+            ip: address.ipv4_addr(),
+        });
+    }
+    if known.is_none() {
+        // The daemon cannot say: an ipvlan interface of this attachment (its alias) names the
+        // address whose node route and neighbour go with it.
+        let ips = att
+            .netns
+            .map(|ns| ipvlan::pod_ips(ns, att.ifname, &alias))
+            .transpose()
+            .unwrap_or_default()
+            .unwrap_or_default();
+        if !ips.is_empty() {
+            let host = Netlink::open().and_then(|mut nl| {
+                ips.iter()
+                    .try_for_each(|ip| ipvlan::remove_host_side(&mut nl, *ip))
+            });
+            let pod = ipvlan::teardown(&IpvlanTeardown {
+                netns: att.netns,
+                ifname: att.ifname,
+                alias: &alias,
+                ip: None,
+            });
+            return host.and(pod);
+        }
     }
     let ips: Vec<Ipv4Addr> = match known {
         Some((address, _)) => address.ipv4_addr().into_iter().collect(),

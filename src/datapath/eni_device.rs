@@ -1,8 +1,9 @@
 //! Readying an attached ENI's device on the node for shared ENI mode: found by MAC (it appears a
-//! moment after attach), brought up, and given its route table (`policy::prepare_eni_table`).
-//! Runs in the daemon's (the node's) namespace.
+//! moment after attach), brought up, and given its route table (`policy::prepare_eni_table`)
+//! and, for ipvlan pods, its host slave (`ipvlan::prepare_eni`). Runs in the daemon's (the
+//! node's) namespace.
 
-use super::policy;
+use super::{ipvlan, policy};
 use crate::error::{Error, Kind, Result};
 use crate::netlink::{self, Link, Netlink};
 use std::net::Ipv4Addr;
@@ -11,12 +12,19 @@ use std::time::{Duration, Instant};
 /// How long an attached ENI's device may take to appear.
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Finds ENI `eni_id`'s device by `mac`, readies it and returns its route table.
-pub fn prepare(eni_id: &str, mac: &str, gateway: Ipv4Addr) -> Result<u32> {
+/// Finds ENI `eni_id`'s device by `mac`, readies it and returns its route table. With
+/// `host_slave` it also gets the node's ipvlan slave `ipvl_<ifindex>` for ipvlan pods.
+pub fn prepare(eni_id: &str, mac: &str, gateway: Ipv4Addr, host_slave: bool) -> Result<u32> {
     let mut nl = Netlink::open()?;
     let link = wait_in(&mut nl, eni_id, mac)?;
-    policy::prepare_eni_table(&mut nl, link.index, gateway)
-        .map_err(|e| e.context(format!("ENI {eni_id} ({})", link.name)))
+    let ctx = |e: crate::Error| e.context(format!("ENI {eni_id} ({})", link.name));
+    let table = policy::prepare_eni_table(&mut nl, link.index, gateway).map_err(ctx)?;
+    if host_slave {
+        // Read again: preparing the table brought it up.
+        let link = nl.link_by_index(link.index)?.unwrap_or(link.clone());
+        ipvlan::prepare_eni(&mut nl, &link).map_err(ctx)?;
+    }
+    Ok(table)
 }
 
 /// Waits until ENI `eni_id`'s device (by `mac`) is on the node.

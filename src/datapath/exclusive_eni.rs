@@ -203,7 +203,7 @@ impl HostPeer<'_> {
     }
 }
 
-fn unusable(ip: Ipv4Addr) -> bool {
+pub(super) fn unusable(ip: Ipv4Addr) -> bool {
     ip.is_unspecified()
         || ip.is_multicast()
         || ip.is_broadcast()
@@ -359,7 +359,7 @@ fn return_from_pod(
 }
 
 /// `what`: the operation refused, e.g. "wire it".
-fn refuse_node_namespace(ns: &NetNs, what: &str) -> Result<()> {
+pub(super) fn refuse_node_namespace(ns: &NetNs, what: &str) -> Result<()> {
     if ns.is_node_namespace()? {
         return Err(err!(
             Kind::InvalidEnv,
@@ -614,7 +614,7 @@ pub fn check(spec: &ExclusiveEniSpec) -> Result<()> {
     }
 }
 
-fn check_up_mtu(link: &Link, mtu: u32, what: &str, problems: &mut Vec<String>) {
+pub(super) fn check_up_mtu(link: &Link, mtu: u32, what: &str, problems: &mut Vec<String>) {
     if !link.up {
         problems.push(format!("{what} {} is down", link.name));
     }
@@ -627,7 +627,7 @@ fn check_up_mtu(link: &Link, mtu: u32, what: &str, problems: &mut Vec<String>) {
 }
 
 /// Checks that `routes` hold `want` (found by destination); `shown` is how to name it.
-fn check_route(routes: &[Route], want: &Route, shown: &str, problems: &mut Vec<String>) {
+pub(super) fn check_route(routes: &[Route], want: &Route, shown: &str, problems: &mut Vec<String>) {
     match routes.iter().find(|r| r.dst == want.dst) {
         None => problems.push(format!("{shown} is missing")),
         Some(r)

@@ -7,6 +7,7 @@
 pub mod attach;
 pub mod eni_device;
 pub mod exclusive_eni;
+pub mod ipvlan;
 pub mod policy;
 pub mod veth;
 
