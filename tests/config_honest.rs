@@ -155,16 +155,6 @@ fn values_that_would_change_what_pods_get_are_refused() {
             "trunk ENIs are not built yet",
         ),
         (
-            "eniip_virtual_type",
-            json!("ipvlan"),
-            "ipvlan datapath is not built yet: pods would get veth",
-        ),
-        (
-            "eniip_virtual_type",
-            json!("IPVlan"),
-            "ipvlan datapath is not built yet: pods would get veth",
-        ),
-        (
             "enable_ip_prefix",
             json!(true),
             "IPv4 prefixes are not built yet",
@@ -226,6 +216,26 @@ fn values_that_would_change_what_pods_get_are_refused() {
     });
     let (ok, out) = check(&write(&d.0, "fine", &eni_config(&d.0, &fine)), false);
     assert!(ok && out.ends_with(": ok\n"), "{out}");
+}
+
+#[test]
+fn ipvlan_is_used_and_needs_the_service_cidr() {
+    let d = TempDir::new("honest-ipvlan");
+    for t in ["ipvlan", "IPVlan"] {
+        let with = eni_config(
+            &d.0,
+            &json!({"eniip_virtual_type": t, "service_cidr": "172.21.0.0/20"}),
+        );
+        let (ok, out) = check(&write(&d.0, &format!("with-{t}"), &with), false);
+        assert!(ok && out.ends_with(": ok\n"), "{t}: {out}");
+        let without = eni_config(&d.0, &json!({ "eniip_virtual_type": t }));
+        let (ok, out) = check(&write(&d.0, &format!("without-{t}"), &without), false);
+        assert!(!ok, "{t}: {out}");
+        assert!(
+            out.contains("key \"service_cidr\": required with eniip_virtual_type ipvlan"),
+            "{t}: {out}"
+        );
+    }
 }
 
 /// Runs `terway daemon --config cfg`; it must exit within 10 s. Returns (success, stderr).

@@ -61,6 +61,30 @@ impl fmt::Display for Mode {
     }
 }
 
+/// `eniip_virtual_type`: how shared ENI (ENIMultiIP) pods are wired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VirtualType {
+    /// veth pair + policy routing (the default).
+    Veth,
+    /// The pod's interface is an ipvlan L2 slave of the ENI.
+    Ipvlan,
+}
+
+impl VirtualType {
+    pub fn name(self) -> &'static str {
+        match self {
+            VirtualType::Veth => "veth",
+            VirtualType::Ipvlan => "ipvlan",
+        }
+    }
+}
+
+impl fmt::Display for VirtualType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VSwitchPolicy {
     Ordered,
@@ -203,6 +227,14 @@ impl fmt::Display for Problem {
 }
 
 impl Config {
+    /// `eniip_virtual_type` as configured (any case), `veth` when unset.
+    pub fn virtual_type(&self) -> VirtualType {
+        match &self.eniip_virtual_type {
+            Some(t) if t.eq_ignore_ascii_case("ipvlan") => VirtualType::Ipvlan,
+            _ => VirtualType::Veth,
+        }
+    }
+
     /// The metrics socket: `metrics_socket`, or `metrics.sock` beside the RPC socket.
     pub fn metrics_socket_path(&self) -> PathBuf {
         self.metrics_socket

@@ -5,7 +5,7 @@
 
 use super::support::KEYS;
 use super::validate::{MAX_PERIOD, MIN_SYNC_PERIOD};
-use super::{Config, IpStack, Mode};
+use super::{Config, IpStack, Mode, VirtualType};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use std::sync::LazyLock;
@@ -175,9 +175,11 @@ fn holds_the_rules(c: &Config) {
     // Nothing that would silently change what pods get.
     assert_eq!(c.ip_stack, IpStack::Ipv4);
     assert!(!c.enable_eni_trunking);
-    if c.daemon_mode == Mode::EniMultiIp {
-        let t = c.eniip_virtual_type.as_deref().unwrap_or("veth");
-        assert!(t.eq_ignore_ascii_case("veth"), "{t}");
+    if c.daemon_mode == Mode::EniMultiIp && c.virtual_type() == VirtualType::Ipvlan {
+        assert!(
+            c.service_cidr.is_some(),
+            "ipvlan pods need the service CIDR"
+        );
     }
     if c.daemon_mode == Mode::Vpc {
         let cidr = c.pod_cidr.expect("VPC mode has a pod CIDR");

@@ -101,10 +101,11 @@ pub const KEYS: &[KeySupport] = &[
     eni("eni_selection_policy", Used, WHOLE_ENI),
     eni("security_group", Used, Used),
     eni("security_groups", Used, Used),
+    // ENIMultiIP: used by ipvlan pods; with veth pods `validate` reports it as not used.
     row(
         "service_cidr",
         NotInMode("veth pods reach services through the host already"),
-        NotInMode("veth pods reach services through the host already"),
+        Used,
         Used,
         None,
     ),
@@ -141,7 +142,7 @@ pub const KEYS: &[KeySupport] = &[
         NotInMode("pods always get veth and host routes"),
         Used,
         NotInMode("the ENI itself is the pod's eth0"),
-        Some(eniip_virtual_type),
+        None,
     ),
     // Upstream keys beyond the documented eni_conf ones.
     eni(
@@ -310,13 +311,6 @@ fn enable_eni_trunking(v: &Value) -> Result<(), String> {
     Ok(())
 }
 
-fn eniip_virtual_type(v: &Value) -> Result<(), String> {
-    if v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("ipvlan")) {
-        return refused(v, "ipvlan datapath is not built yet: pods would get veth");
-    }
-    Ok(())
-}
-
 fn enable_ip_prefix(v: &Value) -> Result<(), String> {
     match v {
         Value::Bool(false) => Ok(()),
@@ -444,19 +438,27 @@ mod tests {
     }
 
     #[test]
-    fn ipvlan_is_refused_where_the_datapath_is_chosen() {
+    fn ipvlan_is_used_in_shared_eni_mode_with_a_service_cidr() {
         for t in ["veth", "Veth"] {
             assert!(check(ENI, &format!(r#","eniip_virtual_type":"{t}""#)).is_empty());
         }
         for t in ["ipvlan", "IPVlan"] {
+            let extra = format!(r#","eniip_virtual_type":"{t}","service_cidr":"10.96.0.0/12""#);
+            assert!(check(ENI, &extra).is_empty(), "{t}");
+            let c = Config::parse(&format!("{{{ENI}{extra}}}")).unwrap();
+            assert_eq!(c.virtual_type(), crate::config::VirtualType::Ipvlan);
+            // Without the service CIDR ipvlan pods could not reach services at all.
             let p = refusal(ENI, &format!(r#","eniip_virtual_type":"{t}""#));
-            assert_eq!(p.key, "eniip_virtual_type");
+            assert_eq!(p.key, "service_cidr");
             assert!(
-                p.msg
-                    .ends_with("ipvlan datapath is not built yet: pods would get veth"),
+                p.msg.contains("required with eniip_virtual_type ipvlan"),
                 "{p:?}"
             );
         }
+        assert_eq!(
+            Config::default().virtual_type(),
+            crate::config::VirtualType::Veth
+        );
         // VPC pods are veth whatever it says: reported, not refused.
         let p = note(VPC, r#","eniip_virtual_type":"ipvlan""#);
         assert!(p.msg.starts_with("accepted, not used in VPC mode"), "{p:?}");
@@ -490,6 +492,14 @@ mod tests {
             );
         }
         assert_eq!(lookup("service_cidr").unwrap().support(Mode::EniOnly), Used);
+        // ipvlan pods route it to the node.
+        assert!(
+            check(
+                ENI,
+                r#","service_cidr":"172.16.0.0/16","eniip_virtual_type":"ipvlan""#
+            )
+            .is_empty()
+        );
     }
 
     #[test]

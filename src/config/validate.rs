@@ -1,7 +1,7 @@
 //! Values that parse but cannot work. One place, reached through `Config::parse_all` by both
 //! `terway config check` and the daemon (start and SIGHUP reload); every problem names its key.
 
-use super::{Config, Mode, Problem};
+use super::{Config, Mode, Problem, VirtualType};
 use crate::{Error, Kind, Result};
 use ipnetwork::Ipv4Network;
 use std::os::unix::fs::FileTypeExt;
@@ -98,6 +98,17 @@ impl Config {
                 ),
             );
         }
+        if self.daemon_mode == Mode::EniMultiIp
+            && self.virtual_type() == VirtualType::Ipvlan
+            && self.service_cidr.is_none()
+        {
+            problem(
+                "service_cidr",
+                "required with eniip_virtual_type ipvlan: ipvlan pods reach services only \
+                 through their route for this range to the node (e.g. \"172.21.0.0/20\")"
+                    .into(),
+            );
+        }
         if self.daemon_mode == Mode::Vpc {
             match self.pod_cidr {
                 None => problem(
@@ -180,6 +191,18 @@ impl Config {
                     ),
                 );
             }
+        }
+        if self.daemon_mode == Mode::EniMultiIp
+            && self.virtual_type() == VirtualType::Veth
+            && self.service_cidr.is_some()
+        {
+            out.push(Problem {
+                key: "service_cidr".into(),
+                msg: "accepted, not used in ENIMultiIP mode with eniip_virtual_type veth: veth \
+                      pods reach services through the host already"
+                    .into(),
+                warning: true,
+            });
         }
         // In VPC mode the key is reported as not used instead.
         if let Some(d) = self.ip_pool_sync_period
