@@ -234,6 +234,16 @@ pub fn render_pool(v: &PoolView) -> String {
     if let Some(c) = &v.pod_cidr {
         out.push_str(&format!("pod CIDR:   {c}\n"));
     }
+    if let Some(d) = &v.datapath {
+        if d.effective == d.configured {
+            out.push_str(&format!("datapath:   {} (as configured)\n", d.effective));
+        } else {
+            out.push_str(&format!(
+                "datapath:   {} (configured {}: {})\n",
+                d.effective, d.configured, d.reason
+            ));
+        }
+    }
     out.push_str(&format!(
         "in use:     {}\nidle:       {}\ncapacity:   {}\nwatermarks: min_pool_size {}, max_pool_size {}\n",
         v.in_use, v.idle, v.capacity, v.min_pool_size, v.max_pool_size
@@ -345,4 +355,52 @@ fn config_check(file: &std::path::Path, json: bool) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::DatapathView;
+
+    fn view(datapath: Option<DatapathView>) -> PoolView {
+        PoolView {
+            mode: "ENIMultiIP".into(),
+            pod_cidr: None,
+            eni: None,
+            metadata_endpoint: None,
+            instance_id: None,
+            datapath,
+            in_use: 0,
+            idle: 0,
+            capacity: 0,
+            min_pool_size: 0,
+            max_pool_size: 5,
+        }
+    }
+
+    #[test]
+    fn pool_shows_the_configured_and_the_effective_datapath() {
+        let fell_back = render_pool(&view(Some(DatapathView {
+            configured: "ipvlan".into(),
+            effective: "veth".into(),
+            reason: "ipvlan not supported by this kernel: using veth policy routing".into(),
+        })));
+        assert!(
+            fell_back.contains(
+                "datapath:   veth (configured ipvlan: ipvlan not supported by this kernel: \
+                 using veth policy routing)\n"
+            ),
+            "{fell_back}"
+        );
+        let same = render_pool(&view(Some(DatapathView {
+            configured: "ipvlan".into(),
+            effective: "ipvlan".into(),
+            reason: String::new(),
+        })));
+        assert!(
+            same.contains("datapath:   ipvlan (as configured)\n"),
+            "{same}"
+        );
+        assert!(!render_pool(&view(None)).contains("datapath"));
+    }
 }

@@ -336,6 +336,7 @@ impl AddressSource for ExclusiveEniSource {
             })
             .collect();
         PoolView {
+            datapath: None,
             mode: Mode::EniOnly.to_string(),
             pod_cidr: None,
             in_use: u64::from(snap.in_use),

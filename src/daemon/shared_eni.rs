@@ -11,18 +11,80 @@ use super::node::{self, cloud_err};
 use super::shared_eni_jobs::{CloudDone, panicked};
 use super::source::{AddressSource, Allocations, Current, Take};
 use super::workers::Job;
-use crate::config::{Config, Mode};
-use crate::model::{AttachKey, Datapath, PodAddress, PodRef};
+use crate::config::{Config, Mode, VirtualType};
+use crate::model::{AttachKey, Datapath, HostPeer, PodAddress, PodRef};
 use crate::pool::shared_eni::{EniFacts, Lease, Pool, PoolConfig};
-use crate::rpc::{EniIpView, EniPoolView, EniView, MappingRow, PoolView};
+use crate::rpc::{DatapathView, EniIpView, EniPoolView, EniView, MappingRow, PoolView};
 use crate::store::{EniPoolState, State, StoredAllocation};
 use crate::{Error, Kind, Result};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+/// The datapath new pods get: `eniip_virtual_type` as configured, unless the kernel cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatapathChoice {
+    pub configured: VirtualType,
+    pub effective: VirtualType,
+}
+
+/// What the daemon says (once, at start) when it cannot do what the config asks.
+pub const NO_IPVLAN: &str = "ipvlan not supported by this kernel: using veth policy routing";
+
+impl DatapathChoice {
+    /// `kernel_has_ipvlan` is asked only when the config wants ipvlan.
+    pub fn decide(configured: VirtualType, kernel_has_ipvlan: impl FnOnce() -> bool) -> Self {
+        let effective = match configured {
+            VirtualType::Ipvlan if kernel_has_ipvlan() => VirtualType::Ipvlan,
+            _ => VirtualType::Veth,
+        };
+        DatapathChoice {
+            configured,
+            effective,
+        }
+    }
+
+    pub fn fell_back(&self) -> bool {
+        self.configured != self.effective
+    }
+
+    fn view(&self) -> DatapathView {
+        DatapathView {
+            configured: self.configured.to_string(),
+            effective: self.effective.to_string(),
+            reason: if self.fell_back() {
+                NO_IPVLAN.to_string()
+            } else {
+                String::new()
+            },
+        }
+    }
+}
+
+/// How one allocation is wired: with veth and policy routing, or as an ipvlan of its ENI
+/// (routing these to the node).
+#[derive(Debug, Clone, Copy)]
+enum Wiring<'a> {
+    Veth,
+    Ipvlan(&'a HostPeer),
+}
+
+impl<'a> Wiring<'a> {
+    /// As the allocation was wired: a pod keeps its datapath whatever the config says now.
+    fn recorded(dp: &'a Datapath) -> Wiring<'a> {
+        match dp {
+            Datapath::Ipvlan { to_node, .. } => Wiring::Ipvlan(to_node),
+            _ => Wiring::Veth,
+        }
+    }
+}
+
 pub struct SharedEniSource {
     pool: Pool,
     common: EniCommon,
+    /// The datapath new pods get.
+    datapath: DatapathChoice,
+    /// What new ipvlan pods route to the node: the service CIDR and the node's address.
+    to_node: HostPeer,
     /// Route table per ENI id, prepared when its device appeared.
     tables: BTreeMap<String, u32>,
     /// Pods whose address the cloud lost (reported in mapping until they release it).
@@ -40,7 +102,31 @@ impl SharedEniSource {
             .as_ref()
             .and_then(|e| Some((e.instance_type.as_str(), e.limits?)));
         let limits = node::limits(&cloud, &info, cached)?;
-        let ops = EniOps::new(DeviceUse::PolicyTable, config, info, cloud, limits)?;
+        let datapath = DatapathChoice::decide(config.virtual_type(), || {
+            crate::datapath::ipvlan::probe().unwrap_or_else(|e| {
+                log::warn!("could not tell whether this kernel has ipvlan: {e}");
+                false
+            })
+        });
+        if datapath.fell_back() {
+            log::warn!("{NO_IPVLAN}");
+        }
+        let (device, node_ips) = match datapath.effective {
+            VirtualType::Ipvlan => {
+                let ip = cloud
+                    .meta
+                    .eni(&info.primary_mac)
+                    .map(|m| m.primary_ip)
+                    .map_err(|e| cloud_err("metadata: the node's primary address", e))?;
+                (DeviceUse::PolicyTableAndIpvlan, vec![ip])
+            }
+            VirtualType::Veth => (DeviceUse::PolicyTable, Vec::new()),
+        };
+        let to_node = HostPeer {
+            service_cidr: config.service_cidr,
+            node_ips,
+        };
+        let ops = EniOps::new(device, config, info, cloud, limits)?;
         let now = crate::clock::now_ms();
         let common = EniCommon::new(ops, config, now);
         let (node, ops) = (common.node.clone(), common.ops.clone());
@@ -110,38 +196,54 @@ impl SharedEniSource {
         }
         let tables: BTreeMap<String, u32> =
             observed.iter().map(|(f, t)| (f.id.clone(), *t)).collect();
-        // Allocations carry the datapath as wired now (a migrated file had no tables).
-        let allocs = allocs
+        // Allocations carry the datapath they were wired with, as it stands now (a migrated
+        // file had no tables; an ENI's table follows its ifindex).
+        let allocs: Vec<StoredAllocation> = allocs
             .into_iter()
             .map(|mut a| {
                 if let Some(l) = pool.lease_of(&a.key) {
-                    a.datapath = Datapath::VethPolicy {
-                        table: tables.get(&l.eni_id).copied().unwrap_or(0),
-                        eni_id: l.eni_id,
-                    };
+                    let table = tables.get(&l.eni_id).copied().unwrap_or(0);
+                    let (address, datapath) = wire_lease(&l, table, Wiring::recorded(&a.datapath));
+                    a.address = address;
+                    a.datapath = datapath;
                 }
                 a
             })
             .collect();
+        let ipvlan_pods = allocs
+            .iter()
+            .filter(|a| matches!(a.datapath, Datapath::Ipvlan { .. }))
+            .count();
         log::info!(
-            "shared ENI mode on {} ({}, zone {}): {} secondary ENI(s), capacity {} pods",
+            "shared ENI mode on {} ({}, zone {}): {} secondary ENI(s), capacity {} pods; new pods \
+             get {} ({} of {} pod(s) wired with ipvlan)",
             node.info.instance_id,
             node.info.instance_type,
             node.info.zone_id,
             facts.len(),
-            pool.capacity()
+            pool.capacity(),
+            datapath.effective,
+            ipvlan_pods,
+            allocs.len()
         );
         let source = SharedEniSource {
             pool,
             common,
+            datapath,
+            to_node,
             tables,
             lost,
         };
         Ok((source, allocs))
     }
 
-    /// The address and datapath of a lease; an ENI without a route table cannot be wired yet.
-    fn wiring(&self, lease: &Lease) -> std::result::Result<(PodAddress, Datapath), Error> {
+    /// The address and datapath of a lease; an ENI whose device has not been readied (no
+    /// route table yet) cannot be wired yet.
+    fn wiring(
+        &self,
+        lease: &Lease,
+        how: Wiring,
+    ) -> std::result::Result<(PodAddress, Datapath), Error> {
         let Some(table) = self.tables.get(&lease.eni_id) else {
             return Err(Error::new(
                 Kind::TryAgain,
@@ -151,13 +253,37 @@ impl SharedEniSource {
                 ),
             ));
         };
-        Ok((
+        Ok(wire_lease(lease, *table, how))
+    }
+
+    /// How new pods are wired.
+    fn new_wiring(&self) -> Wiring<'_> {
+        match self.datapath.effective {
+            VirtualType::Ipvlan => Wiring::Ipvlan(&self.to_node),
+            VirtualType::Veth => Wiring::Veth,
+        }
+    }
+}
+
+/// The address and datapath of `lease` on an ENI with route table `table`: a /32 behind a
+/// veth, or the address with its vSwitch prefix and gateway on an ipvlan of the ENI.
+fn wire_lease(lease: &Lease, table: u32, how: Wiring) -> (PodAddress, Datapath) {
+    match how {
+        Wiring::Veth => (
             PodAddress::v4(lease.ip, 32, None),
             Datapath::VethPolicy {
-                table: *table,
+                table,
                 eni_id: lease.eni_id.clone(),
             },
-        ))
+        ),
+        Wiring::Ipvlan(to_node) => (
+            PodAddress::v4(lease.ip, lease.vswitch_cidr.prefix(), Some(lease.gateway)),
+            Datapath::Ipvlan {
+                eni_id: lease.eni_id.clone(),
+                mac: lease.mac.clone(),
+                to_node: to_node.clone(),
+            },
+        ),
     }
 }
 
@@ -177,7 +303,7 @@ impl AddressSource for SharedEniSource {
         let Some(lease) = self.pool.allocate(key, &pod.to_string(), now) else {
             return Take::Later;
         };
-        match self.wiring(&lease) {
+        match self.wiring(&lease, self.new_wiring()) {
             Ok((address, datapath)) => Take::Ready(address, datapath),
             Err(e) => {
                 self.pool.release(key, now);
@@ -197,7 +323,7 @@ impl AddressSource for SharedEniSource {
         }
         match self.pool.lease_of(&alloc.key) {
             None => Current::Lost,
-            Some(lease) => match self.wiring(&lease) {
+            Some(lease) => match self.wiring(&lease, Wiring::recorded(&alloc.datapath)) {
                 Ok((address, datapath)) => Current::Valid(address, datapath),
                 Err(e) => Current::NotReady(e),
             },
@@ -306,6 +432,15 @@ impl AddressSource for SharedEniSource {
     fn reload(&mut self, config: &Config) -> Result<()> {
         let node = self.common.reload(config, "ENIMultiIP")?;
         self.pool.set_config(pool_config(config, &node));
+        // New ipvlan pods route the new service CIDR to the node; wired ones keep theirs.
+        self.to_node.service_cidr = config.service_cidr;
+        if config.virtual_type() != self.datapath.configured {
+            log::warn!(
+                "reload: eniip_virtual_type {} takes effect at the next start; new pods still get {}",
+                config.virtual_type(),
+                self.datapath.effective
+            );
+        }
         log::info!(
             "reload: vSwitches {:?}, watermarks min {} max {}",
             node.vswitches,
@@ -368,6 +503,7 @@ impl AddressSource for SharedEniSource {
             }),
             metadata_endpoint: Some(self.common.ops.metadata_endpoint().to_string()),
             instance_id: Some(self.common.node.info.instance_id.clone()),
+            datapath: Some(self.datapath.view()),
         }
     }
 
@@ -429,5 +565,89 @@ fn pool_config(config: &Config, node: &NodeFacts) -> PoolConfig {
         eni_policy: config.eni_selection_policy,
         sticky_ms: 300_000,
         cooldown_ms: config.ip_cooldown.as_millis() as u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease() -> Lease {
+        Lease {
+            eni_id: "eni-1".into(),
+            mac: "02:16:3e:00:00:01".into(),
+            ip: "172.16.0.10".parse().unwrap(),
+            gateway: "172.16.0.253".parse().unwrap(),
+            vswitch_cidr: "172.16.0.0/24".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_kernel_is_asked_only_when_ipvlan_is_configured() {
+        let veth = DatapathChoice::decide(VirtualType::Veth, || panic!("not asked"));
+        assert_eq!(veth.effective, VirtualType::Veth);
+        assert!(!veth.fell_back());
+        assert_eq!(veth.view().reason, "");
+        let yes = DatapathChoice::decide(VirtualType::Ipvlan, || true);
+        assert_eq!(yes.effective, VirtualType::Ipvlan);
+        assert!(!yes.fell_back());
+        let no = DatapathChoice::decide(VirtualType::Ipvlan, || false);
+        assert_eq!(no.effective, VirtualType::Veth);
+        assert!(no.fell_back());
+        let v = no.view();
+        assert_eq!(
+            (v.configured.as_str(), v.effective.as_str()),
+            ("ipvlan", "veth")
+        );
+        assert_eq!(v.reason, NO_IPVLAN);
+    }
+
+    #[test]
+    fn leases_are_wired_as_asked() {
+        let (addr, dp) = wire_lease(&lease(), 1003, Wiring::Veth);
+        assert_eq!(addr, PodAddress::v4(lease().ip, 32, None));
+        assert_eq!(
+            dp,
+            Datapath::VethPolicy {
+                table: 1003,
+                eni_id: "eni-1".into()
+            }
+        );
+        let to_node = HostPeer {
+            service_cidr: Some("10.96.0.0/12".parse().unwrap()),
+            node_ips: vec!["172.16.0.5".parse().unwrap()],
+        };
+        let (addr, dp) = wire_lease(&lease(), 1003, Wiring::Ipvlan(&to_node));
+        assert_eq!(
+            addr,
+            PodAddress::v4(lease().ip, 24, Some(lease().gateway)),
+            "the vSwitch prefix and gateway"
+        );
+        assert_eq!(
+            dp,
+            Datapath::Ipvlan {
+                eni_id: "eni-1".into(),
+                mac: "02:16:3e:00:00:01".into(),
+                to_node: to_node.clone()
+            }
+        );
+    }
+
+    #[test]
+    fn a_pod_keeps_the_datapath_it_was_wired_with() {
+        let to_node = HostPeer::default();
+        let ipvlan = Datapath::Ipvlan {
+            eni_id: "eni-1".into(),
+            mac: "02:16:3e:00:00:01".into(),
+            to_node,
+        };
+        assert!(matches!(Wiring::recorded(&ipvlan), Wiring::Ipvlan(_)));
+        let veth = Datapath::VethPolicy {
+            table: 1003,
+            eni_id: "eni-1".into(),
+        };
+        assert!(matches!(Wiring::recorded(&veth), Wiring::Veth));
+        // A migrated schema-1 allocation says veth.
+        assert!(matches!(Wiring::recorded(&Datapath::Veth), Wiring::Veth));
     }
 }

@@ -231,6 +231,7 @@ impl AddressSource for VpcSource {
 
     fn pool_view(&self, _now: u64, allocs: &Allocations) -> PoolView {
         PoolView {
+            datapath: None,
             mode: Mode::Vpc.to_string(),
             pod_cidr: Some(self.pool.cidr().to_string()),
             eni: None,

@@ -108,11 +108,26 @@ pub struct PoolView {
     pub metadata_endpoint: Option<String>,
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// Shared ENI mode: how pods are wired, as configured and as this node does it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath: Option<DatapathView>,
     pub in_use: u64,
     pub idle: u64,
     pub capacity: u64,
     pub min_pool_size: u32,
     pub max_pool_size: u32,
+}
+
+/// The datapath of new pods: `eniip_virtual_type` as configured and what the node does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatapathView {
+    /// As configured: `veth` or `ipvlan`.
+    pub configured: String,
+    /// What new pods get: `ipvlan`, or `veth` (policy routing) when the kernel has no ipvlan.
+    pub effective: String,
+    /// Why they differ; empty when they do not.
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// The ENIs of an ENI mode, as `terway pool` shows them.
