@@ -6,12 +6,18 @@
 //! wired with across daemon restarts and config changes (it is recorded with the allocation).
 
 mod common;
+#[path = "common/netns_util.rs"]
+mod netns_util;
 
 use common::cloud::{Cloud, CloudSpec, EniNode};
 use common::*;
+use netns_util::TestNs;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use terway::datapath::ipvlan::{self, IpvlanSpec, IpvlanTeardown};
+use terway::netns::NetNs;
 
 const NO_IPVLAN: &str = "ipvlan not supported by this kernel: using veth policy routing";
 const SERVICE_CIDR: &str = "10.96.0.0/12";
@@ -299,4 +305,123 @@ fn a_veth_pod_keeps_veth_when_the_node_switches_to_ipvlan() {
     a.cni("DEL", "old", &p0.path()).assert_ok();
     a.cni("DEL", "new", &p1.path()).assert_ok();
     assert!(recorded_kinds(&a).is_empty());
+}
+
+const LAB_MAC: [u8; 6] = [0x02, 0x00, 0x0a, 0xf1, 0x00, 0x0a];
+const LAB_POD_IP: &str = "10.241.0.10";
+const LAB_GW: &str = "10.241.0.253";
+const LAB_NODE_IP: &str = "10.241.9.1";
+
+/// Runs `f` with the lab pod's ipvlan spec on a thread inside `node`.
+fn with_lab_spec<T: Send + 'static>(
+    node: &TestNs,
+    pod: PathBuf,
+    f: impl FnOnce(&IpvlanSpec) -> terway::Result<T> + Send + 'static,
+) -> terway::Result<T> {
+    node.run(move || {
+        let ns = NetNs::open(&pod)?;
+        f(&IpvlanSpec {
+            netns: &ns,
+            ifname: "eth0",
+            alias: "terway:lab",
+            mac: LAB_MAC,
+            ip: format!("{LAB_POD_IP}/24").parse().unwrap(),
+            gateway: LAB_GW.parse().unwrap(),
+            mtu: 1500,
+            service_cidr: Some(SERVICE_CIDR.parse().unwrap()),
+            node_ips: vec![LAB_NODE_IP.parse().unwrap()],
+        })
+    })
+}
+
+/// The datapath itself in throwaway namespaces: a node with an emulated ENI (a veth whose far
+/// end, in a "vpc" namespace, holds the vSwitch gateway). Without ipvlan in the kernel setup
+/// fails, names ipvlan and leaves nothing behind; with it the pod reaches the gateway, its node
+/// and a service address in the node's stack, the node reaches the pod, and teardown leaves
+/// nothing of the pod on the node. Either way a node route that is not through a host slave is
+/// never removed.
+#[test]
+fn the_ipvlan_datapath_in_namespaces() {
+    netns_util::require_root_and_tools();
+    let has_ipvlan = kernel_has_ipvlan();
+    let node = TestNs::new("ipvnode").with_node_addr(&format!("{LAB_NODE_IP}/32"));
+    node.ip(&format!("addr add {SERVICE_IP}/32 dev lo"));
+    let vpc = TestNs::new("ipvvpc");
+    node.ip(&format!(
+        "link add eth1 address 02:00:0a:f1:00:0a type veth peer name vpc0 netns {}",
+        vpc.name
+    ));
+    vpc.ip("link set lo up");
+    vpc.ip(&format!("addr add {LAB_GW}/24 dev vpc0"));
+    vpc.ip("link set vpc0 up");
+    let pod = TestNs::new("ipvpod");
+    pod.ip("link set lo up");
+
+    let setup = with_lab_spec(&node, pod.path(), ipvlan::setup);
+    let pod_links = || pod.ip("-o link show").lines().count();
+    if !has_ipvlan {
+        let e = setup.expect_err("no ipvlan in this kernel");
+        assert!(e.msg.contains("ipvlan"), "{}", e.msg);
+        assert_eq!(pod_links(), 1, "only lo in the pod: {}", pod.ip("link"));
+        assert!(
+            !node.ip("-d link show").contains("ipvl_"),
+            "{}",
+            node.ip("link")
+        );
+        assert!(
+            node.ip(&format!("route show {LAB_POD_IP}"))
+                .trim()
+                .is_empty()
+        );
+    } else {
+        let info = setup.expect("setup");
+        assert!(info.host_slave.starts_with("ipvl_"), "{info:?}");
+        with_lab_spec(&node, pod.path(), ipvlan::check).expect("check");
+        assert!(pod.ip("-d link show eth0").contains("ipvlan"));
+        assert!(pod.ping(LAB_GW), "pod -> vSwitch gateway through the ENI");
+        assert!(vpc.ping(LAB_POD_IP), "VPC -> pod");
+        assert!(pod.ping(LAB_NODE_IP), "pod -> its node");
+        assert!(
+            pod.ping(SERVICE_IP),
+            "pod -> service address in the node's stack"
+        );
+        assert!(node.ping(LAB_POD_IP), "node -> pod");
+        for _ in 0..2 {
+            let pod_path = pod.path();
+            node.run(move || {
+                let ns = NetNs::open(&pod_path)?;
+                ipvlan::teardown(&IpvlanTeardown {
+                    netns: Some(&ns),
+                    ifname: "eth0",
+                    alias: "terway:lab",
+                    ip: Some(LAB_POD_IP.parse().unwrap()),
+                })
+            })
+            .expect("teardown, twice");
+        }
+        assert_eq!(pod_links(), 1, "only lo in the pod: {}", pod.ip("link"));
+        assert!(
+            node.ip(&format!("route show {LAB_POD_IP}"))
+                .trim()
+                .is_empty()
+        );
+        assert!(
+            node.ip(&format!("neigh show {LAB_POD_IP}"))
+                .trim()
+                .is_empty()
+        );
+    }
+    // Not through a host slave: not the ipvlan datapath's, left alone.
+    node.ip("link set eth1 up");
+    node.ip("route add 10.241.0.77/32 dev eth1");
+    node.run(|| {
+        let mut nl = terway::netlink::Netlink::open()?;
+        ipvlan::remove_host_side(&mut nl, "10.241.0.77".parse().unwrap())
+    })
+    .expect("remove_host_side");
+    assert!(
+        node.ip("route show 10.241.0.77").contains("dev eth1"),
+        "{}",
+        node.ip("route")
+    );
 }
