@@ -22,6 +22,20 @@
 //! would work: a pod's ARP answer to the node would reach the node on the ENI, not on the
 //! slave that asked), and nothing needs tc.
 //!
+//! Why a route in the pod rather than a tc redirect on the ENI: routes and neighbours are all
+//! it takes (no cls/act modules on the node, no per-ENI filter list to keep in step with the
+//! service CIDR), they are per pod, so CHECK verifies them and they go with the pod, and a
+//! reload's new service CIDR reaches new pods without touching running ones. A redirect of
+//! the ENI's egress would also have to rewrite the destination MAC (the pod addressed the VPC
+//! gateway), or the node's stack drops the frame as not its own.
+//!
+//! ipvlan pods get no policy rules: the node forwards only what a pod sent to it (service
+//! traffic after kube-proxy's DNAT), and that leaves by the main table, where masquerading to
+//! the node's address works. Without masquerading a service backend elsewhere answers the pod
+//! directly: ipvlan delivers the answer to the pod before the node's conntrack could undo the
+//! DNAT (upstream Terway pairs ipvlan with Cilium for this); kube-proxy needs
+//! `--masquerade-all` for services backed by pods.
+//!
 //! Host-side work happens in the calling thread's namespace (the node's).
 
 use super::exclusive_eni::{check_route, check_up_mtu, refuse_node_namespace, unusable};
