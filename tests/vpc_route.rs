@@ -148,7 +148,8 @@ fn daemons_route_their_pod_cidrs_and_repair_a_removed_route() {
     assert!(
         text.contains(&format!(
             "VPC route:  {CIDR_A} -> Instance {ia} in route table {table}"
-        )) && text.contains("route:      present: rte-"),
+        )) && text.contains("route:      present: rte-")
+            && text.contains(" (Available), checked "),
         "{text}"
     );
 

@@ -161,8 +161,9 @@ pub fn pick_table(vswitch_table: &str, tables: &[RouteTableInfo], vswitch: &str)
 pub enum Ensured {
     /// The entry was there.
     Present { entry_id: String, status: String },
-    /// It was missing and is created now.
-    Created { entry_id: String },
+    /// It was missing and is created now; `status` as the cloud shows it right after
+    /// (`Creating` while the asynchronous create runs).
+    Created { entry_id: String, status: String },
     /// Another owner; nothing was changed.
     Conflict(String),
 }
@@ -242,13 +243,31 @@ impl RouteClient {
         }
         let token = format!("terway-{}", crate::cloud::http::nonce());
         match self.create(cidr, &token) {
-            Ok(entry_id) => Ok(Ensured::Created { entry_id }),
+            Ok(entry_id) => {
+                let status = self.status_of(cidr, &entry_id);
+                Ok(Ensured::Created { entry_id, status })
+            }
             // Someone made it between our look and our create: what is there now?
             Err(e) if codes::is_route_duplicate(&e.code) => {
                 settled(decide(&self.entries()?, cidr, &self.instance_id)).ok_or(e)
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The status of a just-created entry (`Creating` when the look fails).
+    fn status_of(&self, cidr: Ipv4Network, entry_id: &str) -> String {
+        let filter = RouteEntryFilter {
+            destination: Some(cidr.to_string()),
+            ..RouteEntryFilter::default()
+        };
+        self.ecs
+            .describe_route_entries(&self.table_id, &filter)
+            .ok()
+            .and_then(|l| l.into_iter().find(|e| e.id == entry_id))
+            .map(|e| e.status)
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "Creating".into())
     }
 
     /// CreateRouteEntry, again (same ClientToken) while the table is busy with another change.
@@ -402,7 +421,7 @@ impl RouteKeeper {
                 "VPC route entry {cidr} -> {} in {table} is there ({entry_id}, {status})",
                 client.instance_id
             ),
-            Ensured::Created { entry_id } => log::info!(
+            Ensured::Created { entry_id, .. } => log::info!(
                 "created the VPC route entry {cidr} -> {} in {table} ({entry_id})",
                 client.instance_id
             ),
@@ -417,9 +436,9 @@ impl RouteKeeper {
                 entry_id: entry_id.clone(),
                 status: status.clone(),
             },
-            Ensured::Created { entry_id } => Found::Present {
+            Ensured::Created { entry_id, status } => Found::Present {
                 entry_id: entry_id.clone(),
-                status: "Creating".into(),
+                status: status.clone(),
             },
             Ensured::Conflict(m) => Found::Conflict(m.clone()),
         };
@@ -458,7 +477,7 @@ impl RouteKeeper {
                             "the VPC route entry {cidr} -> {me} in {table} is fine again ({entry_id})"
                         );
                     }
-                    Ensured::Created { entry_id } => {
+                    Ensured::Created { entry_id, .. } => {
                         self.repairs += 1;
                         log::warn!(
                             "the VPC route entry {cidr} -> {me} was missing from {table}: created it again ({entry_id})"

@@ -198,6 +198,7 @@ fn keeper(every: &str) -> RouteKeeper {
     .unwrap();
     let first = Ensured::Created {
         entry_id: "rte-1".into(),
+        status: "Creating".into(),
     };
     RouteKeeper::new(client, &config, cidr("10.244.1.0/24"), &first, 1_000)
 }
@@ -244,13 +245,14 @@ fn the_keeper_counts_repairs_and_reports_conflicts_and_errors() {
             "10.244.1.0/24",
             Ok(Ensured::Created {
                 entry_id: "rte-2".into(),
+                status: "Available".into(),
             }),
         ),
         2_100,
     );
     let v = k.view(2_100);
     assert_eq!((v.state.as_str(), v.repairs), ("present", 1));
-    assert_eq!(v.detail, "rte-2 (Creating)");
+    assert_eq!(v.detail, "rte-2 (Available)");
     assert!(k.plan(3_100).is_some());
     k.apply(
         done(
@@ -307,6 +309,7 @@ fn a_new_pod_cidr_is_checked_at_once_and_the_old_entry_goes() {
     assert_eq!(k.stale, Some(cidr("10.244.1.0/24")));
     let created = Ensured::Created {
         entry_id: "rte-9".into(),
+        status: "Creating".into(),
     };
     k.apply(
         RouteDone {
