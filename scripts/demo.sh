@@ -85,33 +85,61 @@ print_pods() {
 }
 
 if [ "$MODE" = vpc ]; then
-    NODE_IP=192.168.250.1
-    POD_CIDR=10.244.1.0/24
-    echo "==> node namespace $VPC_NODE (node address $NODE_IP, pod CIDR $POD_CIDR)"
-    ip netns add "$VPC_NODE"
-    ip -n "$VPC_NODE" link set lo up
-    ip -n "$VPC_NODE" addr add "$NODE_IP/32" dev lo
-    cat > "$WORK/eni.json" <<JSON
-{"version": "1", "daemon_mode": "VPC", "pod_cidr": "$POD_CIDR",
- "socket_path": "$WORK/terway.sock", "state_path": "$WORK/state.json"}
-JSON
-    "$BIN" config check "$WORK/eni.json"
-    start_daemon "$VPC_NODE" "$WORK/eni.json" "$WORK/terway.sock" "$WORK/daemon.log"
-    echo "==> CNI ADD for three pods"
-    for i in 1 2 3; do add_pod "twdemo-web-$i" "$VPC_NODE" "$WORK/terway.sock"; done
+    # VPC mode on the emulated VPC: each node owns a pod CIDR, and its daemon keeps the VPC
+    # route entry "pod CIDR -> this instance" itself (vpc_route): no hand-made routes.
+    echo "==> terway emulate --netns: a VPC with two ECS instances in network namespaces"
+    "$BIN" emulate --netns --vpc-netns twdemo-vpc --listen 127.0.0.1:0 \
+        --node-configs "$WORK/nodes" >"$WORK/emulate.out" 2>"$WORK/emulate.log" &
+    EMU_PID=$!
+    for _ in $(seq 100); do [ "$(ls "$WORK"/nodes/*.json 2>/dev/null | wc -l)" -ge 2 ] && break; sleep 0.1; done
+    if [ "$(ls "$WORK"/nodes/*.json 2>/dev/null | wc -l)" -lt 2 ]; then
+        echo "the emulator did not start:"; cat "$WORK/emulate.log"; exit 1
+    fi
+    sed 's/^/    /' "$WORK/emulate.out"
+    mapfile -t NODES < <(ls "$WORK"/nodes/*.json | xargs -n1 basename | sed 's/\.json$//')
+    declare -A CIDR
+    i=1
+    for n in "${NODES[@]}"; do
+        CIDR[$n]=10.244.$i.0/24
+        # The emulator writes shared-ENI configs (one key a line): VPC mode instead.
+        sed -i "s#\"daemon_mode\": \"ENIMultiIP\",#\"daemon_mode\": \"VPC\", \"pod_cidr\": \"${CIDR[$n]}\", \"vpc_route\": true,#" \
+            "$WORK/nodes/$n.json"
+        grep -q '"vpc_route": true' "$WORK/nodes/$n.json" || { echo "cannot edit $WORK/nodes/$n.json"; exit 1; }
+        echo "==> $n: pod CIDR ${CIDR[$n]}, the daemon keeps its VPC route entry (vpc_route: true)"
+        i=$((i + 1))
+    done
+    for n in "${NODES[@]}"; do
+        start_daemon "$n" "$WORK/nodes/$n.json" "$WORK/nodes/$n/terway.sock" "$WORK/daemon-$n.log"
+        grep -h "VPC route entry" "$WORK/daemon-$n.log" | sed 's/^.*\] /    /'
+    done
+    echo "==> CNI ADD for four replicas of Deployment \"web\", spread over both nodes"
+    i=0
+    for suffix in 7f9c2 b4kx8 m2q5z x8h3d; do
+        n=${NODES[$((i % 2))]}
+        add_pod "twdemo-web-$suffix" "$n" "$WORK/nodes/$n/terway.sock"
+        i=$((i + 1))
+    done
     print_pods
-    echo "==> inside web-1:"
-    ip -n twdemo-web-1 -4 addr show eth0 | sed 's/^/    /'
-    ip -n twdemo-web-1 route | sed 's/^/    /'
-    echo "==> pings"
-    ping_from twdemo-web-1 "${IP[twdemo-web-2]}" "web-1 -> web-2 (${IP[twdemo-web-2]})"
-    ping_from twdemo-web-2 "${IP[twdemo-web-3]}" "web-2 -> web-3 (${IP[twdemo-web-3]})"
-    ping_from twdemo-web-3 "$NODE_IP" "web-3 -> node ($NODE_IP)"
-    ping_from "$VPC_NODE" "${IP[twdemo-web-1]}" "node -> web-1 (${IP[twdemo-web-1]})"
-    echo "==> terway mapping"
-    "$BIN" mapping --socket "$WORK/terway.sock"
-    echo "==> terway pool"
-    "$BIN" pool --socket "$WORK/terway.sock"
+    echo "==> inside ${PODS[0]#twdemo-} (on ${NODE[${PODS[0]}]}):"
+    ip -n "${PODS[0]}" -4 addr show eth0 | sed 's/^/    /'
+    ip -n "${PODS[0]}" route | sed 's/^/    /'
+    echo "==> the VPC router: each pod CIDR goes to its node (route entries the daemons made)"
+    ip -n twdemo-vpc route | grep '^10\.244\.' | sed 's/^/    /'
+    echo "==> pings across the VPC"
+    for j in 0 1; do
+        a=${PODS[$j]} b=${PODS[$((j + 1))]}
+        ping_from "$a" "${IP[$b]}" "${a#twdemo-} (${NODE[$a]}) -> ${b#twdemo-} (${NODE[$b]}) ${IP[$b]}"
+    done
+    ping_from "${PODS[3]}" "${IP[${PODS[0]}]}" "${PODS[3]#twdemo-} (${NODE[${PODS[3]}]}) -> ${PODS[0]#twdemo-} (${NODE[${PODS[0]}]}) ${IP[${PODS[0]}]}"
+    node_ip=$(ip -n "${NODES[1]}" -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1)
+    ping_from "${PODS[0]}" "$node_ip" "${PODS[0]#twdemo-} -> node ${NODES[1]} ($node_ip)"
+    ping_from "${NODES[1]}" "${IP[${PODS[0]}]}" "node ${NODES[1]} -> ${PODS[0]#twdemo-} (${IP[${PODS[0]}]})"
+    echo "==> terway mapping on ${NODES[0]}"
+    "$BIN" mapping --socket "$WORK/nodes/${NODES[0]}/terway.sock"
+    for n in "${NODES[@]}"; do
+        echo "==> terway pool on $n"
+        "$BIN" pool --socket "$WORK/nodes/$n/terway.sock"
+    done
 else
     echo "==> terway emulate --netns: a VPC with two ECS instances in network namespaces"
     "$BIN" emulate --netns --vpc-netns twdemo-vpc --listen 127.0.0.1:0 \
