@@ -755,6 +755,68 @@ fn routes_and_vswitches() {
     let e = &v["RouteEntrys"]["RouteEntry"][0];
     assert_eq!(e["RouteEntryId"], rte.as_str());
     assert_eq!(e["NextHops"]["NextHop"][0]["NextHopId"], A);
+    // A named entry; the next hop filters (as the cloud controller manager uses them).
+    emu.ok(
+        "CreateRouteEntry",
+        &[
+            ("RouteTableId", &rt),
+            ("DestinationCidrBlock", "10.102.0.0/24"),
+            ("NextHopType", "Instance"),
+            ("NextHopId", B),
+            ("RouteEntryName", "terway-b"),
+        ],
+    );
+    let of = |hop: &str| -> Vec<String> {
+        let v = emu.ok(
+            "DescribeRouteEntryList",
+            &[
+                ("RouteTableId", &rt),
+                ("NextHopType", "Instance"),
+                ("NextHopId", hop),
+            ],
+        );
+        v["RouteEntrys"]["RouteEntry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| format!("{} {}", e["DestinationCidrBlock"], e["RouteEntryName"]))
+            .collect()
+    };
+    assert_eq!(of(A), ["\"10.100.0.0/24\" \"\""]);
+    assert_eq!(of(B), ["\"10.102.0.0/24\" \"terway-b\""]);
+    emu.ok(
+        "DeleteRouteEntry",
+        &[
+            ("RouteTableId", &rt),
+            ("DestinationCidrBlock", "10.102.0.0/24"),
+            ("NextHopId", B),
+        ],
+    );
+    assert!(of(B).is_empty());
+    // The VPC's route tables: its system table, used by every vSwitch.
+    let vpc = vs["VpcId"].as_str().unwrap();
+    let v = emu.ok("DescribeRouteTableList", &[("VpcId", vpc)]);
+    assert_eq!(v["TotalCount"], 1);
+    let t = &v["RouterTableList"]["RouterTableListType"][0];
+    assert_eq!(t["RouteTableId"], rt.as_str());
+    assert_eq!(t["RouteTableType"], "System");
+    assert_eq!(t["VpcId"], vpc);
+    assert!(
+        t["VSwitchIds"]["VSwitchId"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v == VSW_A),
+        "{t}"
+    );
+    let v = emu.ok("DescribeRouteTableList", &[("RouteTableId", "vtb-other")]);
+    assert_eq!(v["TotalCount"], 0);
+    emu.err(
+        "DescribeRouteTableList",
+        &[("VpcId", "vpc-nope")],
+        404,
+        "InvalidVpcId.NotFound",
+    );
     emu.ok(
         "DeleteRouteEntry",
         &[("RouteTableId", &rt), ("RouteEntryId", &rte)],

@@ -12,6 +12,10 @@ pub const IPV4_COUNT_EXCEEDED: &str = "InvalidOperation.Ipv4CountExceeded";
 pub const IP_UNASSIGNED: &str = "InvalidIp.IpUnassigned";
 pub const ENI_NOT_FOUND: &str = "InvalidEniId.NotFound";
 pub const SIGNATURE_NONCE_USED: &str = "SignatureNonceUsed";
+/// CreateRouteEntry: the route table already has an entry for the destination.
+pub const ROUTE_CIDR_DUPLICATE: &str = "InvalidCIDRBlock.Duplicate";
+/// The same meaning, as some answers spell it.
+pub const ROUTE_ENTRY_DUPLICATED: &str = "RouterEntryConflict.Duplicated";
 
 pub fn is_throttling(code: &str) -> bool {
     code.starts_with("Throttling")
@@ -54,6 +58,24 @@ pub fn is_final(code: &str) -> bool {
         )
 }
 
+/// The route table is busy with another change (route entries are changed one at a time per
+/// VPC, asynchronously): the same call succeeds a few seconds later.
+pub fn is_route_busy(code: &str) -> bool {
+    matches!(
+        code,
+        "TaskConflict"
+            | "IncorrectRouteEntryStatus"
+            | "IncorrectVpcStatus"
+            | "OperationConflict"
+            | "Operation.Conflict"
+    )
+}
+
+/// A route entry for the destination exists already.
+pub fn is_route_duplicate(code: &str) -> bool {
+    code == ROUTE_CIDR_DUPLICATE || code == ROUTE_ENTRY_DUPLICATED
+}
+
 /// One spelling per meaning, as the pools speak: a full ENI is [`ENI_IP_QUOTA`].
 pub fn normalize(code: &str) -> &str {
     match code {
@@ -79,5 +101,7 @@ mod tests {
         );
         assert_eq!(normalize(IPV4_COUNT_EXCEEDED), ENI_IP_QUOTA);
         assert!(is_not_found(ENI_NOT_FOUND));
+        assert!(is_route_busy("TaskConflict") && !is_route_busy(ROUTE_CIDR_DUPLICATE));
+        assert!(is_route_duplicate(ROUTE_ENTRY_DUPLICATED) && !is_route_duplicate("TaskConflict"));
     }
 }

@@ -30,7 +30,8 @@ pub fn product(action: &str) -> Option<&'static str> {
         "DescribeVSwitches"
         | "CreateRouteEntry"
         | "DeleteRouteEntry"
-        | "DescribeRouteEntryList" => Some("Vpc"),
+        | "DescribeRouteEntryList"
+        | "DescribeRouteTableList" => Some("Vpc"),
         _ => None,
     }
 }

@@ -16,7 +16,14 @@ pub fn dispatch(m: &mut Model, action: &str, p: &Params, now: Ms) -> Result<Valu
             let dest = p.req("DestinationCidrBlock")?;
             let hop_type = p.opt("NextHopType").unwrap_or("Instance");
             let hop = p.req("NextHopId")?;
+            let name = p.opt("RouteEntryName").unwrap_or_default();
+            if name.len() > 128 || name.starts_with("http://") || name.starts_with("https://") {
+                return Err(errors::invalid("RouteEntryName"));
+            }
             let id = m.create_route(table, dest, hop_type, hop, now)?;
+            if let Some(r) = m.routes.iter_mut().find(|r| r.id == id) {
+                r.name = name.to_string();
+            }
             Ok(json!({"RouteEntryId": id}))
         }
         "DeleteRouteEntry" => {
@@ -34,6 +41,7 @@ pub fn dispatch(m: &mut Model, action: &str, p: &Params, now: Ms) -> Result<Valu
             Ok(json!({}))
         }
         "DescribeRouteEntryList" => routes(m, p, now),
+        "DescribeRouteTableList" => route_tables(m, p, now),
         _ => Err(errors::unknown_action()),
     }
 }
@@ -167,11 +175,15 @@ fn routes(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
         return Err(errors::invalid("RouteEntryType"));
     }
     let dest = p.opt("DestinationCidrBlock");
+    let hop_type = p.opt("NextHopType");
+    let hop = p.opt("NextHopId");
     let list: Vec<Value> = m
         .list_routes(&table, now)?
         .into_iter()
         .filter(|r| kind.is_none_or(|k| k == r.kind))
         .filter(|r| dest.is_none_or(|d| d == r.destination))
+        .filter(|r| hop_type.is_none_or(|t| t == r.next_hop_type))
+        .filter(|r| hop.is_none_or(|h| h == r.next_hop_id))
         .map(|r| {
             json!({
                 "RouteEntryId": r.id,
@@ -180,7 +192,7 @@ fn routes(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
                 "Type": r.kind,
                 "Status": "Available",
                 "IpVersion": "ipv4",
-                "RouteEntryName": "",
+                "RouteEntryName": r.name,
                 "Description": "",
                 "NextHops": {"NextHop": [{
                     "NextHopType": r.next_hop_type,
@@ -206,5 +218,65 @@ fn routes(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
     Ok(json!({
         "NextToken": next,
         "RouteEntrys": {"RouteEntry": list[start..end]},
+    }))
+}
+
+/// The VPC's route tables: the emulated VPC has one, its system table, used by every vSwitch.
+fn route_tables(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
+    m.advance(now);
+    if p.opt("RouterType")
+        .is_some_and(|t| t != "VRouter" && t != "VBR")
+    {
+        return Err(errors::invalid("RouterType"));
+    }
+    if let Some(vpc) = p.opt("VpcId")
+        && vpc != m.vpc_id
+    {
+        return Err(ApiError::new(
+            404,
+            "InvalidVpcId.NotFound",
+            "The specified VPC does not exist.",
+        ));
+    }
+    let router_id = format!("vrt-{}", m.vpc_id.trim_start_matches("vpc-"));
+    let wanted = p.opt("RouterType").is_none_or(|t| t == "VRouter")
+        && p.opt("RouterId").is_none_or(|r| r == router_id)
+        && p.opt("RouteTableId").is_none_or(|t| t == m.route_table_id)
+        && p.opt("RouteTableName").is_none_or(str::is_empty);
+    let all: Vec<Value> = wanted
+        .then(|| {
+            json!({
+                "VpcId": m.vpc_id,
+                "RouterType": "VRouter",
+                "RouterId": router_id,
+                "RouteTableId": m.route_table_id,
+                "RouteTableName": "",
+                "RouteTableType": "System",
+                "AssociateType": "VSwitch",
+                "Description": "",
+                "ResourceGroupId": "",
+                "CreationTime": "",
+                "Status": "Available",
+                "OwnerId": 0,
+                "VSwitchIds": {"VSwitchId": m.vswitches.keys().collect::<Vec<_>>()},
+                "GatewayIds": {"GatewayIds": []},
+                "Tags": {"Tag": []},
+            })
+        })
+        .into_iter()
+        .collect();
+    // Pages by number only (PageSize at most 50, default 10).
+    let size = p.num("PageSize", 50)?.unwrap_or(10).max(1) as usize;
+    let number = p.num("PageNumber", u32::MAX as u64)?.unwrap_or(1).max(1) as usize;
+    let start = (number - 1).saturating_mul(size).min(all.len());
+    let end = start.saturating_add(size).min(all.len());
+    Ok(json!({
+        "Success": true,
+        "Code": "200",
+        "Message": "successful",
+        "PageNumber": number,
+        "PageSize": size,
+        "TotalCount": all.len(),
+        "RouterTableList": {"RouterTableListType": all[start..end]},
     }))
 }

@@ -314,6 +314,8 @@ pub struct Instance {
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteEntry {
     pub id: String,
+    /// `RouteEntryName` at creation (may be empty).
+    pub name: String,
     pub destination: String,
     pub next_hop_type: String,
     pub next_hop_id: String,

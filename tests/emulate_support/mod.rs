@@ -175,6 +175,7 @@ impl Emu {
             "CreateRouteEntry",
             "DeleteRouteEntry",
             "DescribeRouteEntryList",
+            "DescribeRouteTableList",
         ]
         .contains(&action)
         {
