@@ -52,12 +52,45 @@ const IDEMPOTENT: &[&str] = &[
     "CreateRouteEntry",
 ];
 
+/// How an action takes `RegionId`, as its API reference documents it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionParam {
+    /// Required (the ENI actions, DescribeInstances, DescribeRouteEntryList).
+    Required,
+    /// Optional: the endpoint names the region (CreateRouteEntry, DeleteRouteEntry).
+    Optional,
+    /// `RegionId` or `VpcId`, at least one (DescribeVSwitches).
+    OrVpcId,
+    /// Not a parameter of the action (DescribeInstanceTypes): ignored, as the cloud does.
+    None,
+}
+
+pub fn region_param(action: &str) -> RegionParam {
+    match action {
+        "DescribeInstanceTypes" => RegionParam::None,
+        "DescribeVSwitches" => RegionParam::OrVpcId,
+        "CreateRouteEntry" | "DeleteRouteEntry" => RegionParam::Optional,
+        _ => RegionParam::Required,
+    }
+}
+
+fn check_region(m: &Model, action: &str, p: &Params) -> Result<(), ApiError> {
+    let rule = region_param(action);
+    let region = match rule {
+        RegionParam::None => return Ok(()),
+        RegionParam::Required => Some(p.req("RegionId")?),
+        RegionParam::OrVpcId if p.opt("VpcId").is_none() => Some(p.req("RegionId")?),
+        RegionParam::OrVpcId | RegionParam::Optional => p.opt("RegionId"),
+    };
+    match region {
+        Some(r) if r != m.region_id => Err(errors::region_not_found()),
+        _ => Ok(()),
+    }
+}
+
 /// Runs one action against the model. The action and version were checked by the caller.
 pub fn handle(m: &mut Model, action: &str, p: &Params, now: Ms) -> Result<Value, ApiError> {
-    let region = p.req("RegionId")?;
-    if region != m.region_id {
-        return Err(errors::region_not_found());
-    }
+    check_region(m, action, p)?;
     let token = p
         .opt("ClientToken")
         .filter(|_| IDEMPOTENT.contains(&action));

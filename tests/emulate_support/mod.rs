@@ -124,7 +124,7 @@ impl Emu {
         (s, v)
     }
 
-    /// A V3-signed RPC call with the parameters in the query string.
+    /// A V3-signed RPC call with the parameters in the query string (`RegionId` added).
     pub fn call_as(
         &self,
         key: &str,
@@ -134,13 +134,27 @@ impl Emu {
         version: &str,
         params: &[(&str, &str)],
     ) -> (u16, Value) {
-        let mut q: Vec<(String, String)> = params
+        let mut q: Vec<(&str, &str)> = params.to_vec();
+        if !q.iter().any(|(k, _)| *k == "RegionId") {
+            q.push(("RegionId", REGION));
+        }
+        self.call_exact(key, secret, token, action, version, &q)
+    }
+
+    /// A V3-signed RPC call with exactly these parameters.
+    pub fn call_exact(
+        &self,
+        key: &str,
+        secret: &str,
+        token: Option<&str>,
+        action: &str,
+        version: &str,
+        params: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let q: Vec<(String, String)> = params
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        if !q.iter().any(|(k, _)| k == "RegionId") {
-            q.push(("RegionId".into(), REGION.into()));
-        }
         let date = sign::format_timestamp(now_secs());
         let nonce = nonce();
         let req = sign::V3Request {
