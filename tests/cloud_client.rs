@@ -194,7 +194,16 @@ fn eni_lifecycle_with_paging_idempotency_and_unassign_of_gone_ips() {
         .wait_eni_status(&a.id, "Available", Duration::from_secs(10))
         .unwrap();
     assert_eq!(avail.instance_id, None);
+    // Deleting is asynchronous: `Deleting` for a while, then not found.
     ecs.delete_eni(&a.id).unwrap();
+    let deleting = ecs
+        .wait_eni_status(&a.id, "Deleting", Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(deleting.instance_id, None);
+    let e = ecs
+        .wait_eni_status(&a.id, "Available", Duration::from_secs(10))
+        .unwrap_err();
+    assert!(e.is_not_found(), "{e}");
     let gone = ecs
         .describe_enis(&EniFilter {
             eni_ids: vec![a.id.clone()],
@@ -202,10 +211,6 @@ fn eni_lifecycle_with_paging_idempotency_and_unassign_of_gone_ips() {
         })
         .unwrap();
     assert!(gone.is_empty());
-    let e = ecs
-        .wait_eni_status(&a.id, "Available", Duration::from_secs(1))
-        .unwrap_err();
-    assert!(e.is_not_found(), "{e}");
     // Waiting for a state that never comes times out.
     let e = ecs
         .wait_eni_status(&b.id, "Available", Duration::from_millis(300))

@@ -398,7 +398,7 @@ fn eni_lifecycle_async_attach_and_lagging_metadata() {
     emu.err(
         "DeleteNetworkInterface",
         &[("NetworkInterfaceId", &id)],
-        403,
+        400,
         "InvalidOperation.InvalidEniState",
     );
     emu.ok(
@@ -409,14 +409,43 @@ fn eni_lifecycle_async_attach_and_lagging_metadata() {
     emu.err(
         "DeleteNetworkInterface",
         &[("NetworkInterfaceId", &id)],
-        403,
+        400,
         "InvalidOperation.InvalidEniState",
     );
     emu.wait_until(10, "Available", || emu.eni(&id)["Status"] == "Available");
     emu.wait_until(10, "metadata MAC gone", || {
         !emu.meta(A, "network/interfaces/macs/").1.contains(&mac)
     });
+    // Asynchronous: `Deleting` (a repeated delete is accepted, an attach is not), then gone.
+    let free = |emu: &Emu| {
+        emu.ok("DescribeVSwitches", &[("VSwitchId", VSW_A)])["VSwitches"]["VSwitch"][0]
+            ["AvailableIpAddressCount"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = free(&emu);
     emu.ok("DeleteNetworkInterface", &[("NetworkInterfaceId", &id)]);
+    assert_eq!(emu.eni(&id)["Status"], "Deleting");
+    emu.ok("DeleteNetworkInterface", &[("NetworkInterfaceId", &id)]);
+    emu.err(
+        "AttachNetworkInterface",
+        &[("InstanceId", A), ("NetworkInterfaceId", &id)],
+        400,
+        "InvalidOperation.InvalidEniState",
+    );
+    let deleting = emu.ok("DescribeNetworkInterfaces", &[("Status", "Deleting")]);
+    assert_eq!(deleting["TotalCount"], 1);
+    emu.wait_until(10, "deleted", || {
+        emu.ok(
+            "DescribeNetworkInterfaces",
+            &[("NetworkInterfaceId.1", &id)],
+        )["TotalCount"]
+            == 0
+    });
+    assert!(
+        free(&emu) > before,
+        "its addresses went back to the vSwitch"
+    );
     emu.err(
         "DeleteNetworkInterface",
         &[("NetworkInterfaceId", &id)],

@@ -231,9 +231,10 @@ pub fn ipv6_not_enabled() -> ApiError {
     )
 }
 
+/// HTTP 400, as the real service answers it (not 403 like the other `InvalidOperation.*`).
 pub fn invalid_eni_state() -> ApiError {
     ApiError::new(
-        403,
+        400,
         "InvalidOperation.InvalidEniState",
         "The operation is not allowed in the current ENI state.",
     )

@@ -66,7 +66,8 @@ pub fn fast_config(tag: &str, attach_ms: u64, lag_ms: u64) -> std::path::PathBuf
         .unwrap();
     assert!(out.status.success());
     let mut v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["timing"] = serde_json::json!({"attach_delay_ms": attach_ms, "detach_delay_ms": attach_ms, "metadata_lag_ms": lag_ms});
+    v["timing"] = serde_json::json!({"attach_delay_ms": attach_ms, "detach_delay_ms": attach_ms,
+        "metadata_lag_ms": lag_ms, "delete_delay_ms": attach_ms});
     let path = std::env::temp_dir().join(format!("terway-emu-{}-{tag}.json", std::process::id()));
     std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
     path
