@@ -90,7 +90,7 @@ fn tags() -> Vec<(String, String)> {
 #[test]
 fn eni_lifecycle_with_paging_idempotency_and_unassign_of_gone_ips() {
     let emu = Emu::fast("cc-life");
-    let ecs = client(&emu, 4).with_page_size(2);
+    let ecs = client(&emu, 4).with_page_size(10);
     // ClientToken: the same token gives the same ENI, even when attempts fail on the way.
     emu.admin(
         "PUT",
@@ -141,8 +141,7 @@ fn eni_lifecycle_with_paging_idempotency_and_unassign_of_gone_ips() {
     ecs.wait_eni_status(&b.id, "InUse", Duration::from_secs(10))
         .unwrap();
 
-    // Primary + 2 = 3 ENIs on A, 2 per page.
-    let before = count(&ecs, "DescribeNetworkInterfaces");
+    // Primary + 2 = 3 ENIs on A.
     let on_a = ecs
         .describe_enis(&EniFilter {
             instance_id: Some(A.into()),
@@ -150,6 +149,14 @@ fn eni_lifecycle_with_paging_idempotency_and_unassign_of_gone_ips() {
         })
         .unwrap();
     assert_eq!(on_a.len(), 3, "{on_a:?}");
+    // 2 primaries + a + b + 9 more = 13 ENIs, 10 per page.
+    for i in 0..9 {
+        ecs.create_eni(VSW_B, &sgs(), 0, &[], "", &format!("tok-page-{i}"))
+            .unwrap();
+    }
+    let before = count(&ecs, "DescribeNetworkInterfaces");
+    let all = ecs.describe_enis(&EniFilter::default()).unwrap();
+    assert_eq!(all.len(), 13);
     assert_eq!(
         count(&ecs, "DescribeNetworkInterfaces") - before,
         2,

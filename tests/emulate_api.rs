@@ -626,9 +626,11 @@ fn client_token_idempotency_and_paging() {
     for _ in 0..11 {
         emu.create_eni(VSW_A, "0");
     }
-    // 12 created + 2 primaries, default page of 10: NextToken paging must be followed.
+    // 12 created + 2 primaries: NextToken paging must be followed. MaxResults below 10 is
+    // taken as 10 (the API clamps it to 10..=500 rather than refusing it).
     let mut seen = Vec::new();
     let mut token = String::new();
+    let mut pages = Vec::new();
     loop {
         let mut p = vec![("MaxResults", "5")];
         if !token.is_empty() {
@@ -641,12 +643,17 @@ fn client_token_idempotency_and_paging() {
         {
             seen.push(e["NetworkInterfaceId"].as_str().unwrap().to_string());
         }
+        pages.push(seen.len());
         token = v["NextToken"].as_str().unwrap().to_string();
         if token.is_empty() {
             break;
         }
     }
     assert_eq!(seen.len(), 14);
+    assert_eq!(pages, [10, 14]);
+    let v = emu.ok("DescribeNetworkInterfaces", &[("MaxResults", "100000")]);
+    assert_eq!(v["NextToken"], "", "clamped to 500: one page");
+    assert_eq!(v["TotalCount"], 14);
     let v = emu.ok("DescribeNetworkInterfaces", &[]);
     assert_eq!(
         v["NetworkInterfaceSets"]["NetworkInterfaceSet"]
@@ -730,9 +737,90 @@ fn throttling_error_injection_latency_and_audit() {
         "/admin/timing",
         r#"{"attach_delay_ms": 0, "detach_delay_ms": 0, "metadata_lag_ms": 0}"#,
     );
-    assert_eq!(emu.admin("GET", "/admin/timing", "")["metadata_lag_ms"], 0);
+    let timing = emu.admin("GET", "/admin/timing", "");
+    assert_eq!(timing["metadata_lag_ms"], 0);
+    assert_eq!(timing["delete_delay_ms"], 0, "defaults to detach_delay_ms");
     let (s, _) = emu.raw("PUT", "/admin/faults", &[], b"{\"bogus\": 1}");
     assert_eq!(s, 400);
+}
+
+/// `RegionId` where each action's API reference has it, and answers without undocumented fields.
+#[test]
+fn region_ids_and_fields_as_documented() {
+    let emu = Emu::fast("region");
+    let exact = |action: &str, version: &str, p: &[(&str, &str)]| {
+        emu.call_exact(KEY_ID, SECRET, None, action, version, p)
+    };
+    // DescribeInstanceTypes has no RegionId: none is needed, one is ignored.
+    let (s, v) = exact("DescribeInstanceTypes", ECS, &[]);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["InstanceTypes"]["InstanceType"].as_array().unwrap().len(),
+        2
+    );
+    let (s, v) = exact("DescribeInstanceTypes", ECS, &[("RegionId", "cn-nowhere")]);
+    assert_eq!(s, 200, "{v}");
+    // Required on the ENI actions and DescribeInstances.
+    for action in ["DescribeNetworkInterfaces", "DescribeInstances"] {
+        let (s, v) = exact(action, ECS, &[]);
+        assert_eq!(
+            (s, v["Code"].as_str()),
+            (400, Some("MissingParameter")),
+            "{v}"
+        );
+        assert!(v["Message"].as_str().unwrap().contains("RegionId"));
+    }
+    // DescribeVSwitches: RegionId or VpcId.
+    let vpc = emu.admin("GET", "/admin/model", "")["vpc_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, v) = exact("DescribeVSwitches", VPC, &[("VpcId", &vpc)]);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["TotalCount"], 2);
+    let (s, v) = exact("DescribeVSwitches", VPC, &[]);
+    assert_eq!(
+        (s, v["Code"].as_str()),
+        (400, Some("MissingParameter")),
+        "{v}"
+    );
+    let (s, v) = exact("DescribeVSwitches", VPC, &[("RegionId", "cn-nowhere")]);
+    assert_eq!(
+        (s, v["Code"].as_str()),
+        (404, Some("InvalidRegionId.NotFound")),
+        "{v}"
+    );
+    // No NextToken in DescribeVSwitches (it pages by number only).
+    let v = emu.ok(
+        "DescribeVSwitches",
+        &[("PageSize", "1"), ("MaxResults", "50")],
+    );
+    assert!(v.get("NextToken").is_none(), "{v}");
+    assert_eq!(v["VSwitches"]["VSwitch"].as_array().unwrap().len(), 1);
+    // Route entries: RegionId optional.
+    let (s, v) = exact(
+        "CreateRouteEntry",
+        VPC,
+        &[
+            ("RouteTableId", "vtb-emu00000000000000001"),
+            ("DestinationCidrBlock", "10.100.9.0/24"),
+            ("NextHopId", A),
+        ],
+    );
+    assert_eq!(s, 200, "{v}");
+    let id = v["RouteEntryId"].as_str().unwrap().to_string();
+    let (s, v) = exact("DeleteRouteEntry", VPC, &[("RouteEntryId", &id)]);
+    assert_eq!(s, 200, "{v}");
+    // CreateNetworkInterface answers without CreationTime (DescribeNetworkInterfaces has it).
+    let v = emu.ok(
+        "CreateNetworkInterface",
+        &[("VSwitchId", VSW_A), ("SecurityGroupIds.1", SG)],
+    );
+    for f in ["CreationTime", "InstanceId", "Attachment"] {
+        assert!(v.get(f).is_none(), "{f} in {v}");
+    }
+    let id = v["NetworkInterfaceId"].as_str().unwrap();
+    assert!(emu.eni(id)["CreationTime"].is_string());
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Actions about the region itself: instance types, instances (ECS), vSwitches and route entries (VPC).
 
-use crate::emulate::api::{Page, eni_json};
+use crate::emulate::api::{Page, Paging, eni_json};
 use crate::emulate::errors::{self, ApiError};
 use crate::emulate::model::{Model, Ms};
 use crate::emulate::params::{Params, decode_token, encode_token};
@@ -69,7 +69,12 @@ fn instance_types(m: &Model, p: &Params) -> Result<Value, ApiError> {
             })
         })
         .collect();
-    let page = Page::from_params(p, all.len(), 100, 1600)?;
+    let rule = Paging {
+        default: 100,
+        max_results: (1, 1600),
+        max_page_size: 1600,
+    };
+    let page = Page::from_params(p, all.len(), rule)?;
     Ok(json!({
         "NextToken": page.next_token.clone().unwrap_or_default(),
         "InstanceTypes": {"InstanceType": all[page.start..page.end]},
@@ -122,7 +127,13 @@ fn instances(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
             })
         })
         .collect();
-    let page = Page::from_params(p, list.len(), 10, 100)?;
+    // MaxResults 10..=100, values outside clamped, default 10 (the API reference).
+    let rule = Paging {
+        default: 10,
+        max_results: (10, 100),
+        max_page_size: 100,
+    };
+    let page = Page::from_params(p, list.len(), rule)?;
     let mut v = page.json();
     v["Instances"] = json!({"Instance": list[page.start..page.end]});
     Ok(v)
@@ -162,8 +173,9 @@ fn vswitches(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
             })
         })
         .collect();
-    let page = Page::from_params(p, list.len(), 10, 50)?;
-    let mut v = page.json();
+    // PageNumber/PageSize only (at most 50, default 10); no NextToken in or out.
+    let page = Page::numbered(p, list.len(), 10, 50)?;
+    let mut v = page.numbered_json();
     v["VSwitches"] = json!({"VSwitch": list[page.start..page.end]});
     Ok(v)
 }
@@ -203,8 +215,8 @@ fn routes(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
             })
         })
         .collect();
-    // This action pages with the singular `MaxResult` (20..=100, default 50).
-    let size = p.num("MaxResult", 100)?.unwrap_or(50).max(1) as usize;
+    // This action pages with the singular `MaxResult` (1..=100, default 10).
+    let size = p.num("MaxResult", 100)?.unwrap_or(10).max(1) as usize;
     let start = match p.opt("NextToken") {
         Some(t) => decode_token(t)?.min(list.len()),
         None => 0,
