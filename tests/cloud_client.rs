@@ -439,6 +439,61 @@ fn throttling_and_server_errors_are_retried() {
     assert_eq!(calls["DescribeVSwitches"]["ok"], 8);
 }
 
+/// `Operation.Conflict` (HTTP 403: another operation on the resource is under way) is retried
+/// in place, and the retried call does its work once.
+#[test]
+fn operation_conflict_is_retried_in_place() {
+    let emu = Emu::fast("cc-conflict");
+    let ecs = client(&emu, 10);
+    let eni = ecs.create_eni(VSW_A, &sgs(), 0, &[], "", "tok-c").unwrap();
+    emu.admin("DELETE", "/admin/calls", "");
+    emu.admin(
+        "PUT",
+        "/admin/faults",
+        r#"{"conflict_rate": 0.5, "error_actions": ["AssignPrivateIpAddresses", "UnassignPrivateIpAddresses"]}"#,
+    );
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.extend(ecs.assign_ips(&eni.id, 2).unwrap());
+    }
+    assert_eq!(got.len(), 12);
+    ecs.unassign_ips(&eni.id, &got[..10]).unwrap();
+    let calls = emu.admin("GET", "/admin/calls", "");
+    let conflicts = |a: &str| {
+        calls[a]["errors"]["Operation.Conflict"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(
+        conflicts("AssignPrivateIpAddresses") + conflicts("UnassignPrivateIpAddresses") >= 1,
+        "{calls}"
+    );
+    assert_eq!(calls["AssignPrivateIpAddresses"]["ok"], 6, "{calls}");
+    assert_eq!(
+        count(&ecs, "AssignPrivateIpAddresses"),
+        6 + conflicts("AssignPrivateIpAddresses")
+    );
+    emu.admin("PUT", "/admin/faults", "{}");
+    let now = ecs
+        .wait_eni_status(&eni.id, "Available", Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(now.secondary_ips, got[10..].to_vec());
+    // When every attempt conflicts, the caller hears it as "try again".
+    emu.admin(
+        "PUT",
+        "/admin/faults",
+        r#"{"conflict_rate": 1.0, "error_actions": ["AssignPrivateIpAddresses"]}"#,
+    );
+    let few = client(&emu, 2);
+    let e = few.assign_ips(&eni.id, 1).unwrap_err();
+    assert_eq!(
+        (e.code.as_str(), e.http_status),
+        ("Operation.Conflict", 403)
+    );
+    assert_eq!(count(&few, "AssignPrivateIpAddresses"), 2);
+    assert_eq!(terway::Error::from(e).kind, terway::Kind::TryAgain);
+}
+
 #[test]
 fn final_errors_carry_code_message_and_request_id() {
     let emu = Emu::fast("cc-final");

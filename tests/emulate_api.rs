@@ -709,6 +709,20 @@ fn throttling_error_injection_latency_and_audit() {
         assert!(s == 500 || s == 503, "{v}");
         assert!(["InternalError", "ServiceUnavailable"].contains(&v["Code"].as_str().unwrap()));
     }
+    // Operation.Conflict: 403, nothing done.
+    emu.admin(
+        "PUT",
+        "/admin/faults",
+        r#"{"conflict_rate": 1.0, "error_actions": ["CreateNetworkInterface"]}"#,
+    );
+    let v = emu.err(
+        "CreateNetworkInterface",
+        &[("VSwitchId", VSW_A), ("SecurityGroupIds.1", SG)],
+        403,
+        "Operation.Conflict",
+    );
+    assert!(v["Message"].as_str().unwrap().contains("try again"), "{v}");
+    assert_eq!(emu.admin("GET", "/admin/faults", "")["conflict_rate"], 1.0);
     emu.admin(
         "PUT",
         "/admin/faults",
@@ -724,8 +738,12 @@ fn throttling_error_injection_latency_and_audit() {
         calls["DescribeNetworkInterfaces"]["errors"]["Throttling.User"],
         1
     );
-    assert_eq!(calls["CreateNetworkInterface"]["total"], 3);
+    assert_eq!(calls["CreateNetworkInterface"]["total"], 4);
     assert_eq!(calls["CreateNetworkInterface"]["ok"], 0);
+    assert_eq!(
+        calls["CreateNetworkInterface"]["errors"]["Operation.Conflict"],
+        1
+    );
     let faults = emu.admin("GET", "/admin/faults", "");
     assert_eq!(faults["latency_ms"]["DescribeInstanceTypes"], 300);
     // The model dump shows every ENI; no ENI was created by the failed calls.

@@ -307,7 +307,7 @@ fn throttling_and_injected_errors_still_serve_every_pod_without_leaks() {
     cloud.admin(
         "PUT",
         "/admin/faults",
-        Some(&json!({"error_rate": 0.2, "lost_answer_rate": 0.1,
+        Some(&json!({"error_rate": 0.2, "lost_answer_rate": 0.1, "conflict_rate": 0.1,
             "rate_limits": {"AssignPrivateIpAddresses": 3,
             "CreateNetworkInterface": 2, "UnassignPrivateIpAddresses": 3, "DescribeNetworkInterfaces": 1}})),
     );

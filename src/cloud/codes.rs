@@ -16,18 +16,23 @@ pub const SIGNATURE_NONCE_USED: &str = "SignatureNonceUsed";
 pub const ROUTE_CIDR_DUPLICATE: &str = "InvalidCIDRBlock.Duplicate";
 /// The same meaning, as some answers spell it.
 pub const ROUTE_ENTRY_DUPLICATED: &str = "RouterEntryConflict.Duplicated";
+/// Another operation on the same resource is under way (HTTP 403, nothing was done): the same
+/// call succeeds once it is over, so it is retried in place, as upstream Terway does.
+pub const OPERATION_CONFLICT: &str = "Operation.Conflict";
 
 pub fn is_throttling(code: &str) -> bool {
     code.starts_with("Throttling")
 }
 
-/// Worth another attempt of the same call: throttling, server-side trouble (a nonce collision
-/// is ours: the next attempt signs with a fresh nonce). Transport errors and 5xx also are.
+/// Worth another attempt of the same call: throttling, server-side trouble, a conflicting
+/// operation on the same resource (a nonce collision is ours: the next attempt signs with a
+/// fresh nonce). Transport errors and 5xx also are.
 pub fn is_retryable(code: &str) -> bool {
     is_throttling(code)
         || code.starts_with("InternalError")
         || code.starts_with("ServiceUnavailable")
         || code == SIGNATURE_NONCE_USED
+        || code == OPERATION_CONFLICT
 }
 
 /// The resource does not exist (any `*.NotFound` code).
@@ -67,7 +72,7 @@ pub fn is_route_busy(code: &str) -> bool {
             | "IncorrectRouteEntryStatus"
             | "IncorrectVpcStatus"
             | "OperationConflict"
-            | "Operation.Conflict"
+            | OPERATION_CONFLICT
     )
 }
 
@@ -92,6 +97,7 @@ mod tests {
     fn the_table() {
         assert!(is_retryable("Throttling.User") && is_throttling("Throttling.User"));
         assert!(is_retryable("ServiceUnavailable") && !is_retryable("Forbidden.RAM"));
+        assert!(is_retryable(OPERATION_CONFLICT) && !is_final(OPERATION_CONFLICT));
         assert!(is_final("Forbidden.RAM") && is_final("InvalidVSwitchId.NotFound"));
         assert!(!is_final(VSWITCH_IP_NOT_ENOUGH));
         assert!(refuses_enis(ENI_PER_INSTANCE_LIMIT) && refuses_enis("QuotaExceeded.Eni"));

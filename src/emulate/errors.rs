@@ -142,6 +142,15 @@ pub fn unavailable() -> ApiError {
     )
 }
 
+/// Another operation on the same resource is under way: retry the same call later.
+pub fn operation_conflict() -> ApiError {
+    ApiError::new(
+        403,
+        "Operation.Conflict",
+        "The operation may conflict with other operations in progress. Please try again later.",
+    )
+}
+
 pub fn idempotent_mismatch() -> ApiError {
     ApiError::new(
         400,
