@@ -40,6 +40,7 @@ const ACTIONS: &[&str] = &[
     "CreateRouteEntry",
     "DeleteRouteEntry",
     "DescribeRouteEntryList",
+    "DescribeRouteTableList",
 ];
 const STYLES: u64 = 3;
 

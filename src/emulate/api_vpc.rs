@@ -282,10 +282,9 @@ fn route_tables(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
     let number = p.num("PageNumber", u32::MAX as u64)?.unwrap_or(1).max(1) as usize;
     let start = (number - 1).saturating_mul(size).min(all.len());
     let end = start.saturating_add(size).min(all.len());
+    // The response model of the API (as the official SDKs carry it) has no Success, Code or
+    // Message: only the page fields and the list.
     Ok(json!({
-        "Success": true,
-        "Code": "200",
-        "Message": "successful",
         "PageNumber": number,
         "PageSize": size,
         "TotalCount": all.len(),

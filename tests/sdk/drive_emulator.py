@@ -44,6 +44,7 @@ VPC_ACTIONS = {
     "CreateRouteEntry",
     "DeleteRouteEntry",
     "DescribeRouteEntryList",
+    "DescribeRouteTableList",
 }
 ERROR_FIELDS = {"RequestId", "HostId", "Code", "Message", "Recommend"}
 
@@ -333,7 +334,10 @@ def drive(api, n):
         "the ENI's addresses went back to the vSwitch",
     )
 
-    # VPC mode's route entries.
+    # VPC mode's route table and entries.
+    v = api.call("DescribeRouteTableList", {**r, "VpcId": VPC_ID})
+    tables = v["RouterTableList"]["RouterTableListType"]
+    check([t["RouteTableId"] for t in tables] == [ROUTE_TABLE], f"route tables: {v}")
     cidr = f"10.{200 + n}.0.0/24"
     v = api.call(
         "CreateRouteEntry",
