@@ -11,7 +11,9 @@
 #                          per node, each takes a whole ENI whose device becomes its eth0, plus
 #                          veth1 to its node for the service CIDR and node traffic; pings across
 #                          nodes, to the node and to a service address; `terway pool`/`mapping`.
-#   scripts/demo.sh vpc    VPC mode: one node, pods from the node's pod CIDR.
+#   scripts/demo.sh vpc    VPC mode on the same emulated VPC: each node owns a pod CIDR and its
+#                          daemon keeps the VPC route entry to it (vpc_route); four pods ping
+#                          across nodes; terway pool shows the routes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -20,7 +22,7 @@ require_cargo
 ensure_packages iproute2 iputils-ping procps gcc
 MODE=${1:-shared}
 case "$MODE" in shared | eni | vpc) ;; *) echo "usage: $0 [shared|eni|vpc]" >&2; exit 2 ;; esac
-[ "$MODE" != eni ] || ensure_packages python3   # edits the emulator's node configs
+[ "$MODE" = shared ] || ensure_packages python3   # edits the emulator's node configs
 
 echo "==> building terway"
 cargo build --quiet
@@ -29,7 +31,6 @@ WORK=$(mktemp -d /tmp/terway-demo.XXXXXX)
 DAEMONS=()
 PODS=()
 EMU_PID=
-VPC_NODE=twdemo-node
 
 cleanup() {
     set +e
@@ -37,7 +38,6 @@ cleanup() {
     for p in "${PODS[@]}"; do ip netns del "$p" 2>/dev/null; done
     # TERM: the emulator removes the VPC and node namespaces it built.
     [ -n "$EMU_PID" ] && kill "$EMU_PID" 2>/dev/null && wait "$EMU_PID" 2>/dev/null
-    ip netns del "$VPC_NODE" 2>/dev/null
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -146,33 +146,37 @@ pool_on() {
 }
 
 demo_vpc() {
-    NODE_IP=192.168.250.1
-    POD_CIDR=10.244.1.0/24
-    echo "==> node namespace $VPC_NODE (node address $NODE_IP, pod CIDR $POD_CIDR)"
-    ip netns add "$VPC_NODE"
-    ip -n "$VPC_NODE" link set lo up
-    ip -n "$VPC_NODE" addr add "$NODE_IP/32" dev lo
-    cat > "$WORK/eni.json" <<JSON
-{"version": "1", "daemon_mode": "VPC", "pod_cidr": "$POD_CIDR",
- "socket_path": "$WORK/terway.sock", "state_path": "$WORK/state.json"}
-JSON
-    "$BIN" config check "$WORK/eni.json"
-    start_daemon "$VPC_NODE" "$WORK/eni.json" "$WORK/terway.sock" "$WORK/daemon.log"
-    echo "==> CNI ADD for three pods"
-    for i in 1 2 3; do add_pod "twdemo-web-$i" "$VPC_NODE" "$WORK/terway.sock"; done
+    # Each node owns a pod CIDR, and its daemon keeps the VPC route entry "pod CIDR -> this
+    # instance" itself (vpc_route): no hand-made routes.
+    start_emulated_vpc
+    local i=1 n
+    for n in "${NODES[@]}"; do
+        set_node_keys "$n" "{\"daemon_mode\": \"VPC\", \"pod_cidr\": \"10.244.$i.0/24\", \"vpc_route\": true}"
+        echo "==> $n: pod CIDR 10.244.$i.0/24, the daemon keeps its VPC route entry (vpc_route: true)"
+        i=$((i + 1))
+    done
+    start_node_daemons
+    for n in "${NODES[@]}"; do
+        grep -h "VPC route entry" "$WORK/daemon-$n.log" | sed 's/^.*\] /    /'
+    done
+    echo "==> CNI ADD for four replicas of Deployment \"web\", spread over both nodes"
+    add_replicas web 7f9c2 b4kx8 m2q5z x8h3d
     print_pods
-    echo "==> inside web-1:"
-    ip -n twdemo-web-1 -4 addr show eth0 | sed 's/^/    /'
-    ip -n twdemo-web-1 route | sed 's/^/    /'
-    echo "==> pings"
-    ping_from twdemo-web-1 "${IP[twdemo-web-2]}" "web-1 -> web-2 (${IP[twdemo-web-2]})"
-    ping_from twdemo-web-2 "${IP[twdemo-web-3]}" "web-2 -> web-3 (${IP[twdemo-web-3]})"
-    ping_from twdemo-web-3 "$NODE_IP" "web-3 -> node ($NODE_IP)"
-    ping_from "$VPC_NODE" "${IP[twdemo-web-1]}" "node -> web-1 (${IP[twdemo-web-1]})"
-    echo "==> terway mapping"
-    "$BIN" mapping --socket "$WORK/terway.sock"
-    echo "==> terway pool"
-    "$BIN" pool --socket "$WORK/terway.sock"
+    echo "==> inside ${PODS[0]#twdemo-} (on ${NODE[${PODS[0]}]}):"
+    ip -n "${PODS[0]}" -4 addr show eth0 | sed 's/^/    /'
+    ip -n "${PODS[0]}" route | sed 's/^/    /'
+    echo "==> the VPC router: each pod CIDR goes to its node (route entries the daemons made)"
+    ip -n twdemo-vpc route | grep '^10\.244\.' | sed 's/^/    /'
+    echo "==> pings across the VPC"
+    ping_pod "${PODS[0]}" "${PODS[1]}"
+    ping_pod "${PODS[1]}" "${PODS[2]}"
+    ping_pod "${PODS[3]}" "${PODS[0]}"
+    local node_ip
+    node_ip=$(node_ip "${NODES[1]}")
+    ping_from "${PODS[0]}" "$node_ip" "${PODS[0]#twdemo-} -> node ${NODES[1]} ($node_ip)"
+    ping_from "${NODES[1]}" "${IP[${PODS[0]}]}" "node ${NODES[1]} -> ${PODS[0]#twdemo-} (${IP[${PODS[0]}]})"
+    mapping_on "${NODES[0]}"
+    for n in "${NODES[@]}"; do pool_on "$n"; done
 }
 
 demo_shared() {

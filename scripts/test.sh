@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 require_root
 require_cargo
-ensure_packages iproute2 iputils-ping procps gcc
+# python3 + venv: tests/emulate_sdk.rs drives the emulator with the official Python SDKs.
+ensure_packages iproute2 iputils-ping procps gcc python3 python3-venv
 ensure_promtool
 # Leftovers of an interrupted earlier run would only confuse the next one.
 for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(tw(node|pod|bench|vpc)|tw-test-|i-tw)' || true); do

@@ -90,7 +90,7 @@ fn tags() -> Vec<(String, String)> {
 #[test]
 fn eni_lifecycle_with_paging_idempotency_and_unassign_of_gone_ips() {
     let emu = Emu::fast("cc-life");
-    let ecs = client(&emu, 4).with_page_size(2);
+    let ecs = client(&emu, 4).with_page_size(10);
     // ClientToken: the same token gives the same ENI, even when attempts fail on the way.
     emu.admin(
         "PUT",
@@ -141,8 +141,7 @@ fn eni_lifecycle_with_paging_idempotency_and_unassign_of_gone_ips() {
     ecs.wait_eni_status(&b.id, "InUse", Duration::from_secs(10))
         .unwrap();
 
-    // Primary + 2 = 3 ENIs on A, 2 per page.
-    let before = count(&ecs, "DescribeNetworkInterfaces");
+    // Primary + 2 = 3 ENIs on A.
     let on_a = ecs
         .describe_enis(&EniFilter {
             instance_id: Some(A.into()),
@@ -150,6 +149,14 @@ fn eni_lifecycle_with_paging_idempotency_and_unassign_of_gone_ips() {
         })
         .unwrap();
     assert_eq!(on_a.len(), 3, "{on_a:?}");
+    // 2 primaries + a + b + 9 more = 13 ENIs, 10 per page.
+    for i in 0..9 {
+        ecs.create_eni(VSW_B, &sgs(), 0, &[], "", &format!("tok-page-{i}"))
+            .unwrap();
+    }
+    let before = count(&ecs, "DescribeNetworkInterfaces");
+    let all = ecs.describe_enis(&EniFilter::default()).unwrap();
+    assert_eq!(all.len(), 13);
     assert_eq!(
         count(&ecs, "DescribeNetworkInterfaces") - before,
         2,
@@ -194,7 +201,16 @@ fn eni_lifecycle_with_paging_idempotency_and_unassign_of_gone_ips() {
         .wait_eni_status(&a.id, "Available", Duration::from_secs(10))
         .unwrap();
     assert_eq!(avail.instance_id, None);
+    // Deleting is asynchronous: `Deleting` for a while, then not found.
     ecs.delete_eni(&a.id).unwrap();
+    let deleting = ecs
+        .wait_eni_status(&a.id, "Deleting", Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(deleting.instance_id, None);
+    let e = ecs
+        .wait_eni_status(&a.id, "Available", Duration::from_secs(10))
+        .unwrap_err();
+    assert!(e.is_not_found(), "{e}");
     let gone = ecs
         .describe_enis(&EniFilter {
             eni_ids: vec![a.id.clone()],
@@ -202,10 +218,6 @@ fn eni_lifecycle_with_paging_idempotency_and_unassign_of_gone_ips() {
         })
         .unwrap();
     assert!(gone.is_empty());
-    let e = ecs
-        .wait_eni_status(&a.id, "Available", Duration::from_secs(1))
-        .unwrap_err();
-    assert!(e.is_not_found(), "{e}");
     // Waiting for a state that never comes times out.
     let e = ecs
         .wait_eni_status(&b.id, "Available", Duration::from_millis(300))
@@ -425,6 +437,61 @@ fn throttling_and_server_errors_are_retried() {
         + errs["ServiceUnavailable"].as_u64().unwrap_or(0);
     assert!(n >= 1, "{calls}");
     assert_eq!(calls["DescribeVSwitches"]["ok"], 8);
+}
+
+/// `Operation.Conflict` (HTTP 403: another operation on the resource is under way) is retried
+/// in place, and the retried call does its work once.
+#[test]
+fn operation_conflict_is_retried_in_place() {
+    let emu = Emu::fast("cc-conflict");
+    let ecs = client(&emu, 10);
+    let eni = ecs.create_eni(VSW_A, &sgs(), 0, &[], "", "tok-c").unwrap();
+    emu.admin("DELETE", "/admin/calls", "");
+    emu.admin(
+        "PUT",
+        "/admin/faults",
+        r#"{"conflict_rate": 0.5, "error_actions": ["AssignPrivateIpAddresses", "UnassignPrivateIpAddresses"]}"#,
+    );
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.extend(ecs.assign_ips(&eni.id, 2).unwrap());
+    }
+    assert_eq!(got.len(), 12);
+    ecs.unassign_ips(&eni.id, &got[..10]).unwrap();
+    let calls = emu.admin("GET", "/admin/calls", "");
+    let conflicts = |a: &str| {
+        calls[a]["errors"]["Operation.Conflict"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(
+        conflicts("AssignPrivateIpAddresses") + conflicts("UnassignPrivateIpAddresses") >= 1,
+        "{calls}"
+    );
+    assert_eq!(calls["AssignPrivateIpAddresses"]["ok"], 6, "{calls}");
+    assert_eq!(
+        count(&ecs, "AssignPrivateIpAddresses"),
+        6 + conflicts("AssignPrivateIpAddresses")
+    );
+    emu.admin("PUT", "/admin/faults", "{}");
+    let now = ecs
+        .wait_eni_status(&eni.id, "Available", Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(now.secondary_ips, got[10..].to_vec());
+    // When every attempt conflicts, the caller hears it as "try again".
+    emu.admin(
+        "PUT",
+        "/admin/faults",
+        r#"{"conflict_rate": 1.0, "error_actions": ["AssignPrivateIpAddresses"]}"#,
+    );
+    let few = client(&emu, 2);
+    let e = few.assign_ips(&eni.id, 1).unwrap_err();
+    assert_eq!(
+        (e.code.as_str(), e.http_status),
+        ("Operation.Conflict", 403)
+    );
+    assert_eq!(count(&few, "AssignPrivateIpAddresses"), 2);
+    assert_eq!(terway::Error::from(e).kind, terway::Kind::TryAgain);
 }
 
 #[test]

@@ -398,7 +398,7 @@ fn eni_lifecycle_async_attach_and_lagging_metadata() {
     emu.err(
         "DeleteNetworkInterface",
         &[("NetworkInterfaceId", &id)],
-        403,
+        400,
         "InvalidOperation.InvalidEniState",
     );
     emu.ok(
@@ -409,14 +409,43 @@ fn eni_lifecycle_async_attach_and_lagging_metadata() {
     emu.err(
         "DeleteNetworkInterface",
         &[("NetworkInterfaceId", &id)],
-        403,
+        400,
         "InvalidOperation.InvalidEniState",
     );
     emu.wait_until(10, "Available", || emu.eni(&id)["Status"] == "Available");
     emu.wait_until(10, "metadata MAC gone", || {
         !emu.meta(A, "network/interfaces/macs/").1.contains(&mac)
     });
+    // Asynchronous: `Deleting` (a repeated delete is accepted, an attach is not), then gone.
+    let free = |emu: &Emu| {
+        emu.ok("DescribeVSwitches", &[("VSwitchId", VSW_A)])["VSwitches"]["VSwitch"][0]
+            ["AvailableIpAddressCount"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = free(&emu);
     emu.ok("DeleteNetworkInterface", &[("NetworkInterfaceId", &id)]);
+    assert_eq!(emu.eni(&id)["Status"], "Deleting");
+    emu.ok("DeleteNetworkInterface", &[("NetworkInterfaceId", &id)]);
+    emu.err(
+        "AttachNetworkInterface",
+        &[("InstanceId", A), ("NetworkInterfaceId", &id)],
+        400,
+        "InvalidOperation.InvalidEniState",
+    );
+    let deleting = emu.ok("DescribeNetworkInterfaces", &[("Status", "Deleting")]);
+    assert_eq!(deleting["TotalCount"], 1);
+    emu.wait_until(10, "deleted", || {
+        emu.ok(
+            "DescribeNetworkInterfaces",
+            &[("NetworkInterfaceId.1", &id)],
+        )["TotalCount"]
+            == 0
+    });
+    assert!(
+        free(&emu) > before,
+        "its addresses went back to the vSwitch"
+    );
     emu.err(
         "DeleteNetworkInterface",
         &[("NetworkInterfaceId", &id)],
@@ -597,9 +626,11 @@ fn client_token_idempotency_and_paging() {
     for _ in 0..11 {
         emu.create_eni(VSW_A, "0");
     }
-    // 12 created + 2 primaries, default page of 10: NextToken paging must be followed.
+    // 12 created + 2 primaries: NextToken paging must be followed. MaxResults below 10 is
+    // taken as 10 (the API clamps it to 10..=500 rather than refusing it).
     let mut seen = Vec::new();
     let mut token = String::new();
+    let mut pages = Vec::new();
     loop {
         let mut p = vec![("MaxResults", "5")];
         if !token.is_empty() {
@@ -612,12 +643,17 @@ fn client_token_idempotency_and_paging() {
         {
             seen.push(e["NetworkInterfaceId"].as_str().unwrap().to_string());
         }
+        pages.push(seen.len());
         token = v["NextToken"].as_str().unwrap().to_string();
         if token.is_empty() {
             break;
         }
     }
     assert_eq!(seen.len(), 14);
+    assert_eq!(pages, [10, 14]);
+    let v = emu.ok("DescribeNetworkInterfaces", &[("MaxResults", "100000")]);
+    assert_eq!(v["NextToken"], "", "clamped to 500: one page");
+    assert_eq!(v["TotalCount"], 14);
     let v = emu.ok("DescribeNetworkInterfaces", &[]);
     assert_eq!(
         v["NetworkInterfaceSets"]["NetworkInterfaceSet"]
@@ -673,6 +709,20 @@ fn throttling_error_injection_latency_and_audit() {
         assert!(s == 500 || s == 503, "{v}");
         assert!(["InternalError", "ServiceUnavailable"].contains(&v["Code"].as_str().unwrap()));
     }
+    // Operation.Conflict: 403, nothing done.
+    emu.admin(
+        "PUT",
+        "/admin/faults",
+        r#"{"conflict_rate": 1.0, "error_actions": ["CreateNetworkInterface"]}"#,
+    );
+    let v = emu.err(
+        "CreateNetworkInterface",
+        &[("VSwitchId", VSW_A), ("SecurityGroupIds.1", SG)],
+        403,
+        "Operation.Conflict",
+    );
+    assert!(v["Message"].as_str().unwrap().contains("try again"), "{v}");
+    assert_eq!(emu.admin("GET", "/admin/faults", "")["conflict_rate"], 1.0);
     emu.admin(
         "PUT",
         "/admin/faults",
@@ -688,8 +738,12 @@ fn throttling_error_injection_latency_and_audit() {
         calls["DescribeNetworkInterfaces"]["errors"]["Throttling.User"],
         1
     );
-    assert_eq!(calls["CreateNetworkInterface"]["total"], 3);
+    assert_eq!(calls["CreateNetworkInterface"]["total"], 4);
     assert_eq!(calls["CreateNetworkInterface"]["ok"], 0);
+    assert_eq!(
+        calls["CreateNetworkInterface"]["errors"]["Operation.Conflict"],
+        1
+    );
     let faults = emu.admin("GET", "/admin/faults", "");
     assert_eq!(faults["latency_ms"]["DescribeInstanceTypes"], 300);
     // The model dump shows every ENI; no ENI was created by the failed calls.
@@ -701,9 +755,90 @@ fn throttling_error_injection_latency_and_audit() {
         "/admin/timing",
         r#"{"attach_delay_ms": 0, "detach_delay_ms": 0, "metadata_lag_ms": 0}"#,
     );
-    assert_eq!(emu.admin("GET", "/admin/timing", "")["metadata_lag_ms"], 0);
+    let timing = emu.admin("GET", "/admin/timing", "");
+    assert_eq!(timing["metadata_lag_ms"], 0);
+    assert_eq!(timing["delete_delay_ms"], 0, "defaults to detach_delay_ms");
     let (s, _) = emu.raw("PUT", "/admin/faults", &[], b"{\"bogus\": 1}");
     assert_eq!(s, 400);
+}
+
+/// `RegionId` where each action's API reference has it, and answers without undocumented fields.
+#[test]
+fn region_ids_and_fields_as_documented() {
+    let emu = Emu::fast("region");
+    let exact = |action: &str, version: &str, p: &[(&str, &str)]| {
+        emu.call_exact(KEY_ID, SECRET, None, action, version, p)
+    };
+    // DescribeInstanceTypes has no RegionId: none is needed, one is ignored.
+    let (s, v) = exact("DescribeInstanceTypes", ECS, &[]);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["InstanceTypes"]["InstanceType"].as_array().unwrap().len(),
+        2
+    );
+    let (s, v) = exact("DescribeInstanceTypes", ECS, &[("RegionId", "cn-nowhere")]);
+    assert_eq!(s, 200, "{v}");
+    // Required on the ENI actions and DescribeInstances.
+    for action in ["DescribeNetworkInterfaces", "DescribeInstances"] {
+        let (s, v) = exact(action, ECS, &[]);
+        assert_eq!(
+            (s, v["Code"].as_str()),
+            (400, Some("MissingParameter")),
+            "{v}"
+        );
+        assert!(v["Message"].as_str().unwrap().contains("RegionId"));
+    }
+    // DescribeVSwitches: RegionId or VpcId.
+    let vpc = emu.admin("GET", "/admin/model", "")["vpc_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, v) = exact("DescribeVSwitches", VPC, &[("VpcId", &vpc)]);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["TotalCount"], 2);
+    let (s, v) = exact("DescribeVSwitches", VPC, &[]);
+    assert_eq!(
+        (s, v["Code"].as_str()),
+        (400, Some("MissingParameter")),
+        "{v}"
+    );
+    let (s, v) = exact("DescribeVSwitches", VPC, &[("RegionId", "cn-nowhere")]);
+    assert_eq!(
+        (s, v["Code"].as_str()),
+        (404, Some("InvalidRegionId.NotFound")),
+        "{v}"
+    );
+    // No NextToken in DescribeVSwitches (it pages by number only).
+    let v = emu.ok(
+        "DescribeVSwitches",
+        &[("PageSize", "1"), ("MaxResults", "50")],
+    );
+    assert!(v.get("NextToken").is_none(), "{v}");
+    assert_eq!(v["VSwitches"]["VSwitch"].as_array().unwrap().len(), 1);
+    // Route entries: RegionId optional.
+    let (s, v) = exact(
+        "CreateRouteEntry",
+        VPC,
+        &[
+            ("RouteTableId", "vtb-emu00000000000000001"),
+            ("DestinationCidrBlock", "10.100.9.0/24"),
+            ("NextHopId", A),
+        ],
+    );
+    assert_eq!(s, 200, "{v}");
+    let id = v["RouteEntryId"].as_str().unwrap().to_string();
+    let (s, v) = exact("DeleteRouteEntry", VPC, &[("RouteEntryId", &id)]);
+    assert_eq!(s, 200, "{v}");
+    // CreateNetworkInterface answers without CreationTime (DescribeNetworkInterfaces has it).
+    let v = emu.ok(
+        "CreateNetworkInterface",
+        &[("VSwitchId", VSW_A), ("SecurityGroupIds.1", SG)],
+    );
+    for f in ["CreationTime", "InstanceId", "Attachment"] {
+        assert!(v.get(f).is_none(), "{f} in {v}");
+    }
+    let id = v["NetworkInterfaceId"].as_str().unwrap();
+    assert!(emu.eni(id)["CreationTime"].is_string());
 }
 
 #[test]
@@ -755,6 +890,68 @@ fn routes_and_vswitches() {
     let e = &v["RouteEntrys"]["RouteEntry"][0];
     assert_eq!(e["RouteEntryId"], rte.as_str());
     assert_eq!(e["NextHops"]["NextHop"][0]["NextHopId"], A);
+    // A named entry; the next hop filters (as the cloud controller manager uses them).
+    emu.ok(
+        "CreateRouteEntry",
+        &[
+            ("RouteTableId", &rt),
+            ("DestinationCidrBlock", "10.102.0.0/24"),
+            ("NextHopType", "Instance"),
+            ("NextHopId", B),
+            ("RouteEntryName", "terway-b"),
+        ],
+    );
+    let of = |hop: &str| -> Vec<String> {
+        let v = emu.ok(
+            "DescribeRouteEntryList",
+            &[
+                ("RouteTableId", &rt),
+                ("NextHopType", "Instance"),
+                ("NextHopId", hop),
+            ],
+        );
+        v["RouteEntrys"]["RouteEntry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| format!("{} {}", e["DestinationCidrBlock"], e["RouteEntryName"]))
+            .collect()
+    };
+    assert_eq!(of(A), ["\"10.100.0.0/24\" \"\""]);
+    assert_eq!(of(B), ["\"10.102.0.0/24\" \"terway-b\""]);
+    emu.ok(
+        "DeleteRouteEntry",
+        &[
+            ("RouteTableId", &rt),
+            ("DestinationCidrBlock", "10.102.0.0/24"),
+            ("NextHopId", B),
+        ],
+    );
+    assert!(of(B).is_empty());
+    // The VPC's route tables: its system table, used by every vSwitch.
+    let vpc = vs["VpcId"].as_str().unwrap();
+    let v = emu.ok("DescribeRouteTableList", &[("VpcId", vpc)]);
+    assert_eq!(v["TotalCount"], 1);
+    let t = &v["RouterTableList"]["RouterTableListType"][0];
+    assert_eq!(t["RouteTableId"], rt.as_str());
+    assert_eq!(t["RouteTableType"], "System");
+    assert_eq!(t["VpcId"], vpc);
+    assert!(
+        t["VSwitchIds"]["VSwitchId"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v == VSW_A),
+        "{t}"
+    );
+    let v = emu.ok("DescribeRouteTableList", &[("RouteTableId", "vtb-other")]);
+    assert_eq!(v["TotalCount"], 0);
+    emu.err(
+        "DescribeRouteTableList",
+        &[("VpcId", "vpc-nope")],
+        404,
+        "InvalidVpcId.NotFound",
+    );
     emu.ok(
         "DeleteRouteEntry",
         &[("RouteTableId", &rt), ("RouteEntryId", &rte)],

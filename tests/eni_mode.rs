@@ -60,7 +60,8 @@ fn cloud_view(cloud: &Cloud, instance: &str) -> (BTreeSet<String>, BTreeSet<Stri
         let tagged_for_node = e["tags"]
             .as_array()
             .is_some_and(|t| t.iter().any(|kv| kv[1] == instance));
-        if e["eni_type"] == "Primary" || !tagged_for_node {
+        // A `Deleting` ENI is on its way out (DeleteNetworkInterface is asynchronous).
+        if e["eni_type"] == "Primary" || !tagged_for_node || e["status"] == "Deleting" {
             continue;
         }
         enis.insert(e["id"].as_str().unwrap().to_string());
@@ -306,7 +307,7 @@ fn throttling_and_injected_errors_still_serve_every_pod_without_leaks() {
     cloud.admin(
         "PUT",
         "/admin/faults",
-        Some(&json!({"error_rate": 0.2, "lost_answer_rate": 0.1,
+        Some(&json!({"error_rate": 0.2, "lost_answer_rate": 0.1, "conflict_rate": 0.1,
             "rate_limits": {"AssignPrivateIpAddresses": 3,
             "CreateNetworkInterface": 2, "UnassignPrivateIpAddresses": 3, "DescribeNetworkInterfaces": 1}})),
     );
@@ -411,6 +412,61 @@ fn operator(cloud: &Cloud) -> terway::cloud::ecs::Ecs {
         None,
     );
     terway::cloud::ecs::Ecs::new(cfg, std::sync::Arc::new(creds)).unwrap()
+}
+
+/// DeleteNetworkInterface is asynchronous: the daemon deletes an ENI leaked for its node once,
+/// and leaves one that is already `Deleting` to finish, however many resyncs it lasts.
+#[test]
+fn leaked_enis_are_deleted_once_and_deleting_ones_are_left_alone() {
+    let cloud = Cloud::start(CloudSpec {
+        node_extra: json!({"ip_pool_sync_period": "500ms"}),
+        region: Box::new(|r| r["timing"]["delete_delay_ms"] = json!(3000)),
+        ..CloudSpec::default()
+    });
+    let mut a = cloud.node(0);
+    let ecs = operator(&cloud);
+    let v: Value = serde_json::from_slice(&std::fs::read(cloud.node_config(0)).unwrap()).unwrap();
+    let sgs = vec![v["security_group"].as_str().unwrap().to_string()];
+    let tags = vec![
+        ("creator".to_string(), "terway".to_string()),
+        ("terway.node".to_string(), a.ns.clone()),
+    ];
+    let vsw = &cloud.vswitches[0];
+    let leaked = ecs.create_eni(vsw, &sgs, 1, &tags, "", "").unwrap();
+    let dying = ecs.create_eni(vsw, &sgs, 0, &tags, "", "").unwrap();
+    ecs.delete_eni(&dying.id).unwrap();
+    cloud.admin("DELETE", "/admin/calls", None);
+    a.start_daemon();
+    let status = |id: &str| {
+        let f = terway::cloud::ecs::EniFilter {
+            eni_ids: vec![id.to_string()],
+            ..Default::default()
+        };
+        ecs.describe_enis(&f)
+            .unwrap()
+            .first()
+            .map(|e| e.status.clone())
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || status(&leaked.id).as_deref()
+            != Some("Available")),
+        "the leaked ENI is deleted: {}",
+        a.log()
+    );
+    // Several resyncs while the other one is still `Deleting`.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(status(&dying.id).as_deref(), Some("Deleting"));
+    let calls = cloud.admin("GET", "/admin/calls", None);
+    assert_eq!(
+        calls["DeleteNetworkInterface"]["total"], 1,
+        "one delete, of the leaked ENI only: {calls}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || status(&dying.id).is_none()
+            && status(&leaked.id).is_none()),
+        "both gone"
+    );
+    assert_no_leaks(&cloud, &a);
 }
 
 #[test]

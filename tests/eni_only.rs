@@ -69,7 +69,8 @@ fn enis(cloud: &Cloud, node: &EniNode) -> (BTreeSet<String>, BTreeSet<String>) {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["eni_type"] != "Primary")
+        // A `Deleting` ENI is on its way out (DeleteNetworkInterface is asynchronous).
+        .filter(|e| e["eni_type"] != "Primary" && e["status"] != "Deleting")
         .filter(|e| {
             // Tagged by terway for this node (a user's own ENI is not the pool's).
             e["tags"]

@@ -13,7 +13,7 @@ pub use max_pods::MaxPodsArgs;
 use crate::config::{Config, DEFAULT_SOCKET_PATH};
 use crate::output;
 use crate::rpc::client::call;
-use crate::rpc::{EniPoolView, MappingRow, PoolView, Reply, Request};
+use crate::rpc::{EniPoolView, MappingRow, PoolView, Reply, Request, VpcRouteView};
 use crate::{Error, Kind, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -244,6 +244,9 @@ pub fn render_pool(v: &PoolView) -> String {
             ));
         }
     }
+    if let Some(r) = &v.vpc_route {
+        out.push_str(&render_vpc_route(r));
+    }
     out.push_str(&format!(
         "in use:     {}\nidle:       {}\ncapacity:   {}\nwatermarks: min_pool_size {}, max_pool_size {}\n",
         v.in_use, v.idle, v.capacity, v.min_pool_size, v.max_pool_size
@@ -252,6 +255,24 @@ pub fn render_pool(v: &PoolView) -> String {
         out.push_str(&render_enis(e, v.capacity));
     }
     out
+}
+
+/// The VPC route entry: table, CIDR, next hop; what the last check found and when.
+fn render_vpc_route(r: &VpcRouteView) -> String {
+    let mut state = r.state.clone();
+    if !r.detail.is_empty() {
+        state = format!("{state}: {}", r.detail);
+    }
+    if let Some(s) = r.checked_seconds_ago {
+        state.push_str(&format!(", checked {s} s ago"));
+    }
+    if r.repairs > 0 {
+        state.push_str(&format!(", created again {} time(s)", r.repairs));
+    }
+    format!(
+        "VPC route:  {} -> {} {} in route table {}\nroute:      {state}\n",
+        r.destination, r.next_hop_type, r.next_hop_id, r.route_table_id
+    )
 }
 
 fn render_enis(e: &EniPoolView, capacity: u64) -> String {
@@ -370,6 +391,7 @@ mod tests {
             metadata_endpoint: None,
             instance_id: None,
             datapath,
+            vpc_route: None,
             in_use: 0,
             idle: 0,
             capacity: 0,

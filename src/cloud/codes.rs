@@ -12,18 +12,27 @@ pub const IPV4_COUNT_EXCEEDED: &str = "InvalidOperation.Ipv4CountExceeded";
 pub const IP_UNASSIGNED: &str = "InvalidIp.IpUnassigned";
 pub const ENI_NOT_FOUND: &str = "InvalidEniId.NotFound";
 pub const SIGNATURE_NONCE_USED: &str = "SignatureNonceUsed";
+/// CreateRouteEntry: the route table already has an entry for the destination.
+pub const ROUTE_CIDR_DUPLICATE: &str = "InvalidCIDRBlock.Duplicate";
+/// The same meaning, as some answers spell it.
+pub const ROUTE_ENTRY_DUPLICATED: &str = "RouterEntryConflict.Duplicated";
+/// Another operation on the same resource is under way (HTTP 403, nothing was done): the same
+/// call succeeds once it is over, so it is retried in place, as upstream Terway does.
+pub const OPERATION_CONFLICT: &str = "Operation.Conflict";
 
 pub fn is_throttling(code: &str) -> bool {
     code.starts_with("Throttling")
 }
 
-/// Worth another attempt of the same call: throttling, server-side trouble (a nonce collision
-/// is ours: the next attempt signs with a fresh nonce). Transport errors and 5xx also are.
+/// Worth another attempt of the same call: throttling, server-side trouble, a conflicting
+/// operation on the same resource (a nonce collision is ours: the next attempt signs with a
+/// fresh nonce). Transport errors and 5xx also are.
 pub fn is_retryable(code: &str) -> bool {
     is_throttling(code)
         || code.starts_with("InternalError")
         || code.starts_with("ServiceUnavailable")
         || code == SIGNATURE_NONCE_USED
+        || code == OPERATION_CONFLICT
 }
 
 /// The resource does not exist (any `*.NotFound` code).
@@ -54,6 +63,24 @@ pub fn is_final(code: &str) -> bool {
         )
 }
 
+/// The route table is busy with another change (route entries are changed one at a time per
+/// VPC, asynchronously): the same call succeeds a few seconds later.
+pub fn is_route_busy(code: &str) -> bool {
+    matches!(
+        code,
+        "TaskConflict"
+            | "IncorrectRouteEntryStatus"
+            | "IncorrectVpcStatus"
+            | "OperationConflict"
+            | OPERATION_CONFLICT
+    )
+}
+
+/// A route entry for the destination exists already.
+pub fn is_route_duplicate(code: &str) -> bool {
+    code == ROUTE_CIDR_DUPLICATE || code == ROUTE_ENTRY_DUPLICATED
+}
+
 /// One spelling per meaning, as the pools speak: a full ENI is [`ENI_IP_QUOTA`].
 pub fn normalize(code: &str) -> &str {
     match code {
@@ -70,6 +97,7 @@ mod tests {
     fn the_table() {
         assert!(is_retryable("Throttling.User") && is_throttling("Throttling.User"));
         assert!(is_retryable("ServiceUnavailable") && !is_retryable("Forbidden.RAM"));
+        assert!(is_retryable(OPERATION_CONFLICT) && !is_final(OPERATION_CONFLICT));
         assert!(is_final("Forbidden.RAM") && is_final("InvalidVSwitchId.NotFound"));
         assert!(!is_final(VSWITCH_IP_NOT_ENOUGH));
         assert!(refuses_enis(ENI_PER_INSTANCE_LIMIT) && refuses_enis("QuotaExceeded.Eni"));
@@ -79,5 +107,7 @@ mod tests {
         );
         assert_eq!(normalize(IPV4_COUNT_EXCEEDED), ENI_IP_QUOTA);
         assert!(is_not_found(ENI_NOT_FOUND));
+        assert!(is_route_busy("TaskConflict") && !is_route_busy(ROUTE_CIDR_DUPLICATE));
+        assert!(is_route_duplicate(ROUTE_ENTRY_DUPLICATED) && !is_route_duplicate("TaskConflict"));
     }
 }

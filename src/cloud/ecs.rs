@@ -158,9 +158,10 @@ impl Ecs {
         })
     }
 
-    /// Page size of DescribeNetworkInterfaces (`MaxResults`, default 100).
+    /// Page size of DescribeNetworkInterfaces (`MaxResults`, default 100; the API takes
+    /// 10 to 500, so it is kept within).
     pub fn with_page_size(mut self, n: u32) -> Ecs {
-        self.page_size = n.max(1);
+        self.page_size = n.clamp(10, 500);
         self
     }
 

@@ -115,6 +115,7 @@ mod tests {
             ("Transport", 0),
             ("SomethingNew", 502),
             ("SignatureNonceUsed", 400),
+            ("Operation.Conflict", 403),
         ] {
             assert!(e(code, status).is_retryable(), "{code}");
         }

@@ -2,6 +2,7 @@
 //!
 //! - [`ecs::Ecs`]: typed ECS/VPC actions over two [`openapi::OpenApi`] clients (V3 signing,
 //!   per-action rate limits, retries with backoff).
+//!   [`route`] adds the VPC route-table actions of VPC mode.
 //! - [`metadata::Metadata`]: the instance metadata service with the token flow.
 //! - [`credentials::CredentialProvider`]: static keys, a credential file, or the RAM role.
 pub mod codes;
@@ -15,6 +16,7 @@ pub mod openapi;
 pub mod parse;
 pub mod ratelimit;
 pub mod retry;
+pub mod route;
 pub mod sign;
 
 pub use credentials::{CredentialProvider, CredentialSource, Credentials};

@@ -21,13 +21,17 @@ pub struct OpenApiConfig {
     pub endpoint: String,
     /// API version, e.g. `2014-05-26`.
     pub version: String,
-    /// Added as `RegionId` unless the call passes one.
+    /// Added as `RegionId` unless the call passes one or the action has no such parameter.
     pub region_id: String,
     pub retry: RetryPolicy,
     /// Per-action calls per minute on top of the defaults (see [`crate::cloud::ratelimit`]).
     pub rate_limits: Vec<(String, u32)>,
     pub http: HttpConfig,
 }
+
+/// Actions without a `RegionId` parameter (the endpoint names the region); the official SDKs
+/// do not send one either.
+const NO_REGION_ID: &[&str] = &["DescribeInstanceTypes"];
 
 pub struct OpenApi {
     /// `scheme://authority` without a trailing slash.
@@ -130,7 +134,7 @@ impl OpenApi {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
-        if !query.iter().any(|(k, _)| k == "RegionId") {
+        if !NO_REGION_ID.contains(&action) && !query.iter().any(|(k, _)| k == "RegionId") {
             query.push(("RegionId".into(), self.region_id.clone()));
         }
         let max = self.retry.max_attempts.max(1);

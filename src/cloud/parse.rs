@@ -40,6 +40,9 @@ pub struct VSwitchInfo {
     pub zone_id: String,
     pub cidr: ipnetwork::Ipv4Network,
     pub available_ips: u64,
+    pub vpc_id: String,
+    /// `RouteTable.RouteTableId`: the route table the vSwitch uses (empty when not reported).
+    pub route_table_id: String,
 }
 
 /// `v.a.b.c` by names.
@@ -230,6 +233,10 @@ pub fn vswitches(action: &str, v: &Value) -> Result<(Vec<VSwitchInfo>, u64), Clo
                 zone_id: text(s, "ZoneId"),
                 cidr,
                 available_ips: num(s, "AvailableIpAddressCount"),
+                vpc_id: text(s, "VpcId"),
+                route_table_id: at(s, &["RouteTable"])
+                    .map(|t| text(t, "RouteTableId"))
+                    .unwrap_or_default(),
                 id,
             })
         })
@@ -381,11 +388,16 @@ mod tests {
         );
         let v = json!({"TotalCount": 1, "PageNumber": 1, "VSwitches": {"VSwitch": [{
             "VSwitchId": "vsw-a", "ZoneId": "cn-hangzhou-k", "CidrBlock": "172.16.0.0/24",
-            "Ipv6CidrBlock": "", "AvailableIpAddressCount": 249}]}});
+            "Ipv6CidrBlock": "", "AvailableIpAddressCount": 249, "VpcId": "vpc-1",
+            "RouteTable": {"RouteTableId": "vtb-1", "RouteTableType": "System"}}]}});
         let (s, total) = vswitches("DescribeVSwitches", &v).unwrap();
         assert_eq!(total, 1);
         assert_eq!(s[0].cidr, "172.16.0.0/24".parse().unwrap());
         assert_eq!(s[0].available_ips, 249);
+        assert_eq!(
+            (s[0].vpc_id.as_str(), s[0].route_table_id.as_str()),
+            ("vpc-1", "vtb-1")
+        );
         let mut bad = v.clone();
         bad["VSwitches"]["VSwitch"][0]["CidrBlock"] = json!("x");
         assert!(vswitches("DescribeVSwitches", &bad).is_err());

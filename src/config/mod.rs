@@ -149,6 +149,12 @@ pub struct Config {
     pub ecs_endpoint: Option<String>,
     pub vpc_endpoint: Option<String>,
     pub metadata_endpoint: Option<String>,
+    /// VPC mode: the daemon keeps the route entry `pod_cidr → this instance` in the VPC route
+    /// table itself (cloud access as in the ENI modes). Off: no cloud calls, the route is the
+    /// cluster's to make (CCM), as upstream.
+    pub vpc_route: bool,
+    /// With `vpc_route`: the route table; default the one of the node's vSwitch.
+    pub vpc_route_table_id: Option<String>,
     /// How long an allocation is protected from GC and the orphan sweep (its ADD may still run).
     pub orphan_grace_period: Duration,
     /// A released address is not handed out again for this long unless nothing else is free
@@ -192,6 +198,8 @@ impl Default for Config {
             ecs_endpoint: None,
             vpc_endpoint: None,
             metadata_endpoint: None,
+            vpc_route: false,
+            vpc_route_table_id: None,
             orphan_grace_period: Duration::from_secs(60),
             ip_cooldown: DEFAULT_IP_COOLDOWN,
             file_keys: BTreeSet::new(),
@@ -307,7 +315,7 @@ impl Config {
 
     fn warnings(&self) -> Vec<Problem> {
         let keys = self.file_keys.iter().map(String::as_str);
-        let mut out = support::notes(keys, self.daemon_mode);
+        let mut out = support::notes(keys, self.daemon_mode, self.vpc_route);
         out.extend(self.validate().into_iter().filter(|p| p.warning));
         out
     }
@@ -452,6 +460,8 @@ impl Config {
         c.ecs_endpoint = p.string("ecs_endpoint");
         c.vpc_endpoint = p.string("vpc_endpoint");
         c.metadata_endpoint = p.string("metadata_endpoint");
+        c.vpc_route = p.bool("vpc_route").unwrap_or(false);
+        c.vpc_route_table_id = p.string("vpc_route_table_id");
         if let Some(d) = p.duration("orphan_grace_period") {
             c.orphan_grace_period = d;
         }
@@ -460,7 +470,7 @@ impl Config {
         }
         // Errors, and the warnings of `validate`.
         let mut found = p.problems;
-        found.extend(support::refusals(&map, c.daemon_mode));
+        found.extend(support::refusals(&map, c.daemon_mode, c.vpc_route));
         // A key that failed to parse already has its error; "required" would only repeat it.
         let semantic: Vec<Problem> = c
             .validate()
@@ -473,7 +483,7 @@ impl Config {
             .keys()
             .map(String::as_str)
             .filter(|k| !found.iter().any(|e| !e.warning && e.key == *k));
-        let mut problems = support::notes(noted, c.daemon_mode);
+        let mut problems = support::notes(noted, c.daemon_mode, c.vpc_route);
         problems.extend(found);
         Ok((c, problems))
     }

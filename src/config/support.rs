@@ -4,7 +4,8 @@
 //!
 //! A key's status in a mode is one of: used (it does what the README says), not built yet
 //! (accepted and reported; the note says what it would do) or not used in this mode (accepted
-//! and reported). Separately a key may refuse values: those are errors in every mode where the
+//! and reported). In VPC mode the cloud keys are used only with `vpc_route: true` (the daemon
+//! then keeps the pod CIDR's VPC route entry through the API); without it they are not used. Separately a key may refuse values: those are errors in every mode where the
 //! key means something (not where it is "not used in this mode"). A switch whose default is what
 //! we build (`ip_stack: ipv4`, `enable_eni_trunking: false`) is "used": its other values refuse.
 
@@ -21,6 +22,8 @@ pub enum Support {
     NotBuilt(&'static str),
     /// Accepted and reported, has nothing to act on in this mode: why.
     NotInMode(&'static str),
+    /// VPC mode: used with `vpc_route: true`, else not used in this mode: why.
+    WithVpcRoute(&'static str),
 }
 
 /// Why a value is refused (`Err`), or `Ok` when the key's status stands for it. Only values of
@@ -45,12 +48,27 @@ impl KeySupport {
             Mode::EniOnly => self.eni_only,
         }
     }
+
+    /// The status in `mode` for a config with `vpc_route` as given: used or not used.
+    pub fn status(&self, mode: Mode, vpc_route: bool) -> Support {
+        match self.support(mode) {
+            WithVpcRoute(_) if vpc_route => Used,
+            WithVpcRoute(why) => NotInMode(why),
+            other => other,
+        }
+    }
 }
 
-use Support::{NotBuilt, NotInMode, Used};
+use Support::{NotBuilt, NotInMode, Used, WithVpcRoute};
 
 const NO_CLOUD: Support =
     NotInMode("pods get addresses from pod_cidr; the daemon makes no cloud calls");
+/// A cloud key in VPC mode: what it is for with `vpc_route: true`.
+const ROUTE_CLOUD: Support = WithVpcRoute(
+    "the daemon makes no cloud calls without vpc_route: true (pod_cidr's VPC route entry is the cluster's to make)",
+);
+const NO_ROUTE: Support =
+    NotInMode("pods get VPC addresses: the VPC routes them without a route entry");
 const NO_POOL: Support =
     NotInMode("pod_cidr is on the node: there is no pool of cloud addresses to fill or drain");
 const NO_ENI_CIDR: Support = NotInMode("pods get ENI addresses, not pod_cidr ones");
@@ -82,6 +100,11 @@ const fn eni(key: &'static str, multi: Support, only: Support) -> KeySupport {
     row(key, NO_CLOUD, multi, only, None)
 }
 
+/// A cloud key: used in the ENI modes, and in VPC mode with `vpc_route: true`.
+const fn cloud(key: &'static str) -> KeySupport {
+    row(key, ROUTE_CLOUD, Used, Used, None)
+}
+
 /// Every key the daemon accepts: Terway's `eni_conf` keys, later upstream ones, ours.
 pub const KEYS: &[KeySupport] = &[
     // The file format version: informational, as upstream.
@@ -110,13 +133,19 @@ pub const KEYS: &[KeySupport] = &[
         None,
     ),
     eni("eni_tags", Used, Used),
-    eni("credential_path", Used, Used),
-    eni("access_key", Used, Used),
-    eni("access_secret", Used, Used),
-    eni("region_id", Used, Used),
-    eni("ecs_endpoint", Used, Used),
-    eni("vpc_endpoint", Used, Used),
-    eni("metadata_endpoint", Used, Used),
+    cloud("credential_path"),
+    cloud("access_key"),
+    cloud("access_secret"),
+    cloud("region_id"),
+    row(
+        "ecs_endpoint",
+        NotInMode("VPC mode calls only the VPC API (vpc_endpoint)"),
+        Used,
+        Used,
+        None,
+    ),
+    cloud("vpc_endpoint"),
+    cloud("metadata_endpoint"),
     eni("max_eni", Used, Used),
     eni(
         "min_eni",
@@ -135,7 +164,7 @@ pub const KEYS: &[KeySupport] = &[
         NotBuilt("would cap how many idle addresses one reclaim round releases"),
         NotBuilt("would cap how many idle ENIs one reclaim round deletes"),
     ),
-    eni("ip_pool_sync_period", Used, Used),
+    cloud("ip_pool_sync_period"),
     used("enable_eni_trunking", Some(enable_eni_trunking)),
     row(
         "eniip_virtual_type",
@@ -230,6 +259,9 @@ pub const KEYS: &[KeySupport] = &[
         WHOLE_ENI,
     ),
     used("ipam_type", Some(ipam_type)),
+    // Ours: VPC mode keeps its own route entry (cross-key rules in `validate`).
+    row("vpc_route", Used, NO_ROUTE, NO_ROUTE, None),
+    row("vpc_route_table_id", Used, NO_ROUTE, NO_ROUTE, None),
 ];
 
 /// The row of `key`, if the daemon accepts it.
@@ -239,12 +271,16 @@ pub fn lookup(key: &str) -> Option<&'static KeySupport> {
 
 /// Warnings for the keys of a file in `mode`: unknown keys (with a hint when one is misspelt)
 /// and accepted keys that are not built yet or not used in this mode.
-pub(super) fn notes<'a>(keys: impl IntoIterator<Item = &'a str>, mode: Mode) -> Vec<Problem> {
+pub(super) fn notes<'a>(
+    keys: impl IntoIterator<Item = &'a str>,
+    mode: Mode,
+    vpc_route: bool,
+) -> Vec<Problem> {
     let mut out = Vec::new();
     for key in keys {
-        let msg = match lookup(key).map(|r| r.support(mode)) {
+        let msg = match lookup(key).map(|r| r.status(mode, vpc_route)) {
             None => format!("unknown key, ignored{}", hint(key)),
-            Some(Used) => continue,
+            Some(Used | WithVpcRoute(_)) => continue,
             Some(NotBuilt(what)) => format!("accepted, not built yet: {what}"),
             Some(NotInMode(why)) => format!("accepted, not used in {mode} mode: {why}"),
         };
@@ -258,12 +294,12 @@ pub(super) fn notes<'a>(keys: impl IntoIterator<Item = &'a str>, mode: Mode) -> 
 }
 
 /// Errors for values refused in `mode` (never for a key not used in this mode).
-pub(super) fn refusals(map: &Map<String, Value>, mode: Mode) -> Vec<Problem> {
+pub(super) fn refusals(map: &Map<String, Value>, mode: Mode, vpc_route: bool) -> Vec<Problem> {
     map.iter()
         .filter(|(_, v)| !v.is_null())
         .filter_map(|(key, value)| {
             let row = lookup(key)?;
-            if matches!(row.support(mode), NotInMode(_)) {
+            if matches!(row.status(mode, vpc_route), NotInMode(_)) {
                 return None;
             }
             let msg = (row.check?)(value).err()?;
@@ -500,6 +536,51 @@ mod tests {
             )
             .is_empty()
         );
+    }
+
+    #[test]
+    fn cloud_keys_are_used_in_vpc_mode_only_with_vpc_route() {
+        let cloud_keys = concat!(
+            r#","access_key":"AK","access_secret":"SK","region_id":"cn-hangzhou","#,
+            r#""vpc_endpoint":"http://127.0.0.1:1","metadata_endpoint":"http://127.0.0.1:2","#,
+            r#""credential_path":"/etc/terway/creds","ip_pool_sync_period":"30s""#
+        );
+        let p = check(VPC, cloud_keys);
+        assert_eq!(p.len(), 7, "{p:?}");
+        for n in &p {
+            assert!(n.warning, "{n:?}");
+            assert!(
+                n.msg.starts_with("accepted, not used in VPC mode")
+                    && n.msg.contains("without vpc_route: true"),
+                "{n:?}"
+            );
+        }
+        let p = check(VPC, &format!(r#","vpc_route":true{cloud_keys}"#));
+        assert!(p.is_empty(), "{p:?}");
+        // VPC mode calls only the VPC API.
+        let p = note(
+            VPC,
+            r#","vpc_route":true,"ecs_endpoint":"http://127.0.0.1:1""#,
+        );
+        assert_eq!(p.key, "ecs_endpoint");
+        // The ENI modes need no route entry.
+        for key in ["vpc_route", "vpc_route_table_id"] {
+            let value = if key == "vpc_route" {
+                "true"
+            } else {
+                r#""vtb-1""#
+            };
+            let p = note(ENI, &format!(r#","{key}":{value}"#));
+            assert!(
+                p.msg.starts_with("accepted, not used in ENIMultiIP mode"),
+                "{p:?}"
+            );
+        }
+        let c = Config::parse(&format!(
+            "{{{VPC},\"access_key\":\"AK\",\"access_secret\":\"S\"}}"
+        ))
+        .unwrap();
+        assert_eq!(c.notes().len(), 2, "{:?}", c.notes());
     }
 
     #[test]

@@ -29,6 +29,15 @@ const RESERVED: &[([u8; 4], u8, &str)] = &[
     ),
 ];
 
+/// Why a route table id cannot be one (`vtb-` and letters, digits or `-`), if so.
+fn route_table_id_problem(id: &str) -> Option<String> {
+    let ok = id.len() <= 64
+        && id.strip_prefix("vtb-").is_some_and(|rest| {
+            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    (!ok).then(|| format!("{id:?} is not a route table id (vtb-…)"))
+}
+
 /// The longest accepted period: longer ones are typos ("99999999999h"), and timers add them to
 /// the clock.
 pub const MAX_PERIOD: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -108,6 +117,18 @@ impl Config {
                  through their route for this range to the node (e.g. \"172.21.0.0/20\")"
                     .into(),
             );
+        }
+        if self.daemon_mode == Mode::Vpc
+            && let Some(t) = &self.vpc_route_table_id
+        {
+            if !self.vpc_route {
+                problem(
+                    "vpc_route_table_id",
+                    "set, but vpc_route is not true: the daemon would keep no route entry in it; add \"vpc_route\": true (or remove this key)".into(),
+                );
+            } else if let Some(msg) = route_table_id_problem(t) {
+                problem("vpc_route_table_id", msg);
+            }
         }
         if self.daemon_mode == Mode::Vpc {
             match self.pod_cidr {
@@ -368,6 +389,29 @@ mod tests {
             let text = format!(r#"{{"daemon_mode":"VPC","pod_cidr":"{ok}"}}"#);
             assert!(Config::parse(&text).is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn a_route_table_needs_vpc_route_and_a_route_table_id() {
+        let p = vpc_error(r#","vpc_route_table_id":"vtb-abc""#);
+        assert_eq!(p.key, "vpc_route_table_id");
+        assert!(p.msg.contains("add \"vpc_route\": true"), "{p:?}");
+        for bad in ["abc", "vtb-", "vtb-a b", "rtb-123"] {
+            let p = vpc_error(&format!(
+                r#","vpc_route":true,"vpc_route_table_id":"{bad}""#
+            ));
+            assert!(p.msg.contains("is not a route table id"), "{bad}: {p:?}");
+        }
+        let text = r#"{"daemon_mode":"VPC","pod_cidr":"10.1.0.0/24","vpc_route":true,
+            "vpc_route_table_id":"vtb-bp145q7glnuzdvzu2"}"#;
+        let c = Config::parse(text).unwrap();
+        assert!(c.vpc_route);
+        assert_eq!(
+            c.vpc_route_table_id.as_deref(),
+            Some("vtb-bp145q7glnuzdvzu2")
+        );
+        let p = vpc_error(r#","vpc_route":"yes""#);
+        assert_eq!(p.key, "vpc_route");
     }
 
     #[test]

@@ -237,7 +237,8 @@ impl EniOps {
     }
 
     /// ENIs we created for this node that are not attached: leaks of a crash between create
-    /// and attach (or during a delete). Only called when no create is in flight.
+    /// and attach (or during a delete). Only called when no create is in flight. Only
+    /// `Available` ones: a `Deleting` ENI is already on its way out and is not asked again.
     pub fn delete_leaked_enis(&self) {
         let leaked = self.cloud.ecs.describe_enis(&EniFilter {
             instance_id: None,
@@ -361,9 +362,12 @@ impl EniOps {
 
     /// Detach (wait until Available) and delete. Once it is detached the ENI is gone for the
     /// pool whatever happens next: a leftover Available ENI of ours is deleted by the resync.
+    /// The delete itself is asynchronous in the cloud: an ENI that is `Deleting` (or already
+    /// gone) counts as deleted, and is never asked to be deleted again.
     pub(super) fn delete_eni(&self, eni_id: &str) -> std::result::Result<(), CloudFailure> {
         match self.eni_status(eni_id) {
-            None => {}
+            None => return Ok(()),
+            Some((status, _)) if status == "Deleting" => return Ok(()),
             Some((status, _)) if status == "Available" => {}
             Some((status, _)) if status == "Detaching" => {}
             Some(_) => {
@@ -384,10 +388,17 @@ impl EniOps {
             .cloud
             .ecs
             .wait_eni_status(eni_id, "Available", ATTACH_TIMEOUT)
-            .map_err(|e| e.to_string())
-            .and_then(|_| self.cloud.ecs.delete_eni(eni_id).map_err(|e| e.to_string()));
+            .and_then(|_| self.cloud.ecs.delete_eni(eni_id));
         if let Err(e) = gone {
-            log::warn!("ENI {eni_id} is detached but not deleted yet ({e}); the resync deletes it");
+            // The wait ends in NotFound once a delete went through; a refused delete may
+            // follow one whose answer was lost: what the cloud shows now decides.
+            match self.eni_status(eni_id) {
+                None => {}
+                Some((status, _)) if status == "Deleting" => {}
+                Some(_) => log::warn!(
+                    "ENI {eni_id} is detached but not deleted yet ({e}); the resync deletes it"
+                ),
+            }
         }
         Ok(())
     }

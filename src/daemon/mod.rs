@@ -19,6 +19,7 @@ pub mod shared_eni;
 pub mod shared_eni_jobs;
 pub mod source;
 pub mod sweep;
+pub mod vpc_route;
 pub mod vpc_source;
 pub mod waiters;
 pub mod workers;

@@ -490,6 +490,7 @@ impl AddressSource for SharedEniSource {
         PoolView {
             mode: Mode::EniMultiIp.to_string(),
             pod_cidr: None,
+            vpc_route: None,
             in_use: u64::from(snap.in_use),
             idle: u64::from(snap.idle),
             capacity: u64::from(snap.capacity),

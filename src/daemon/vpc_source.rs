@@ -1,7 +1,12 @@
 //! VPC mode as an address source: pod addresses from the node's pod CIDR (round robin, so a
-//! released address is not handed out again at once). Pure: no cloud calls (yet).
+//! released address is not handed out again at once). No cloud calls, unless `vpc_route` is on:
+//! then the VPC route entry `pod_cidr → this instance` is checked at start (the daemon refuses to
+//! start when another instance owns the CIDR) and at every `ip_pool_sync_period`, and created
+//! again when it went missing (`vpc_route`).
 
+use super::node;
 use super::source::{AddressSource, Allocations, Current, Take};
+use super::vpc_route::{RouteDone, RouteKeeper};
 use super::workers::Job;
 use crate::config::{Config, Mode};
 use crate::model::{AttachKey, Datapath, PodAddress, PodRef};
@@ -12,6 +17,7 @@ use crate::{Error, Kind, Result};
 use ipnetwork::Ipv4Network;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 #[derive(Debug)]
 pub struct VpcSource {
@@ -22,6 +28,9 @@ pub struct VpcSource {
     cooldown_ms: u64,
     min_pool_size: u32,
     max_pool_size: u32,
+    /// With `vpc_route`: the route entry the daemon keeps.
+    route: Option<RouteKeeper>,
+    metadata_endpoint: Option<String>,
 }
 
 impl VpcSource {
@@ -38,6 +47,20 @@ impl VpcSource {
         source.min_pool_size = config.min_pool_size;
         source.max_pool_size = config.max_pool_size;
         source.cooldown_ms = config.ip_cooldown.as_millis() as u64;
+        if config.vpc_route {
+            let (info, cloud) = node::discover(config)?;
+            // The entry of the pod CIDR the state file was written with, if it changed.
+            let previous = state
+                .vpc
+                .as_ref()
+                .map(|v| v.pod_cidr)
+                .filter(|c| *c != pod_cidr);
+            let now = crate::clock::now_ms();
+            let keeper =
+                RouteKeeper::start(config, Arc::new(cloud.ecs), &info, pod_cidr, previous, now)?;
+            source.route = Some(keeper);
+            source.metadata_endpoint = Some(cloud.metadata_endpoint);
+        }
         Ok((source, state.allocations.clone()))
     }
 
@@ -60,6 +83,8 @@ impl VpcSource {
             cooldown_ms: crate::config::DEFAULT_IP_COOLDOWN.as_millis() as u64,
             min_pool_size: 0,
             max_pool_size: 0,
+            route: None,
+            metadata_endpoint: None,
         };
         source.hold(state.allocations.iter())?;
         Ok(source)
@@ -133,14 +158,14 @@ impl VpcSource {
 }
 
 impl AddressSource for VpcSource {
-    type Done = ();
+    type Done = RouteDone;
 
     fn mode(&self) -> Mode {
         Mode::Vpc
     }
 
     fn workers(&self) -> usize {
-        0
+        usize::from(self.route.is_some())
     }
 
     fn take(&mut self, key: &AttachKey, pod: &PodRef, now: u64) -> Take {
@@ -186,11 +211,19 @@ impl AddressSource for VpcSource {
         Current::Valid(alloc.address.clone(), Datapath::Veth)
     }
 
-    fn plan(&mut self, _now: u64, _waiting: u32) -> Vec<Job<()>> {
-        Vec::new()
+    fn plan(&mut self, now: u64, _waiting: u32) -> Vec<Job<RouteDone>> {
+        self.route
+            .as_mut()
+            .and_then(|r| r.plan(now))
+            .into_iter()
+            .collect()
     }
 
-    fn apply(&mut self, _done: (), _now: u64) {}
+    fn apply(&mut self, done: RouteDone, now: u64) {
+        if let Some(r) = self.route.as_mut() {
+            r.apply(done, now);
+        }
+    }
 
     fn unservable(&self, _now: u64, _waiting: u32) -> Option<String> {
         None
@@ -201,7 +234,7 @@ impl AddressSource for VpcSource {
     }
 
     fn next_deadline(&self, _now: u64) -> Option<u64> {
-        None
+        self.route.as_ref().and_then(RouteKeeper::next_deadline)
     }
 
     fn write_state(&self, state: &mut State) {
@@ -219,6 +252,14 @@ impl AddressSource for VpcSource {
         if let Some(cidr) = config.pod_cidr {
             self.change_cidr(cidr)?;
         }
+        match self.route.as_mut() {
+            // Checked at once (0: due now) when the pod CIDR changed.
+            Some(r) => r.reload(config, self.pool.cidr(), 0),
+            None if config.vpc_route => {
+                log::warn!("reload: vpc_route changes only on restart");
+            }
+            None => {}
+        }
         self.min_pool_size = config.min_pool_size;
         self.max_pool_size = config.max_pool_size;
         self.cooldown_ms = config.ip_cooldown.as_millis() as u64;
@@ -229,14 +270,15 @@ impl AddressSource for VpcSource {
         self.free_now()
     }
 
-    fn pool_view(&self, _now: u64, allocs: &Allocations) -> PoolView {
+    fn pool_view(&self, now: u64, allocs: &Allocations) -> PoolView {
         PoolView {
             datapath: None,
             mode: Mode::Vpc.to_string(),
             pod_cidr: Some(self.pool.cidr().to_string()),
             eni: None,
-            metadata_endpoint: None,
-            instance_id: None,
+            metadata_endpoint: self.metadata_endpoint.clone(),
+            instance_id: self.route.as_ref().map(|r| r.instance_id().to_string()),
+            vpc_route: self.route.as_ref().map(|r| r.view(now)),
             in_use: allocs.len() as u64,
             idle: self.free_now(),
             capacity: self.pool.capacity(),

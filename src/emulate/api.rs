@@ -30,7 +30,8 @@ pub fn product(action: &str) -> Option<&'static str> {
         "DescribeVSwitches"
         | "CreateRouteEntry"
         | "DeleteRouteEntry"
-        | "DescribeRouteEntryList" => Some("Vpc"),
+        | "DescribeRouteEntryList"
+        | "DescribeRouteTableList" => Some("Vpc"),
         _ => None,
     }
 }
@@ -51,12 +52,45 @@ const IDEMPOTENT: &[&str] = &[
     "CreateRouteEntry",
 ];
 
+/// How an action takes `RegionId`, as its API reference documents it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionParam {
+    /// Required (the ENI actions, DescribeInstances, DescribeRouteEntryList).
+    Required,
+    /// Optional: the endpoint names the region (CreateRouteEntry, DeleteRouteEntry).
+    Optional,
+    /// `RegionId` or `VpcId`, at least one (DescribeVSwitches).
+    OrVpcId,
+    /// Not a parameter of the action (DescribeInstanceTypes): ignored, as the cloud does.
+    None,
+}
+
+pub fn region_param(action: &str) -> RegionParam {
+    match action {
+        "DescribeInstanceTypes" => RegionParam::None,
+        "DescribeVSwitches" => RegionParam::OrVpcId,
+        "CreateRouteEntry" | "DeleteRouteEntry" => RegionParam::Optional,
+        _ => RegionParam::Required,
+    }
+}
+
+fn check_region(m: &Model, action: &str, p: &Params) -> Result<(), ApiError> {
+    let rule = region_param(action);
+    let region = match rule {
+        RegionParam::None => return Ok(()),
+        RegionParam::Required => Some(p.req("RegionId")?),
+        RegionParam::OrVpcId if p.opt("VpcId").is_none() => Some(p.req("RegionId")?),
+        RegionParam::OrVpcId | RegionParam::Optional => p.opt("RegionId"),
+    };
+    match region {
+        Some(r) if r != m.region_id => Err(errors::region_not_found()),
+        _ => Ok(()),
+    }
+}
+
 /// Runs one action against the model. The action and version were checked by the caller.
 pub fn handle(m: &mut Model, action: &str, p: &Params, now: Ms) -> Result<Value, ApiError> {
-    let region = p.req("RegionId")?;
-    if region != m.region_id {
-        return Err(errors::region_not_found());
-    }
+    check_region(m, action, p)?;
     let token = p
         .opt("ClientToken")
         .filter(|_| IDEMPOTENT.contains(&action));
@@ -225,10 +259,11 @@ fn create(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
     let id = m.create_eni(&req, now)?;
     let eni = m.eni(&id)?;
     let mut v = eni_json(m, eni);
-    // CreateNetworkInterface answers without the attachment-only fields.
+    // CreateNetworkInterface answers without the attachment-only fields and the creation time.
     if let Some(o) = v.as_object_mut() {
         o.remove("Attachment");
         o.remove("InstanceId");
+        o.remove("CreationTime");
     }
     Ok(v)
 }
@@ -263,7 +298,13 @@ fn describe(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
         tags: p.tags("Tag")?,
     };
     let all = m.describe_enis(&filter, now);
-    let page = Page::from_params(p, all.len(), 10, 1000)?;
+    // MaxResults 10..=500, values outside clamped, default 10 (the API reference).
+    let rule = Paging {
+        default: 10,
+        max_results: (10, 500),
+        max_page_size: 1000,
+    };
+    let page = Page::from_params(p, all.len(), rule)?;
     let items: Vec<Value> = all[page.start..page.end]
         .iter()
         .map(|e| eni_json(m, e))
@@ -283,12 +324,25 @@ pub struct Page {
     pub next_token: Option<String>,
 }
 
+/// An action's paging rules, from its API reference.
+#[derive(Debug, Clone, Copy)]
+pub struct Paging {
+    /// Entries per page when neither `MaxResults` nor `PageSize` is given.
+    pub default: u64,
+    /// `MaxResults` outside this range is clamped into it, not refused.
+    pub max_results: (u64, u64),
+    /// `PageSize` above this is refused.
+    pub max_page_size: u64,
+}
+
 impl Page {
-    pub fn from_params(p: &Params, total: usize, default: u64, max: u64) -> Result<Page, ApiError> {
+    /// By `NextToken`/`MaxResults` when either is given, else by `PageNumber`/`PageSize`.
+    pub fn from_params(p: &Params, total: usize, rule: Paging) -> Result<Page, ApiError> {
         let token = p.opt("NextToken");
-        let max_results = p.num("MaxResults", max)?;
+        let max_results = p.num("MaxResults", u64::from(u32::MAX))?;
         if token.is_some() || max_results.is_some() {
-            let size = max_results.unwrap_or(default).max(1) as usize;
+            let (lo, hi) = rule.max_results;
+            let size = max_results.unwrap_or(rule.default).clamp(lo.max(1), hi) as usize;
             let start = match token {
                 Some(t) => decode_token(t)?,
                 None => 0,
@@ -298,6 +352,11 @@ impl Page {
             }
             return Ok(Page::window(start, size, total, (start / size) + 1));
         }
+        Page::numbered(p, total, rule.default, rule.max_page_size)
+    }
+
+    /// `PageNumber`/`PageSize` only (`PageSize` at most `max`, `default` when absent).
+    pub fn numbered(p: &Params, total: usize, default: u64, max: u64) -> Result<Page, ApiError> {
         let size = p.num("PageSize", max)?.unwrap_or(default).max(1) as usize;
         let number = p.num("PageNumber", u32::MAX as u64)?.unwrap_or(1).max(1) as usize;
         let start = (number - 1).saturating_mul(size).min(total);
@@ -317,11 +376,17 @@ impl Page {
     }
 
     pub fn json(&self) -> Value {
+        let mut v = self.numbered_json();
+        v["NextToken"] = json!(self.next_token.clone().unwrap_or_default());
+        v
+    }
+
+    /// The page fields of an action without `NextToken` (DescribeVSwitches).
+    pub fn numbered_json(&self) -> Value {
         json!({
             "TotalCount": self.total,
             "PageNumber": self.number,
             "PageSize": self.size,
-            "NextToken": self.next_token.clone().unwrap_or_default(),
         })
     }
 }

@@ -1,6 +1,6 @@
 //! Actions about the region itself: instance types, instances (ECS), vSwitches and route entries (VPC).
 
-use crate::emulate::api::{Page, eni_json};
+use crate::emulate::api::{Page, Paging, eni_json};
 use crate::emulate::errors::{self, ApiError};
 use crate::emulate::model::{Model, Ms};
 use crate::emulate::params::{Params, decode_token, encode_token};
@@ -16,7 +16,14 @@ pub fn dispatch(m: &mut Model, action: &str, p: &Params, now: Ms) -> Result<Valu
             let dest = p.req("DestinationCidrBlock")?;
             let hop_type = p.opt("NextHopType").unwrap_or("Instance");
             let hop = p.req("NextHopId")?;
+            let name = p.opt("RouteEntryName").unwrap_or_default();
+            if name.len() > 128 || name.starts_with("http://") || name.starts_with("https://") {
+                return Err(errors::invalid("RouteEntryName"));
+            }
             let id = m.create_route(table, dest, hop_type, hop, now)?;
+            if let Some(r) = m.routes.iter_mut().find(|r| r.id == id) {
+                r.name = name.to_string();
+            }
             Ok(json!({"RouteEntryId": id}))
         }
         "DeleteRouteEntry" => {
@@ -34,6 +41,7 @@ pub fn dispatch(m: &mut Model, action: &str, p: &Params, now: Ms) -> Result<Valu
             Ok(json!({}))
         }
         "DescribeRouteEntryList" => routes(m, p, now),
+        "DescribeRouteTableList" => route_tables(m, p, now),
         _ => Err(errors::unknown_action()),
     }
 }
@@ -61,7 +69,12 @@ fn instance_types(m: &Model, p: &Params) -> Result<Value, ApiError> {
             })
         })
         .collect();
-    let page = Page::from_params(p, all.len(), 100, 1600)?;
+    let rule = Paging {
+        default: 100,
+        max_results: (1, 1600),
+        max_page_size: 1600,
+    };
+    let page = Page::from_params(p, all.len(), rule)?;
     Ok(json!({
         "NextToken": page.next_token.clone().unwrap_or_default(),
         "InstanceTypes": {"InstanceType": all[page.start..page.end]},
@@ -114,7 +127,13 @@ fn instances(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
             })
         })
         .collect();
-    let page = Page::from_params(p, list.len(), 10, 100)?;
+    // MaxResults 10..=100, values outside clamped, default 10 (the API reference).
+    let rule = Paging {
+        default: 10,
+        max_results: (10, 100),
+        max_page_size: 100,
+    };
+    let page = Page::from_params(p, list.len(), rule)?;
     let mut v = page.json();
     v["Instances"] = json!({"Instance": list[page.start..page.end]});
     Ok(v)
@@ -154,8 +173,9 @@ fn vswitches(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
             })
         })
         .collect();
-    let page = Page::from_params(p, list.len(), 10, 50)?;
-    let mut v = page.json();
+    // PageNumber/PageSize only (at most 50, default 10); no NextToken in or out.
+    let page = Page::numbered(p, list.len(), 10, 50)?;
+    let mut v = page.numbered_json();
     v["VSwitches"] = json!({"VSwitch": list[page.start..page.end]});
     Ok(v)
 }
@@ -167,11 +187,15 @@ fn routes(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
         return Err(errors::invalid("RouteEntryType"));
     }
     let dest = p.opt("DestinationCidrBlock");
+    let hop_type = p.opt("NextHopType");
+    let hop = p.opt("NextHopId");
     let list: Vec<Value> = m
         .list_routes(&table, now)?
         .into_iter()
         .filter(|r| kind.is_none_or(|k| k == r.kind))
         .filter(|r| dest.is_none_or(|d| d == r.destination))
+        .filter(|r| hop_type.is_none_or(|t| t == r.next_hop_type))
+        .filter(|r| hop.is_none_or(|h| h == r.next_hop_id))
         .map(|r| {
             json!({
                 "RouteEntryId": r.id,
@@ -180,7 +204,7 @@ fn routes(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
                 "Type": r.kind,
                 "Status": "Available",
                 "IpVersion": "ipv4",
-                "RouteEntryName": "",
+                "RouteEntryName": r.name,
                 "Description": "",
                 "NextHops": {"NextHop": [{
                     "NextHopType": r.next_hop_type,
@@ -191,8 +215,8 @@ fn routes(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
             })
         })
         .collect();
-    // This action pages with the singular `MaxResult` (20..=100, default 50).
-    let size = p.num("MaxResult", 100)?.unwrap_or(50).max(1) as usize;
+    // This action pages with the singular `MaxResult` (1..=100, default 10).
+    let size = p.num("MaxResult", 100)?.unwrap_or(10).max(1) as usize;
     let start = match p.opt("NextToken") {
         Some(t) => decode_token(t)?.min(list.len()),
         None => 0,
@@ -206,5 +230,64 @@ fn routes(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
     Ok(json!({
         "NextToken": next,
         "RouteEntrys": {"RouteEntry": list[start..end]},
+    }))
+}
+
+/// The VPC's route tables: the emulated VPC has one, its system table, used by every vSwitch.
+fn route_tables(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
+    m.advance(now);
+    if p.opt("RouterType")
+        .is_some_and(|t| t != "VRouter" && t != "VBR")
+    {
+        return Err(errors::invalid("RouterType"));
+    }
+    if let Some(vpc) = p.opt("VpcId")
+        && vpc != m.vpc_id
+    {
+        return Err(ApiError::new(
+            404,
+            "InvalidVpcId.NotFound",
+            "The specified VPC does not exist.",
+        ));
+    }
+    let router_id = format!("vrt-{}", m.vpc_id.trim_start_matches("vpc-"));
+    let wanted = p.opt("RouterType").is_none_or(|t| t == "VRouter")
+        && p.opt("RouterId").is_none_or(|r| r == router_id)
+        && p.opt("RouteTableId").is_none_or(|t| t == m.route_table_id)
+        && p.opt("RouteTableName").is_none_or(str::is_empty);
+    let all: Vec<Value> = wanted
+        .then(|| {
+            json!({
+                "VpcId": m.vpc_id,
+                "RouterType": "VRouter",
+                "RouterId": router_id,
+                "RouteTableId": m.route_table_id,
+                "RouteTableName": "",
+                "RouteTableType": "System",
+                "AssociateType": "VSwitch",
+                "Description": "",
+                "ResourceGroupId": "",
+                "CreationTime": "",
+                "Status": "Available",
+                "OwnerId": 0,
+                "VSwitchIds": {"VSwitchId": m.vswitches.keys().collect::<Vec<_>>()},
+                "GatewayIds": {"GatewayIds": []},
+                "Tags": {"Tag": []},
+            })
+        })
+        .into_iter()
+        .collect();
+    // Pages by number only (PageSize at most 50, default 10).
+    let size = p.num("PageSize", 50)?.unwrap_or(10).max(1) as usize;
+    let number = p.num("PageNumber", u32::MAX as u64)?.unwrap_or(1).max(1) as usize;
+    let start = (number - 1).saturating_mul(size).min(all.len());
+    let end = start.saturating_add(size).min(all.len());
+    // The response model of the API (as the official SDKs carry it) has no Success, Code or
+    // Message: only the page fields and the list.
+    Ok(json!({
+        "PageNumber": number,
+        "PageSize": size,
+        "TotalCount": all.len(),
+        "RouterTableList": {"RouterTableListType": all[start..end]},
     }))
 }

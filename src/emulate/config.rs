@@ -100,11 +100,34 @@ impl std::fmt::Debug for AccessKeyCfg {
 
 /// Asynchronous behaviour of the cloud, in milliseconds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "TimingIn")]
 pub struct Timing {
     pub attach_delay_ms: u64,
     pub detach_delay_ms: u64,
     pub metadata_lag_ms: u64,
+    /// How long a deleted ENI stays `Deleting` (DeleteNetworkInterface is asynchronous).
+    pub delete_delay_ms: u64,
+}
+
+/// `Timing` as written: `delete_delay_ms` may be left out (then it is `detach_delay_ms`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimingIn {
+    attach_delay_ms: u64,
+    detach_delay_ms: u64,
+    metadata_lag_ms: u64,
+    delete_delay_ms: Option<u64>,
+}
+
+impl From<TimingIn> for Timing {
+    fn from(t: TimingIn) -> Timing {
+        Timing {
+            attach_delay_ms: t.attach_delay_ms,
+            detach_delay_ms: t.detach_delay_ms,
+            metadata_lag_ms: t.metadata_lag_ms,
+            delete_delay_ms: t.delete_delay_ms.unwrap_or(t.detach_delay_ms),
+        }
+    }
 }
 
 impl Default for Timing {
@@ -113,6 +136,7 @@ impl Default for Timing {
             attach_delay_ms: 1500,
             detach_delay_ms: 1500,
             metadata_lag_ms: 1000,
+            delete_delay_ms: 1000,
         }
     }
 }

@@ -142,6 +142,15 @@ pub fn unavailable() -> ApiError {
     )
 }
 
+/// Another operation on the same resource is under way: retry the same call later.
+pub fn operation_conflict() -> ApiError {
+    ApiError::new(
+        403,
+        "Operation.Conflict",
+        "The operation may conflict with other operations in progress. Please try again later.",
+    )
+}
+
 pub fn idempotent_mismatch() -> ApiError {
     ApiError::new(
         400,
@@ -231,9 +240,10 @@ pub fn ipv6_not_enabled() -> ApiError {
     )
 }
 
+/// HTTP 400, as the real service answers it (not 403 like the other `InvalidOperation.*`).
 pub fn invalid_eni_state() -> ApiError {
     ApiError::new(
-        403,
+        400,
         "InvalidOperation.InvalidEniState",
         "The operation is not allowed in the current ENI state.",
     )

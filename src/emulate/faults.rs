@@ -1,5 +1,5 @@
-//! Injected faults (latency, per-action rate limits, random server errors) and the per-action
-//! call audit. Pure: time and dice come from the caller / a seeded generator.
+//! Injected faults (latency, per-action rate limits, random server errors, operation conflicts,
+//! lost answers) and the per-action call audit. Pure: time and dice come from the caller / a seeded generator.
 
 use crate::emulate::errors::{self, ApiError};
 use serde::{Deserialize, Serialize};
@@ -15,7 +15,10 @@ pub struct Faults {
     pub rate_limits: BTreeMap<String, u32>,
     /// Probability (0..=1) that a call fails with `InternalError` or `ServiceUnavailable`.
     pub error_rate: f64,
-    /// Actions the error rates apply to; empty means all.
+    /// Probability (0..=1) that a call fails with `Operation.Conflict` (HTTP 403, nothing done),
+    /// as when another operation on the same resource is under way: clients retry it in place.
+    pub conflict_rate: f64,
+    /// Actions the error, conflict and lost-answer rates apply to; empty means all.
     pub error_actions: Vec<String>,
     /// Probability (0..=1) that a call is carried out but answers `InternalError`, as when the
     /// real service's answer is lost: clients must not assume a failed call did nothing.
@@ -102,8 +105,7 @@ impl FaultState {
                     .push_back(now_ms);
             }
         }
-        let applies = self.faults.error_actions.is_empty()
-            || self.faults.error_actions.iter().any(|a| a == action);
+        let applies = self.applies(action);
         if applies && self.faults.error_rate > 0.0 && self.rng.next_f64() < self.faults.error_rate {
             return Err(if self.rng.next_u64().is_multiple_of(2) {
                 errors::internal()
@@ -111,14 +113,23 @@ impl FaultState {
                 errors::unavailable()
             });
         }
+        if applies
+            && self.faults.conflict_rate > 0.0
+            && self.rng.next_f64() < self.faults.conflict_rate
+        {
+            return Err(errors::operation_conflict());
+        }
         Ok(())
+    }
+
+    fn applies(&self, action: &str) -> bool {
+        self.faults.error_actions.is_empty()
+            || self.faults.error_actions.iter().any(|a| a == action)
     }
 
     /// Whether the answer to a call that was carried out is lost (see `lost_answer_rate`).
     pub fn lose_answer(&mut self, action: &str) -> bool {
-        let applies = self.faults.error_actions.is_empty()
-            || self.faults.error_actions.iter().any(|a| a == action);
-        applies
+        self.applies(action)
             && self.faults.lost_answer_rate > 0.0
             && self.rng.next_f64() < self.faults.lost_answer_rate
     }
@@ -183,6 +194,21 @@ mod tests {
         );
         let fails = (0..1000).filter(|i| half.admit("X", *i).is_err()).count();
         assert!((350..650).contains(&fails), "{fails}");
+    }
+
+    #[test]
+    fn conflict_rate_answers_operation_conflict_where_asked() {
+        let f = Faults {
+            conflict_rate: 1.0,
+            error_actions: vec!["AssignPrivateIpAddresses".into()],
+            ..Faults::default()
+        };
+        let mut s = FaultState::new(f, 5);
+        let e = s.admit("AssignPrivateIpAddresses", 0).unwrap_err();
+        assert_eq!((e.status, e.code.as_str()), (403, "Operation.Conflict"));
+        assert!(s.admit("DescribeNetworkInterfaces", 0).is_ok());
+        let parsed: Faults = serde_json::from_str(r#"{"conflict_rate": 0.25}"#).unwrap();
+        assert_eq!(parsed.conflict_rate, 0.25);
     }
 
     #[test]

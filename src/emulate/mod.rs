@@ -10,8 +10,9 @@
 //! - `/instances/<instance-id>/latest/...` the metadata service of one instance;
 //! - `/admin/model` (GET: the whole model as JSON), `/admin/calls` (GET: calls per action with
 //!   error codes; DELETE or `POST /admin/calls/reset`: zero them), `/admin/faults` (GET/PUT:
-//!   latency, rate limits, error rate, vSwitch free-address caps), `/admin/timing` (GET/PUT:
-//!   attach/detach delays and metadata lag), `/admin/health`.
+//!   latency, rate limits, error, `Operation.Conflict` and lost-answer rates, vSwitch
+//!   free-address caps), `/admin/timing` (GET/PUT: attach/detach/delete delays and metadata
+//!   lag), `/admin/health`.
 //!
 //! With `--netns`, inside the VPC: metadata at `100.100.100.200:80` (the instance is found by
 //! the source address) and the OpenAPI at `100.100.100.201:80`.

@@ -232,6 +232,8 @@ pub enum EniStatus {
     Attaching,
     InUse,
     Detaching,
+    /// DeleteNetworkInterface was accepted; the ENI disappears when `pending_until` passes.
+    Deleting,
 }
 
 impl EniStatus {
@@ -241,6 +243,7 @@ impl EniStatus {
             EniStatus::Attaching => "Attaching",
             EniStatus::InUse => "InUse",
             EniStatus::Detaching => "Detaching",
+            EniStatus::Deleting => "Deleting",
         }
     }
 }
@@ -272,7 +275,7 @@ pub struct Eni {
     pub instance_id: Option<String>,
     pub trunk_eni_id: Option<String>,
     pub device_index: Option<u32>,
-    /// When the pending Attaching/Detaching completes.
+    /// When the pending Attaching/Detaching/Deleting completes.
     pub pending_until: Option<Ms>,
     /// Metadata view: the instance it shows under, from when, until when.
     pub meta_instance: Option<String>,
@@ -314,6 +317,8 @@ pub struct Instance {
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteEntry {
     pub id: String,
+    /// `RouteEntryName` at creation (may be empty).
+    pub name: String,
     pub destination: String,
     pub next_hop_type: String,
     pub next_hop_id: String,
@@ -483,6 +488,7 @@ impl Model {
         let now = now.max(self.now);
         self.now = now;
         let lag = self.timing.metadata_lag_ms;
+        let mut deleted = Vec::new();
         for eni in &mut self.enis {
             if let Some(t) = eni.pending_until
                 && t <= now
@@ -501,12 +507,33 @@ impl Model {
                         eni.trunk_eni_id = None;
                         eni.device_index = None;
                     }
+                    EniStatus::Deleting => deleted.push(eni.id.clone()),
                     _ => {}
                 }
             }
             eni.secondary
                 .retain(|r| r.removed.is_none_or(|t| t + lag > now));
             eni.ipv6.retain(|r| r.removed.is_none_or(|t| t + lag > now));
+        }
+        for id in deleted {
+            self.remove_eni(&id);
+        }
+    }
+
+    /// Removes an ENI for good, giving its addresses back to its vSwitch.
+    pub(crate) fn remove_eni(&mut self, id: &str) {
+        let Some(pos) = self.enis.iter().position(|e| e.id == id) else {
+            return;
+        };
+        let eni = self.enis.remove(pos);
+        if let Some(v) = self.vswitches.get_mut(&eni.vswitch_id) {
+            v.release(eni.primary_ip);
+            for ip in eni.live_secondary() {
+                v.release(ip);
+            }
+            for ip in eni.live_ipv6() {
+                v.used6.remove(&ip);
+            }
         }
     }
 

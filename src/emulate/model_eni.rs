@@ -250,25 +250,24 @@ impl Model {
         Ok(())
     }
 
+    /// Asynchronous, as in the cloud: the ENI is `Deleting` for `delete_delay_ms`, then gone
+    /// (its addresses freed). Deleting an ENI that is already `Deleting` is accepted again.
     pub fn delete_eni(&mut self, eni_id: &str, now: Ms) -> Result<(), ApiError> {
         self.advance(now);
-        let eni = self.eni(eni_id)?.clone();
+        let eni = self.eni(eni_id)?;
         if eni.eni_type == EniType::Primary {
             return Err(errors::invalid_eni_type());
         }
-        if eni.status != EniStatus::Available {
-            return Err(errors::invalid_eni_state());
+        match eni.status {
+            EniStatus::Deleting => return Ok(()),
+            EniStatus::Available => {}
+            _ => return Err(errors::invalid_eni_state()),
         }
-        if let Some(v) = self.vswitches.get_mut(&eni.vswitch_id) {
-            v.release(eni.primary_ip);
-            for ip in eni.live_secondary() {
-                v.release(ip);
-            }
-            for ip in eni.live_ipv6() {
-                v.used6.remove(&ip);
-            }
-        }
-        self.enis.retain(|e| e.id != eni_id);
+        let delay = self.timing.delete_delay_ms;
+        let e = self.eni_mut(eni_id)?;
+        e.status = EniStatus::Deleting;
+        e.pending_until = Some(now + delay);
+        self.advance(now);
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use crate::emulate::model::{Cidr4, Model, Ms, RouteEntry};
 #[derive(Debug, Clone)]
 pub struct RouteView {
     pub id: String,
+    pub name: String,
     pub destination: String,
     pub kind: &'static str,
     pub next_hop_type: String,
@@ -48,6 +49,7 @@ impl Model {
         let id = self.new_id("rte-");
         self.routes.push(RouteEntry {
             id: id.clone(),
+            name: String::new(),
             destination: dest,
             next_hop_type: next_hop_type.to_string(),
             next_hop_id: next_hop_id.to_string(),
@@ -97,6 +99,7 @@ impl Model {
             .values()
             .map(|v| RouteView {
                 id: format!("rte-system-{}", v.id.trim_start_matches("vsw-")),
+                name: String::new(),
                 destination: v.cidr.to_string(),
                 kind: "System",
                 next_hop_type: "local".into(),
@@ -105,6 +108,7 @@ impl Model {
             .collect();
         out.extend(self.routes.iter().map(|r| RouteView {
             id: r.id.clone(),
+            name: r.name.clone(),
             destination: r.destination.clone(),
             kind: "Custom",
             next_hop_type: r.next_hop_type.clone(),

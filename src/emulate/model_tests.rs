@@ -149,11 +149,28 @@ fn attach_is_asynchronous_and_quota_bound() {
         (e.status, e.instance_id.clone()),
         (EniStatus::Available, None)
     );
+    // Deleting is asynchronous: `Deleting` (addresses still held, a second delete accepted,
+    // nothing else), then gone with its addresses freed.
+    m.timing.delete_delay_ms = 200;
     let before = m.vswitches[VSW_A].available();
     m.delete_eni(&id, 3_400).unwrap();
+    assert_eq!(m.eni(&id).unwrap().status, EniStatus::Deleting);
+    assert_eq!(m.vswitches[VSW_A].available(), before);
+    m.delete_eni(&id, 3_500).unwrap();
+    assert_eq!(
+        m.attach_eni(B, &id, None, 3_500).unwrap_err().code,
+        "InvalidOperation.InvalidEniState"
+    );
+    assert_eq!(
+        m.assign_ips(&id, 1, &[], 3_500).unwrap_err().code,
+        "InvalidOperation.InvalidEniState"
+    );
+    m.advance(3_599);
+    assert!(m.eni(&id).is_ok());
+    m.advance(3_600);
     assert_eq!(m.vswitches[VSW_A].available(), before + 6);
     assert_eq!(
-        m.delete_eni(&id, 3_400).unwrap_err().code,
+        m.delete_eni(&id, 3_600).unwrap_err().code,
         "InvalidEniId.NotFound"
     );
 }

@@ -272,9 +272,15 @@ impl Topology {
                 }
             }
         }
+        // A route entry's CIDR goes to the instance's primary address (whose MAC the VPC
+        // knows, below): the node need not answer ARP for the addresses behind it (its pods).
+        let mut via = BTreeMap::new();
         for (dst, eni) in &want.cidrs {
             if let Some(l) = self.links.get(eni) {
                 routes.insert(*dst, l.vpc_index);
+                if let Some((net, _)) = want.enis.get(eni).and_then(|w| w.primary) {
+                    via.insert(*dst, net.ip());
+                }
             }
         }
         let old: Vec<(Ipv4Network, u32)> = self.routes.iter().map(|(a, b)| (*a, *b)).collect();
@@ -292,7 +298,16 @@ impl Topology {
                     self.nl
                         .replace_neigh_permanent(idx, std::net::IpAddr::V4(ip.ip()), *mac)?;
                 }
-                self.nl.replace_route(&host_route(ip, idx))?;
+                let route = match via.get(&ip) {
+                    Some(gw) => Route {
+                        gateway: Some((*gw).into()),
+                        scope_link: false,
+                        onlink: true,
+                        ..host_route(ip, idx)
+                    },
+                    None => host_route(ip, idx),
+                };
+                self.nl.replace_route(&route)?;
                 self.routes.insert(ip, idx);
             }
         }

@@ -111,6 +111,9 @@ pub struct PoolView {
     /// Shared ENI mode: how pods are wired, as configured and as this node does it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datapath: Option<DatapathView>,
+    /// VPC mode with `vpc_route`: the route entry the daemon keeps for the pod CIDR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_route: Option<VpcRouteView>,
     pub in_use: u64,
     pub idle: u64,
     pub capacity: u64,
@@ -128,6 +131,28 @@ pub struct DatapathView {
     /// Why they differ; empty when they do not.
     #[serde(default)]
     pub reason: String,
+}
+
+/// The VPC route entry `pod CIDR → this instance`, as the daemon last found it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VpcRouteView {
+    pub route_table_id: String,
+    pub destination: String,
+    /// `Instance`.
+    pub next_hop_type: String,
+    /// This instance.
+    pub next_hop_id: String,
+    /// `present`, `conflict`, `error` or `unchecked`.
+    pub state: String,
+    /// The entry's id and cloud status when present, else what is wrong.
+    #[serde(default)]
+    pub detail: String,
+    /// Seconds since the last check (none yet: `None`).
+    #[serde(default)]
+    pub checked_seconds_ago: Option<u64>,
+    /// Times the entry was found missing and created again since the daemon started.
+    #[serde(default)]
+    pub repairs: u64,
 }
 
 /// The ENIs of an ENI mode, as `terway pool` shows them.

@@ -66,7 +66,8 @@ pub fn fast_config(tag: &str, attach_ms: u64, lag_ms: u64) -> std::path::PathBuf
         .unwrap();
     assert!(out.status.success());
     let mut v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["timing"] = serde_json::json!({"attach_delay_ms": attach_ms, "detach_delay_ms": attach_ms, "metadata_lag_ms": lag_ms});
+    v["timing"] = serde_json::json!({"attach_delay_ms": attach_ms, "detach_delay_ms": attach_ms,
+        "metadata_lag_ms": lag_ms, "delete_delay_ms": attach_ms});
     let path = std::env::temp_dir().join(format!("terway-emu-{}-{tag}.json", std::process::id()));
     std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
     path
@@ -124,7 +125,7 @@ impl Emu {
         (s, v)
     }
 
-    /// A V3-signed RPC call with the parameters in the query string.
+    /// A V3-signed RPC call with the parameters in the query string (`RegionId` added).
     pub fn call_as(
         &self,
         key: &str,
@@ -134,13 +135,27 @@ impl Emu {
         version: &str,
         params: &[(&str, &str)],
     ) -> (u16, Value) {
-        let mut q: Vec<(String, String)> = params
+        let mut q: Vec<(&str, &str)> = params.to_vec();
+        if !q.iter().any(|(k, _)| *k == "RegionId") {
+            q.push(("RegionId", REGION));
+        }
+        self.call_exact(key, secret, token, action, version, &q)
+    }
+
+    /// A V3-signed RPC call with exactly these parameters.
+    pub fn call_exact(
+        &self,
+        key: &str,
+        secret: &str,
+        token: Option<&str>,
+        action: &str,
+        version: &str,
+        params: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let q: Vec<(String, String)> = params
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        if !q.iter().any(|(k, _)| k == "RegionId") {
-            q.push(("RegionId".into(), REGION.into()));
-        }
         let date = sign::format_timestamp(now_secs());
         let nonce = nonce();
         let req = sign::V3Request {
@@ -175,6 +190,7 @@ impl Emu {
             "CreateRouteEntry",
             "DeleteRouteEntry",
             "DescribeRouteEntryList",
+            "DescribeRouteTableList",
         ]
         .contains(&action)
         {
