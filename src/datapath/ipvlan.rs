@@ -364,6 +364,18 @@ fn remove_stale_pod_link(pod: &mut Netlink, spec: &IpvlanSpec) -> Result<()> {
     Ok(())
 }
 
+/// The pod link's name while it is created: `twi` + 12 hex digits of the attachment's alias
+/// (unique per attachment, never a name on the node).
+fn temp_name(alias: &str) -> String {
+    let hex: String = alias
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .rev()
+        .take(12)
+        .collect();
+    format!("twi{hex}")
+}
+
 fn wire(
     host: &mut Netlink,
     pod: &mut Netlink,
@@ -372,10 +384,12 @@ fn wire(
     slave: &Link,
     done: &mut Done,
 ) -> Result<IpvlanInfo> {
-    // Made directly inside the pod (the parent index names the node's ENI): the name never
-    // appears on the node.
+    // Made directly inside the pod (the parent index names the node's ENI), under a name the
+    // node cannot have: the kernel checks the name against the creating namespace too (the
+    // node's own `eth0` would clash), so the pod's name is given inside the pod.
+    let temp = temp_name(spec.alias);
     host.create_link(&LinkSpec {
-        name: spec.ifname,
+        name: &temp,
         mtu: Some(spec.mtu),
         mac: None,
         netns: Some(spec.netns),
@@ -385,6 +399,10 @@ fn wire(
         },
     })?;
     done.pod_link = true;
+    let made = pod
+        .link_by_name(&temp)?
+        .ok_or_else(|| err!(Kind::Datapath, "pod link {temp} vanished during setup"))?;
+    pod.set_link_name(made.index, spec.ifname)?;
     let link = pod.link_by_name(spec.ifname)?.ok_or_else(|| {
         err!(
             Kind::Datapath,
@@ -446,8 +464,13 @@ fn remove_stale_host_route(host: &mut Netlink, ip: Ipv4Addr) -> Result<()> {
 fn rollback(host: &mut Netlink, pod: &mut Netlink, spec: &IpvlanSpec, done: &Done) -> Result<()> {
     let mut failed = Vec::new();
     if done.pod_link {
-        // Created exclusively by this call; its routes and neighbour go with it.
-        let r = match pod.link_by_name(spec.ifname) {
+        // Created exclusively by this call (renamed, or still under its temporary name); its
+        // routes and neighbour go with it.
+        let found = pod.link_by_name(spec.ifname).and_then(|l| match l {
+            Some(l) => Ok(Some(l)),
+            None => pod.link_by_name(&temp_name(spec.alias)),
+        });
+        let r = match found {
             Ok(Some(link)) => pod.delete_link(link.index),
             Ok(None) => Ok(()),
             Err(e) => Err(e),
@@ -750,6 +773,15 @@ pub fn probe() -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_temporary_pod_link_name_is_a_valid_unique_interface_name() {
+        let a = super::temp_name(&crate::datapath::host_veth_alias("c1", "eth0"));
+        let b = super::temp_name(&crate::datapath::host_veth_alias("c2", "eth0"));
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 15);
+        assert!(a.starts_with("twi") && a.bytes().all(|c| c.is_ascii_alphanumeric()));
+    }
+
     use super::*;
 
     fn spec(ns: &NetNs) -> IpvlanSpec<'_> {
