@@ -47,7 +47,8 @@ cleanup() {
     [ -n "$STAGE" ] && rm -rf "$STAGE"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # --- packages ----------------------------------------------------------------------------------
 ensure_packages qemu-system-x86 iproute2 cpio gzip

@@ -6,15 +6,21 @@
 set -eu
 P=twk-peer   # the far end of the veth (a "switch" with an address on each network)
 S=twk-pod    # holds the ipvlan slave, as a pod would
+STEP=
 cleanup() {
+    rc=$?
     set +e
+    [ "$rc" = 0 ] || echo "FAIL in step: $STEP"
     ip link del twk-dummy 2>/dev/null
     ip link del twk-v0 2>/dev/null   # takes twk-v1, the ipvlan slave and the VLANs with it
     ip netns del "$S" 2>/dev/null
     ip netns del "$P" 2>/dev/null
 }
 trap cleanup EXIT
-step() { echo "-- $*"; }
+step() {
+    STEP=$*
+    echo "-- $*"
+}
 
 step "dummy"
 ip link add twk-dummy type dummy
