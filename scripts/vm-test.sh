@@ -51,18 +51,29 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- packages ----------------------------------------------------------------------------------
-ensure_packages qemu-system-x86 iproute2 cpio gzip
-# apt-get download needs the package lists; a fresh machine may not have them yet.
-if ! apt-cache show --no-all-versions linux-image-amd64 >/dev/null 2>&1 ||
-    ! apt-cache show --no-all-versions busybox-static >/dev/null 2>&1; then
+# qemu without its recommends (GTK/SDL front ends, UEFI firmware, block drivers): -nographic
+# needs none of them, and they would triple the install.
+if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install ok installed"; then
+    echo "==> installing qemu-system-x86 (no recommends)"
     apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null
 fi
+ensure_packages iproute2 cpio gzip
+# One look at the package lists (each apt-cache call costs most of a second). apt-get download
+# needs them; a fresh machine may not have them yet.
+pkg_lists() { apt-cache show --no-all-versions linux-image-amd64 busybox-static 2>/dev/null; }
+PKG_INFO=$(pkg_lists) || { apt-get update -qq && PKG_INFO=$(pkg_lists); } || true
 pkg_field() { # pkg_field PACKAGE FIELD: the candidate version's field
-    apt-cache show --no-all-versions "$1" | sed -n "s/^$2: //p" | head -n 1
+    echo "$PKG_INFO" | awk -v p="$1" -v f="$2: " \
+        '/^Package: /{pkg=$2} pkg==p && index($0, f)==1 {print substr($0, length(f)+1); exit}'
 }
-# linux-image-amd64 is a metapackage: the kernel is the package it depends on.
-KPKG=$(pkg_field linux-image-amd64 Depends | sed 's/[ ,(].*//')
-KVER_PKG=$(pkg_field "$KPKG" Version)
+# linux-image-amd64 is a metapackage: the kernel is the package it depends on, at one version.
+KDEP=$(pkg_field linux-image-amd64 Depends)
+KPKG=${KDEP%%[ ,]*}
+KVER_PKG=$(echo "$KDEP" | sed -n 's/^[^ ,]* (= \([^)]*\)).*/\1/p')
+if [ -n "$KPKG" ] && [ -z "$KVER_PKG" ]; then
+    KVER_PKG=$(apt-cache show --no-all-versions "$KPKG" | sed -n 's/^Version: //p' | head -n 1)
+fi
 BB_VER=$(pkg_field busybox-static Version)
 if [ -z "$KPKG" ] || [ -z "$KVER_PKG" ] || [ -z "$BB_VER" ]; then
     echo "cannot find linux-image-amd64 / busybox-static in the package lists" >&2
@@ -82,7 +93,10 @@ download() {
     d=$(mktemp -d "$STAGE/deb.XXXXXX")
     chmod 0755 "$d"
     chown _apt "$d" 2>/dev/null || true
-    (cd "$d" && apt-get download -qq "$1" >/dev/null)
+    if ! (cd "$d" && apt-get download -qq "$1" >/dev/null); then
+        echo "cannot download $1: are the package lists old? (apt-get update, then run again)" >&2
+        return 1
+    fi
     dpkg-deb -x "$d"/*.deb "$2"
     rm -rf "$d"
 }
@@ -255,5 +269,5 @@ if ! tr -d '\r' <"$LOG" | grep -qx "VM-RESULT pass"; then
     ok=0
 fi
 echo "==> total $((SECONDS - T0)) s; serial console in ${LOG#"$PWD"/}"
-echo "vm-test: $passed passed, $failed failed"
+echo "vm: $passed passed, $failed failed"
 [ "$ok" = 1 ]
