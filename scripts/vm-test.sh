@@ -4,7 +4,8 @@
 # datapaths need (ipvlan, 802.1Q, dummy, veth, ...) and scripts/vm/, and runs every
 # scripts/vm/scenario-*.sh in one boot. Each prints `VM-SCENARIO <name> PASS|FAIL` on the serial
 # console; exits 0 only if all passed and the VM said `VM-RESULT pass`; non-zero on any failure or
-# on a timeout (VM_TIMEOUT seconds, default 600).
+# on a timeout (VM_TIMEOUT seconds, default 600). VM_SCENARIOS="kernel ipvlan" runs only those
+# (scripts/vm/scenario-kernel.sh, scripts/vm/scenario-ipvlan.sh).
 #
 # Nothing is installed into the system but qemu-system-x86, iproute2 and cpio: the kernel
 # (linux-image-amd64) and busybox-static are Debian packages unpacked into target/vm-cache/,
@@ -202,16 +203,25 @@ A="$STAGE/app"
 mkdir -p "$A/bin" "$A/opt/cni/bin" "$A/vm"
 install -m 0755 "$BIN" "$A/opt/cni/bin/terway"
 ln -s ../opt/cni/bin/terway "$A/bin/terway"
-install -m 0755 scripts/vm/run-scenarios.sh scripts/vm/prelude.sh scripts/vm/scenario-*.sh "$A/vm/"
+install -m 0755 scripts/vm/run-scenarios.sh scripts/vm/prelude.sh "$A/vm/"
+SCENARIOS=()
+if [ -n "${VM_SCENARIOS:-}" ]; then
+    for s in $VM_SCENARIOS; do
+        [ -f "scripts/vm/scenario-$s.sh" ] || { echo "no scripts/vm/scenario-$s.sh" >&2; exit 1; }
+        SCENARIOS+=("$s")
+    done
+else
+    for f in scripts/vm/scenario-*.sh; do
+        f=${f##*/scenario-}
+        SCENARIOS+=("${f%.sh}")
+    done
+fi
+[ ${#SCENARIOS[@]} -gt 0 ] || { echo "no scenarios in scripts/vm/" >&2; exit 1; }
+for s in "${SCENARIOS[@]}"; do install -m 0755 "scripts/vm/scenario-$s.sh" "$A/vm/"; done
 INITRD="$STAGE/initrd.cpio.gz"
 # The kernel unpacks concatenated archives one after the other.
 cp "$BASE" "$INITRD"
 (cd "$A" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -1 >>"$INITRD"
-SCENARIOS=()
-for f in scripts/vm/scenario-*.sh; do
-    f=${f##*/scenario-}
-    SCENARIOS+=("${f%.sh}")
-done
 phase_done "initramfs $(du -h "$INITRD" | cut -f1) (scenarios: ${SCENARIOS[*]})"
 
 # --- boot ----------------------------------------------------------------------------------------
