@@ -15,3 +15,5 @@ for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(tw(node|po
 done
 cargo fmt --all -- --check
 cargo test --all-targets --no-fail-fast 2>&1
+# What this machine's kernel lacks (ipvlan, 802.1Q, dummy): the VM scenarios under QEMU.
+bash scripts/vm-test.sh

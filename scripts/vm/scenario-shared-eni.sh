@@ -1,0 +1,140 @@
+#!/bin/sh
+# shellcheck shell=dash
+# Shared ENI mode (ENIMultiIP, the known-good datapath: veth + policy routing) on the emulated
+# VPC, as scripts/demo.sh shows it: `terway emulate --netns` builds the built-in region's two
+# instances as namespaces, a terway daemon per node fills ENIs through the signed OpenAPI,
+# three pods get addresses through real CNI ADDs (the plugin exec'd as a runtime would), pings
+# pod <-> pod across nodes and on one node, pod -> node and node -> pod; DEL; everything stopped
+# and removed.
+set -eu
+BIN=/opt/cni/bin/terway
+WORK=$(mktemp -d /tmp/shared-eni.XXXXXX)
+VPC=twvm-vpc
+EMU_PID=
+DAEMON_PIDS=
+PODS=
+cleanup() {
+    rc=$?
+    set +e
+    for p in $DAEMON_PIDS; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+    for p in $PODS; do ip netns del "$p" 2>/dev/null; done
+    # TERM: the emulator removes the VPC and node namespaces it built.
+    if [ -n "$EMU_PID" ]; then kill "$EMU_PID" 2>/dev/null; wait "$EMU_PID" 2>/dev/null; fi
+    if [ "$rc" != 0 ]; then
+        for f in "$WORK"/*.log; do echo "---- $f"; tail -n 30 "$f"; done
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
+fail() { echo "FAIL: $*"; exit 1; }
+
+echo "-- terway emulate --netns"
+"$BIN" emulate --netns --vpc-netns "$VPC" --listen 127.0.0.1:0 \
+    --node-configs "$WORK/nodes" >"$WORK/emulate.out" 2>"$WORK/emulate.log" &
+EMU_PID=$!
+node_configs() { # sets NODES to the instance ids the emulator wrote configs for
+    NODES=
+    for c in "$WORK"/nodes/*.json; do
+        [ -e "$c" ] || continue
+        c=${c##*/}
+        NODES="$NODES ${c%.json}"
+    done
+}
+i=0
+node_configs
+while [ "$(echo "$NODES" | wc -w)" -lt 2 ]; do
+    i=$((i + 1))
+    [ "$i" -le 600 ] || fail "the emulator wrote no node configs in 60 s"
+    kill -0 "$EMU_PID" 2>/dev/null || fail "the emulator exited"
+    sleep 0.1
+    node_configs
+done
+# shellcheck disable=SC2086
+set -- $NODES
+N0=$1
+N1=$2
+echo "   nodes $N0 $N1"
+
+sock() { echo "$WORK/nodes/$1/terway.sock"; }
+for n in $NODES; do
+    echo "-- terway daemon on $n"
+    # /bin/ip, not the prelude's function: $! must be the daemon itself (ip netns exec execs it).
+    /bin/ip netns exec "$n" "$BIN" daemon --config "$WORK/nodes/$n.json" 2>"$WORK/daemon-$n.log" &
+    DAEMON_PIDS="$DAEMON_PIDS $!"
+done
+for n in $NODES; do
+    i=0
+    until "$BIN" pool --socket "$(sock "$n")" >/dev/null 2>&1; do
+        i=$((i + 1))
+        [ "$i" -le 600 ] || fail "the daemon on $n did not answer in 60 s"
+        sleep 0.1
+    done
+done
+
+# cni COMMAND NODE POD: the plugin exec'd in the node's namespace, as the runtime does.
+cni() {
+    echo "{\"cniVersion\":\"1.0.0\",\"name\":\"terway\",\"type\":\"terway\",\"daemon_socket\":\"$(sock "$2")\"}" |
+        ip netns exec "$2" env CNI_COMMAND="$1" CNI_CONTAINERID="$3" CNI_NETNS="/run/netns/$3" \
+            CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin \
+            CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=$3" "$BIN"
+}
+# add_pod POD NODE: sets ADDR to the pod's address
+add_pod() {
+    ip netns add "$1"
+    PODS="$PODS $1"
+    out=$(cni ADD "$2" "$1") || fail "ADD $1 on $2: $out"
+    ADDR=$(echo "$out" | sed -n 's/.*"address": *"\([0-9.]*\)\/[0-9]*".*/\1/p' | head -n 1)
+    [ -n "$ADDR" ] || fail "ADD $1 on $2 returned no IPv4 address: $out"
+}
+echo "-- CNI ADD: pod-a on $N0, pod-b and pod-c on $N1"
+add_pod twvm-pod-a "$N0"
+A=$ADDR
+add_pod twvm-pod-b "$N1"
+B=$ADDR
+add_pod twvm-pod-c "$N1"
+C=$ADDR
+echo "   pod-a $A, pod-b $B, pod-c $C"
+if [ "$A" = "$B" ] || [ "$B" = "$C" ] || [ "$A" = "$C" ]; then fail "two pods share an address"; fi
+NODE1_IP=$(ip -n "$N1" -4 -o addr show dev eth0 | sed -n 's/.* inet \([0-9.]*\)\/.*/\1/p')
+[ -n "$NODE1_IP" ] || fail "no address on $N1 eth0"
+
+ping_ok() { # ping_ok NS TARGET LABEL
+    if ip netns exec "$1" ping -c 1 -W 5 "$2" >/dev/null; then
+        echo "   ok   $3"
+    else
+        fail "ping $3"
+    fi
+}
+echo "-- pings"
+ping_ok twvm-pod-a "$B" "pod-a -> pod-b $B (across nodes)"
+ping_ok twvm-pod-b "$A" "pod-b -> pod-a $A (across nodes)"
+ping_ok twvm-pod-c "$A" "pod-c -> pod-a $A (across nodes)"
+ping_ok twvm-pod-b "$C" "pod-b -> pod-c $C (same node)"
+ping_ok twvm-pod-a "$NODE1_IP" "pod-a -> node $N1 $NODE1_IP"
+ping_ok "$N0" "$A" "node $N0 -> pod-a $A"
+
+echo "-- terway mapping on $N1"
+ip netns exec "$N1" "$BIN" mapping --socket "$(sock "$N1")" | sed 's/^/   /'
+
+echo "-- CNI DEL"
+cni DEL "$N0" twvm-pod-a >/dev/null || fail "DEL pod-a"
+cni DEL "$N1" twvm-pod-b >/dev/null || fail "DEL pod-b"
+cni DEL "$N1" twvm-pod-c >/dev/null || fail "DEL pod-c"
+for p in $PODS; do
+    if ip -n "$p" -o link show | grep -qv ' lo:'; then fail "DEL left links in $p"; fi
+done
+echo "-- stopping daemons and the emulator"
+for p in $DAEMON_PIDS; do
+    kill "$p"
+    wait "$p" || fail "a daemon exited with $? on TERM"
+done
+DAEMON_PIDS=
+for p in $PODS; do ip netns del "$p"; done
+PODS=
+kill "$EMU_PID"
+wait "$EMU_PID" || fail "the emulator exited with $? on TERM"
+EMU_PID=
+[ -z "$(ip netns list)" ] || fail "namespaces left: $(ip netns list | tr '\n' ' ')"
+echo "shared ENI: 3 pods, pings across nodes, DEL, clean"
