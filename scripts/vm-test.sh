@@ -5,7 +5,9 @@
 # scripts/vm/scenario-*.sh in one boot. Each prints `VM-SCENARIO <name> PASS|FAIL` on the serial
 # console; exits 0 only if all passed and the VM said `VM-RESULT pass`; non-zero on any failure or
 # on a timeout (VM_TIMEOUT seconds, default 600). VM_SCENARIOS="kernel ipvlan" runs only those
-# (scripts/vm/scenario-kernel.sh, scripts/vm/scenario-ipvlan.sh).
+# (scripts/vm/scenario-kernel.sh, scripts/vm/scenario-ipvlan.sh). VM_RUN=NAME runs
+# scripts/vm/NAME.sh alone instead (scripts/vm-bench.sh: VM_RUN=bench-datapaths); VM_IPERF3=1
+# adds Debian's iperf3 to the VM.
 #
 # Nothing is installed into the system but qemu-system-x86, iproute2 and cpio: the kernel
 # (linux-image-amd64) and busybox-static are Debian packages unpacked into target/vm-cache/,
@@ -205,7 +207,13 @@ install -m 0755 "$BIN" "$A/opt/cni/bin/terway"
 ln -s ../opt/cni/bin/terway "$A/bin/terway"
 install -m 0755 scripts/vm/run-scenarios.sh scripts/vm/prelude.sh "$A/vm/"
 SCENARIOS=()
-if [ -n "${VM_SCENARIOS:-}" ]; then
+if [ -n "${VM_RUN:-}" ]; then
+    # VM_RUN=NAME: scripts/vm/NAME.sh instead of the scenarios (a benchmark, say), packed as a
+    # scenario so run-scenarios.sh runs it under the same time limit and leftover checks.
+    [ -f "scripts/vm/$VM_RUN.sh" ] || { echo "no scripts/vm/$VM_RUN.sh" >&2; exit 1; }
+    install -m 0755 "scripts/vm/$VM_RUN.sh" "$A/vm/scenario-$VM_RUN.sh"
+    SCENARIOS+=("$VM_RUN")
+elif [ -n "${VM_SCENARIOS:-}" ]; then
     for s in $VM_SCENARIOS; do
         [ -f "scripts/vm/scenario-$s.sh" ] || { echo "no scripts/vm/scenario-$s.sh" >&2; exit 1; }
         SCENARIOS+=("$s")
@@ -217,10 +225,41 @@ else
     done
 fi
 [ ${#SCENARIOS[@]} -gt 0 ] || { echo "no scenarios in scripts/vm/" >&2; exit 1; }
-for s in "${SCENARIOS[@]}"; do install -m 0755 "scripts/vm/scenario-$s.sh" "$A/vm/"; done
+[ -n "${VM_RUN:-}" ] ||
+    for s in "${SCENARIOS[@]}"; do install -m 0755 "scripts/vm/scenario-$s.sh" "$A/vm/"; done
 INITRD="$STAGE/initrd.cpio.gz"
 # The kernel unpacks concatenated archives one after the other.
 cp "$BASE" "$INITRD"
+# VM_IPERF3=1: Debian's iperf3 and the libraries it links (cached, keyed by its version), in
+# the VM only then: the scenarios do not need it.
+if [ "${VM_IPERF3:-0}" = 1 ]; then
+    IPERF_VER=$(apt-cache show --no-all-versions iperf3 2>/dev/null | sed -n 's/^Version: //p' | head -n 1)
+    [ -n "$IPERF_VER" ] || { echo "no iperf3 in the package lists" >&2; exit 1; }
+    IPERF="$CACHE/iperf3-${IPERF_VER//[:~]/_}.cpio.gz"
+    if [ ! -f "$IPERF" ]; then
+        echo "==> unpacking iperf3 $IPERF_VER"
+        download "iperf3=$IPERF_VER" "$STAGE/i3"
+        download "libiperf0=$IPERF_VER" "$STAGE/i3"
+        R="$STAGE/i3root"
+        mkdir -p "$R/bin"
+        install -m 0755 "$STAGE/i3/usr/bin/iperf3" "$R/bin/iperf3"
+        # libiperf0 from the package, the rest (libssl, libsctp, libc) from this machine.
+        for l in $(LD_LIBRARY_PATH="$STAGE/i3/usr/lib/x86_64-linux-gnu" ldd "$R/bin/iperf3" |
+            awk '/=> \//{print $3} /^\t\/[^ ]+ \(/{print $1}'); do
+            case "$l" in
+            "$STAGE"/i3/*) dest=${l#"$STAGE"/i3} ;;
+            *) dest=$l ;;
+            esac
+            mkdir -p "$R$(dirname "$dest")"
+            cp -L "$l" "$R$dest"
+        done
+        (cd "$R" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -6 >"$IPERF.tmp"
+        mv "$IPERF.tmp" "$IPERF"
+        rm -rf "$R" "$STAGE/i3"
+    fi
+    for f in "$CACHE"/iperf3-*.cpio.gz; do [ "$f" = "$IPERF" ] || rm -f "$f"; done
+    cat "$IPERF" >>"$INITRD"
+fi
 (cd "$A" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -1 >>"$INITRD"
 phase_done "initramfs $(du -h "$INITRD" | cut -f1) (scenarios: ${SCENARIOS[*]})"
 
