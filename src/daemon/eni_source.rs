@@ -12,6 +12,8 @@ use crate::{Error, Kind, Result};
 use std::sync::Arc;
 
 const DEFAULT_RESYNC_MS: u64 = 120_000;
+/// The least time between a failed resync and an early (wanted) one.
+const RESYNC_RETRY_MS: u64 = 5_000;
 
 pub struct EniCommon {
     pub ops: Arc<EniOps>,
@@ -22,6 +24,8 @@ pub struct EniCommon {
     next_resync: u64,
     observing: bool,
     random: u64,
+    /// After a failed resync a wanted (early) one waits until then.
+    retry_resync_at: u64,
 }
 
 impl EniCommon {
@@ -38,6 +42,7 @@ impl EniCommon {
             next_resync: now + resync_every_ms,
             observing: false,
             random: now ^ u64::from(std::process::id()).rotate_left(32) | 1,
+            retry_resync_at: 0,
         }
     }
 
@@ -64,7 +69,8 @@ impl EniCommon {
     /// Whether a resync starts now: nothing in flight, and it is due (or `wanted` early).
     /// Counts it as started.
     pub fn start_resync(&mut self, now: u64, wanted: bool) -> bool {
-        if self.outstanding > 0 || !(wanted || now >= self.next_resync) {
+        let early = wanted && now >= self.retry_resync_at;
+        if self.outstanding > 0 || !(early || now >= self.next_resync) {
             return false;
         }
         self.next_resync = now + self.resync_every_ms;
@@ -73,16 +79,29 @@ impl EniCommon {
         true
     }
 
-    /// An operation or a resync reported back.
-    pub fn done(&mut self, was_resync: bool) {
+    /// An operation reported back.
+    pub fn done(&mut self) {
         self.outstanding = self.outstanding.saturating_sub(1);
-        if was_resync {
-            self.observing = false;
+    }
+
+    /// A resync reported back; a failed one is not retried early for a while (the cloud may be
+    /// throttling: every resync is several calls).
+    pub fn resync_done(&mut self, ok: bool, now: u64) {
+        self.done();
+        self.observing = false;
+        if !ok {
+            self.retry_resync_at = now + RESYNC_RETRY_MS;
         }
     }
 
-    pub fn next_resync(&self) -> u64 {
-        self.next_resync
+    /// When the loop must come back for this source: the pool's own deadline (not while a
+    /// resync runs: nothing is planned then, and its result wakes the loop), and the resync when
+    /// one could start (with operations in flight, their results wake the loop). Reporting a
+    /// time that cannot act would make the loop spin.
+    pub fn deadline(&self, pool: Option<u64>) -> Option<u64> {
+        let pool = pool.filter(|_| !self.observing);
+        let resync = (self.outstanding == 0).then_some(self.next_resync);
+        [pool, resync].into_iter().flatten().min()
     }
 
     /// A reload: new ENIs join the new security groups, carry the new tags and come from the

@@ -234,7 +234,10 @@ impl AddressSource for ExclusiveEniSource {
     }
 
     fn apply(&mut self, done: Done, now: u64) {
-        self.common.done(matches!(done, Done::Observed(_)));
+        match &done {
+            Done::Observed(r) => self.common.resync_done(r.is_ok(), now),
+            Done::Op(_) => self.common.done(),
+        }
         match done {
             Done::Op(outcome) => {
                 if let CloudOutcome::Failed { failure, .. } = &outcome {
@@ -252,10 +255,20 @@ impl AddressSource for ExclusiveEniSource {
                     report.adopted.len(),
                     report.removed_idle.len(),
                 );
-                for (key, eni) in report.lost {
+                for (key, eni) in &report.lost {
                     log::error!("resync: the cloud no longer has ENI {eni} of {key} attached");
-                    self.lost.insert(key);
                 }
+                // The pool's word, not a set of our own: an ENI the cloud shows attached again
+                // is its pod's again (a stale entry here would hide it from DEL, which would
+                // then leave the device in the pod while the pool hands the ENI out).
+                self.lost = self
+                    .pool
+                    .snapshot(now)
+                    .enis
+                    .iter()
+                    .filter(|e| e.status == EniStatus::Lost)
+                    .filter_map(|e| e.owner.clone())
+                    .collect();
             }
             Done::Observed(Err(e)) => {
                 log::warn!("resync failed, retrying later: {e}");
@@ -279,13 +292,7 @@ impl AddressSource for ExclusiveEniSource {
     }
 
     fn next_deadline(&self, now: u64) -> Option<u64> {
-        [
-            self.pool.next_deadline(now),
-            Some(self.common.next_resync()),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        self.common.deadline(self.pool.next_deadline(now))
     }
 
     fn write_state(&self, state: &mut State) {

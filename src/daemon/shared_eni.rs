@@ -357,7 +357,10 @@ impl AddressSource for SharedEniSource {
     }
 
     fn apply(&mut self, done: CloudDone, now: u64) {
-        self.common.done(matches!(done, CloudDone::Observed(_)));
+        match &done {
+            CloudDone::Observed(r) => self.common.resync_done(r.is_ok(), now),
+            CloudDone::Op { .. } => self.common.done(),
+        }
         match done {
             CloudDone::Op { outcome, table } => {
                 if let crate::pool::shared_eni::CloudOutcome::Failed { failure, .. } = &outcome {
@@ -411,13 +414,7 @@ impl AddressSource for SharedEniSource {
     }
 
     fn next_deadline(&self, now: u64) -> Option<u64> {
-        [
-            self.pool.next_deadline(now),
-            Some(self.common.next_resync()),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        self.common.deadline(self.pool.next_deadline(now))
     }
 
     fn write_state(&self, state: &mut State) {

@@ -47,6 +47,14 @@ pub fn gc_candidates<'a>(
         .collect()
 }
 
+/// Whether a pod's namespace may still exist: it does, or the daemon cannot see where it would
+/// be (a daemon in a mount namespace without the runtime's netns directory must not take every
+/// pod for gone).
+fn netns_may_exist(p: &str) -> bool {
+    let path = Path::new(p);
+    path.exists() || path.parent().is_some_and(|d| !d.is_dir())
+}
+
 /// Finds orphans in this (the node's) namespace and removes their leftover policy rules (and,
 /// of ipvlan pods, the node's route and neighbour through the host slave).
 pub fn find(allocs: &[StoredAllocation], now_secs: u64, grace_secs: u64) -> Vec<AttachKey> {
@@ -64,13 +72,7 @@ pub fn find(allocs: &[StoredAllocation], now_secs: u64, grace_secs: u64) -> Vec<
             return Vec::new();
         }
     };
-    let found = orphans(
-        allocs,
-        now_secs,
-        grace_secs,
-        |p| Path::new(p).exists(),
-        &links,
-    );
+    let found = orphans(allocs, now_secs, grace_secs, netns_may_exist, &links);
     for a in allocs.iter().filter(|a| found.contains(&a.key)) {
         // Still ours until released, so no other pod's rules can be hit.
         if let Some(ip) = a.address.ipv4_addr()
@@ -107,6 +109,13 @@ mod tests {
             datapath: crate::model::Datapath::Veth,
             created_unix: created,
         }
+    }
+
+    #[test]
+    fn a_netns_directory_the_daemon_cannot_see_is_not_a_gone_pod() {
+        assert!(netns_may_exist("/nonexistent-terway-dir/pod"));
+        assert!(!netns_may_exist("/proc/no-such-netns-here"));
+        assert!(netns_may_exist("/proc/self/ns/net"));
     }
 
     #[test]
