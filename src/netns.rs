@@ -8,6 +8,7 @@ use nix::sched::CloneFlags;
 use nix::sys::statfs::{NSFS_MAGIC, PROC_SUPER_MAGIC, fstatfs};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// `NS_GET_NSTYPE` from `<linux/nsfs.h>`: `_IO(0xb7, 0x3)`.
@@ -24,10 +25,25 @@ impl NetNs {
     /// Opens `path` and checks it really is a network namespace.
     pub fn open(path: &Path) -> Result<NetNs> {
         let shown = path.display();
-        let file = File::open(path).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOENT) => err!(Kind::Netns, "netns {shown} does not exist"),
-            _ => err!(Kind::Netns, "open netns {shown}: {e}"),
-        })?;
+        // A path from the runtime: never open a FIFO (it blocks) or a device (opening one can
+        // have effects). A namespace file is a regular (nsfs/proc) file.
+        match std::fs::metadata(path) {
+            Ok(m) if !m.file_type().is_file() => {
+                return Err(err!(
+                    Kind::Netns,
+                    "{shown} is not a network namespace (not a regular nsfs or proc file)"
+                ));
+            }
+            _ => {}
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOENT) => err!(Kind::Netns, "netns {shown} does not exist"),
+                _ => err!(Kind::Netns, "open netns {shown}: {e}"),
+            })?;
         let fs = fstatfs(&file).map_err(|e| err!(Kind::Netns, "statfs netns {shown}: {e}"))?;
         let fs_type = fs.filesystem_type();
         if fs_type != NSFS_MAGIC && fs_type != PROC_SUPER_MAGIC {
@@ -152,6 +168,18 @@ mod tests {
         let a = NetNs::open(Path::new("/proc/self/ns/net")).unwrap();
         let b = NetNs::current().unwrap();
         assert_eq!(a.id().unwrap(), b.id().unwrap());
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("terway-netns-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = NetNs::open(&fifo).unwrap_err();
+        assert!(e.msg.contains("not a network namespace"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -206,7 +206,8 @@ fn validate_ifname(name: &str) -> Result<()> {
         && name != ".."
         && !name
             .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace());
+            // `%` makes the kernel expand the name as a template (`eth%d` -> `eth0`).
+            .any(|c| c == '/' || c == ':' || c == '%' || c.is_whitespace());
     if ok {
         Ok(())
     } else {

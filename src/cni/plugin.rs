@@ -218,11 +218,13 @@ fn del(env: &Env, conf: &NetConf) -> Result<()> {
             return Ok(());
         }
         Err(e) => {
-            // Never block pod deletion: go on without the lock.
-            eprintln!("terway: DEL {key}: {e}");
+            // Never block pod deletion: tear down without the lock, but leave the release to
+            // GC or the sweep (an ADD on this attachment could be wiring the address).
+            eprintln!("terway: DEL {key}: {e}; its address is reclaimed later by GC or the sweep");
             None
         }
     };
+    let locked = lock.is_some();
     // The namespace may be gone (CNI_NETNS empty or deleted): what lives in it went with it.
     let netns = (!env.netns.is_empty())
         .then(|| open_netns(&env.netns).ok())
@@ -248,6 +250,9 @@ fn del(env: &Env, conf: &NetConf) -> Result<()> {
         eprintln!("terway: DEL {key}: {e}");
         // Keep the address held so nobody gets it while the old route may still exist; GC
         // retries the teardown and releases it once the container is gone for good.
+        return Ok(());
+    }
+    if !locked {
         return Ok(());
     }
     if daemon_down {

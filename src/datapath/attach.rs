@@ -173,7 +173,11 @@ pub fn setup(att: &Attachment, address: &PodAddress, dp: &Datapath) -> Result<Wi
                 let rules =
                     Netlink::open().and_then(|mut nl| policy::setup_pod_rules(&mut nl, ip, *table));
                 if let Err(e) = rules {
+                    // Both undone: the veth, and a rule added before the failing one (the
+                    // daemon holds this address for this attachment: the rules are ours).
                     let _ = veth::teardown(&names.0, &names.1);
+                    let _ =
+                        Netlink::open().and_then(|mut nl| policy::teardown_pod_rules(&mut nl, ip));
                     return Err(e);
                 }
             }
@@ -312,26 +316,22 @@ pub fn teardown(att: &Attachment, known: Option<(&PodAddress, &Datapath)>) -> Re
         });
     }
     if known.is_none() {
-        // The daemon cannot say: an ipvlan interface of this attachment (its alias) names the
-        // address whose node route and neighbour go with it.
-        let ips = att
+        // The daemon cannot say: this attachment's ipvlan interface (its alias) goes, but the
+        // addresses on it are the pod's word, never trusted for node routes of some other pod:
+        // the node side waits for GC or the sweep, which have the daemon's record.
+        let is_ipvlan = att
             .netns
             .map(|ns| ipvlan::pod_ips(ns, att.ifname, &alias))
             .transpose()
             .unwrap_or_default()
-            .unwrap_or_default();
-        if !ips.is_empty() {
-            let host = Netlink::open().and_then(|mut nl| {
-                ips.iter()
-                    .try_for_each(|ip| ipvlan::remove_host_side(&mut nl, *ip))
-            });
-            let pod = ipvlan::teardown(&IpvlanTeardown {
+            .is_some_and(|ips| !ips.is_empty());
+        if is_ipvlan {
+            return ipvlan::teardown(&IpvlanTeardown {
                 netns: att.netns,
                 ifname: att.ifname,
                 alias: &alias,
                 ip: None,
             });
-            return host.and(pod);
         }
     }
     let ips: Vec<Ipv4Addr> = match known {

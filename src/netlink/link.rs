@@ -26,7 +26,7 @@ fn check_ifname(name: &str) -> Result<()> {
         && name != ".."
         && !name
             .bytes()
-            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
+            .any(|b| b == b'/' || b == b':' || b == b'%' || b.is_ascii_whitespace() || b == 0);
     if ok {
         Ok(())
     } else {
