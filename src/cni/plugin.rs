@@ -327,8 +327,17 @@ fn check(env: &Env, conf: &NetConf) -> Result<()> {
         }
         other => return Err(unexpected(&other)),
     };
+    if let Some(problem) = &alloc.problem {
+        return Err(Error::new(
+            Kind::Datapath,
+            format!("CHECK {key}: {problem}"),
+        ));
+    }
     let prev = conf.prev_ips();
-    if !prev.is_empty() && !alloc.address.ips().all(|ip| prev.contains(&ip)) {
+    let daemons: Vec<std::net::IpAddr> = alloc.address.ips().collect();
+    let same =
+        prev.iter().all(|ip| daemons.contains(ip)) && daemons.iter().all(|ip| prev.contains(ip));
+    if !prev.is_empty() && !same {
         return Err(Error::new(
             Kind::Datapath,
             format!(

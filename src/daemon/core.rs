@@ -63,6 +63,7 @@ fn view(a: &StoredAllocation, address: PodAddress, datapath: Datapath) -> Alloca
         address,
         datapath,
         grant: None,
+        problem: None,
     }
 }
 
@@ -126,13 +127,21 @@ impl<S: AddressSource> Core<S> {
                 out.reply(reply, Ok(Reply::Released(released)), changed);
             }
             Request::Get { key } => {
-                let found = self
-                    .allocs
-                    .get(&key)
-                    .and_then(|a| match self.source.current(a) {
-                        Current::Valid(address, datapath) => Some(view(a, address, datapath)),
-                        Current::NotReady(_) | Current::Lost => None,
-                    });
+                // As recorded when not usable: DEL must still tear down what was wired.
+                let found = self.allocs.get(&key).map(|a| match self.source.current(a) {
+                    Current::Valid(address, datapath) => view(a, address, datapath),
+                    Current::NotReady(e) => Allocation {
+                        problem: Some(e.msg),
+                        ..view(a, a.address.clone(), a.datapath.clone())
+                    },
+                    Current::Lost => Allocation {
+                        problem: Some(format!(
+                            "the cloud no longer has {} of this attachment: the pod needs to be re-created",
+                            a.address
+                        )),
+                        ..view(a, a.address.clone(), a.datapath.clone())
+                    },
+                });
                 out.reply(reply, Ok(Reply::Found(found)), false);
             }
             Request::Gc { network, valid } => {

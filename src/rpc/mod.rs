@@ -70,6 +70,11 @@ pub struct Allocation {
     /// Only in the reply to `Alloc`: what this call may undo if it fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<Grant>,
+    /// `Get` of an allocation that is recorded but not usable as it stands (the cloud lost its
+    /// address, its ENI's device has not appeared): why. DEL still tears down what was wired;
+    /// CHECK fails with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// One `Alloc` reply's claim on an allocation.
