@@ -40,24 +40,20 @@ pub struct VpcPoolState {
     pub released: Vec<(Ipv4Addr, u64)>,
 }
 
-/// Shared ENI mode: the pool and the node facts worth caching across restarts.
+/// An ENI mode's part of the state: its pool and the node facts worth caching across restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EniPoolState {
+pub struct EniModeState<P> {
     pub instance_id: String,
     pub instance_type: String,
     /// DescribeInstanceTypes answer for `instance_type` (it never changes for an instance).
     pub limits: Option<InstanceLimits>,
-    pub pool: crate::pool::shared_eni::PoolState,
+    pub pool: P,
 }
 
-/// Exclusive ENI mode: the pool of whole ENIs and the node facts worth caching.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExclusiveEniState {
-    pub instance_id: String,
-    pub instance_type: String,
-    pub limits: Option<InstanceLimits>,
-    pub pool: crate::pool::exclusive_eni::PoolState,
-}
+/// Shared ENI mode's part.
+pub type EniPoolState = EniModeState<crate::pool::shared_eni::PoolState>;
+/// Exclusive ENI mode's part: the pool of whole ENIs.
+pub type ExclusiveEniState = EniModeState<crate::pool::exclusive_eni::PoolState>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceLimits {

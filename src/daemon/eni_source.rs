@@ -121,6 +121,16 @@ impl EniCommon {
         Ok(self.node.clone())
     }
 
+    /// This mode's part of the state file around `pool`.
+    pub fn state<P>(&self, pool: P) -> crate::store::EniModeState<P> {
+        crate::store::EniModeState {
+            instance_id: self.node.info.instance_id.clone(),
+            instance_type: self.node.info.instance_type.clone(),
+            limits: Some(self.node.limits),
+            pool,
+        }
+    }
+
     /// The pool saved in the state file, if it was this instance's (a state file copied from
     /// another node must not hand out that node's ENIs).
     pub fn saved_pool<P: Clone + Default>(&self, saved: Option<(&str, &P)>) -> P {

@@ -18,7 +18,7 @@ use crate::pool::exclusive_eni::{
     CloudFailure, CloudOp, CloudOutcome, EniFacts, EniStatus, Lease, Pool, PoolConfig,
 };
 use crate::rpc::{EniIpView, EniPoolView, EniView, MappingRow, PoolView};
-use crate::store::{ExclusiveEniState, State, StoredAllocation};
+use crate::store::{State, StoredAllocation};
 use std::collections::BTreeSet;
 
 /// Creates and deletes only: fewer workers than shared mode needs.
@@ -296,12 +296,7 @@ impl AddressSource for ExclusiveEniSource {
     }
 
     fn write_state(&self, state: &mut State) {
-        state.exclusive_eni = Some(ExclusiveEniState {
-            instance_id: self.common.node.info.instance_id.clone(),
-            instance_type: self.common.node.info.instance_type.clone(),
-            limits: Some(self.common.node.limits),
-            pool: self.pool.state().clone(),
-        });
+        state.exclusive_eni = Some(self.common.state(self.pool.state().clone()));
     }
 
     fn reload(&mut self, config: &Config) -> Result<()> {

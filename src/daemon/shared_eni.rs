@@ -15,7 +15,7 @@ use crate::config::{Config, Mode, VirtualType};
 use crate::model::{AttachKey, Datapath, HostPeer, PodAddress, PodRef};
 use crate::pool::shared_eni::{EniFacts, Lease, Pool, PoolConfig};
 use crate::rpc::{DatapathView, EniIpView, EniPoolView, EniView, MappingRow, PoolView};
-use crate::store::{EniPoolState, State, StoredAllocation};
+use crate::store::{State, StoredAllocation};
 use crate::{Error, Kind, Result};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -418,12 +418,7 @@ impl AddressSource for SharedEniSource {
     }
 
     fn write_state(&self, state: &mut State) {
-        state.eni = Some(EniPoolState {
-            instance_id: self.common.node.info.instance_id.clone(),
-            instance_type: self.common.node.info.instance_type.clone(),
-            limits: Some(self.common.node.limits),
-            pool: self.pool.state().clone(),
-        });
+        state.eni = Some(self.common.state(self.pool.state().clone()));
     }
 
     fn reload(&mut self, config: &Config) -> Result<()> {

@@ -103,14 +103,7 @@ impl VpcSource {
             .map(|a| format!("{} {} ({})", a.address, a.pod, a.key))
             .collect();
         if !outside.is_empty() {
-            return Err(Error::new(
-                Kind::InvalidConfig,
-                format!(
-                    "pod_cidr {cidr} does not hold {} address(es) pods still use: {}; restore the previous pod_cidr or delete those pods first",
-                    outside.len(),
-                    outside.join(", ")
-                ),
-            ));
+            return Err(not_held(cidr, &outside));
         }
         for a in allocs {
             let Some(ip) = a.address.ipv4_addr() else {
@@ -139,14 +132,7 @@ impl VpcSource {
             .map(|(ip, key)| format!("{ip} ({key})"))
             .collect();
         if !outside.is_empty() {
-            return Err(Error::new(
-                Kind::InvalidConfig,
-                format!(
-                    "pod_cidr {cidr} does not hold {} address(es) pods still use: {}; restore the previous pod_cidr or delete those pods first",
-                    outside.len(),
-                    outside.join(", ")
-                ),
-            ));
+            return Err(not_held(cidr, &outside));
         }
         std::mem::swap(&mut self.pool, &mut next);
         Ok(())
@@ -155,6 +141,18 @@ impl VpcSource {
     fn free_now(&self) -> u64 {
         self.pool.capacity().saturating_sub(self.used.len() as u64)
     }
+}
+
+/// A pod CIDR that does not hold addresses pods still use (a config change): refused.
+fn not_held(cidr: Ipv4Network, outside: &[String]) -> Error {
+    Error::new(
+        Kind::InvalidConfig,
+        format!(
+            "pod_cidr {cidr} does not hold {} address(es) pods still use: {}; restore the previous pod_cidr or delete those pods first",
+            outside.len(),
+            outside.join(", ")
+        ),
+    )
 }
 
 impl AddressSource for VpcSource {

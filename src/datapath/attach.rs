@@ -75,6 +75,23 @@ fn ipv4_of(address: &PodAddress) -> Result<Ipv4Addr> {
     })
 }
 
+/// The IPv4 address (with its prefix) and gateway a datapath on the ENI itself needs.
+fn ipv4_with_gateway(address: &PodAddress, what: &str) -> Result<(Ipv4Network, Ipv4Addr)> {
+    let v4 = address.ipv4.ok_or_else(|| {
+        Error::new(
+            Kind::InvalidConfig,
+            format!("the allocation ({address}) has no IPv4 address"),
+        )
+    })?;
+    match (v4.addr, v4.gateway) {
+        (IpNetwork::V4(ip), Some(IpAddr::V4(gateway))) => Ok((ip, gateway)),
+        _ => Err(Error::new(
+            Kind::InvalidConfig,
+            format!("{what} address {address} needs an IPv4 gateway"),
+        )),
+    }
+}
+
 fn veth_spec<'a>(
     att: &Attachment<'a>,
     ns: &'a NetNs,
@@ -100,18 +117,7 @@ fn eni_spec<'a>(
     host_peer: Option<&crate::model::HostPeer>,
     names: &'a (String, String),
 ) -> Result<ExclusiveEniSpec<'a>> {
-    let v4 = address.ipv4.ok_or_else(|| {
-        Error::new(
-            Kind::InvalidConfig,
-            format!("the allocation ({address}) has no IPv4 address"),
-        )
-    })?;
-    let (IpNetwork::V4(ip), Some(IpAddr::V4(gateway))) = (v4.addr, v4.gateway) else {
-        return Err(Error::new(
-            Kind::InvalidConfig,
-            format!("exclusive ENI address {address} needs an IPv4 gateway"),
-        ));
-    };
+    let (ip, gateway) = ipv4_with_gateway(address, "exclusive ENI")?;
     Ok(ExclusiveEniSpec {
         netns: att.netns()?,
         ifname: att.ifname,
@@ -136,18 +142,7 @@ fn ipvlan_spec<'a>(
     to_node: &crate::model::HostPeer,
     alias: &'a str,
 ) -> Result<IpvlanSpec<'a>> {
-    let v4 = address.ipv4.ok_or_else(|| {
-        Error::new(
-            Kind::InvalidConfig,
-            format!("the allocation ({address}) has no IPv4 address"),
-        )
-    })?;
-    let (IpNetwork::V4(ip), Some(IpAddr::V4(gateway))) = (v4.addr, v4.gateway) else {
-        return Err(Error::new(
-            Kind::InvalidConfig,
-            format!("ipvlan address {address} needs an IPv4 gateway"),
-        ));
-    };
+    let (ip, gateway) = ipv4_with_gateway(address, "ipvlan")?;
     Ok(IpvlanSpec {
         netns: att.netns()?,
         ifname: att.ifname,
