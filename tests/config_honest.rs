@@ -4,11 +4,10 @@
 
 mod common;
 
-use common::{BIN, TempDir};
+use common::{BIN, TempDir, daemon_exits};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 /// A valid ENIMultiIP config in `dir` with `extra` keys.
 fn eni_config(dir: &Path, extra: &Value) -> Value {
@@ -236,50 +235,6 @@ fn ipvlan_is_used_and_needs_the_service_cidr() {
             "{t}: {out}"
         );
     }
-}
-
-/// Runs `terway daemon --config cfg`; it must exit within 10 s. Returns (success, stderr).
-/// As root in a network namespace of its own, in case it got further than it should.
-fn daemon_exits(cfg: &Path) -> (bool, String) {
-    let mut cmd = if nix::unistd::geteuid().is_root() {
-        let mut c = Command::new("unshare");
-        c.args(["-n", BIN]);
-        c
-    } else {
-        Command::new(BIN)
-    };
-    let mut child = cmd
-        .args(["daemon", "--config"])
-        .arg(cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "terway daemon --config {} still running after 10 s",
-                cfg.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (status.success(), err)
 }
 
 #[test]

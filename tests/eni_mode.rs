@@ -12,18 +12,6 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
-fn node_ip(node: &EniNode) -> String {
-    let out = sh_ok(&[
-        "ip", "-n", &node.ns, "-4", "-o", "addr", "show", "dev", "eth0",
-    ]);
-    out.split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_else(|| panic!("no address on eth0 of {}: {out}", node.ns))
-        .to_string()
-}
-
 /// Runs ADD for `n` pods in parallel on `node`; returns (pod namespaces, their IPs).
 fn add_pods(node: &EniNode, prefix: &str, n: usize) -> (Vec<Netns>, Vec<String>) {
     let pods: Vec<Netns> = (0..n).map(|_| Netns::new("twpod")).collect();
@@ -100,7 +88,7 @@ fn pods_on_two_nodes_reach_each_other_through_the_vpc() {
     b.start_daemon();
     let (pods_a, ips_a) = add_pods(&a, "x", 3);
     let (pods_b, ips_b) = add_pods(&b, "y", 3);
-    let (node_a, node_b) = (node_ip(&a), node_ip(&b));
+    let (node_a, node_b) = (a.node_ip(), b.node_ip());
     for ip in ips_a.iter().chain(&ips_b) {
         assert!(ip.starts_with("172.16."), "a VPC address: {ip}");
     }
@@ -519,7 +507,7 @@ fn restart_reconciles_with_the_cloud_and_mapping_reports_the_difference() {
         .unwrap_or("");
     assert!(idle.starts_with("Idle"), "adopted as idle: {text}");
     // The other pod keeps working.
-    assert!(pods[survivor].ping(&node_ip(&a)));
+    assert!(pods[survivor].ping(&a.node_ip()));
     del_pods(&a, "rec", &pods);
     std::thread::sleep(Duration::from_millis(500));
     assert_no_leaks(&cloud, &a);

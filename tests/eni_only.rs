@@ -30,32 +30,6 @@ fn spec(extra: Value) -> CloudSpec {
     }
 }
 
-fn node_ip(node: &EniNode) -> String {
-    let out = sh_ok(&[
-        "ip", "-n", &node.ns, "-4", "-o", "addr", "show", "dev", "eth0",
-    ]);
-    out.split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_else(|| panic!("no address on eth0 of {}: {out}", node.ns))
-        .to_string()
-}
-
-/// A "service" address in the node's own stack, as kube-proxy's would be reached.
-fn add_service_address(node: &EniNode) {
-    sh_ok(&[
-        "ip",
-        "-n",
-        &node.ns,
-        "addr",
-        "add",
-        &format!("{SERVICE_IP}/32"),
-        "dev",
-        "lo",
-    ]);
-}
-
 fn add(node: &EniNode, id: &str) -> (Netns, CniOutcome) {
     let pod = Netns::new("twpod");
     let r = node.cni("ADD", id, &pod.path());
@@ -99,7 +73,7 @@ fn pods_get_whole_enis_and_reach_each_other_their_node_and_services() {
     let mut b = cloud.node(1);
     a.start_daemon();
     b.start_daemon();
-    add_service_address(&a);
+    a.add_lo_address(SERVICE_IP);
     let (pa, ra) = add(&a, "xa");
     ra.assert_ok();
     let (pb, rb) = add(&b, "xb");
@@ -138,7 +112,7 @@ fn pods_get_whole_enis_and_reach_each_other_their_node_and_services() {
     assert!(pa.ping(&rb.ip()), "pod on A -> pod on B through the VPC");
     assert!(pb.ping(&ra.ip()), "pod on B -> pod on A");
     assert!(pa.ping(&ra2.ip()), "pod -> pod on the same node");
-    assert!(pa.ping(&node_ip(&a)), "pod -> its node (veth1)");
+    assert!(pa.ping(&a.node_ip()), "pod -> its node (veth1)");
     assert!(
         pa.ping(SERVICE_IP),
         "pod -> the service CIDR in the node's stack (veth1)"
@@ -190,7 +164,7 @@ fn del_after_the_pod_namespace_is_gone_returns_the_eni_to_the_pool() {
     let (next, r2) = add(&a, "next");
     r2.assert_ok();
     assert_eq!(r2.ip(), r.ip());
-    assert!(next.ping(&node_ip(&a)));
+    assert!(next.ping(&a.node_ip()));
     a.cni("DEL", "next", &next.path()).assert_ok();
 }
 
@@ -222,7 +196,7 @@ fn sigkill_with_enis_in_pods_loses_and_duplicates_nothing() {
     assert_eq!(owned(&a), 5);
     for (id, p, _) in &pods[..3] {
         assert!(
-            p.ping(&node_ip(&a)),
+            p.ping(&a.node_ip()),
             "{id} kept its network across the restart"
         );
         // A retried ADD of a pod from before the restart keeps its ENI.

@@ -50,32 +50,6 @@ fn ipvlan_extra() -> Value {
     json!({"eniip_virtual_type": "ipvlan", "service_cidr": SERVICE_CIDR})
 }
 
-fn node_ip(node: &EniNode) -> String {
-    let out = sh_ok(&[
-        "ip", "-n", &node.ns, "-4", "-o", "addr", "show", "dev", "eth0",
-    ]);
-    out.split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_else(|| panic!("no address on eth0 of {}: {out}", node.ns))
-        .to_string()
-}
-
-/// The node answers on a service address only through its own stack (the VPC has no route).
-fn add_service_address(node: &EniNode) {
-    sh_ok(&[
-        "ip",
-        "-n",
-        &node.ns,
-        "addr",
-        "add",
-        &format!("{SERVICE_IP}/32"),
-        "dev",
-        "lo",
-    ]);
-}
-
 fn add_pod(node: &EniNode, id: &str) -> (Netns, String) {
     let pod = Netns::new("twpod");
     let r = node.cni("ADD", id, &pod.path());
@@ -183,11 +157,11 @@ fn ipvlan_configured_pods_get_what_this_kernel_can_do_and_keep_it_across_a_resta
         assert_eq!(log.matches(NO_IPVLAN).count(), said, "{log}");
         assert_datapath_view(n, effective);
     }
-    add_service_address(&a);
+    a.add_lo_address(SERVICE_IP);
     let (pa0, ip_a0) = add_pod(&a, "a0");
     let (pa1, ip_a1) = add_pod(&a, "a1");
     let (pb0, ip_b0) = add_pod(&b, "b0");
-    let (node_a, node_b) = (node_ip(&a), node_ip(&b));
+    let (node_a, node_b) = (a.node_ip(), b.node_ip());
 
     for (pod, ip) in [(&pa0, &ip_a0), (&pa1, &ip_a1), (&pb0, &ip_b0)] {
         let (k, cidr) = pod_link(pod);
@@ -298,10 +272,10 @@ fn a_veth_pod_keeps_veth_when_the_node_switches_to_ipvlan() {
     let (p1, _ip1) = add_pod(&a, "new");
     assert_eq!(recorded_kinds(&a)["new"], kind);
     assert_eq!(pod_link(&p1).0, effective);
-    let node_b = node_ip(&b);
+    let node_b = b.node_ip();
     assert!(p0.ping(&node_b), "the veth pod still reaches the VPC");
     assert!(p1.ping(&node_b), "the new pod reaches the VPC");
-    assert!(p0.ping(&node_ip(&a)), "the veth pod still reaches its node");
+    assert!(p0.ping(&a.node_ip()), "the veth pod still reaches its node");
     a.cni("DEL", "old", &p0.path()).assert_ok();
     a.cni("DEL", "new", &p1.path()).assert_ok();
     assert!(recorded_kinds(&a).is_empty());

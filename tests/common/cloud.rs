@@ -271,4 +271,32 @@ impl EniNode {
     pub fn pool(&self) -> Value {
         self.cli_json(&["pool"])
     }
+
+    /// The node's own address: the primary ENI's, on `eth0`.
+    pub fn node_ip(&self) -> String {
+        let out = sh_ok(&[
+            "ip", "-n", &self.ns, "-4", "-o", "addr", "show", "dev", "eth0",
+        ]);
+        out.split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_else(|| panic!("no address on eth0 of {}: {out}", self.ns))
+            .to_string()
+    }
+
+    /// An address in the node's own stack (on `lo`), e.g. a "service" address as kube-proxy's
+    /// would be reached: the VPC has no route to it.
+    pub fn add_lo_address(&self, ip: &str) {
+        sh_ok(&[
+            "ip",
+            "-n",
+            &self.ns,
+            "addr",
+            "add",
+            &format!("{ip}/32"),
+            "dev",
+            "lo",
+        ]);
+    }
 }

@@ -407,3 +407,48 @@ pub fn link_exists(ns: &str, name: &str) -> bool {
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// Runs `terway daemon --config cfg`; it must exit within 10 s. Returns (success, stderr).
+/// As root in a network namespace of its own (`unshare -n` execs it in place): a daemon that got
+/// further than it should would otherwise change the host's sysctls.
+pub fn daemon_exits(cfg: &Path) -> (bool, String) {
+    let mut cmd = if nix::unistd::geteuid().is_root() {
+        let mut c = Command::new("unshare");
+        c.args(["-n", BIN]);
+        c
+    } else {
+        Command::new(BIN)
+    };
+    let mut child = cmd
+        .args(["daemon", "--config"])
+        .arg(cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "terway daemon --config {} still running after 10 s",
+                cfg.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.success(), err)
+}
