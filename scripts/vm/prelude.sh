@@ -7,3 +7,53 @@
 # daemon ... &`): through the function, $! would be a subshell, and killing it would leave the
 # process running.
 ip() { /bin/ip "$@"; }
+
+# What the scenarios on the emulated VPC share. They set BIN, WORK, EMU_PID and PODS.
+fail() { echo "FAIL: $*"; exit 1; }
+sock() { echo "$WORK/nodes/$1/terway.sock"; }
+
+# wait_nodes: waits until the emulator (EMU_PID) wrote two node configs; sets N0 and N1.
+wait_nodes() {
+    i=0
+    while :; do
+        NODES=
+        for c in "$WORK"/nodes/*.json; do
+            [ -e "$c" ] || continue
+            c=${c##*/}
+            NODES="$NODES ${c%.json}"
+        done
+        [ "$(echo "$NODES" | wc -w)" -lt 2 ] || break
+        i=$((i + 1))
+        [ "$i" -le 600 ] || fail "the emulator wrote no node configs in 60 s"
+        kill -0 "$EMU_PID" 2>/dev/null || fail "the emulator exited"
+        sleep 0.1
+    done
+    # shellcheck disable=SC2086
+    set -- $NODES
+    N0=$1
+    N1=$2
+    echo "   nodes $N0 $N1"
+}
+
+cni() { # cni COMMAND NODE POD: the plugin exec'd in the node's namespace, as the runtime does
+    echo "{\"cniVersion\":\"1.0.0\",\"name\":\"terway\",\"type\":\"terway\",\"daemon_socket\":\"$(sock "$2")\"}" |
+        ip netns exec "$2" env CNI_COMMAND="$1" CNI_CONTAINERID="$3" CNI_NETNS="/run/netns/$3" \
+            CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin \
+            CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=$3" "$BIN"
+}
+
+add_pod() { # add_pod POD NODE: a pod namespace and its CNI ADD; sets ADDR to its address
+    ip netns add "$1"
+    PODS="$PODS $1"
+    out=$(cni ADD "$2" "$1") || fail "ADD $1 on $2: $out"
+    ADDR=$(echo "$out" | sed -n 's/.*"address": *"\([0-9.]*\)\/[0-9]*".*/\1/p' | head -n 1)
+    [ -n "$ADDR" ] || fail "ADD $1 on $2 returned no IPv4 address: $out"
+}
+
+ping_ok() { # ping_ok NS TARGET LABEL
+    if ip netns exec "$1" ping -c 1 -W 5 "$2" >/dev/null; then
+        echo "   ok   $3"
+    else
+        fail "ping $3"
+    fi
+}

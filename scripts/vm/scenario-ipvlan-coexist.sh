@@ -1,5 +1,6 @@
 #!/bin/sh
 # shellcheck shell=dash
+# shellcheck disable=SC2153 # ADDR, N0 and N1 are set by the prelude's add_pod and wait_nodes
 # A veth pod and an ipvlan pod side by side on one node after a config change (needs ipvlan: the
 # VM's kernel). `terway emulate --netns` builds the two nodes; node 0's daemon starts with
 # `eniip_virtual_type: veth` and pod-v gets veth + policy routing; node 0's config becomes
@@ -37,7 +38,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
-fail() { echo "FAIL: $*"; exit 1; }
 step() {
     STEP=$*
     echo "-- $*"
@@ -47,35 +47,13 @@ step "terway emulate --netns"
 "$BIN" emulate --netns --vpc-netns "$VPC" --listen 127.0.0.1:0 \
     --node-configs "$WORK/nodes" >"$WORK/emulate.out" 2>"$WORK/emulate.log" &
 EMU_PID=$!
-node_configs() { # sets NODES to the instance ids the emulator wrote configs for
-    NODES=
-    for c in "$WORK"/nodes/*.json; do
-        [ -e "$c" ] || continue
-        c=${c##*/}
-        NODES="$NODES ${c%.json}"
-    done
-}
-i=0
-node_configs
-while [ "$(echo "$NODES" | wc -w)" -lt 2 ]; do
-    i=$((i + 1))
-    [ "$i" -le 600 ] || fail "the emulator wrote no node configs in 60 s"
-    kill -0 "$EMU_PID" 2>/dev/null || fail "the emulator exited"
-    sleep 0.1
-    node_configs
-done
-# shellcheck disable=SC2086
-set -- $NODES
-N0=$1
-N1=$2
-echo "   nodes $N0 $N1"
+wait_nodes
 
 # The emulator writes pretty JSON: "{" alone on the first line.
 sed -i '1a "eniip_virtual_type": "veth",' "$WORK/nodes/$N0.json"
 "$BIN" config check "$WORK/nodes/$N0.json" >"$WORK/check.out" 2>&1 ||
     fail "config check $N0: $(cat "$WORK/check.out")"
 
-sock() { echo "$WORK/nodes/$1/terway.sock"; }
 # start_daemon NODE: sets DAEMON_PID (also appended to DAEMON_PIDS), waits until it answers
 start_daemon() {
     # /bin/ip, not the prelude's function: $! must be the daemon itself (ip netns exec execs it).
@@ -100,19 +78,6 @@ N0_PID=$DAEMON_PID
 start_daemon "$N1"
 effective "$N0" veth
 
-cni() { # cni COMMAND NODE POD: the plugin exec'd in the node's namespace, as the runtime does
-    echo "{\"cniVersion\":\"1.0.0\",\"name\":\"terway\",\"type\":\"terway\",\"daemon_socket\":\"$(sock "$2")\"}" |
-        ip netns exec "$2" env CNI_COMMAND="$1" CNI_CONTAINERID="$3" CNI_NETNS="/run/netns/$3" \
-            CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin \
-            CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=$3" "$BIN"
-}
-add_pod() { # add_pod POD NODE: sets ADDR to the pod's address
-    ip netns add "$1"
-    PODS="$PODS $1"
-    out=$(cni ADD "$2" "$1") || fail "ADD $1 on $2: $out"
-    ADDR=$(echo "$out" | sed -n 's/.*"address": *"\([0-9.]*\)\/[0-9]*".*/\1/p' | head -n 1)
-    [ -n "$ADDR" ] || fail "ADD $1 on $2 returned no IPv4 address: $out"
-}
 is_kind() { # is_kind POD KIND: the pod's eth0 is a KIND link
     ip -n "$1" -d link show eth0 | grep -qw "$2" ||
         fail "$1: eth0 is not $2: $(ip -n "$1" -d link show eth0)"
@@ -162,13 +127,6 @@ cni CHECK "$N0" twvm-coex-i >"$WORK/check-i.out" || fail "CHECK pod-i: $(cat "$W
 N0_IP=$(ip -n "$N0" -4 -o addr show dev eth0 | sed -n 's/.* inet \([0-9.]*\)\/.*/\1/p')
 N1_IP=$(ip -n "$N1" -4 -o addr show dev eth0 | sed -n 's/.* inet \([0-9.]*\)\/.*/\1/p')
 if [ -z "$N0_IP" ] || [ -z "$N1_IP" ]; then fail "no address on the nodes' eth0"; fi
-ping_ok() { # ping_ok NS TARGET LABEL
-    if ip netns exec "$1" ping -c 1 -W 5 "$2" >/dev/null; then
-        echo "   ok   $3"
-    else
-        fail "ping $3"
-    fi
-}
 step "pings (not pod-i <-> pod-v: see the top of this file)"
 for pa in "v $V" "i $I"; do
     p=${pa% *}

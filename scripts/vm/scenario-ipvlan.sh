@@ -44,7 +44,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
-fail() { echo "FAIL: $*"; exit 1; }
 step() {
     STEP=$*
     echo "-- $*"
@@ -54,28 +53,7 @@ step "terway emulate --netns"
 "$BIN" emulate --netns --vpc-netns "$VPC" --listen 127.0.0.1:0 \
     --node-configs "$WORK/nodes" >"$WORK/emulate.out" 2>"$WORK/emulate.log" &
 EMU_PID=$!
-node_configs() { # sets NODES to the instance ids the emulator wrote configs for
-    NODES=
-    for c in "$WORK"/nodes/*.json; do
-        [ -e "$c" ] || continue
-        c=${c##*/}
-        NODES="$NODES ${c%.json}"
-    done
-}
-i=0
-node_configs
-while [ "$(echo "$NODES" | wc -w)" -lt 2 ]; do
-    i=$((i + 1))
-    [ "$i" -le 600 ] || fail "the emulator wrote no node configs in 60 s"
-    kill -0 "$EMU_PID" 2>/dev/null || fail "the emulator exited"
-    sleep 0.1
-    node_configs
-done
-# shellcheck disable=SC2086
-set -- $NODES
-N0=$1
-N1=$2
-echo "   nodes $N0 $N1"
+wait_nodes
 
 step "daemon configs: eniip_virtual_type ipvlan, service_cidr $SERVICE_CIDR"
 for n in $NODES; do
@@ -89,7 +67,6 @@ for n in $NODES; do
     ip -n "$n" addr add "$SERVICE_IP/32" dev lo
 done
 
-sock() { echo "$WORK/nodes/$1/terway.sock"; }
 # start_daemon NODE: appends its pid to DAEMON_PIDS, waits until it answers
 start_daemon() {
     # /bin/ip, not the prelude's function: $! must be the daemon itself (ip netns exec execs it).
@@ -123,20 +100,9 @@ expect_datapath() {
 step "terway pool: ipvlan configured and in effect"
 for n in $NODES; do expect_datapath "$n"; done
 
-# cni COMMAND NODE POD: the plugin exec'd in the node's namespace, as the runtime does.
-cni() {
-    echo "{\"cniVersion\":\"1.0.0\",\"name\":\"terway\",\"type\":\"terway\",\"daemon_socket\":\"$(sock "$2")\"}" |
-        ip netns exec "$2" env CNI_COMMAND="$1" CNI_CONTAINERID="$3" CNI_NETNS="/run/netns/$3" \
-            CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin \
-            CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=$3" "$BIN"
-}
-# add_pod POD NODE: sets ADDR to the pod's address, checks its eth0
-add_pod() {
-    ip netns add "$1"
-    PODS="$PODS $1"
-    out=$(cni ADD "$2" "$1") || fail "ADD $1 on $2: $out"
-    ADDR=$(echo "$out" | sed -n 's/.*"address": *"\([0-9.]*\)\/[0-9]*".*/\1/p' | head -n 1)
-    [ -n "$ADDR" ] || fail "ADD $1 on $2 returned no IPv4 address: $out"
+# add_ipvlan_pod POD NODE: add_pod (sets ADDR), then, with IPVLAN=1, the pod's eth0 checked
+add_ipvlan_pod() {
+    add_pod "$1" "$2"
     [ "$IPVLAN" = 1 ] || return 0
     ip -n "$1" -d link show eth0 | grep -q "ipvlan.*mode l2" ||
         fail "$1: eth0 is not an ipvlan L2 slave: $(ip -n "$1" -d link show eth0)"
@@ -152,11 +118,11 @@ add_pod() {
         fail "$2 has no route to $ADDR through its host slave: $(ip -n "$2" route)"
 }
 step "CNI ADD: pod-a and pod-b on $N0, pod-c on $N1"
-add_pod twvm-ipvl-a "$N0"
+add_ipvlan_pod twvm-ipvl-a "$N0"
 A=$ADDR
-add_pod twvm-ipvl-b "$N0"
+add_ipvlan_pod twvm-ipvl-b "$N0"
 B=$ADDR
-add_pod twvm-ipvl-c "$N1"
+add_ipvlan_pod twvm-ipvl-c "$N1"
 C=$ADDR
 echo "   pod-a $A, pod-b $B, pod-c $C"
 if [ "$A" = "$B" ] || [ "$B" = "$C" ] || [ "$A" = "$C" ]; then fail "two pods share an address"; fi
@@ -174,13 +140,6 @@ N0_IP=$(ip -n "$N0" -4 -o addr show dev eth0 | sed -n 's/.* inet \([0-9.]*\)\/.*
 N1_IP=$(ip -n "$N1" -4 -o addr show dev eth0 | sed -n 's/.* inet \([0-9.]*\)\/.*/\1/p')
 if [ -z "$N0_IP" ] || [ -z "$N1_IP" ]; then fail "no address on the nodes' eth0"; fi
 
-ping_ok() { # ping_ok NS TARGET LABEL
-    if ip netns exec "$1" ping -c 1 -W 5 "$2" >/dev/null; then
-        echo "   ok   $3"
-    else
-        fail "ping $3"
-    fi
-}
 step "pings"
 ping_ok twvm-ipvl-a "$C" "pod-a -> pod-c $C (across nodes)"
 ping_ok twvm-ipvl-c "$A" "pod-c -> pod-a $A (across nodes)"
@@ -237,7 +196,7 @@ expect_datapath "$N0"
 [ "$(kinds "$N0")" = "$want" ] || fail "after the restart $N0 records $(kinds "$N0") ipvlan pods, want $want"
 cni CHECK "$N0" twvm-ipvl-a >"$WORK/check-a.out" || fail "CHECK pod-a after the restart: $(cat "$WORK/check-a.out")"
 ping_ok twvm-ipvl-a "$C" "pod-a -> pod-c $C after the restart"
-add_pod twvm-ipvl-d "$N0"
+add_ipvlan_pod twvm-ipvl-d "$N0"
 D=$ADDR
 echo "   pod-d $D (added after the restart)"
 ping_ok twvm-ipvl-d "$C" "pod-d -> pod-c $C"

@@ -28,36 +28,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
-fail() { echo "FAIL: $*"; exit 1; }
 
 echo "-- terway emulate --netns"
 "$BIN" emulate --netns --vpc-netns "$VPC" --listen 127.0.0.1:0 \
     --node-configs "$WORK/nodes" >"$WORK/emulate.out" 2>"$WORK/emulate.log" &
 EMU_PID=$!
-node_configs() { # sets NODES to the instance ids the emulator wrote configs for
-    NODES=
-    for c in "$WORK"/nodes/*.json; do
-        [ -e "$c" ] || continue
-        c=${c##*/}
-        NODES="$NODES ${c%.json}"
-    done
-}
-i=0
-node_configs
-while [ "$(echo "$NODES" | wc -w)" -lt 2 ]; do
-    i=$((i + 1))
-    [ "$i" -le 600 ] || fail "the emulator wrote no node configs in 60 s"
-    kill -0 "$EMU_PID" 2>/dev/null || fail "the emulator exited"
-    sleep 0.1
-    node_configs
-done
-# shellcheck disable=SC2086
-set -- $NODES
-N0=$1
-N1=$2
-echo "   nodes $N0 $N1"
+wait_nodes
 
-sock() { echo "$WORK/nodes/$1/terway.sock"; }
 for n in $NODES; do
     echo "-- terway daemon on $n"
     # /bin/ip, not the prelude's function: $! must be the daemon itself (ip netns exec execs it).
@@ -73,21 +50,6 @@ for n in $NODES; do
     done
 done
 
-# cni COMMAND NODE POD: the plugin exec'd in the node's namespace, as the runtime does.
-cni() {
-    echo "{\"cniVersion\":\"1.0.0\",\"name\":\"terway\",\"type\":\"terway\",\"daemon_socket\":\"$(sock "$2")\"}" |
-        ip netns exec "$2" env CNI_COMMAND="$1" CNI_CONTAINERID="$3" CNI_NETNS="/run/netns/$3" \
-            CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin \
-            CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=$3" "$BIN"
-}
-# add_pod POD NODE: sets ADDR to the pod's address
-add_pod() {
-    ip netns add "$1"
-    PODS="$PODS $1"
-    out=$(cni ADD "$2" "$1") || fail "ADD $1 on $2: $out"
-    ADDR=$(echo "$out" | sed -n 's/.*"address": *"\([0-9.]*\)\/[0-9]*".*/\1/p' | head -n 1)
-    [ -n "$ADDR" ] || fail "ADD $1 on $2 returned no IPv4 address: $out"
-}
 echo "-- CNI ADD: pod-a on $N0, pod-b and pod-c on $N1"
 add_pod twvm-pod-a "$N0"
 A=$ADDR
@@ -100,13 +62,6 @@ if [ "$A" = "$B" ] || [ "$B" = "$C" ] || [ "$A" = "$C" ]; then fail "two pods sh
 NODE1_IP=$(ip -n "$N1" -4 -o addr show dev eth0 | sed -n 's/.* inet \([0-9.]*\)\/.*/\1/p')
 [ -n "$NODE1_IP" ] || fail "no address on $N1 eth0"
 
-ping_ok() { # ping_ok NS TARGET LABEL
-    if ip netns exec "$1" ping -c 1 -W 5 "$2" >/dev/null; then
-        echo "   ok   $3"
-    else
-        fail "ping $3"
-    fi
-}
 echo "-- pings"
 ping_ok twvm-pod-a "$B" "pod-a -> pod-b $B (across nodes)"
 ping_ok twvm-pod-b "$A" "pod-b -> pod-a $A (across nodes)"
