@@ -489,31 +489,12 @@ fn rollback(host: &mut Netlink, pod: &mut Netlink, spec: &IpvlanSpec, done: &Don
             }
         }
     }
-    for msg in &failed {
-        log::warn!("rollback of {}: {msg}", spec.describe());
-    }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(err!(Kind::Datapath, "{}", failed.join("; ")))
-    }
+    super::rolled_back(&spec.describe(), failed)
 }
 
 /// Verifies the whole datapath; the error lists every missing or wrong piece.
 pub fn check(spec: &IpvlanSpec) -> Result<()> {
-    let mut problems = Vec::new();
-    check_inner(spec, &mut problems)
-        .map_err(|e| e.context(format!("check {}", spec.describe())))?;
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(err!(
-            Kind::Datapath,
-            "{} is broken: {}",
-            spec.describe(),
-            problems.join("; ")
-        ))
-    }
+    super::checked(&spec.describe(), |problems| check_inner(spec, problems))
 }
 
 fn check_inner(spec: &IpvlanSpec, problems: &mut Vec<String>) -> Result<()> {

@@ -31,6 +31,36 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     name
 }
 
+/// Runs a datapath's check, which notes every missing or wrong piece: all of them in one error.
+pub(crate) fn checked(
+    what: &str,
+    check: impl FnOnce(&mut Vec<String>) -> crate::Result<()>,
+) -> crate::Result<()> {
+    let mut problems = Vec::new();
+    check(&mut problems).map_err(|e| e.context(format!("check {what}")))?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::err!(
+            crate::Kind::Datapath,
+            "{what} is broken: {}",
+            problems.join("; ")
+        ))
+    }
+}
+
+/// The end of a rollback: each step that failed is logged, and all of them are the error.
+pub(crate) fn rolled_back(what: &str, failed: Vec<String>) -> crate::Result<()> {
+    for msg in &failed {
+        log::warn!("rollback of {what}: {msg}");
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::err!(crate::Kind::Datapath, "{}", failed.join("; ")))
+    }
+}
+
 /// The alias terway puts on an attachment's host veth: `terway:` + sha256("<id>/<ifname>") in
 /// full. The 15-byte name alone could collide; the alias proves which attachment owns the link.
 pub fn host_veth_alias(container_id: &str, ifname: &str) -> String {

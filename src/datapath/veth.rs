@@ -227,19 +227,7 @@ pub(super) fn set_if_differs(key: &str, value: &str) -> Result<()> {
 
 /// Verifies the whole datapath; the error lists every missing or wrong piece.
 pub fn check(spec: &VethSpec) -> Result<()> {
-    let mut problems = Vec::new();
-    check_inner(spec, &mut problems)
-        .map_err(|e| e.context(format!("check {}", spec.describe())))?;
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(err!(
-            Kind::Datapath,
-            "{} is broken: {}",
-            spec.describe(),
-            problems.join("; ")
-        ))
-    }
+    super::checked(&spec.describe(), |problems| check_inner(spec, problems))
 }
 
 fn check_link(link: &Link, spec: &VethSpec, side: &str, problems: &mut Vec<String>) {
