@@ -289,14 +289,17 @@ TAIL_PID=
 phase_done "VM boot and scenarios"
 
 # --- verdict -------------------------------------------------------------------------------------
+# Read the console once: with pipefail, `tr <log | grep -q` fails when grep stops at an early
+# match and tr dies of SIGPIPE, which reported the first scenario's PASS as missing.
+CONSOLE=$(tr -d '\r' <"$LOG")
 passed=0
 failed=0
 echo "==> VM scenarios"
 for s in "${SCENARIOS[@]}"; do
-    if tr -d '\r' <"$LOG" | grep -qE "^VM-SCENARIO $s PASS( |$)"; then
+    if grep -aqE "^VM-SCENARIO $s PASS( |$)" <<<"$CONSOLE"; then
         echo "    PASS $s"
         passed=$((passed + 1))
-    elif tr -d '\r' <"$LOG" | grep -qE "^VM-SCENARIO $s FAIL( |$)"; then
+    elif grep -aqE "^VM-SCENARIO $s FAIL( |$)" <<<"$CONSOLE"; then
         echo "    FAIL $s"
         failed=$((failed + 1))
     else
@@ -313,7 +316,7 @@ elif [ "$QEMU_RC" != 0 ]; then
     echo "    qemu exited with $QEMU_RC"
     ok=0
 fi
-if ! tr -d '\r' <"$LOG" | grep -qx "VM-RESULT pass"; then
+if ! grep -aqx "VM-RESULT pass" <<<"$CONSOLE"; then
     echo "    the VM did not report VM-RESULT pass"
     ok=0
 fi
