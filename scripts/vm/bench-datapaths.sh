@@ -10,6 +10,7 @@
 # nodes does; the daemons run veth first, then (config changed, restarted) ipvlan, with the
 # veth pods deleted in between so the ENIs carry one kind at a time. Each path: iperf3 TCP for
 # BENCH_SECONDS (default 5) and `ping -c 50 -i 0.05` (average RTT). Prints a table.
+# Run through run-scenarios.sh, so /vm/prelude.sh (fail, sock, wait_nodes, cni, add_pod) is sourced.
 set -eu
 BIN=/opt/cni/bin/terway
 SECS=${BENCH_SECONDS:-5}
@@ -20,12 +21,13 @@ EMU_PID=
 DAEMON_PIDS=
 SERVER_PID=
 NETNS=
+PODS=
 cleanup() {
     rc=$?
     set +e
     [ -z "$SERVER_PID" ] || { kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; }
     for p in $DAEMON_PIDS; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-    for n in $NETNS; do ip netns del "$n" 2>/dev/null; done
+    for n in $NETNS $PODS; do ip netns del "$n" 2>/dev/null; done
     if [ -n "$EMU_PID" ]; then kill "$EMU_PID" 2>/dev/null; wait "$EMU_PID" 2>/dev/null; fi
     if [ "$rc" != 0 ]; then
         for f in "$WORK"/*.log; do echo "---- $f"; tail -n 20 "$f"; done
@@ -35,7 +37,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
-fail() { echo "FAIL: $*"; exit 1; }
 command -v iperf3 >/dev/null || fail "no iperf3 in the VM (VM_IPERF3=1)"
 
 # measure LABEL CLIENT_NS SERVER_NS SERVER_ADDR: appends "LABEL MBITS RTT" to $WORK/results
@@ -83,28 +84,7 @@ echo "-- terway emulate --netns"
 "$BIN" emulate --netns --vpc-netns "$VPC" --listen 127.0.0.1:0 \
     --node-configs "$WORK/nodes" >"$WORK/emulate.out" 2>"$WORK/emulate.log" &
 EMU_PID=$!
-node_configs() {
-    NODES=
-    for c in "$WORK"/nodes/*.json; do
-        [ -e "$c" ] || continue
-        c=${c##*/}
-        NODES="$NODES ${c%.json}"
-    done
-}
-i=0
-node_configs
-while [ "$(echo "$NODES" | wc -w)" -lt 2 ]; do
-    i=$((i + 1))
-    [ "$i" -le 600 ] || fail "the emulator wrote no node configs in 60 s"
-    kill -0 "$EMU_PID" 2>/dev/null || fail "the emulator exited"
-    sleep 0.1
-    node_configs
-done
-# shellcheck disable=SC2086
-set -- $NODES
-N0=$1
-N1=$2
-sock() { echo "$WORK/nodes/$1/terway.sock"; }
+wait_nodes
 start_daemons() {
     for n in $NODES; do
         /bin/ip netns exec "$n" "$BIN" daemon --config "$WORK/nodes/$n.json" 2>>"$WORK/daemon-$n.log" &
@@ -128,19 +108,6 @@ stop_daemons() {
     done
     DAEMON_PIDS=
 }
-cni() { # cni COMMAND NODE POD
-    echo "{\"cniVersion\":\"1.0.0\",\"name\":\"terway\",\"type\":\"terway\",\"daemon_socket\":\"$(sock "$2")\"}" |
-        ip netns exec "$2" env CNI_COMMAND="$1" CNI_CONTAINERID="$3" CNI_NETNS="/run/netns/$3" \
-            CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin \
-            CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=$3" "$BIN"
-}
-add_pod() { # add_pod POD NODE: sets ADDR
-    ip netns add "$1"
-    NETNS="$NETNS $1"
-    out=$(cni ADD "$2" "$1") || fail "ADD $1 on $2: $out"
-    ADDR=$(echo "$out" | sed -n 's/.*"address": *"\([0-9.]*\)\/[0-9]*".*/\1/p' | head -n 1)
-    [ -n "$ADDR" ] || fail "ADD $1 on $2 returned no IPv4 address: $out"
-}
 # pod_pair KIND: a pod on each node, measured from node 0's to node 1's, then deleted
 pod_pair() {
     add_pod "twb-$1-0" "$N0"
@@ -149,8 +116,8 @@ pod_pair() {
     measure "$1" "twb-$1-0" "twb-$1-1" "$ADDR"
     cni DEL "$N0" "twb-$1-0" >/dev/null || fail "DEL twb-$1-0"
     cni DEL "$N1" "twb-$1-1" >/dev/null || fail "DEL twb-$1-1"
-    for n in $NETNS; do ip netns del "$n"; done
-    NETNS=
+    for n in $PODS; do ip netns del "$n"; done
+    PODS=
 }
 
 echo "-- terway veth + policy routing, across nodes"
