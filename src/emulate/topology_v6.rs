@@ -98,13 +98,19 @@ pub fn plan(applied: &Applied6, want: &Want6) -> Vec<String> {
             .difference(&proxies)
             .map(|p| proxy("del", p)),
     );
-    // A guard only after its allow rules, so that no allowed packet is refused meanwhile.
-    out.extend(rules.difference(&applied.rules).map(|r| rule("add", r)));
-    out.extend(guards.difference(&applied.guards).map(|g| guard("add", g)));
+    // A guard only after its allow rules, so that no allowed packet is refused meanwhile. Each
+    // add is preceded by its del (harmless when absent) and proxies are replaced, so that a
+    // batch that failed halfway can simply be planned again from nothing.
+    for r in rules.difference(&applied.rules) {
+        out.extend([rule("del", r), rule("add", r)]);
+    }
+    for g in guards.difference(&applied.guards) {
+        out.extend([guard("del", g), guard("add", g)]);
+    }
     out.extend(
         proxies
             .difference(&applied.proxies)
-            .map(|p| proxy("add", p)),
+            .map(|p| proxy("replace", p)),
     );
     out
 }
@@ -131,27 +137,49 @@ pub fn run_batch(ns: &str, lines: &[String]) -> Result<()> {
     let out = child
         .wait_with_output()
         .map_err(|e| err!(Kind::Datapath, "ip -batch in {ns}: {e}"))?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let failed: Vec<&String> = stderr
-        .lines()
-        .filter_map(|l| l.strip_prefix("Command failed -:"))
-        .filter_map(|n| n.trim().parse::<usize>().ok())
-        .filter_map(|n| lines.get(n.wrapping_sub(1)))
-        .filter(|l| !l.contains(" del "))
-        .collect();
-    if failed.is_empty() {
+    if out.status.success() {
         return Ok(());
     }
-    Err(err!(
-        Kind::Datapath,
-        "ip -6 -n {ns}: {} failed: {}",
-        failed
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match batch_failures(lines, &stderr) {
+        Some(failed) if failed.is_empty() => Ok(()),
+        Some(failed) => Err(err!(
+            Kind::Datapath,
+            "ip -6 -n {ns}: {} failed: {}",
+            failed.join("; "),
+            stderr.trim()
+        )),
+        // ip itself failed (no such namespace, a line it could not parse at all).
+        None => Err(err!(
+            Kind::Datapath,
+            "ip -6 -n {ns} -batch: {}",
+            stderr.trim()
+        )),
+    }
+}
+
+/// The lines of a failed `-force` batch that matter (deletions of what is gone do not), or
+/// `None` when `stderr` names no failed line: then the batch as a whole did not run.
+fn batch_failures<'a>(lines: &'a [String], stderr: &str) -> Option<Vec<&'a str>> {
+    let numbers: Vec<usize> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("Command failed -:"))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    if numbers.is_empty() {
+        return None;
+    }
+    Some(
+        numbers
             .iter()
-            .map(|l| l.as_str())
-            .collect::<Vec<_>>()
-            .join("; "),
-        stderr.trim()
-    ))
+            .map(|n| {
+                lines
+                    .get(n.wrapping_sub(1))
+                    .map_or("(unknown line)", |l| l.as_str())
+            })
+            .filter(|l| !l.contains(" del "))
+            .collect(),
+    )
 }
 
 impl Applied6 {
@@ -159,8 +187,7 @@ impl Applied6 {
     pub fn sync(&mut self, ns: &str, want: &Want6) -> Result<()> {
         let lines = plan(self, want);
         let r = run_batch(ns, &lines);
-        // On failure nothing is trusted: the next tick re-adds everything (adds of what exists
-        // fail with "File exists", which then names the real problem only if it persists).
+        // On failure nothing is trusted: the next tick plans everything again (idempotently).
         match &r {
             Ok(()) => {
                 self.rules = flatten(&want.allowed);
@@ -181,6 +208,27 @@ impl Applied6 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_failures_that_matter() {
+        let lines: Vec<String> = [
+            "rule del pref 1 iif a prohibit",
+            "rule add pref 1 iif a prohibit",
+        ]
+        .map(String::from)
+        .to_vec();
+        let gone = "RTNETLINK answers: No such file or directory\nCommand failed -:1\n";
+        assert_eq!(batch_failures(&lines, gone), Some(vec![]));
+        let exists = "RTNETLINK answers: File exists\nCommand failed -:2\n";
+        assert_eq!(
+            batch_failures(&lines, exists),
+            Some(vec!["rule add pref 1 iif a prohibit"])
+        );
+        assert_eq!(
+            batch_failures(&lines, "Cannot open network namespace \"x\""),
+            None
+        );
+    }
 
     #[test]
     fn eui64_of_a_mac() {
@@ -206,10 +254,13 @@ mod tests {
         assert_eq!(
             lines,
             [
+                "rule del pref 10000 iif va from 2408::1/128 goto 30000",
                 "rule add pref 10000 iif va from 2408::1/128 goto 30000",
+                "rule del pref 10000 iif va from fe80::/10 goto 30000",
                 "rule add pref 10000 iif va from fe80::/10 goto 30000",
+                "rule del pref 20000 iif va prohibit",
                 "rule add pref 20000 iif va prohibit",
-                "neigh add proxy 2408::fffd dev va",
+                "neigh replace proxy 2408::fffd dev va",
             ]
         );
         applied.rules = flatten(&want.allowed);
@@ -222,6 +273,7 @@ mod tests {
             plan(&applied, &want),
             [
                 "rule del pref 10000 iif va from 2408::1/128 goto 30000",
+                "rule del pref 10000 iif va from 2408::2/128 goto 30000",
                 "rule add pref 10000 iif va from 2408::2/128 goto 30000",
             ]
         );
