@@ -217,6 +217,18 @@ fn ipv6_route_entry_delivers_to_the_instance() {
         (e["DestinationCidrBlock"].as_str(), e["IpVersion"].as_str()),
         (Some("fd00:200::/64"), Some("ipv6"))
     );
+    let v = emu.ok(
+        "DescribeRouteEntryList",
+        &[
+            ("RouteTableId", "vtb-emu00000000000000001"),
+            ("DestinationCidrBlock", "fd00:200:0::/64"),
+        ],
+    );
+    assert_eq!(
+        v["RouteEntrys"]["RouteEntry"][0]["RouteEntryId"],
+        rte.as_str(),
+        "found however it is spelled"
+    );
     emu.wait_until(5, "pod CIDR routed to B", || ping(&a, None, pod));
     // Replies from the pod CIDR leave B's primary ENI: the VPC lets them through (the route
     // entry makes them B's), as rp_filter does for IPv4 route entries.

@@ -186,14 +186,17 @@ fn routes(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
     if kind.is_some_and(|k| !["System", "Custom", "BGP"].contains(&k)) {
         return Err(errors::invalid("RouteEntryType"));
     }
-    let dest = p.opt("DestinationCidrBlock");
+    // An IPv6 destination matches however it is spelled.
+    let dest = p
+        .opt("DestinationCidrBlock")
+        .map(|d| crate::emulate::model_route::canonical_destination(d).unwrap_or(d.to_string()));
     let hop_type = p.opt("NextHopType");
     let hop = p.opt("NextHopId");
     let list: Vec<Value> = m
         .list_routes(&table, now)?
         .into_iter()
         .filter(|r| kind.is_none_or(|k| k == r.kind))
-        .filter(|r| dest.is_none_or(|d| d == r.destination))
+        .filter(|r| dest.as_ref().is_none_or(|d| *d == r.destination))
         .filter(|r| hop_type.is_none_or(|t| t == r.next_hop_type))
         .filter(|r| hop.is_none_or(|h| h == r.next_hop_id))
         .map(|r| {
