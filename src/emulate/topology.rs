@@ -125,6 +125,8 @@ pub struct Topology {
     pub(super) routes: BTreeMap<IpNetwork, u32>,
     /// IPv6 spoof-protection rules and proxy NDP entries applied.
     pub(super) v6: Applied6,
+    /// The kernel has IPv6 (else the IPv6 of the model is left out).
+    ipv6: bool,
 }
 
 impl Topology {
@@ -159,12 +161,24 @@ impl Topology {
         }
         let vpc = NetNs::open(&ns_path(vpc_name))?;
         let mut nl = Netlink::open_in(&vpc)?;
-        vpc.run(|| {
+        // A kernel without IPv6 still gets the IPv4 VPC (IPv6 is then left out, said once).
+        let ipv6 = std::path::Path::new("/proc/sys/net/ipv6/conf").exists();
+        if !ipv6 {
+            eprintln!("terway emulate: this kernel has no IPv6: the emulated VPC is IPv4 only");
+        }
+        vpc.run(move || {
             for (k, v) in [
                 ("net/ipv4/ip_forward", "1"),
                 ("net/ipv4/conf/all/rp_filter", "1"),
                 ("net/ipv4/conf/default/rp_filter", "1"),
                 ("net/ipv4/conf/default/proxy_arp", "1"),
+            ] {
+                sysctl::set(k, v)?;
+            }
+            if !ipv6 {
+                return Ok(());
+            }
+            for (k, v) in [
                 ("net/ipv6/conf/all/forwarding", "1"),
                 ("net/ipv6/conf/all/proxy_ndp", "1"),
                 // The VPC's addresses work at once; it takes no advice from nodes.
@@ -179,14 +193,16 @@ impl Topology {
         .ctx("configure the vpc namespace")?;
         // Every IPv6 packet passes the per-veth source checks (topology_v6) before any table,
         // the local one included: it moves from priority 0 to after them.
-        topology_v6::run_batch(
-            vpc_name,
-            &[
-                format!("rule add pref {LOCAL_PREF} lookup local"),
-                "rule del pref 0 lookup local".to_string(),
-            ],
-        )
-        .ctx("move the IPv6 local rule in the vpc namespace")?;
+        if ipv6 {
+            topology_v6::run_batch(
+                vpc_name,
+                &[
+                    format!("rule add pref {LOCAL_PREF} lookup local"),
+                    "rule del pref 0 lookup local".to_string(),
+                ],
+            )
+            .ctx("move the IPv6 local rule in the vpc namespace")?;
+        }
         let lo = nl
             .link_by_name("lo")?
             .ok_or_else(|| err!(Kind::Datapath, "no lo in namespace {vpc_name}"))?;
@@ -200,6 +216,7 @@ impl Topology {
             .vswitches
             .values()
             .filter_map(|v| v.ipv6_cidr.as_ref().map(ipv6_gateway))
+            .filter(|_| ipv6)
             .collect();
         for a in gw6 {
             let net = Ipv6Network::new(a, 128).map_err(|e| err!(Kind::Internal, "{e}"))?;
@@ -210,8 +227,8 @@ impl Topology {
             let ns = NetNs::open(&ns_path(id))?;
             // ENI addresses work at once (no DAD wait) and no router advertisement is taken:
             // the VPC sends none, and a node's routes come from its configuration.
-            ns.run(|| {
-                for k in ["all", "default"] {
+            ns.run(move || {
+                for k in ["all", "default"].iter().filter(|_| ipv6) {
                     sysctl::set(&format!("net/ipv6/conf/{k}/accept_dad"), "0")?;
                     sysctl::set(&format!("net/ipv6/conf/{k}/accept_ra"), "0")?;
                 }
@@ -228,6 +245,7 @@ impl Topology {
             links: BTreeMap::new(),
             routes: BTreeMap::new(),
             v6: Applied6::default(),
+            ipv6,
         };
         t.sync(&Topology::desired(m))?;
         Ok(t)
@@ -305,6 +323,13 @@ impl Topology {
     /// Makes the kernel match the model: ENI links appear/disappear (and come back when they
     /// vanish while attached), /32 routes follow the assigned addresses.
     pub fn sync(&mut self, want: &Desired) -> Result<()> {
+        if !self.ipv6 {
+            return self.sync_all(&without_ipv6(want));
+        }
+        self.sync_all(want)
+    }
+
+    fn sync_all(&mut self, want: &Desired) -> Result<()> {
         self.forget_vanished()?;
         let stale: Vec<String> = self
             .links
@@ -399,6 +424,9 @@ impl Topology {
                 self.routes.insert(ip, idx);
             }
         }
+        if !self.ipv6 {
+            return Ok(());
+        }
         let want6 = self.want6(want);
         self.v6.sync(&self.vpc_name, &want6)
     }
@@ -472,11 +500,15 @@ impl Topology {
             .link_by_name(vpc_if)?
             .ok_or_else(|| err!(Kind::Datapath, "veth {vpc_if} vanished"))?;
         let key_if = vpc_if.to_string();
+        let ipv6 = self.ipv6;
         self.vpc.run(move || {
             sysctl::set(&format!("net/ipv4/conf/{key_if}/proxy_arp"), "1")?;
-            // Proxy ARP answers after a random delay (up to 0.8 s) by default; the VPC does not.
+            // Proxy ARP (and NDP) answers after a random delay (up to 0.8 s) by default; the
+            // VPC does not.
             sysctl::set(&format!("net/ipv4/neigh/{key_if}/proxy_delay"), "0")?;
-            sysctl::set(&format!("net/ipv6/neigh/{key_if}/proxy_delay"), "0")?;
+            if ipv6 {
+                sysctl::set(&format!("net/ipv6/neigh/{key_if}/proxy_delay"), "0")?;
+            }
             sysctl::set(&sysctl::rp_filter_key(&key_if), "1")
         })?;
         self.nl.set_link_up(vl.index)?;
@@ -533,6 +565,18 @@ impl Topology {
             mac,
         })
     }
+}
+
+/// `want` without its IPv6, for a kernel that has none.
+fn without_ipv6(want: &Desired) -> Desired {
+    let mut out = want.clone();
+    out.cidrs.retain(|dst, _| dst.is_ipv4());
+    for w in out.enis.values_mut() {
+        w.ipv6.clear();
+        w.v6_net = None;
+        w.primary6 = None;
+    }
+    out
 }
 
 fn host_route(dst: IpNetwork, oif: u32) -> Route {
