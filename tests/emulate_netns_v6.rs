@@ -246,3 +246,61 @@ fn ipv6_route_entry_delivers_to_the_instance() {
     });
     assert!(!ping(&a, None, pod));
 }
+
+#[test]
+fn ipv6_of_an_eni_in_a_pod_and_back_in_its_node() {
+    let (emu, _guard, a, b, vpc) = start("6x");
+    let b6 = ipv6_of(&primary_eni(&emu, &b))[0].clone();
+    let v = emu.ok(
+        "CreateNetworkInterface",
+        &[
+            ("VSwitchId", VSW_A),
+            ("SecurityGroupIds.1", SG),
+            ("Ipv6AddressCount", "1"),
+        ],
+    );
+    let eni = v["NetworkInterfaceId"].as_str().unwrap().to_string();
+    let v6 = ipv6_of(&v)[0].clone();
+    let mac = v["MacAddress"].as_str().unwrap().to_string();
+    emu.attach_and_wait(&a, &eni);
+    emu.wait_until(10, "the ENI's device in node A", || {
+        link_by_mac(&a, &mac).is_some()
+    });
+    let dev = link_by_mac(&a, &mac).unwrap().name;
+    // Exclusive ENI mode: the device is the pod's eth0 (a fresh namespace: DAD on, so nodad).
+    let pod = TestNs::add(format!("pod-6x{}", std::process::id()));
+    ipn(&a, &["link", "set", &dev, "netns", &pod.0, "name", "eth0"]);
+    ipn(&pod.0, &["link", "set", "eth0", "up"]);
+    let addr = format!("{v6}/64");
+    ipn(
+        &pod.0,
+        &["-6", "addr", "add", &addr, "dev", "eth0", "nodad"],
+    );
+    ipn(&pod.0, &["-6", "route", "add", "default", "via", GW6]);
+    assert!(ping(&pod.0, None, GW6), "the IPv6 gateway from the pod");
+    assert!(ping(&pod.0, None, &b6), "node B from the pod over IPv6");
+    // The pod goes: the device comes back to node A and its IPv6 works there again (routes
+    // and NDP answers rebuilt with the veth; the source rules name it and stay).
+    let (ok, out) = sh(&["ip", "netns", "del", &pod.0]);
+    assert!(ok, "{out}");
+    emu.wait_until(10, "the device back in node A", || {
+        link_by_mac(&a, &mac).is_some()
+    });
+    emu.wait_until(5, "its /128 routed again", || !route6(&vpc, &v6).is_empty());
+    let dev = link_by_mac(&a, &mac).unwrap().name;
+    ipn(&a, &["link", "set", &dev, "up"]);
+    ipn(
+        &a,
+        &["-6", "addr", "add", &format!("{v6}/128"), "dev", &dev],
+    );
+    table_102(&a, &dev);
+    ipn(
+        &a,
+        &[
+            "-6", "rule", "add", "from", &v6, "lookup", "102", "prio", "100",
+        ],
+    );
+    emu.wait_until(5, "node B from the returned ENI", || {
+        ping(&a, Some(&v6), &b6)
+    });
+}
