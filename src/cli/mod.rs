@@ -234,6 +234,9 @@ pub fn render_pool(v: &PoolView) -> String {
     if let Some(c) = &v.pod_cidr {
         out.push_str(&format!("pod CIDR:   {c}\n"));
     }
+    if let Some(c) = &v.pod_cidr_v6 {
+        out.push_str(&format!("pod CIDR6:  {c}\n"));
+    }
     if let Some(d) = &v.datapath {
         if d.effective == d.configured {
             out.push_str(&format!("datapath:   {} (as configured)\n", d.effective));
@@ -387,6 +390,7 @@ mod tests {
         PoolView {
             mode: "ENIMultiIP".into(),
             pod_cidr: None,
+            pod_cidr_v6: None,
             eni: None,
             metadata_endpoint: None,
             instance_id: None,

@@ -341,6 +341,7 @@ impl AddressSource for ExclusiveEniSource {
             datapath: None,
             mode: Mode::EniOnly.to_string(),
             pod_cidr: None,
+            pod_cidr_v6: None,
             vpc_route: None,
             in_use: u64::from(snap.in_use),
             idle: u64::from(snap.idle),

@@ -482,6 +482,7 @@ impl AddressSource for SharedEniSource {
         PoolView {
             mode: Mode::EniMultiIp.to_string(),
             pod_cidr: None,
+            pod_cidr_v6: None,
             vpc_route: None,
             in_use: u64::from(snap.in_use),
             idle: u64::from(snap.idle),

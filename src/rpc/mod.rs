@@ -105,6 +105,9 @@ pub struct MappingRow {
 pub struct PoolView {
     pub mode: String,
     pub pod_cidr: Option<String>,
+    /// VPC mode with dual stack: the IPv6 pod prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_v6: Option<String>,
     /// ENI modes: the ENIs, what holds them, blocked vSwitches.
     #[serde(default)]
     pub eni: Option<EniPoolView>,
