@@ -455,3 +455,43 @@ fn dual_stack_exclusive_eni_pings_its_gateways() {
     let parked = node.ip(&format!("-6 addr show dev eni{}", ENI_MAC.replace(':', "")));
     assert!(!parked.contains("fd00:"), "parked ENI is bare: {parked}");
 }
+
+/// Turning IPv6 forwarding on keeps the node taking RAs on its own interfaces (accept_ra 1
+/// becomes 2), never on a link terway made for a pod.
+#[test]
+fn forwarding_keeps_the_nodes_own_ras_only() {
+    require_root_and_tools();
+    let node = node();
+    let pod = TestNs::new("pod");
+    node.ip("link add up0 type veth peer name up0p");
+    node.ip("link add twffffffffffff0 type veth peer name twp0");
+    for (dev, a) in [
+        ("up0", "fd00:99::2/64"),
+        ("twffffffffffff0", "fd00:98::2/64"),
+    ] {
+        node.ip(&format!("-6 addr add {a} dev {dev} nodad"));
+        node.ip(&format!("link set {dev} up"));
+        assert_eq!(
+            sysctl(&node, &format!("net/ipv6/conf/{dev}/accept_ra")),
+            "1"
+        );
+    }
+    assert_eq!(sysctl(&node, "net/ipv6/conf/all/forwarding"), "0");
+    let ip6: Ipv6Addr = "fd00:240:1::9".parse().unwrap();
+    let info = setup(&node, &pod, Ipv4Addr::new(10, 240, 1, 9), ip6).expect("setup");
+    assert_eq!(sysctl(&node, "net/ipv6/conf/all/forwarding"), "1");
+    assert_eq!(sysctl(&node, "net/ipv6/conf/up0/accept_ra"), "2");
+    assert_eq!(
+        sysctl(&node, "net/ipv6/conf/twffffffffffff0/accept_ra"),
+        "1"
+    );
+    assert_eq!(
+        sysctl(
+            &node,
+            &format!("net/ipv6/conf/{}/accept_ra", info.host_ifname)
+        ),
+        "0"
+    );
+    // up0p has no global address: not the node's, left alone.
+    assert_eq!(sysctl(&node, "net/ipv6/conf/up0p/accept_ra"), "1");
+}

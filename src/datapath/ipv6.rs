@@ -12,7 +12,9 @@
 //!   sending router advertisements.
 //! - **Node**: `net.ipv6.conf.all.forwarding` 1. Turning it on makes the kernel ignore RAs on
 //!   every interface whose `accept_ra` is 1, which would let the node's RA-learnt default route
-//!   expire: those interfaces are set to 2 first (accept RAs even when forwarding).
+//!   expire: the node's own interfaces (those with a global IPv6 address, not terway's host
+//!   veths) that take RAs are set to 2 first (accept RAs even when forwarding). Pod-facing links
+//!   never are: a pod must not route the node.
 
 use super::veth::set_if_differs;
 use crate::error::Result;
@@ -75,13 +77,17 @@ pub fn prepare_host_veth(host: &mut Netlink, index: u32, ifname: &str) -> Result
 }
 
 /// The interfaces whose `accept_ra` must become 2 before forwarding goes on, from each
-/// `net/ipv6/conf` entry and its `accept_ra`: those at 1 (they take RAs now and would stop).
-/// `all`, `default` and `lo` are not interfaces that learn routes.
-pub fn ra_keepers(confs: &[(String, String)]) -> Vec<String> {
+/// `net/ipv6/conf` entry and its `accept_ra`: those at 1 (they take RAs now and would stop)
+/// that the node itself uses (in `addressed`: they carry a global IPv6 address). `all`,
+/// `default` and `lo` are not interfaces, and terway's host veths face pods.
+pub fn ra_keepers(confs: &[(String, String)], addressed: &[String]) -> Vec<String> {
     confs
         .iter()
         .filter(|(name, accept_ra)| {
-            !matches!(name.as_str(), "all" | "default" | "lo") && accept_ra == "1"
+            !matches!(name.as_str(), "all" | "default" | "lo")
+                && !name.starts_with(super::HOST_VETH_PREFIX)
+                && accept_ra == "1"
+                && addressed.contains(name)
         })
         .map(|(name, _)| name.clone())
         .collect()
@@ -89,9 +95,19 @@ pub fn ra_keepers(confs: &[(String, String)]) -> Vec<String> {
 
 /// Turns IPv6 forwarding on in the calling thread's namespace (the node's), keeping RAs on
 /// the interfaces that take them. Nothing is written when it is on already.
-pub fn enable_forwarding() -> Result<()> {
+pub fn enable_forwarding(nl: &mut Netlink) -> Result<()> {
     if sysctl::get(FORWARDING_KEY)? == "1" {
         return Ok(());
+    }
+    let mut addressed = Vec::new();
+    for a in nl.addrs(None)? {
+        if let IpNetwork::V6(n) = a.addr
+            && !is_link_local(&n.ip())
+            && !n.ip().is_loopback()
+            && let Some(link) = nl.link_by_index(a.index)?
+        {
+            addressed.push(link.name);
+        }
     }
     let mut confs = Vec::new();
     for name in sysctl::ipv6_conf_names()? {
@@ -100,7 +116,7 @@ pub fn enable_forwarding() -> Result<()> {
             confs.push((name, v));
         }
     }
-    for name in ra_keepers(&confs) {
+    for name in ra_keepers(&confs, &addressed) {
         log::info!("IPv6 forwarding goes on: accept_ra 2 on {name} so it keeps taking RAs");
         sysctl::set(&sysctl::ipv6_conf_key(&name, "accept_ra"), "2")?;
     }
@@ -164,8 +180,15 @@ mod tests {
         ]
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
+        .chain([("tw0123456789abc".to_string(), "1".to_string())])
         .collect();
-        assert_eq!(ra_keepers(&confs), ["eth0", "eth0.100"]);
+        let addressed: Vec<String> = ["eth0", "eth2", "eth0.100", "tw0123456789abc", "lo"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(ra_keepers(&confs, &addressed), ["eth0", "eth0.100"]);
+        // An interface without a global address is not the node's: left as it is.
+        assert_eq!(ra_keepers(&confs, &addressed[..1]), ["eth0"]);
     }
 
     #[test]

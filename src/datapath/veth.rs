@@ -267,7 +267,7 @@ fn configure(host: &mut Netlink, pod: &mut Netlink, spec: &VethSpec) -> Result<V
     pod.replace_neigh_permanent(pod_link.index, IpAddr::V4(POD_GATEWAY), host_mac)?;
 
     if let Some(ip6) = spec.ip6 {
-        ipv6::enable_forwarding()?;
+        ipv6::enable_forwarding(host)?;
         host.add_route(&host_route6(ip6, host_link.index))?;
         pod.replace_neigh_permanent(pod_link.index, IpAddr::V6(POD_GATEWAY_V6), host_mac)?;
         pod.add_route(&pod_default_route6(pod_link.index))?;
