@@ -366,7 +366,10 @@ impl AddressSource for VpcSource {
         let mut rows: Vec<(Option<Ipv4Addr>, MappingRow)> = allocs
             .values()
             .map(|a| {
-                let ip = a.address.to_string();
+                let ip = a
+                    .address
+                    .ipv4_addr()
+                    .map_or_else(|| a.address.to_string(), |i| i.to_string());
                 (
                     a.address.ipv4_addr(),
                     MappingRow {
@@ -374,6 +377,7 @@ impl AddressSource for VpcSource {
                         pod: a.pod.to_string(),
                         res_id: ip.clone(),
                         factory_res_id: ip,
+                        ipv6: a.address.ipv6_addr().map(|i| i.to_string()),
                     },
                 )
             })
