@@ -257,7 +257,7 @@ pub fn render_pool(v: &PoolView) -> String {
             ));
         }
     }
-    if let Some(r) = &v.vpc_route {
+    for r in v.vpc_route.iter().chain(v.vpc_route_v6.iter()) {
         out.push_str(&render_vpc_route(r));
     }
     out.push_str(&format!(
@@ -406,6 +406,7 @@ mod tests {
             instance_id: None,
             datapath,
             vpc_route: None,
+            vpc_route_v6: None,
             in_use: 0,
             idle: 0,
             capacity: 0,
