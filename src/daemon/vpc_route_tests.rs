@@ -43,7 +43,7 @@ fn an_ipv6_prefix_is_decided_on_ipv6_entries_only() {
     // An IPv4 entry never conflicts with an IPv6 prefix; an IPv6 one inside it does.
     let v4 = entry("rte-4", "10.0.0.0/8", "Custom", &[("Instance", "i-other")]);
     assert!(matches!(
-        decide(&[v4.clone()], mine, ME),
+        decide(std::slice::from_ref(&v4), mine, ME),
         RouteCheck::Missing
     ));
     let inside = entry("rte-6", "fd00:1::/80", "Custom", &[("Instance", "i-other")]);

@@ -231,7 +231,8 @@ pub enum Reply {
     Collected(Vec<Allocation>),
     Status(StatusView),
     Mapping(Vec<MappingRow>),
-    Pool(PoolView),
+    /// Boxed: by far the largest reply.
+    Pool(Box<PoolView>),
 }
 
 /// What travels back on the wire.
