@@ -87,8 +87,9 @@ fn ipv6_of(address: &PodAddress) -> Result<Option<Ipv6Addr>> {
     }
 }
 
-/// The IPv6 address (with the vSwitch's IPv6 prefix) and gateway of an exclusive ENI.
-fn ipv6_with_gateway(address: &PodAddress) -> Result<Option<exclusive_eni::EniIpv6>> {
+/// The IPv6 address (with the vSwitch's IPv6 prefix) and gateway a datapath on the ENI itself
+/// needs (exclusive ENI, ipvlan).
+fn ipv6_with_gateway(address: &PodAddress, what: &str) -> Result<Option<exclusive_eni::EniIpv6>> {
     let Some(v6) = address.ipv6 else {
         return Ok(None);
     };
@@ -98,7 +99,7 @@ fn ipv6_with_gateway(address: &PodAddress) -> Result<Option<exclusive_eni::EniIp
         }
         _ => Err(Error::new(
             Kind::InvalidConfig,
-            format!("exclusive ENI address {address} needs an IPv6 address with an IPv6 gateway"),
+            format!("{what} address {address} needs an IPv6 address with an IPv6 gateway"),
         )),
     }
 }
@@ -154,7 +155,7 @@ fn eni_spec<'a>(
         mac: parse_mac(mac)?,
         ip,
         gateway,
-        ipv6: ipv6_with_gateway(address)?,
+        ipv6: ipv6_with_gateway(address, "exclusive ENI")?,
         mtu: att.mtu,
         host_peer: host_peer.map(|p| exclusive_eni::HostPeer {
             host_ifname: &names.0,
@@ -174,6 +175,7 @@ fn ipvlan_spec<'a>(
     alias: &'a str,
 ) -> Result<IpvlanSpec<'a>> {
     let (ip, gateway) = ipv4_with_gateway(address, "ipvlan")?;
+    let ipv6 = ipv6_with_gateway(address, "ipvlan")?;
     Ok(IpvlanSpec {
         netns: att.netns()?,
         ifname: att.ifname,
@@ -181,6 +183,7 @@ fn ipvlan_spec<'a>(
         mac: parse_mac(mac)?,
         ip,
         gateway,
+        ipv6,
         mtu: att.mtu,
         service_cidr: to_node.service_cidr,
         node_ips: to_node.node_ips.clone(),
@@ -364,6 +367,7 @@ pub fn teardown(att: &Attachment, known: Option<(&PodAddress, &Datapath)>) -> Re
             ifname: att.ifname,
             alias: &alias,
             ip: address.ipv4_addr(),
+            ip6: ipv6_of(address).ok().flatten(),
         });
     }
     if known.is_none() {
@@ -382,6 +386,7 @@ pub fn teardown(att: &Attachment, known: Option<(&PodAddress, &Datapath)>) -> Re
                 ifname: att.ifname,
                 alias: &alias,
                 ip: None,
+                ip6: None,
             });
         }
     }
