@@ -279,19 +279,10 @@ pub fn setup(att: &Attachment, address: &PodAddress, dp: &Datapath) -> Result<Wi
                     in_pod: true,
                 });
             }
-            let mut ips = vec![WiredIp {
-                addr: IpNetwork::V4(spec.ip),
-                gateway: IpAddr::V4(spec.gateway),
-                interface: 0,
-            }];
-            if let Some(v6) = &spec.ipv6 {
-                ips.push(WiredIp {
-                    addr: IpNetwork::V6(v6.addr),
-                    gateway: IpAddr::V6(v6.gateway),
-                    interface: 0,
-                });
-            }
-            Ok(Wired { interfaces, ips })
+            Ok(Wired {
+                interfaces,
+                ips: on_eni_ips(spec.ip, spec.gateway, spec.ipv6.as_ref()),
+            })
         }
         Datapath::Ipvlan { mac, to_node, .. } => {
             let spec = ipvlan_spec(att, address, mac, to_node, &names.1)?;
@@ -303,14 +294,32 @@ pub fn setup(att: &Attachment, address: &PodAddress, dp: &Datapath) -> Result<Wi
                     mtu: info.mtu,
                     in_pod: true,
                 }],
-                ips: vec![WiredIp {
-                    addr: IpNetwork::V4(spec.ip),
-                    gateway: IpAddr::V4(spec.gateway),
-                    interface: 0,
-                }],
+                ips: on_eni_ips(spec.ip, spec.gateway, spec.ipv6.as_ref()),
             })
         }
     }
+}
+
+/// The addresses of a pod whose interface 0 is on the ENI (exclusive ENI, ipvlan), IPv4 first,
+/// each with its vSwitch gateway.
+fn on_eni_ips(
+    ip: Ipv4Network,
+    gateway: Ipv4Addr,
+    ipv6: Option<&exclusive_eni::EniIpv6>,
+) -> Vec<WiredIp> {
+    let mut ips = vec![WiredIp {
+        addr: IpNetwork::V4(ip),
+        gateway: IpAddr::V4(gateway),
+        interface: 0,
+    }];
+    if let Some(v6) = ipv6 {
+        ips.push(WiredIp {
+            addr: IpNetwork::V6(v6.addr),
+            gateway: IpAddr::V6(v6.gateway),
+            interface: 0,
+        });
+    }
+    ips
 }
 
 /// Verifies the whole datapath; the error lists every missing or wrong piece.
@@ -429,4 +438,65 @@ pub fn routed_ips(container_id: &str, ifname: &str) -> Vec<IpAddr> {
         &host_veth_alias(container_id, ifname),
     )
     .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::IpConfig;
+
+    fn dual(v6: &str, gw6: Option<&str>) -> PodAddress {
+        let mut a = PodAddress::v4(
+            Ipv4Addr::new(10, 240, 0, 10),
+            24,
+            Some(Ipv4Addr::new(10, 240, 0, 253)),
+        );
+        a.ipv6 = Some(IpConfig {
+            addr: v6.parse().unwrap(),
+            gateway: gw6.map(|g| g.parse().unwrap()),
+        });
+        a
+    }
+
+    #[test]
+    fn ipv6_of_an_allocation() {
+        let a = dual("2408:4005:3ff:1::10/64", Some("2408:4005:3ff:1::1"));
+        assert_eq!(
+            ipv6_of(&a).unwrap(),
+            Some("2408:4005:3ff:1::10".parse().unwrap())
+        );
+        let v4_only = PodAddress::v4(Ipv4Addr::new(10, 0, 0, 5), 32, None);
+        assert_eq!(ipv6_of(&v4_only).unwrap(), None);
+        assert_eq!(ipv6_with_gateway(&v4_only, "ipvlan").unwrap(), None);
+        // An IPv4 address in the IPv6 slot is somebody's bug, said so.
+        let wrong = dual("10.0.0.9/32", None);
+        assert_eq!(ipv6_of(&wrong).unwrap_err().kind, Kind::InvalidConfig);
+        // On the ENI the gateway is the vSwitch's: without one there is no default route.
+        let e =
+            ipv6_with_gateway(&dual("2408:4005:3ff:1::10/64", None), "exclusive ENI").unwrap_err();
+        assert!(e.msg.contains("exclusive ENI"), "{}", e.msg);
+        assert!(e.msg.contains("IPv6 gateway"), "{}", e.msg);
+    }
+
+    #[test]
+    fn on_eni_addresses_are_ipv4_first_with_their_gateways() {
+        let a = dual("2408:4005:3ff:1::10/64", Some("2408:4005:3ff:1::1"));
+        let v6 = ipv6_with_gateway(&a, "ipvlan").unwrap().unwrap();
+        let ips = on_eni_ips(
+            "10.240.0.10/24".parse().unwrap(),
+            Ipv4Addr::new(10, 240, 0, 253),
+            Some(&v6),
+        );
+        assert_eq!(ips.len(), 2);
+        assert_eq!(ips[0].addr.to_string(), "10.240.0.10/24");
+        assert_eq!(ips[1].addr.to_string(), "2408:4005:3ff:1::10/64");
+        assert_eq!(ips[1].gateway.to_string(), "2408:4005:3ff:1::1");
+        assert!(ips.iter().all(|i| i.interface == 0));
+        let v4_only = on_eni_ips(
+            "10.240.0.10/24".parse().unwrap(),
+            Ipv4Addr::new(10, 240, 0, 253),
+            None,
+        );
+        assert_eq!(v4_only.len(), 1);
+    }
 }
