@@ -60,6 +60,9 @@ pub struct InstanceLimits {
     pub eni_quantity: u32,
     pub eni_private_ip_quantity: u32,
     pub eni_total_quantity: u32,
+    /// IPv6 addresses per ENI; absent in files written before dual stack (asked again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eni_ipv6_quantity: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -250,7 +250,7 @@ fn instance_types_and_vswitches() {
         (8, 30, 50)
     );
     assert!(t[0].trunk_supported);
-    assert_eq!(ecs.describe_instance_types(&[]).unwrap().len(), 2);
+    assert_eq!(ecs.describe_instance_types(&[]).unwrap().len(), 3);
     let v = ecs
         .describe_vswitches(&[VSW_B.to_string(), VSW_A.to_string()])
         .unwrap();
@@ -328,7 +328,7 @@ fn ram_role_and_file_credentials() {
     let c = ram.get().unwrap();
     assert!(c.security_token.is_some());
     let ecs = Ecs::new(config(&emu, 2), ram.clone()).unwrap();
-    assert_eq!(ecs.describe_instance_types(&[]).unwrap().len(), 2);
+    assert_eq!(ecs.describe_instance_types(&[]).unwrap().len(), 3);
     assert_eq!(ram.get().unwrap(), c, "cached until near expiry");
     // Debug output of what the provider holds shows no secret.
     let d = format!("{c:?} {ram:?}");

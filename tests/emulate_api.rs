@@ -774,7 +774,7 @@ fn region_ids_and_fields_as_documented() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         v["InstanceTypes"]["InstanceType"].as_array().unwrap().len(),
-        2
+        3
     );
     let (s, v) = exact("DescribeInstanceTypes", ECS, &[("RegionId", "cn-nowhere")]);
     assert_eq!(s, 200, "{v}");

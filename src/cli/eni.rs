@@ -517,6 +517,7 @@ mod tests {
             zone_id: "z".into(),
             primary_ip: Ipv4Addr::new(172, 16, 0, 9),
             secondary_ips: vec![Ipv4Addr::new(172, 16, 0, 10)],
+            ipv6: Vec::new(),
             instance_id: on.map(str::to_string),
             tags,
             creation_time: Some(created),

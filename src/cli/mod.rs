@@ -199,19 +199,29 @@ fn mapping(a: &ClientArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The mapping table; with dual stack (any row with an IPv6) an IPv6 column too.
 pub fn render_mapping(rows: &[MappingRow]) -> String {
+    let dual = rows.iter().any(|r| r.ipv6.is_some());
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            vec![
+            let mut row = vec![
                 r.status.clone(),
                 r.pod.clone(),
                 r.res_id.clone(),
                 r.factory_res_id.clone(),
-            ]
+            ];
+            if dual {
+                row.push(r.ipv6.clone().unwrap_or_else(|| "-".into()));
+            }
+            row
         })
         .collect();
-    table::render(&["Status", "Pod Name", "Res ID", "Factory Res ID"], &cells)
+    let mut head = vec!["Status", "Pod Name", "Res ID", "Factory Res ID"];
+    if dual {
+        head.push("IPv6");
+    }
+    table::render(&head, &cells)
 }
 
 fn pool(a: &ClientArgs) -> Result<ExitCode> {
@@ -233,6 +243,9 @@ pub fn render_pool(v: &PoolView) -> String {
     }
     if let Some(c) = &v.pod_cidr {
         out.push_str(&format!("pod CIDR:   {c}\n"));
+    }
+    if let Some(c) = &v.pod_cidr_v6 {
+        out.push_str(&format!("pod CIDR6:  {c}\n"));
     }
     if let Some(d) = &v.datapath {
         if d.effective == d.configured {
@@ -387,6 +400,7 @@ mod tests {
         PoolView {
             mode: "ENIMultiIP".into(),
             pod_cidr: None,
+            pod_cidr_v6: None,
             eni: None,
             metadata_endpoint: None,
             instance_id: None,

@@ -8,6 +8,10 @@ pub const ENI_PER_INSTANCE_LIMIT: &str = "EniPerInstanceLimitExceeded";
 pub const ENI_IP_QUOTA: &str = "QuotaExceeded.PrivateIpAddress";
 /// What the API also answers for a full ENI; means the same as [`ENI_IP_QUOTA`].
 pub const IPV4_COUNT_EXCEEDED: &str = "InvalidOperation.Ipv4CountExceeded";
+/// An ENI has as many IPv6 addresses as its instance type allows (`EniIpv6AddressQuantity`).
+pub const IPV6_COUNT_EXCEEDED: &str = "InvalidOperation.Ipv6CountExceeded";
+/// IPv6 is not enabled on the vSwitch (it has no IPv6 CIDR): no IPv6 address can come from it.
+pub const VSWITCH_IPV6_NOT_ENABLED: &str = "InvalidVSwitch.Ipv6NotTurnOn";
 /// Unassign of an address already gone: success.
 pub const IP_UNASSIGNED: &str = "InvalidIp.IpUnassigned";
 pub const ENI_NOT_FOUND: &str = "InvalidEniId.NotFound";
@@ -54,6 +58,7 @@ pub fn is_final(code: &str) -> bool {
         || code.starts_with("InvalidAccessKeyId")
         || code.starts_with("InvalidSecurityGroupId")
         || code.starts_with("InvalidVSwitchId.NotFound")
+        || code == VSWITCH_IPV6_NOT_ENABLED
         || matches!(
             code,
             "SignatureDoesNotMatch"
@@ -81,6 +86,15 @@ pub fn is_route_duplicate(code: &str) -> bool {
     code == ROUTE_CIDR_DUPLICATE || code == ROUTE_ENTRY_DUPLICATED
 }
 
+/// The ENI holds as many addresses of one family as its instance type allows: another ENI (or
+/// fewer addresses) is the way on, not a retry.
+pub fn is_eni_full(code: &str) -> bool {
+    matches!(
+        code,
+        ENI_IP_QUOTA | IPV4_COUNT_EXCEEDED | IPV6_COUNT_EXCEEDED
+    )
+}
+
 /// One spelling per meaning, as the pools speak: a full ENI is [`ENI_IP_QUOTA`].
 pub fn normalize(code: &str) -> &str {
     match code {
@@ -106,6 +120,9 @@ mod tests {
             "a full ENI does not stop new ENIs"
         );
         assert_eq!(normalize(IPV4_COUNT_EXCEEDED), ENI_IP_QUOTA);
+        assert!(is_eni_full(IPV6_COUNT_EXCEEDED) && is_eni_full(IPV4_COUNT_EXCEEDED));
+        assert!(!is_eni_full(VSWITCH_IP_NOT_ENOUGH) && !refuses_enis(IPV6_COUNT_EXCEEDED));
+        assert!(is_final(VSWITCH_IPV6_NOT_ENABLED) && !is_retryable(VSWITCH_IPV6_NOT_ENABLED));
         assert!(is_not_found(ENI_NOT_FOUND));
         assert!(is_route_busy("TaskConflict") && !is_route_busy(ROUTE_CIDR_DUPLICATE));
         assert!(is_route_duplicate(ROUTE_ENTRY_DUPLICATED) && !is_route_duplicate("TaskConflict"));

@@ -4,8 +4,8 @@
 
 use crate::cloud::error::{CloudError, DECODE};
 use crate::cloud::http::{self, HttpConfig};
-use ipnetwork::Ipv4Network;
-use std::net::Ipv4Addr;
+use ipnetwork::{Ipv4Network, Ipv6Network};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,17 @@ pub struct MetaEni {
     pub vswitch_cidr: Ipv4Network,
     /// All IPv4 addresses of the ENI, the primary included.
     pub private_ipv4s: Vec<Ipv4Addr>,
+}
+
+/// The IPv6 side of one ENI as the metadata service describes it (per MAC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaEniIpv6 {
+    /// The ENI's IPv6 addresses (`ipv6s`); empty when it has none.
+    pub ips: Vec<Ipv6Addr>,
+    /// `ipv6-gateway`; `None` when the vSwitch has no IPv6.
+    pub gateway: Option<Ipv6Addr>,
+    /// `vswitch-ipv6-cidr-block`; `None` when the vSwitch has no IPv6.
+    pub vswitch_cidr: Option<Ipv6Network>,
 }
 
 impl Metadata {
@@ -281,6 +292,87 @@ impl Metadata {
     }
 }
 
+impl Metadata {
+    /// The text at `path`, or `None` when the service answers 404 (the path does not exist,
+    /// which for the IPv6 paths means the ENI or its vSwitch has no IPv6).
+    fn get_optional(&self, path: &str) -> Result<Option<String>, CloudError> {
+        match self.get(path) {
+            Ok(t) => Ok(Some(t.trim().to_string())),
+            Err(e) if e.http_status == 404 => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The ENI's IPv6 addresses (`network/interfaces/macs/<mac>/ipv6s`); empty when it has
+    /// none (the service answers 404 then).
+    pub fn ipv6s(&self, mac: &str) -> Result<Vec<Ipv6Addr>, CloudError> {
+        let path = format!("network/interfaces/macs/{mac}/ipv6s");
+        match self.get_optional(&path)? {
+            None => Ok(Vec::new()),
+            Some(text) => parse_ipv6s(&text).ok_or_else(|| {
+                CloudError::new(
+                    &format!("metadata {path}"),
+                    DECODE,
+                    format!(
+                        "not a bracketed list of IPv6 addresses like \"[2408::1,2408::2]\": {text:?}"
+                    ),
+                )
+            }),
+        }
+    }
+
+    /// The ENI's IPv6 gateway (`ipv6-gateway`); `None` when its vSwitch has no IPv6.
+    pub fn ipv6_gateway(&self, mac: &str) -> Result<Option<Ipv6Addr>, CloudError> {
+        let path = format!("network/interfaces/macs/{mac}/ipv6-gateway");
+        self.get_optional(&path)?
+            .map(|t| {
+                t.parse().map_err(|_| {
+                    CloudError::new(
+                        &format!("metadata {path}"),
+                        DECODE,
+                        format!("not an IPv6 address: {t:?}"),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    /// The IPv6 CIDR of the ENI's vSwitch (`vswitch-ipv6-cidr-block`); `None` without IPv6.
+    pub fn vswitch_ipv6_cidr(&self, mac: &str) -> Result<Option<Ipv6Network>, CloudError> {
+        let path = format!("network/interfaces/macs/{mac}/vswitch-ipv6-cidr-block");
+        self.get_optional(&path)?
+            .map(|t| {
+                t.parse().map_err(|_| {
+                    CloudError::new(
+                        &format!("metadata {path}"),
+                        DECODE,
+                        format!("not an IPv6 CIDR: {t:?}"),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    /// All three IPv6 facts of an ENI.
+    pub fn eni_ipv6(&self, mac: &str) -> Result<MetaEniIpv6, CloudError> {
+        Ok(MetaEniIpv6 {
+            ips: self.ipv6s(mac)?,
+            gateway: self.ipv6_gateway(mac)?,
+            vswitch_cidr: self.vswitch_ipv6_cidr(mac)?,
+        })
+    }
+}
+
+/// `ipv6s` as the service writes it: `[2408:4005:39c:7a00:b1ad:8fa2:f04:e4e]`, several
+/// comma-separated inside one pair of brackets, no quotes. `None` for anything else.
+pub fn parse_ipv6s(text: &str) -> Option<Vec<Ipv6Addr>> {
+    let inner = text.trim().strip_prefix('[')?.strip_suffix(']')?.trim();
+    if inner.is_empty() {
+        return Some(Vec::new());
+    }
+    inner.split(',').map(|s| s.trim().parse().ok()).collect()
+}
+
 /// One item per line; directory entries end with `/`, which is not part of the name.
 pub fn parse_list(text: &str) -> Vec<String> {
     text.lines()
@@ -320,6 +412,36 @@ mod tests {
         assert_eq!(parse_ipv4s("[]").unwrap().len(), 0);
         assert!(parse_ipv4s(r#"["nope"]"#).is_none());
         assert!(parse_ipv4s("[1,").is_none());
+    }
+
+    #[test]
+    fn ipv6s_are_bracketed_and_unquoted() {
+        let one: Ipv6Addr = "2408:4005:39c:7a00:b1ad:8fa2:f04:e4e".parse().unwrap();
+        assert_eq!(
+            parse_ipv6s("[2408:4005:39c:7a00:b1ad:8fa2:f04:e4e]\n").unwrap(),
+            vec![one]
+        );
+        assert_eq!(
+            parse_ipv6s("[2408::1,2408::2]").unwrap(),
+            vec![
+                "2408::1".parse::<Ipv6Addr>().unwrap(),
+                "2408::2".parse().unwrap()
+            ]
+        );
+        assert_eq!(parse_ipv6s("[2408::1, 2408::2]").unwrap().len(), 2);
+        assert!(parse_ipv6s("[]").unwrap().is_empty());
+        for bad in [
+            "",
+            "2408::1",
+            "[\"2408::1\"]",
+            "[2408::1",
+            "[2408::1,]",
+            "[10.0.0.1]",
+            "[2408::1][2408::2]",
+            "<html>",
+        ] {
+            assert_eq!(parse_ipv6s(bad), None, "{bad}");
+        }
     }
 
     #[test]

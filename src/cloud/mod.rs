@@ -23,6 +23,6 @@ pub use credentials::{CredentialProvider, CredentialSource, Credentials};
 pub use ecs::{CloudConfig, Ecs, EniFilter, EniInfo, InstanceTypeLimits, VSwitchInfo};
 pub use error::CloudError;
 pub use http::HttpConfig;
-pub use metadata::{MetaEni, Metadata};
+pub use metadata::{MetaEni, MetaEniIpv6, Metadata};
 pub use openapi::{OpenApi, OpenApiConfig};
 pub use retry::RetryPolicy;

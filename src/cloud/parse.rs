@@ -4,7 +4,7 @@
 
 use crate::cloud::error::CloudError;
 use serde_json::Value;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EniInfo {
@@ -18,6 +18,8 @@ pub struct EniInfo {
     pub primary_ip: Ipv4Addr,
     /// Private IPv4 addresses other than the primary.
     pub secondary_ips: Vec<Ipv4Addr>,
+    /// IPv6 addresses (`Ipv6Sets.Ipv6Set[].Ipv6Address`); empty when the ENI has none.
+    pub ipv6: Vec<Ipv6Addr>,
     pub instance_id: Option<String>,
     pub tags: Vec<(String, String)>,
     /// `CreationTime` as Unix seconds, when the answer has one.
@@ -39,6 +41,8 @@ pub struct VSwitchInfo {
     pub id: String,
     pub zone_id: String,
     pub cidr: ipnetwork::Ipv4Network,
+    /// `Ipv6CidrBlock` (a /64 on Alibaba Cloud); `None` when IPv6 is not enabled on the vSwitch.
+    pub ipv6_cidr: Option<ipnetwork::Ipv6Network>,
     pub available_ips: u64,
     pub vpc_id: String,
     /// `RouteTable.RouteTableId`: the route table the vSwitch uses (empty when not reported).
@@ -97,6 +101,12 @@ fn ipv4(action: &str, what: &str, s: &str) -> Result<Ipv4Addr, CloudError> {
         .map_err(|_| CloudError::decode(action, format!("{what}: not an IPv4 address: {s:?}")))
 }
 
+fn ipv6(action: &str, what: &str, s: &str) -> Result<Ipv6Addr, CloudError> {
+    s.trim()
+        .parse()
+        .map_err(|_| CloudError::decode(action, format!("{what}: not an IPv6 address: {s:?}")))
+}
+
 /// One ENI from `CreateNetworkInterface` or `NetworkInterfaceSets.NetworkInterfaceSet[]`.
 pub fn eni(action: &str, v: &Value) -> Result<EniInfo, CloudError> {
     let id = text(v, "NetworkInterfaceId");
@@ -126,6 +136,10 @@ pub fn eni(action: &str, v: &Value) -> Result<EniInfo, CloudError> {
         None => ipv4(action, &format!("{id} PrivateIpAddress"), &primary_text)?,
     };
     secondary_ips.retain(|ip| *ip != primary_ip);
+    let ipv6 = items(v, &["Ipv6Sets", "Ipv6Set"])
+        .into_iter()
+        .map(|s| ipv6(action, &format!("{id} Ipv6Set"), &text(s, "Ipv6Address")))
+        .collect::<Result<Vec<_>, _>>()?;
     let tags = items(v, &["Tags", "Tag"])
         .into_iter()
         .map(|t| {
@@ -155,6 +169,7 @@ pub fn eni(action: &str, v: &Value) -> Result<EniInfo, CloudError> {
         zone_id: text(v, "ZoneId"),
         primary_ip,
         secondary_ips,
+        ipv6,
         instance_id: (!instance.is_empty()).then_some(instance),
         tags,
         creation_time: timestamp(&text(v, "CreationTime")),
@@ -199,6 +214,21 @@ pub fn assigned_ips(action: &str, v: &Value) -> Result<Vec<Ipv4Addr>, CloudError
         .collect()
 }
 
+/// `Ipv6Sets.Ipv6Address[]` of an `AssignIpv6Addresses` answer.
+pub fn assigned_ipv6(action: &str, v: &Value) -> Result<Vec<Ipv6Addr>, CloudError> {
+    let path = ["Ipv6Sets", "Ipv6Address"];
+    if at(v, &path).is_none() {
+        return Err(CloudError::decode(
+            action,
+            "no Ipv6Sets.Ipv6Address in the answer",
+        ));
+    }
+    items(v, &path)
+        .into_iter()
+        .map(|s| ipv6(action, "Ipv6Address", s.as_str().unwrap_or_default()))
+        .collect()
+}
+
 /// `InstanceTypes.InstanceType[]` and the `NextToken`.
 pub fn instance_types(v: &Value) -> (Vec<InstanceTypeLimits>, Option<String>) {
     let list = items(v, &["InstanceTypes", "InstanceType"])
@@ -229,9 +259,20 @@ pub fn vswitches(action: &str, v: &Value) -> Result<(Vec<VSwitchInfo>, u64), Clo
                     format!("{id} CidrBlock: not an IPv4 CIDR: {cidr_text:?}"),
                 )
             })?;
+            let v6_text = text(s, "Ipv6CidrBlock");
+            let ipv6_cidr = match v6_text.trim() {
+                "" => None,
+                t => Some(t.parse().map_err(|_| {
+                    CloudError::decode(
+                        action,
+                        format!("{id} Ipv6CidrBlock: not an IPv6 CIDR: {v6_text:?}"),
+                    )
+                })?),
+            };
             Ok(VSwitchInfo {
                 zone_id: text(s, "ZoneId"),
                 cidr,
+                ipv6_cidr,
                 available_ips: num(s, "AvailableIpAddressCount"),
                 vpc_id: text(s, "VpcId"),
                 route_table_id: at(s, &["RouteTable"])
@@ -268,7 +309,10 @@ mod tests {
                     {"PrivateIpAddress": "172.16.0.11", "Primary": false},
                     {"PrivateIpAddress": "172.16.0.12", "Primary": false}
                 ]},
-                "Ipv6Sets": {"Ipv6Set": []},
+                "Ipv6Sets": {"Ipv6Set": [
+                    {"Ipv6Address": "2408:4005:3c4:a00::1000"},
+                    {"Ipv6Address": "2408:4005:3c4:a00::1001"}
+                ]},
                 "Tags": {"Tag": [{"TagKey": "creator", "TagValue": "terway"}]},
                 "CreationTime": "2023-10-26T10:22:32Z"
             }, {
@@ -299,11 +343,19 @@ mod tests {
             vec![Ipv4Addr::new(172, 16, 0, 11), Ipv4Addr::new(172, 16, 0, 12)]
         );
         assert_eq!(a.instance_id.as_deref(), Some("i-1"));
+        assert_eq!(
+            a.ipv6,
+            vec![
+                "2408:4005:3c4:a00::1000".parse::<Ipv6Addr>().unwrap(),
+                "2408:4005:3c4:a00::1001".parse().unwrap()
+            ]
+        );
         assert_eq!(a.tags, vec![("creator".to_string(), "terway".to_string())]);
         assert_eq!(a.creation_time, Some(1_698_315_752));
         let b = &list[1];
         assert_eq!((b.instance_id.clone(), b.secondary_ips.len()), (None, 0));
         assert_eq!(b.creation_time, None);
+        assert!(b.ipv6.is_empty(), "no Ipv6Sets: no IPv6");
         assert_eq!(b.primary_ip, Ipv4Addr::new(172, 16, 0, 20));
         let (empty, none) = eni_page("D", &json!({"NextToken": ""})).unwrap();
         assert!(empty.is_empty() && none.is_none());
@@ -332,6 +384,14 @@ mod tests {
         let e = eni_page("DescribeNetworkInterfaces", &v).unwrap_err();
         assert_eq!(e.code, "Decode");
         assert!(e.message.contains("eni-1"), "{e}");
+        let mut v = describe_page();
+        v["NetworkInterfaceSets"]["NetworkInterfaceSet"][0]["Ipv6Sets"]["Ipv6Set"][0]["Ipv6Address"] =
+            json!("172.16.0.1");
+        let e = eni_page("DescribeNetworkInterfaces", &v).unwrap_err();
+        assert!(
+            e.message.contains("eni-1 Ipv6Set") && e.message.contains("not an IPv6"),
+            "{e}"
+        );
         assert!(eni("X", &json!({"Status": "InUse"})).is_err());
         assert!(eni("X", &json!({"NetworkInterfaceId": "eni-1"})).is_err());
     }
@@ -369,6 +429,28 @@ mod tests {
     }
 
     #[test]
+    fn assign_ipv6_answer_shape() {
+        let v = json!({"RequestId": "R", "NetworkInterfaceId": "eni-1",
+            "Ipv6Sets": {"Ipv6Address": ["2408:4005:3c4:a00::1000", "2408:4005:3c4:a00::1001"]}});
+        let got = assigned_ipv6("AssignIpv6Addresses", &v).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            got[1],
+            "2408:4005:3c4:a00::1001".parse::<Ipv6Addr>().unwrap()
+        );
+        let one = json!({"Ipv6Sets": {"Ipv6Address": "2408::1"}});
+        assert_eq!(assigned_ipv6("A", &one).unwrap().len(), 1);
+        assert_eq!(assigned_ipv6("A", &json!({})).unwrap_err().code, "Decode");
+        let bad = json!({"Ipv6Sets": {"Ipv6Address": ["10.0.0.1"]}});
+        assert!(
+            assigned_ipv6("A", &bad)
+                .unwrap_err()
+                .message
+                .contains("not an IPv6")
+        );
+    }
+
+    #[test]
     fn instance_types_and_vswitches_shapes() {
         let v = json!({"NextToken": "", "InstanceTypes": {"InstanceType": [{
             "InstanceTypeId": "ecs.g7.4xlarge", "EniQuantity": 8, "EniPrivateIpAddressQuantity": 30,
@@ -394,6 +476,7 @@ mod tests {
         assert_eq!(total, 1);
         assert_eq!(s[0].cidr, "172.16.0.0/24".parse().unwrap());
         assert_eq!(s[0].available_ips, 249);
+        assert_eq!(s[0].ipv6_cidr, None, "an empty Ipv6CidrBlock: no IPv6");
         assert_eq!(
             (s[0].vpc_id.as_str(), s[0].route_table_id.as_str()),
             ("vpc-1", "vtb-1")
@@ -401,5 +484,15 @@ mod tests {
         let mut bad = v.clone();
         bad["VSwitches"]["VSwitch"][0]["CidrBlock"] = json!("x");
         assert!(vswitches("DescribeVSwitches", &bad).is_err());
+        let mut v6 = v.clone();
+        v6["VSwitches"]["VSwitch"][0]["Ipv6CidrBlock"] = json!("2408:4005:3c4:a00::/64");
+        let (s, _) = vswitches("DescribeVSwitches", &v6).unwrap();
+        assert_eq!(
+            s[0].ipv6_cidr,
+            Some("2408:4005:3c4:a00::/64".parse().unwrap())
+        );
+        v6["VSwitches"]["VSwitch"][0]["Ipv6CidrBlock"] = json!("172.16.0.0/24");
+        let e = vswitches("DescribeVSwitches", &v6).unwrap_err();
+        assert!(e.message.contains("vsw-a Ipv6CidrBlock"), "{e}");
     }
 }

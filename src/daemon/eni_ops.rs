@@ -9,7 +9,7 @@ use crate::cloud::ecs::{EniFilter, EniInfo};
 use crate::cloud::error::CloudError;
 use crate::config::Config;
 use crate::datapath::eni_device;
-use crate::pool::shared_eni::{CloudFailure, EniFacts};
+use crate::pool::shared_eni::{CloudFailure, EniFacts, EniV6};
 use crate::store::InstanceLimits;
 use crate::{Error, Result};
 use ipnetwork::Ipv4Network;
@@ -52,6 +52,8 @@ pub enum DeviceUse {
 pub struct EniOps {
     pub node: NodeFacts,
     pub device: DeviceUse,
+    /// `ip_stack: dual`: ENIs carry IPv6 too, and their facts say so.
+    pub dual: bool,
     pub(super) cloud: Cloud,
     cidrs: Mutex<BTreeMap<String, (Ipv4Network, u64)>>,
 }
@@ -102,6 +104,7 @@ impl EniOps {
         let ops = EniOps {
             node,
             device,
+            dual: config.ip_stack == crate::config::IpStack::Dual,
             cloud,
             cidrs: Mutex::new(BTreeMap::new()),
         };
@@ -163,6 +166,10 @@ impl EniOps {
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         };
+        let (ipv6s, v6) = match self.dual {
+            true => (eni.ipv6.clone(), self.facts_v6(eni)?),
+            false => (Vec::new(), None),
+        };
         Ok(EniFacts {
             id: eni.id.clone(),
             mac: eni.mac.clone(),
@@ -171,19 +178,42 @@ impl EniOps {
             gateway,
             primary_ip: eni.primary_ip,
             secondary_ips: eni.secondary_ips.clone(),
+            ipv6s,
+            v6,
         })
+    }
+
+    /// Dual stack: the IPv6 network and gateway of an ENI (metadata), `None` when its vSwitch
+    /// has no IPv6. An ENI with IPv6 addresses but no gateway in metadata cannot serve pods.
+    fn facts_v6(&self, eni: &EniInfo) -> Result<Option<EniV6>> {
+        let meta =
+            self.cloud.meta.eni_ipv6(&eni.mac).map_err(|e| {
+                cloud_err(&format!("metadata: IPv6 of {} ({})", eni.id, eni.mac), e)
+            })?;
+        match (meta.vswitch_cidr, meta.gateway) {
+            (Some(vswitch_cidr), Some(gateway)) => Ok(Some(EniV6 {
+                vswitch_cidr,
+                gateway,
+            })),
+            _ if eni.ipv6.is_empty() => Ok(None),
+            _ => Err(cloud_err(
+                &format!("metadata: IPv6 of {} ({})", eni.id, eni.mac),
+                "the ENI has IPv6 addresses but metadata names no ipv6-gateway or vswitch-ipv6-cidr-block",
+            )),
+        }
     }
 
     /// Readies an attached ENI's device: its route table in shared mode (0 in exclusive mode,
     /// where a `fresh` ENI's device is waited for: one held by a pod is not on the node).
     fn ready(&self, facts: &EniFacts, fresh: bool) -> Result<u32> {
         match self.device {
-            DeviceUse::PolicyTable => {
-                eni_device::prepare(&facts.id, &facts.mac, facts.gateway, false)
-            }
-            DeviceUse::PolicyTableAndIpvlan => {
-                eni_device::prepare(&facts.id, &facts.mac, facts.gateway, true)
-            }
+            DeviceUse::PolicyTable | DeviceUse::PolicyTableAndIpvlan => eni_device::prepare_dual(
+                &facts.id,
+                &facts.mac,
+                facts.gateway,
+                facts.v6.map(|v6| v6.gateway),
+                self.device == DeviceUse::PolicyTableAndIpvlan,
+            ),
             DeviceUse::Exclusive if fresh => eni_device::wait(&facts.id, &facts.mac).map(|_| 0),
             DeviceUse::Exclusive => Ok(0),
         }
@@ -268,6 +298,7 @@ impl EniOps {
         op: u64,
         vswitch_id: &str,
         secondary_count: u32,
+        ipv6_count: u32,
         n: &NodeFacts,
     ) -> std::result::Result<(EniFacts, u32), CloudFailure> {
         // One token per planned op: a retried create returns the same ENI instead of a second one.
@@ -279,10 +310,11 @@ impl EniOps {
         let eni = self
             .cloud
             .ecs
-            .create_eni(
+            .create_eni_dual(
                 vswitch_id,
                 &n.security_groups,
                 secondary_count,
+                ipv6_count,
                 &n.eni_tags,
                 &format!("terway pod ENI of {}", n.info.instance_id),
                 &token,

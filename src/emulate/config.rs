@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// The instance type of the default config whose per-ENI IPv4 and IPv6 counts differ (the
+/// others have equal counts): a dual-stack daemon in shared ENI mode refuses it.
+pub const UNEQUAL_V6_TYPE: &str = "ecs.c6-v6unequal.large";
+
 /// The embedded default region.
 pub const DEFAULT_CONFIG: &str = include_str!("default.json");
 
@@ -17,6 +21,9 @@ pub struct EmuConfig {
     pub region_id: String,
     pub vpc_id: String,
     pub vpc_cidr: String,
+    /// The VPC's IPv6 CIDR (a /56 on Alibaba Cloud); vSwitch IPv6 CIDRs are /64s inside it.
+    #[serde(default)]
+    pub vpc_ipv6_cidr: Option<String>,
     pub route_table_id: String,
     pub zones: Vec<String>,
     pub vswitches: Vec<VSwitchCfg>,
@@ -80,6 +87,9 @@ pub struct InstanceCfg {
     pub security_group: String,
     #[serde(default)]
     pub primary_ip: Option<String>,
+    /// IPv6 addresses the primary ENI has from the start (its vSwitch needs IPv6).
+    #[serde(default)]
+    pub ipv6_address_count: u32,
     #[serde(default)]
     pub ram_role: Option<String>,
 }
@@ -166,6 +176,13 @@ impl EmuConfig {
             Some(c) => c,
             None => return bad(format!("vpc_cidr {:?} is not an IPv4 CIDR", self.vpc_cidr)),
         };
+        let vpc6 = match &self.vpc_ipv6_cidr {
+            None => None,
+            Some(t) => match crate::emulate::model::Cidr6::parse(t) {
+                Some(c) if c.is_network() => Some(c),
+                _ => return bad(format!("vpc_ipv6_cidr {t:?} is not an IPv6 network CIDR")),
+            },
+        };
         let mut seen = std::collections::BTreeSet::new();
         for vsw in &self.vswitches {
             if !seen.insert(vsw.id.clone()) {
@@ -186,13 +203,21 @@ impl EmuConfig {
                     ));
                 }
             }
-            if let Some(v6) = &vsw.ipv6_cidr
-                && crate::emulate::model::Cidr6::parse(v6).is_none()
-            {
-                return bad(format!(
-                    "vSwitch {} ipv6_cidr {v6:?} is not an IPv6 CIDR",
-                    vsw.id
-                ));
+            if let Some(v6) = &vsw.ipv6_cidr {
+                // As on Alibaba Cloud: a vSwitch's IPv6 CIDR is a /64 of the VPC's.
+                match crate::emulate::model::Cidr6::parse(v6) {
+                    Some(c)
+                        if c.prefix == 64
+                            && c.is_network()
+                            && vpc6.is_some_and(|p| p.contains_cidr(&c)) => {}
+                    _ => {
+                        return bad(format!(
+                            "vSwitch {} ipv6_cidr {v6:?} must be a /64 inside vpc_ipv6_cidr {:?}",
+                            vsw.id,
+                            self.vpc_ipv6_cidr.as_deref().unwrap_or("(none)")
+                        ));
+                    }
+                }
             }
         }
         let types: BTreeMap<_, _> = self.instance_types.iter().map(|t| (&t.id, t)).collect();
@@ -218,6 +243,25 @@ impl EmuConfig {
                 return bad(format!(
                     "instance {} is on unknown vSwitch {}",
                     i.id, i.vswitch
+                ));
+            }
+            let vsw_v6 = self
+                .vswitches
+                .iter()
+                .any(|v| v.id == i.vswitch && v.ipv6_cidr.is_some());
+            if i.ipv6_address_count > 0 && !vsw_v6 {
+                return bad(format!(
+                    "instance {} wants IPv6 but vSwitch {} has no ipv6_cidr",
+                    i.id, i.vswitch
+                ));
+            }
+            if types
+                .get(&i.instance_type)
+                .is_some_and(|t| i.ipv6_address_count > t.eni_ipv6_address_quantity)
+            {
+                return bad(format!(
+                    "instance {}: ipv6_address_count {} is more than its type's {}",
+                    i.id, i.ipv6_address_count, i.instance_type
                 ));
             }
             if !self.security_groups.contains(&i.security_group) {
@@ -335,6 +379,17 @@ mod tests {
             (8, 30)
         );
         assert_eq!(EmuConfig::parse(&c.to_pretty_json()).unwrap(), c);
+        // Dual stack: IPv6 /64s out of the VPC's /56, equal per-ENI counts but for one type.
+        assert_eq!(c.vpc_ipv6_cidr.as_deref(), Some("2408:4005:3c4:a00::/56"));
+        assert!(c.vswitches.iter().all(|v| v.ipv6_cidr.is_some()));
+        let unequal: Vec<&str> = c
+            .instance_types
+            .iter()
+            .filter(|t| t.eni_private_ip_address_quantity != t.eni_ipv6_address_quantity)
+            .map(|t| t.id.as_str())
+            .collect();
+        assert_eq!(unequal, [UNEQUAL_V6_TYPE]);
+        assert!(c.instances.iter().all(|i| i.ipv6_address_count == 1));
         assert!(!format!("{:?}", c.access_keys).contains(&c.access_keys[0].secret));
     }
 
@@ -347,6 +402,27 @@ mod tests {
         let mut c = EmuConfig::embedded().unwrap();
         c.vswitches[0].cidr = "10.0.0.0/24".into();
         assert!(c.validate().unwrap_err().msg.contains("inside the VPC"));
+        for bad in [
+            "2408:4005:3c5:a00::/64",
+            "2408:4005:3c4:a00::/80",
+            "2408:4005:3c4:a00::1/64",
+        ] {
+            let mut c = EmuConfig::embedded().unwrap();
+            c.vswitches[1].ipv6_cidr = Some(bad.into());
+            let e = c.validate().unwrap_err();
+            assert!(e.msg.contains("must be a /64 inside"), "{bad}: {e}");
+        }
+        let mut c = EmuConfig::embedded().unwrap();
+        c.vswitches[0].ipv6_cidr = None;
+        assert!(c.validate().unwrap_err().msg.contains("wants IPv6"));
+        let mut c = EmuConfig::embedded().unwrap();
+        c.instances[1].ipv6_address_count = 7;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .msg
+                .contains("ipv6_address_count 7")
+        );
         assert!(EmuConfig::parse("{\"region_id\": 1}").is_err());
         let extra = DEFAULT_CONFIG.replacen("\"seed\"", "\"bogus\": 1, \"seed\"", 1);
         assert!(EmuConfig::parse(&extra).unwrap_err().msg.contains("bogus"));

@@ -64,10 +64,18 @@ fn ipv6s(e: &Eni, lag: Ms, now: Ms) -> Vec<String> {
         .collect()
 }
 
-fn ipv6_gateway(c: &Cidr6) -> String {
+/// The ENI IPv6 gateway of a vSwitch: the third address from the end of its /64, as the IPv4
+/// gateway is (`.253` of a /24). `--netns` answers NDP for it on every ENI of the vSwitch.
+pub fn ipv6_gateway(c: &Cidr6) -> Ipv6Addr {
     let mask = c.mask();
     let net = u128::from(c.addr) & mask;
-    Ipv6Addr::from(net | (!mask - 2)).to_string()
+    Ipv6Addr::from(net | (!mask - 2))
+}
+
+/// `ipv6s` as the real service writes it: bracketed, comma-separated, unquoted
+/// (`[2408:4005:39c:7a00:b1ad:8fa2:f04:e4e]`); `None` (404) when the ENI has no IPv6.
+fn ipv6s_text(ips: &[String]) -> Option<String> {
+    (!ips.is_empty()).then(|| format!("[{}]", ips.join(",")))
 }
 
 const PER_MAC: &[&str] = &[
@@ -171,8 +179,8 @@ pub fn answer(m: &Model, inst: &str, path: &str, now: Ms, master_secret: &str) -
         "vpc-cidr-block" => Some(m.vpc_cidr.to_string()),
         "vswitch-id" => Some(e.vswitch_id.clone()),
         "vswitch-cidr-block" => Some(ev.cidr.to_string()),
-        "ipv6s" => ev.ipv6_cidr.map(|_| json_list(ipv6s(e, lag, now))),
-        "ipv6-gateway" => ev.ipv6_cidr.as_ref().map(ipv6_gateway),
+        "ipv6s" => ipv6s_text(&ipv6s(e, lag, now)),
+        "ipv6-gateway" => ev.ipv6_cidr.as_ref().map(|c| ipv6_gateway(c).to_string()),
         "vswitch-ipv6-cidr-block" => ev.ipv6_cidr.map(|c| c.to_string()),
         _ => None,
     }
@@ -236,10 +244,14 @@ mod tests {
             answer(&m, A, &format!("{base}network-interface-id"), 1100, "s").unwrap(),
             id
         );
-        let v6: Vec<String> =
-            serde_json::from_str(&answer(&m, A, &format!("{base}ipv6s"), 1100, "s").unwrap())
-                .unwrap();
-        assert_eq!(v6.len(), 1);
+        let v6 = answer(&m, A, &format!("{base}ipv6s"), 1100, "s").unwrap();
+        let want = format!("[{}]", m.eni(&id).unwrap().ipv6[0].ip);
+        assert_eq!(v6, want, "bracketed, unquoted");
+        assert_eq!(
+            crate::cloud::metadata::parse_ipv6s(&v6).unwrap().len(),
+            1,
+            "the client reads it"
+        );
         let new = m.assign_ips(&id, 1, &[], 2000).unwrap();
         let count = |m: &Model, t| {
             serde_json::from_str::<Vec<String>>(
@@ -259,6 +271,83 @@ mod tests {
         assert_eq!(macs(&m, 6000).lines().count(), 1);
         assert_eq!(answer(&m, A, "nope", 0, "s"), None);
         assert_eq!(answer(&m, "i-nope", "instance-id", 0, "s"), None);
+    }
+
+    #[test]
+    fn ipv6s_are_bracketed_and_404_without_ipv6() {
+        let mut m = Model::new(&EmuConfig::embedded().unwrap(), 0).unwrap();
+        m.timing.attach_delay_ms = 100;
+        m.timing.metadata_lag_ms = 1000;
+        let req = CreateEni {
+            vswitch_id: "vsw-emu0000000000000000a".into(),
+            security_group_ids: vec!["sg-emu00000000000000001".into()],
+            eni_type: EniType::Secondary,
+            primary_ip: None,
+            secondary_count: 0,
+            secondary_ips: vec![],
+            ipv6_count: 1,
+            tags: vec![],
+            description: String::new(),
+            name: String::new(),
+        };
+        let id = m.create_eni(&req, 0).unwrap();
+        m.attach_eni(A, &id, None, 0).unwrap();
+        m.advance(1100);
+        let base = format!("network/interfaces/macs/{}/", m.eni(&id).unwrap().mac);
+        let want = format!("[{}]", m.eni(&id).unwrap().ipv6[0].ip);
+        // The primary ENI has the instance's IPv6 from the start (`ipv6_address_count`).
+        let primary = format!("network/interfaces/macs/{}/ipv6s", m.enis[0].mac);
+        assert_eq!(
+            answer(&m, A, &primary, 1100, "s").unwrap(),
+            format!("[{}]", m.enis[0].ipv6[0].ip)
+        );
+        let two = m.assign_ipv6(&id, 1, &[], 1100).unwrap();
+        let both = format!("{},{}]", want.trim_end_matches(']'), two[0]);
+        assert_eq!(
+            answer(&m, A, &format!("{base}ipv6s"), 2100, "s").unwrap(),
+            both
+        );
+        assert_eq!(
+            answer(&m, A, &format!("{base}ipv6-gateway"), 1100, "s").unwrap(),
+            "2408:4005:3c4:a00:ffff:ffff:ffff:fffd"
+        );
+        assert_eq!(
+            answer(&m, A, &format!("{base}vswitch-ipv6-cidr-block"), 1100, "s").unwrap(),
+            "2408:4005:3c4:a00::/64"
+        );
+        let plain = m
+            .create_eni(
+                &CreateEni {
+                    ipv6_count: 0,
+                    ..req.clone()
+                },
+                2100,
+            )
+            .unwrap();
+        m.attach_eni(A, &plain, None, 2100).unwrap();
+        let pmac = m.eni(&plain).unwrap().mac.clone();
+        m.advance(3200);
+        assert_eq!(
+            answer(
+                &m,
+                A,
+                &format!("network/interfaces/macs/{pmac}/ipv6s"),
+                3200,
+                "s"
+            ),
+            None,
+            "404 without IPv6"
+        );
+        m.unassign_ipv6(&id, &two, 3200).unwrap();
+        assert_eq!(
+            answer(&m, A, &format!("{base}ipv6s"), 3200, "s").unwrap(),
+            both,
+            "still listed during the lag"
+        );
+        assert_eq!(
+            answer(&m, A, &format!("{base}ipv6s"), 4300, "s").unwrap(),
+            want
+        );
     }
 
     #[test]

@@ -92,6 +92,13 @@ impl Cidr6 {
         let mask = self.mask();
         u128::from(ip) & mask == u128::from(self.addr) & mask
     }
+    pub fn contains_cidr(&self, other: &Cidr6) -> bool {
+        other.prefix >= self.prefix && self.contains(other.addr)
+    }
+    /// The address is the network address (no host bits).
+    pub fn is_network(&self) -> bool {
+        u128::from(self.addr) & !self.mask() == 0
+    }
 }
 
 impl std::fmt::Display for Cidr6 {
@@ -180,6 +187,10 @@ impl VSwitch {
     }
 
     pub(crate) fn take6(&mut self, n: usize) -> Result<Vec<Ipv6Addr>, ApiError> {
+        // No IPv6 wanted: fine on a vSwitch without IPv6 too.
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let cidr = self.ipv6_cidr.ok_or_else(errors::ipv6_not_enabled)?;
         // Interface identifiers from ::1000 up, like the cloud's (never the subnet router anycast).
         let net = u128::from(cidr.addr) & cidr.mask();
@@ -411,6 +422,12 @@ impl Model {
                     .copied()
                     .ok_or_else(|| err!(Kind::InvalidConfig, "instance {}: no address", i.id))?,
             };
+            let v6 = match i.ipv6_address_count {
+                0 => Vec::new(),
+                n => vsw
+                    .take6(n as usize)
+                    .map_err(|e| err!(Kind::InvalidConfig, "instance {}: {}", i.id, e.message))?,
+            };
             let eni_id = m.new_id("eni-");
             let mac = m.new_mac();
             m.enis.push(Eni {
@@ -423,7 +440,14 @@ impl Model {
                 security_group_ids: vec![i.security_group.clone()],
                 primary_ip: ip,
                 secondary: Vec::new(),
-                ipv6: Vec::new(),
+                ipv6: v6
+                    .into_iter()
+                    .map(|ip| AddrRecord {
+                        ip,
+                        since: 0,
+                        removed: None,
+                    })
+                    .collect(),
                 tags: Vec::new(),
                 description: String::new(),
                 name: String::new(),

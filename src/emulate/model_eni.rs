@@ -427,6 +427,7 @@ impl Model {
                 v.used6.remove(ip);
             });
         }
+        self.advance(now);
         Ok(())
     }
 

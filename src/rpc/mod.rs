@@ -99,12 +99,18 @@ pub struct MappingRow {
     pub pod: String,
     pub res_id: String,
     pub factory_res_id: String,
+    /// Dual stack: the pod's IPv6 (the IPv4 is in the resource id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolView {
     pub mode: String,
     pub pod_cidr: Option<String>,
+    /// VPC mode with dual stack: the IPv6 pod prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_v6: Option<String>,
     /// ENI modes: the ENIs, what holds them, blocked vSwitches.
     #[serde(default)]
     pub eni: Option<EniPoolView>,
@@ -192,6 +198,9 @@ pub struct EniView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EniIpView {
     pub ip: String,
+    /// Dual stack: its IPv6 partner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<crate::model::AttachKey>,
     #[serde(default)]
