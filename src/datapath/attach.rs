@@ -87,8 +87,9 @@ fn ipv6_of(address: &PodAddress) -> Result<Option<Ipv6Addr>> {
     }
 }
 
-/// The IPv6 address (with the vSwitch's IPv6 prefix) and gateway of an exclusive ENI.
-fn ipv6_with_gateway(address: &PodAddress) -> Result<Option<exclusive_eni::EniIpv6>> {
+/// The IPv6 address (with the vSwitch's IPv6 prefix) and gateway a datapath on the ENI itself
+/// needs (exclusive ENI, ipvlan).
+fn ipv6_with_gateway(address: &PodAddress, what: &str) -> Result<Option<exclusive_eni::EniIpv6>> {
     let Some(v6) = address.ipv6 else {
         return Ok(None);
     };
@@ -98,7 +99,7 @@ fn ipv6_with_gateway(address: &PodAddress) -> Result<Option<exclusive_eni::EniIp
         }
         _ => Err(Error::new(
             Kind::InvalidConfig,
-            format!("exclusive ENI address {address} needs an IPv6 address with an IPv6 gateway"),
+            format!("{what} address {address} needs an IPv6 address with an IPv6 gateway"),
         )),
     }
 }
@@ -154,7 +155,7 @@ fn eni_spec<'a>(
         mac: parse_mac(mac)?,
         ip,
         gateway,
-        ipv6: ipv6_with_gateway(address)?,
+        ipv6: ipv6_with_gateway(address, "exclusive ENI")?,
         mtu: att.mtu,
         host_peer: host_peer.map(|p| exclusive_eni::HostPeer {
             host_ifname: &names.0,
@@ -174,6 +175,7 @@ fn ipvlan_spec<'a>(
     alias: &'a str,
 ) -> Result<IpvlanSpec<'a>> {
     let (ip, gateway) = ipv4_with_gateway(address, "ipvlan")?;
+    let ipv6 = ipv6_with_gateway(address, "ipvlan")?;
     Ok(IpvlanSpec {
         netns: att.netns()?,
         ifname: att.ifname,
@@ -181,6 +183,7 @@ fn ipvlan_spec<'a>(
         mac: parse_mac(mac)?,
         ip,
         gateway,
+        ipv6,
         mtu: att.mtu,
         service_cidr: to_node.service_cidr,
         node_ips: to_node.node_ips.clone(),
@@ -276,19 +279,10 @@ pub fn setup(att: &Attachment, address: &PodAddress, dp: &Datapath) -> Result<Wi
                     in_pod: true,
                 });
             }
-            let mut ips = vec![WiredIp {
-                addr: IpNetwork::V4(spec.ip),
-                gateway: IpAddr::V4(spec.gateway),
-                interface: 0,
-            }];
-            if let Some(v6) = &spec.ipv6 {
-                ips.push(WiredIp {
-                    addr: IpNetwork::V6(v6.addr),
-                    gateway: IpAddr::V6(v6.gateway),
-                    interface: 0,
-                });
-            }
-            Ok(Wired { interfaces, ips })
+            Ok(Wired {
+                interfaces,
+                ips: on_eni_ips(spec.ip, spec.gateway, spec.ipv6.as_ref()),
+            })
         }
         Datapath::Ipvlan { mac, to_node, .. } => {
             let spec = ipvlan_spec(att, address, mac, to_node, &names.1)?;
@@ -300,14 +294,32 @@ pub fn setup(att: &Attachment, address: &PodAddress, dp: &Datapath) -> Result<Wi
                     mtu: info.mtu,
                     in_pod: true,
                 }],
-                ips: vec![WiredIp {
-                    addr: IpNetwork::V4(spec.ip),
-                    gateway: IpAddr::V4(spec.gateway),
-                    interface: 0,
-                }],
+                ips: on_eni_ips(spec.ip, spec.gateway, spec.ipv6.as_ref()),
             })
         }
     }
+}
+
+/// The addresses of a pod whose interface 0 is on the ENI (exclusive ENI, ipvlan), IPv4 first,
+/// each with its vSwitch gateway.
+fn on_eni_ips(
+    ip: Ipv4Network,
+    gateway: Ipv4Addr,
+    ipv6: Option<&exclusive_eni::EniIpv6>,
+) -> Vec<WiredIp> {
+    let mut ips = vec![WiredIp {
+        addr: IpNetwork::V4(ip),
+        gateway: IpAddr::V4(gateway),
+        interface: 0,
+    }];
+    if let Some(v6) = ipv6 {
+        ips.push(WiredIp {
+            addr: IpNetwork::V6(v6.addr),
+            gateway: IpAddr::V6(v6.gateway),
+            interface: 0,
+        });
+    }
+    ips
 }
 
 /// Verifies the whole datapath; the error lists every missing or wrong piece.
@@ -364,6 +376,7 @@ pub fn teardown(att: &Attachment, known: Option<(&PodAddress, &Datapath)>) -> Re
             ifname: att.ifname,
             alias: &alias,
             ip: address.ipv4_addr(),
+            ip6: ipv6_of(address).ok().flatten(),
         });
     }
     if known.is_none() {
@@ -382,6 +395,7 @@ pub fn teardown(att: &Attachment, known: Option<(&PodAddress, &Datapath)>) -> Re
                 ifname: att.ifname,
                 alias: &alias,
                 ip: None,
+                ip6: None,
             });
         }
     }
@@ -424,4 +438,65 @@ pub fn routed_ips(container_id: &str, ifname: &str) -> Vec<IpAddr> {
         &host_veth_alias(container_id, ifname),
     )
     .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::IpConfig;
+
+    fn dual(v6: &str, gw6: Option<&str>) -> PodAddress {
+        let mut a = PodAddress::v4(
+            Ipv4Addr::new(10, 240, 0, 10),
+            24,
+            Some(Ipv4Addr::new(10, 240, 0, 253)),
+        );
+        a.ipv6 = Some(IpConfig {
+            addr: v6.parse().unwrap(),
+            gateway: gw6.map(|g| g.parse().unwrap()),
+        });
+        a
+    }
+
+    #[test]
+    fn ipv6_of_an_allocation() {
+        let a = dual("2408:4005:3ff:1::10/64", Some("2408:4005:3ff:1::1"));
+        assert_eq!(
+            ipv6_of(&a).unwrap(),
+            Some("2408:4005:3ff:1::10".parse().unwrap())
+        );
+        let v4_only = PodAddress::v4(Ipv4Addr::new(10, 0, 0, 5), 32, None);
+        assert_eq!(ipv6_of(&v4_only).unwrap(), None);
+        assert_eq!(ipv6_with_gateway(&v4_only, "ipvlan").unwrap(), None);
+        // An IPv4 address in the IPv6 slot is somebody's bug, said so.
+        let wrong = dual("10.0.0.9/32", None);
+        assert_eq!(ipv6_of(&wrong).unwrap_err().kind, Kind::InvalidConfig);
+        // On the ENI the gateway is the vSwitch's: without one there is no default route.
+        let e =
+            ipv6_with_gateway(&dual("2408:4005:3ff:1::10/64", None), "exclusive ENI").unwrap_err();
+        assert!(e.msg.contains("exclusive ENI"), "{}", e.msg);
+        assert!(e.msg.contains("IPv6 gateway"), "{}", e.msg);
+    }
+
+    #[test]
+    fn on_eni_addresses_are_ipv4_first_with_their_gateways() {
+        let a = dual("2408:4005:3ff:1::10/64", Some("2408:4005:3ff:1::1"));
+        let v6 = ipv6_with_gateway(&a, "ipvlan").unwrap().unwrap();
+        let ips = on_eni_ips(
+            "10.240.0.10/24".parse().unwrap(),
+            Ipv4Addr::new(10, 240, 0, 253),
+            Some(&v6),
+        );
+        assert_eq!(ips.len(), 2);
+        assert_eq!(ips[0].addr.to_string(), "10.240.0.10/24");
+        assert_eq!(ips[1].addr.to_string(), "2408:4005:3ff:1::10/64");
+        assert_eq!(ips[1].gateway.to_string(), "2408:4005:3ff:1::1");
+        assert!(ips.iter().all(|i| i.interface == 0));
+        let v4_only = on_eni_ips(
+            "10.240.0.10/24".parse().unwrap(),
+            Ipv4Addr::new(10, 240, 0, 253),
+            None,
+        );
+        assert_eq!(v4_only.len(), 1);
+    }
 }

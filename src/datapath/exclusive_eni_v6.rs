@@ -20,7 +20,7 @@ pub struct EniIpv6 {
 }
 
 impl EniIpv6 {
-    pub(super) fn validate(&self) -> Result<()> {
+    pub(in crate::datapath) fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::new(Kind::InvalidConfig, msg));
         let (ip, gw) = (self.addr.ip(), self.gateway);
         if ipv6::unusable(&ip) {
@@ -45,7 +45,7 @@ impl EniIpv6 {
 
     /// `::/0 via <gateway> dev <eni>`: the gateway is on-link through the prefix route (or is
     /// link-local), as the IPv4 default route's.
-    pub(super) fn default_route(&self, eni_index: u32) -> Route {
+    pub(in crate::datapath) fn default_route(&self, eni_index: u32) -> Route {
         Route {
             dst: DEFAULT_DST_V6,
             gateway: Some(IpAddr::V6(self.gateway)),
@@ -57,7 +57,7 @@ impl EniIpv6 {
     }
 
     /// Before the pod interface goes up: sysctls, then the address (never tentative).
-    pub(super) fn add_addr(
+    pub(in crate::datapath) fn add_addr(
         &self,
         pod: &mut Netlink,
         ns: &NetNs,
@@ -69,7 +69,7 @@ impl EniIpv6 {
     }
 
     /// Notes what is missing or wrong of the pod's IPv6 on interface `index` (named `name`).
-    pub(super) fn check(
+    pub(in crate::datapath) fn check(
         &self,
         pod: &mut Netlink,
         ns: &NetNs,
