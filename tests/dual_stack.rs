@@ -41,7 +41,7 @@ fn ping_from(pod: &Netns, from: &str, ip: &str) -> bool {
 }
 
 /// Every live address (IPv4 and IPv6) of each of the node's terway ENIs in the emulator.
-fn cloud_addresses(cloud: &Cloud, instance: &str) -> BTreeMap<String, BTreeSet<String>> {
+fn cloud_addresses(cloud: &Cloud, instance: &str) -> PerEni {
     let model = cloud.admin("GET", "/admin/model", None);
     let mut out = BTreeMap::new();
     for e in model["enis"].as_array().expect("model has enis") {
@@ -67,9 +67,12 @@ fn cloud_addresses(cloud: &Cloud, instance: &str) -> BTreeMap<String, BTreeSet<S
     out
 }
 
+/// Addresses per ENI id.
+type PerEni = BTreeMap<String, BTreeSet<String>>;
+
 /// The daemon's pool per ENI: every address it holds (IPv4s and their IPv6 partners), and the
-/// owner of each pair.
-fn pool_addresses(node: &EniNode) -> (BTreeMap<String, BTreeSet<String>>, Vec<(String, String)>) {
+/// pairs pods own.
+fn pool_addresses(node: &EniNode) -> (PerEni, Vec<(String, String)>) {
     let pool = node.pool();
     let mut per_eni = BTreeMap::new();
     let mut owned = Vec::new();
