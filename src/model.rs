@@ -5,7 +5,7 @@
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// An attachment as the CNI spec keys it: (network name, container id, interface name).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -82,6 +82,23 @@ impl PodAddress {
                 gateway: gateway.map(IpAddr::V4),
             }),
             ipv6: None,
+        }
+    }
+
+    /// This address with `ip6/prefix` (and its gateway) as the IPv6 too.
+    pub fn with_v6(mut self, ip6: Ipv6Addr, prefix: u8, gateway: Option<Ipv6Addr>) -> PodAddress {
+        self.ipv6 = Some(IpConfig {
+            addr: IpNetwork::new(IpAddr::V6(ip6), prefix.min(128))
+                .unwrap_or_else(|_| IpNetwork::from(IpAddr::V6(ip6))),
+            gateway: gateway.map(IpAddr::V6),
+        });
+        self
+    }
+
+    pub fn ipv6_addr(&self) -> Option<Ipv6Addr> {
+        match self.ipv6?.addr.ip() {
+            IpAddr::V6(ip) => Some(ip),
+            IpAddr::V4(_) => None,
         }
     }
 

@@ -44,6 +44,30 @@ pub fn rp_filter_key(ifname: &str) -> String {
     format!("net/ipv4/conf/{ifname}/rp_filter")
 }
 
+/// A per-interface IPv6 key, e.g. `net/ipv6/conf/eth0/accept_ra` (slash form, like
+/// [`rp_filter_key`]).
+pub fn ipv6_conf_key(ifname: &str, leaf: &str) -> String {
+    format!("net/ipv6/conf/{ifname}/{leaf}")
+}
+
+/// The entries of `net/ipv6/conf` (every interface with IPv6, plus `all` and `default`) in the
+/// calling thread's namespace; empty when the kernel has no IPv6.
+pub fn ipv6_conf_names() -> Result<Vec<String>> {
+    let dir = std::path::Path::new("/proc/sys/net/ipv6/conf");
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(err!(Kind::Datapath, "list {}: {e}", dir.display())),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| err!(Kind::Datapath, "list {}: {e}", dir.display()))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,6 +92,14 @@ mod tests {
         let e = get("net.ipv4.no_such_key_here").unwrap_err();
         assert_eq!(e.kind, Kind::Datapath);
         assert!(e.msg.contains("net.ipv4.no_such_key_here"), "{}", e.msg);
+    }
+
+    #[test]
+    fn ipv6_keys_take_dotted_names() {
+        assert_eq!(
+            key_path(&ipv6_conf_key("eth0.100", "accept_ra")).unwrap(),
+            PathBuf::from("/proc/sys/net/ipv6/conf/eth0.100/accept_ra")
+        );
     }
 
     #[test]

@@ -144,11 +144,6 @@ fn values_that_would_change_what_pods_get_are_refused() {
     let d = TempDir::new("honest-refused");
     let cases: Vec<(&str, Value, &str)> = vec![
         (
-            "ip_stack",
-            json!("dual"),
-            "dual stack is not built yet: pods would get IPv4 only",
-        ),
-        (
             "enable_eni_trunking",
             json!(true),
             "trunk ENIs are not built yet",
@@ -261,12 +256,12 @@ fn the_daemon_says_the_same_at_start() {
     ] {
         assert_eq!(err.matches(line).count(), 1, "{line}: {err}");
     }
-    v["ip_stack"] = "dual".into();
+    v["enable_eni_trunking"] = true.into();
     let cfg = write(&d.0, "eni", &v);
     let (ok, err) = daemon_exits(&cfg);
     assert!(!ok);
     assert!(
-        err.contains("key \"ip_stack\": \"dual\" refused: dual stack is not built yet"),
+        err.contains("key \"enable_eni_trunking\": true refused: trunk ENIs are not built yet"),
         "{err}"
     );
     assert!(

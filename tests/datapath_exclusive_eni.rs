@@ -61,6 +61,7 @@ impl Eni {
                 mac: me.mac,
                 ip: me.ip,
                 gateway: GW.parse().unwrap(),
+                ipv6: None,
                 mtu: me.mtu,
                 host_peer: me.peer.as_ref().map(|(name, alias)| HostPeer {
                     host_ifname: name,

@@ -28,6 +28,7 @@ fn setup_pod(node: &TestNs, pod: &TestNs, ifname: &str, ip: Ipv4Addr) -> Result<
             host_ifname: &host_ifname,
             alias: &alias,
             ip,
+            ip6: None,
             mtu: 1500,
         })
     })
@@ -46,6 +47,7 @@ fn check_pod(node: &TestNs, pod: &TestNs, ifname: &str, ip: Ipv4Addr) -> Result<
             host_ifname: &host_ifname,
             alias: &alias,
             ip,
+            ip6: None,
             mtu: 1500,
         })
     })
@@ -586,6 +588,7 @@ fn setup_failure_removes_what_it_created() {
             host_ifname: &name,
             alias: "terway:test",
             ip: Ipv4Addr::new(10, 240, 5, 2),
+            ip6: None,
             mtu: 1500,
         })
     });

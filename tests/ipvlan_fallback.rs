@@ -301,6 +301,7 @@ fn with_lab_spec<T: Send + 'static>(
             mac: LAB_MAC,
             ip: format!("{LAB_POD_IP}/24").parse().unwrap(),
             gateway: LAB_GW.parse().unwrap(),
+            ipv6: None,
             mtu: 1500,
             service_cidr: Some(SERVICE_CIDR.parse().unwrap()),
             node_ips: vec![LAB_NODE_IP.parse().unwrap()],
@@ -369,6 +370,7 @@ fn the_ipvlan_datapath_in_namespaces() {
                     ifname: "eth0",
                     alias: "terway:lab",
                     ip: Some(LAB_POD_IP.parse().unwrap()),
+                    ip6: None,
                 })
             })
             .expect("teardown, twice");

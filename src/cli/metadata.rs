@@ -132,6 +132,7 @@ pub fn compare(rows: &mut Vec<MappingRow>, view: &MetaView) {
     }
     for res in cloud.difference(&daemon) {
         rows.push(MappingRow {
+            ipv6: None,
             status: "Error: in metadata, unknown to the daemon".into(),
             pod: String::new(),
             res_id: "-".into(),
@@ -150,6 +151,7 @@ mod tests {
             pod: String::new(),
             res_id: res.into(),
             factory_res_id: res.into(),
+            ipv6: None,
         }
     }
 

@@ -168,11 +168,12 @@ fn mapping(a: &ClientArgs) -> Result<ExitCode> {
     let Reply::Mapping(mut rows) = ask(&a.socket, Request::Mapping)? else {
         return Err(Error::new(Kind::Internal, "unexpected reply to mapping"));
     };
-    if let Reply::Pool(PoolView {
-        eni: Some(_),
-        metadata_endpoint: Some(endpoint),
-        ..
-    }) = ask(&a.socket, Request::Pool)?
+    if let Reply::Pool(view) = ask(&a.socket, Request::Pool)?
+        && let PoolView {
+            eni: Some(_),
+            metadata_endpoint: Some(endpoint),
+            ..
+        } = *view
     {
         match metadata::read(&endpoint) {
             Ok(view) => metadata::compare(&mut rows, &view),
@@ -199,19 +200,29 @@ fn mapping(a: &ClientArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The mapping table; with dual stack (any row with an IPv6) an IPv6 column too.
 pub fn render_mapping(rows: &[MappingRow]) -> String {
+    let dual = rows.iter().any(|r| r.ipv6.is_some());
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            vec![
+            let mut row = vec![
                 r.status.clone(),
                 r.pod.clone(),
                 r.res_id.clone(),
                 r.factory_res_id.clone(),
-            ]
+            ];
+            if dual {
+                row.push(r.ipv6.clone().unwrap_or_else(|| "-".into()));
+            }
+            row
         })
         .collect();
-    table::render(&["Status", "Pod Name", "Res ID", "Factory Res ID"], &cells)
+    let mut head = vec!["Status", "Pod Name", "Res ID", "Factory Res ID"];
+    if dual {
+        head.push("IPv6");
+    }
+    table::render(&head, &cells)
 }
 
 fn pool(a: &ClientArgs) -> Result<ExitCode> {
@@ -234,6 +245,9 @@ pub fn render_pool(v: &PoolView) -> String {
     if let Some(c) = &v.pod_cidr {
         out.push_str(&format!("pod CIDR:   {c}\n"));
     }
+    if let Some(c) = &v.pod_cidr_v6 {
+        out.push_str(&format!("pod CIDR6:  {c}\n"));
+    }
     if let Some(d) = &v.datapath {
         if d.effective == d.configured {
             out.push_str(&format!("datapath:   {} (as configured)\n", d.effective));
@@ -244,7 +258,7 @@ pub fn render_pool(v: &PoolView) -> String {
             ));
         }
     }
-    if let Some(r) = &v.vpc_route {
+    for r in v.vpc_route.iter().chain(v.vpc_route_v6.iter()) {
         out.push_str(&render_vpc_route(r));
     }
     out.push_str(&format!(
@@ -318,10 +332,9 @@ fn show_metadata(a: &MetadataArgs) -> Result<ExitCode> {
     let endpoint = match &a.endpoint {
         Some(e) => e.clone(),
         None => match ask(&a.client.socket, Request::Pool) {
-            Ok(Reply::Pool(PoolView {
-                metadata_endpoint: Some(e),
-                ..
-            })) => e,
+            Ok(Reply::Pool(v)) if v.metadata_endpoint.is_some() => {
+                v.metadata_endpoint.unwrap_or_default()
+            }
             _ => "http://100.100.100.200".into(),
         },
     };
@@ -387,11 +400,13 @@ mod tests {
         PoolView {
             mode: "ENIMultiIP".into(),
             pod_cidr: None,
+            pod_cidr_v6: None,
             eni: None,
             metadata_endpoint: None,
             instance_id: None,
             datapath,
             vpc_route: None,
+            vpc_route_v6: None,
             in_use: 0,
             idle: 0,
             capacity: 0,

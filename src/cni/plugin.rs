@@ -286,7 +286,7 @@ fn del(env: &Env, conf: &NetConf) -> Result<()> {
     }
 }
 
-fn describe_ips(ips: &[std::net::Ipv4Addr]) -> String {
+fn describe_ips(ips: &[std::net::IpAddr]) -> String {
     if ips.is_empty() {
         "(unknown)".into()
     } else {

@@ -221,6 +221,114 @@ pub(crate) mod tests {
         assert_eq!(back.addresses(), ["10.1.0.5".parse::<IpAddr>().unwrap()]);
     }
 
+    /// A dual-stack veth pod: IPv4 and IPv6 on the pod's `eth0`.
+    pub(crate) fn dual_sample() -> Wired {
+        let mut w = sample("10.1.0.5".parse().unwrap());
+        w.ips.push(WiredIp {
+            addr: "fd00:1::5/128".parse().unwrap(),
+            gateway: "fe80::1".parse().unwrap(),
+            interface: 1,
+        });
+        w
+    }
+
+    #[test]
+    fn dual_stack_result_in_every_supported_version() {
+        let w = dual_sample();
+        for version in SUPPORTED_VERSIONS {
+            let j = CniResult::from_wired(version, &w, "/run/netns/p").to_json();
+            assert_eq!(j["cniVersion"], *version);
+            let ips = j["ips"].as_array().unwrap();
+            assert_eq!(ips.len(), 2, "{version}: {j}");
+            assert_eq!(ips[0]["address"], "10.1.0.5/32");
+            assert_eq!(ips[0]["gateway"], "169.254.1.1");
+            assert_eq!(ips[1]["address"], "fd00:1::5/128");
+            assert_eq!(ips[1]["gateway"], "fe80::1");
+            assert_eq!(ips[1]["interface"], 1);
+            if ip_carries_version(version) {
+                assert_eq!(ips[0]["version"], "4", "{version}");
+                assert_eq!(ips[1]["version"], "6", "{version}");
+            } else {
+                assert!(ips[1].get("version").is_none(), "{version}: {j}");
+            }
+            let routes = j["routes"].as_array().unwrap();
+            assert_eq!(
+                routes,
+                &vec![
+                    json!({"dst": "0.0.0.0/0", "gw": "169.254.1.1"}),
+                    json!({"dst": "::/0", "gw": "fe80::1"}),
+                ],
+                "{version}"
+            );
+            // What DEL and CHECK get back parses with both families.
+            let back = CniResult::parse_prev(&j).unwrap();
+            assert_eq!(
+                back.addresses(),
+                [
+                    "10.1.0.5".parse::<IpAddr>().unwrap(),
+                    "fd00:1::5".parse().unwrap()
+                ]
+            );
+            assert_eq!(back, CniResult::from_wired(version, &w, "/run/netns/p"));
+        }
+    }
+
+    #[test]
+    fn exclusive_eni_dual_stack_result_names_the_vswitch_gateways() {
+        let w = Wired {
+            interfaces: vec![WiredInterface {
+                name: "eth0".into(),
+                mac: [2, 0, 0, 0, 0, 9],
+                mtu: 1500,
+                in_pod: true,
+            }],
+            ips: vec![
+                WiredIp {
+                    addr: "10.240.0.10/24".parse().unwrap(),
+                    gateway: "10.240.0.253".parse().unwrap(),
+                    interface: 0,
+                },
+                WiredIp {
+                    addr: "2408:4005:3ff:1::10/64".parse().unwrap(),
+                    gateway: "2408:4005:3ff:1::1".parse().unwrap(),
+                    interface: 0,
+                },
+            ],
+        };
+        let j = CniResult::from_wired("0.4.0", &w, "/run/netns/p").to_json();
+        assert_eq!(j["ips"][1]["address"], "2408:4005:3ff:1::10/64");
+        assert_eq!(j["ips"][1]["gateway"], "2408:4005:3ff:1::1");
+        assert_eq!(j["routes"][1]["dst"], "::/0");
+        assert_eq!(j["routes"][1]["gw"], "2408:4005:3ff:1::1");
+    }
+
+    #[test]
+    fn prev_results_with_ipv6_parse() {
+        // As another plugin or an older terway may have written them.
+        let old = json!({
+            "cniVersion": "0.3.1",
+            "ips": [
+                {"version": "6", "address": "2001:db8::7/64", "gateway": "2001:db8::1"},
+                {"version": "4", "address": "10.0.0.7/24", "interface": 0}
+            ],
+            "routes": [{"dst": "::/0", "gw": "2001:db8::1"}, {"dst": "0.0.0.0/0"}]
+        });
+        let r = CniResult::parse_prev(&old).unwrap();
+        assert_eq!(
+            r.addresses(),
+            [
+                "2001:db8::7".parse::<IpAddr>().unwrap(),
+                "10.0.0.7".parse().unwrap()
+            ]
+        );
+        assert_eq!(r.routes[0].gw, Some("2001:db8::1".parse().unwrap()));
+        let v6_only = json!({"cniVersion": "1.1.0", "ips": [{"address": "fd00::9/128"}]});
+        let r = CniResult::parse_prev(&v6_only).unwrap();
+        assert_eq!(r.addresses(), ["fd00::9".parse::<IpAddr>().unwrap()]);
+        // Not an address at all: not a result.
+        assert!(CniResult::parse_prev(&json!({"ips": [{"address": "fd00::zz/64"}]})).is_none());
+    }
+
     #[test]
     fn error_object() {
         let e = Error::new(Kind::InvalidEnv, "CNI_NETNS not set");

@@ -19,7 +19,7 @@ pub use support::{KEYS, KeySupport, Support};
 pub use validate::create_parent_dir;
 
 use crate::{Error, Kind, Result, ResultExt};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -119,6 +119,9 @@ pub struct Config {
     pub version: Option<String>,
     pub daemon_mode: Mode,
     pub pod_cidr: Option<Ipv4Network>,
+    /// VPC mode with `ip_stack: dual`: the node's IPv6 pod prefix (a /64 or longer, routed to
+    /// the node like `pod_cidr`). A pod's IPv6 sits at the same offset as its IPv4 in `pod_cidr`.
+    pub pod_cidr_v6: Option<Ipv6Network>,
     pub socket_path: PathBuf,
     pub state_path: PathBuf,
     /// Where the metrics are served over HTTP; `None`: `metrics.sock` beside `socket_path`.
@@ -170,6 +173,7 @@ impl Default for Config {
             version: None,
             daemon_mode: Mode::EniMultiIp,
             pod_cidr: None,
+            pod_cidr_v6: None,
             socket_path: PathBuf::from(DEFAULT_SOCKET_PATH),
             state_path: PathBuf::from(DEFAULT_STATE_PATH),
             metrics_socket: None,
@@ -366,6 +370,7 @@ impl Config {
             }
         }
         c.pod_cidr = p.cidr("pod_cidr");
+        c.pod_cidr_v6 = p.cidr_v6("pod_cidr_v6");
         c.service_cidr = p.cidr("service_cidr");
         if let Some(v) = p.path("socket_path") {
             c.socket_path = v;

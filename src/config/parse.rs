@@ -2,7 +2,7 @@
 //! of failing, Go-style durations, `#` annotations, the distance behind "did you mean" hints.
 
 use super::Problem;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -110,6 +110,17 @@ impl Parser<'_> {
             Ok(n) => Some(n),
             Err(e) => {
                 self.problem(key, format!("invalid IPv4 CIDR \"{s}\": {e}"));
+                None
+            }
+        }
+    }
+
+    pub(super) fn cidr_v6(&mut self, key: &str) -> Option<Ipv6Network> {
+        let s = self.string(key)?;
+        match s.parse::<Ipv6Network>() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.problem(key, format!("invalid IPv6 CIDR \"{s}\": {e}"));
                 None
             }
         }

@@ -7,7 +7,7 @@
 //! and reported). In VPC mode the cloud keys are used only with `vpc_route: true` (the daemon
 //! then keeps the pod CIDR's VPC route entry through the API); without it they are not used. Separately a key may refuse values: those are errors in every mode where the
 //! key means something (not where it is "not used in this mode"). A switch whose default is what
-//! we build (`ip_stack: ipv4`, `enable_eni_trunking: false`) is "used": its other values refuse.
+//! we build (`enable_eni_trunking: false`) is "used": its other values refuse.
 
 use super::parse::edit_distance;
 use super::{Mode, Problem};
@@ -72,6 +72,7 @@ const NO_ROUTE: Support =
 const NO_POOL: Support =
     NotInMode("pod_cidr is on the node: there is no pool of cloud addresses to fill or drain");
 const NO_ENI_CIDR: Support = NotInMode("pods get ENI addresses, not pod_cidr ones");
+const NO_ENI_CIDR6: Support = NotInMode("pods get their IPv6 from their ENI, not from pod_cidr_v6");
 const WHOLE_ENI: Support = NotInMode("a pod gets a whole ENI: there are no addresses to choose");
 
 const fn row(
@@ -111,6 +112,7 @@ pub const KEYS: &[KeySupport] = &[
     used("version", None),
     used("daemon_mode", None),
     row("pod_cidr", Used, NO_ENI_CIDR, NO_ENI_CIDR, None),
+    row("pod_cidr_v6", Used, NO_ENI_CIDR6, NO_ENI_CIDR6, None),
     used("socket_path", None),
     used("state_path", None),
     used("metrics_socket", None),
@@ -152,7 +154,7 @@ pub const KEYS: &[KeySupport] = &[
         NotBuilt("would keep at least this many ENIs attached, idle or not"),
         Used,
     ),
-    used("ip_stack", Some(ip_stack)),
+    used("ip_stack", None),
     eni("idle_ip_reclaim_after", Used, Used),
     eni(
         "idle_ip_reclaim_interval",
@@ -330,13 +332,6 @@ fn is_true(v: &Value) -> bool {
     matches!(v, Value::Bool(true)) || v.as_str() == Some("true")
 }
 
-fn ip_stack(v: &Value) -> Result<(), String> {
-    if v.as_str() == Some("dual") {
-        return refused(v, "dual stack is not built yet: pods would get IPv4 only");
-    }
-    Ok(())
-}
-
 fn enable_eni_trunking(v: &Value) -> Result<(), String> {
     if is_true(v) {
         return refused(
@@ -449,16 +444,10 @@ mod tests {
     }
 
     #[test]
-    fn dual_stack_is_refused_in_every_mode() {
-        for mode in [ENI, VPC] {
-            let p = refusal(mode, r#","ip_stack":"dual""#);
-            assert_eq!(p.key, "ip_stack");
-            assert_eq!(
-                p.msg,
-                "\"dual\" refused: dual stack is not built yet: pods would get IPv4 only"
-            );
-            assert!(check(mode, r#","ip_stack":"ipv4""#).is_empty());
-        }
+    fn dual_stack_is_accepted() {
+        assert!(check(ENI, r#","ip_stack":"dual""#).is_empty());
+        assert!(check(VPC, r#","ip_stack":"dual","pod_cidr_v6":"fd00:1::/64""#).is_empty());
+        assert!(check(VPC, r#","ip_stack":"ipv4""#).is_empty());
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Values that parse but cannot work. One place, reached through `Config::parse_all` by both
 //! `terway config check` and the daemon (start and SIGHUP reload); every problem names its key.
 
-use super::{Config, Mode, Problem, VirtualType};
+use super::{Config, IpStack, Mode, Problem, VirtualType};
 use crate::{Error, Kind, Result};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -57,6 +57,7 @@ impl Config {
     /// Every rule on parsed values, cross-key ones included.
     pub(super) fn validate(&self) -> Vec<Problem> {
         let mut out = Vec::new();
+        let mut unused_v6 = None;
         let mut problem = |key: &str, msg: String| {
             out.push(Problem {
                 key: key.into(),
@@ -142,6 +143,19 @@ impl Config {
                     }
                 }
             }
+            match (self.ip_stack, self.pod_cidr_v6) {
+                (IpStack::Dual, None) => problem(
+                    "pod_cidr_v6",
+                    "required in VPC mode with ip_stack dual (the node's IPv6 pod prefix, e.g. \"fd00:0:0:1::/64\")".into(),
+                ),
+                (IpStack::Dual, Some(c6)) => {
+                    if let Some(msg) = pod_cidr_v6_problem(c6, self.pod_cidr) {
+                        problem("pod_cidr_v6", msg);
+                    }
+                }
+                (IpStack::Ipv4, Some(c6)) => unused_v6 = Some(c6),
+                (IpStack::Ipv4, None) => {}
+            }
         }
         for (key, value, min) in [
             (
@@ -225,6 +239,15 @@ impl Config {
                 warning: true,
             });
         }
+        if let Some(c6) = unused_v6 {
+            out.push(Problem {
+                key: "pod_cidr_v6".into(),
+                msg: format!(
+                    "{c6} set, but ip_stack is ipv4: pods get no IPv6 address; set \"ip_stack\": \"dual\" (or remove this key)"
+                ),
+                warning: true,
+            });
+        }
         // In VPC mode the key is reported as not used instead.
         if let Some(d) = self.ip_pool_sync_period
             && self.daemon_mode != Mode::Vpc
@@ -241,6 +264,37 @@ impl Config {
         }
         out
     }
+}
+
+/// Why `c6` cannot be a node's IPv6 pod prefix beside `pod_cidr`, if it cannot. A pod's IPv6 is
+/// at its IPv4's offset, so the prefix must hold as many addresses as `pod_cidr`.
+fn pod_cidr_v6_problem(c6: Ipv6Network, pod_cidr: Option<Ipv4Network>) -> Option<String> {
+    if c6.prefix() < 64 {
+        return Some(format!(
+            "{c6} is too large: a node's IPv6 pod prefix is a /64 or longer"
+        ));
+    }
+    if c6.network() != c6.ip() {
+        return Some(format!(
+            "{c6} has host bits set (did you mean {}/{}?)",
+            c6.network(),
+            c6.prefix()
+        ));
+    }
+    let v6 = c6.network().segments();
+    if v6[0] & 0xffc0 == 0xfe80 || v6[0] & 0xff00 == 0xff00 || c6.network().is_loopback() {
+        return Some(format!(
+            "{c6} is link-local, multicast or loopback: pods cannot use it"
+        ));
+    }
+    let c4 = pod_cidr?;
+    if 128 - u32::from(c6.prefix()) < 32 - u32::from(c4.prefix()) {
+        return Some(format!(
+            "{c6} holds fewer addresses than pod_cidr {c4}: a pod's IPv6 sits at its IPv4's offset, so it needs at least a /{}",
+            96 + u32::from(c4.prefix())
+        ));
+    }
+    None
 }
 
 /// Why `c` cannot be a node's pod CIDR, if it cannot.
@@ -356,6 +410,38 @@ mod tests {
         let errors: Vec<Problem> = problems(&text).into_iter().filter(|p| !p.warning).collect();
         assert_eq!(errors.len(), 1, "{text}: {errors:?}");
         errors.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn dual_stack_in_vpc_mode_needs_a_usable_v6_prefix() {
+        let dual = r#","ip_stack":"dual""#;
+        let p = vpc_error(dual);
+        assert_eq!(p.key, "pod_cidr_v6");
+        assert!(p.msg.contains("required in VPC mode"), "{}", p.msg);
+        for (c6, what) in [
+            ("fd00::/48", "a /64 or longer"),
+            ("fd00::1/64", "host bits"),
+            ("fe80::/64", "link-local"),
+            ("fd00::/124", "at least a /120"),
+            ("10.0.0.0/8", "invalid IPv6 CIDR"),
+        ] {
+            let p = vpc_error(&format!(r#"{dual},"pod_cidr_v6":"{c6}""#));
+            assert_eq!(p.key, "pod_cidr_v6");
+            assert!(p.msg.contains(what), "{c6}: {}", p.msg);
+        }
+        for ok in ["fd00:0:0:1::/64", "2408:4005:39c:7a00::/80", "fd00::/120"] {
+            let text = format!(
+                r#"{{"daemon_mode":"VPC","pod_cidr":"10.1.0.0/24"{dual},"pod_cidr_v6":"{ok}"}}"#
+            );
+            assert!(Config::parse(&text).is_ok(), "{ok}");
+        }
+        // Set without dual: a note, not an error.
+        let text = r#"{"daemon_mode":"VPC","pod_cidr":"10.1.0.0/24","pod_cidr_v6":"fd00::/64"}"#;
+        let p = problems(text);
+        assert!(
+            p.len() == 1 && p[0].warning && p[0].key == "pod_cidr_v6",
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -9,12 +9,12 @@ use crate::cloud::ecs::{EniFilter, EniInfo};
 use crate::cloud::error::CloudError;
 use crate::config::Config;
 use crate::datapath::eni_device;
-use crate::pool::shared_eni::{CloudFailure, EniFacts};
+use crate::pool::shared_eni::{CloudFailure, EniFacts, EniV6};
 use crate::store::InstanceLimits;
 use crate::{Error, Result};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -48,12 +48,18 @@ pub enum DeviceUse {
     Exclusive,
 }
 
+/// A vSwitch's CIDR, free addresses and IPv6 CIDR (DescribeVSwitches).
+type VSwitchFacts = (Ipv4Network, u64, Option<Ipv6Network>);
+
 /// Everything a job needs; shared by all workers.
 pub struct EniOps {
     pub node: NodeFacts,
     pub device: DeviceUse,
+    /// `ip_stack: dual`: ENIs carry IPv6 too, and their facts say so.
+    pub dual: bool,
     pub(super) cloud: Cloud,
-    cidrs: Mutex<BTreeMap<String, (Ipv4Network, u64)>>,
+    /// Per vSwitch: its CIDR, free addresses and IPv6 CIDR (DescribeVSwitches).
+    cidrs: Mutex<BTreeMap<String, VSwitchFacts>>,
 }
 
 /// Tags for new ENIs: the config's plus ours, which mark an ENI as created for this node.
@@ -102,6 +108,7 @@ impl EniOps {
         let ops = EniOps {
             node,
             device,
+            dual: config.ip_stack == crate::config::IpStack::Dual,
             cloud,
             cidrs: Mutex::new(BTreeMap::new()),
         };
@@ -121,7 +128,7 @@ impl EniOps {
             .map_err(|e| cloud_err("DescribeVSwitches", e))?;
         let mut cidrs = self.cidrs.lock().unwrap_or_else(|p| p.into_inner());
         for v in list {
-            cidrs.insert(v.id, (v.cidr, v.available_ips));
+            cidrs.insert(v.id, (v.cidr, v.available_ips, v.ipv6_cidr));
         }
         Ok(())
     }
@@ -163,6 +170,10 @@ impl EniOps {
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         };
+        let (ipv6s, v6) = match self.dual {
+            true => (eni.ipv6.clone(), self.facts_v6(eni, wait_for_metadata)?),
+            false => (Vec::new(), None),
+        };
         Ok(EniFacts {
             id: eni.id.clone(),
             mac: eni.mac.clone(),
@@ -171,19 +182,63 @@ impl EniOps {
             gateway,
             primary_ip: eni.primary_ip,
             secondary_ips: eni.secondary_ips.clone(),
+            ipv6s,
+            v6,
         })
+    }
+
+    /// Dual stack: the IPv6 network and gateway of an ENI, `None` when its vSwitch has no
+    /// IPv6. From metadata, polled like the IPv4 gateway (it lags the API); when it cannot tell,
+    /// the vSwitch's IPv6 CIDR (API) with its third-last address as the gateway, as for IPv4.
+    fn facts_v6(&self, eni: &EniInfo, wait_for_metadata: bool) -> Result<Option<EniV6>> {
+        let deadline = Instant::now() + DEVICE_TIMEOUT;
+        loop {
+            match self.cloud.meta.eni_ipv6(&eni.mac) {
+                Ok(m) => {
+                    if let (Some(vswitch_cidr), Some(gateway)) = (m.vswitch_cidr, m.gateway) {
+                        return Ok(Some(EniV6 {
+                            vswitch_cidr,
+                            gateway,
+                        }));
+                    }
+                    if !wait_for_metadata || Instant::now() > deadline || eni.ipv6.is_empty() {
+                        break;
+                    }
+                }
+                Err(e) if !wait_for_metadata || Instant::now() > deadline => {
+                    log::debug!("metadata for the IPv6 of {} ({}): {e}", eni.id, eni.mac);
+                    break;
+                }
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let known = {
+            let cidrs = self.cidrs.lock().unwrap_or_else(|p| p.into_inner());
+            cidrs.get(&eni.vswitch_id).and_then(|c| c.2)
+        };
+        Ok(known.map(|vswitch_cidr| {
+            let host_bits = 128 - u32::from(vswitch_cidr.prefix());
+            let last = u128::from(vswitch_cidr.network())
+                | u128::MAX.checked_shr(128 - host_bits).unwrap_or(0);
+            EniV6 {
+                vswitch_cidr,
+                gateway: Ipv6Addr::from(last - 2),
+            }
+        }))
     }
 
     /// Readies an attached ENI's device: its route table in shared mode (0 in exclusive mode,
     /// where a `fresh` ENI's device is waited for: one held by a pod is not on the node).
     fn ready(&self, facts: &EniFacts, fresh: bool) -> Result<u32> {
         match self.device {
-            DeviceUse::PolicyTable => {
-                eni_device::prepare(&facts.id, &facts.mac, facts.gateway, false)
-            }
-            DeviceUse::PolicyTableAndIpvlan => {
-                eni_device::prepare(&facts.id, &facts.mac, facts.gateway, true)
-            }
+            DeviceUse::PolicyTable | DeviceUse::PolicyTableAndIpvlan => eni_device::prepare_dual(
+                &facts.id,
+                &facts.mac,
+                facts.gateway,
+                facts.v6.map(|v6| v6.gateway),
+                self.device == DeviceUse::PolicyTableAndIpvlan,
+            ),
             DeviceUse::Exclusive if fresh => eni_device::wait(&facts.id, &facts.mac).map(|_| 0),
             DeviceUse::Exclusive => Ok(0),
         }
@@ -268,6 +323,7 @@ impl EniOps {
         op: u64,
         vswitch_id: &str,
         secondary_count: u32,
+        ipv6_count: u32,
         n: &NodeFacts,
     ) -> std::result::Result<(EniFacts, u32), CloudFailure> {
         // One token per planned op: a retried create returns the same ENI instead of a second one.
@@ -279,10 +335,11 @@ impl EniOps {
         let eni = self
             .cloud
             .ecs
-            .create_eni(
+            .create_eni_dual(
                 vswitch_id,
                 &n.security_groups,
                 secondary_count,
+                ipv6_count,
                 &n.eni_tags,
                 &format!("terway pod ENI of {}", n.info.instance_id),
                 &token,

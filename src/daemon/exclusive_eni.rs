@@ -123,8 +123,13 @@ impl ExclusiveEniSource {
     }
 
     fn wiring(&self, lease: &Lease) -> (PodAddress, Datapath) {
+        let mut address =
+            PodAddress::v4(lease.ip, lease.vswitch_cidr.prefix(), Some(lease.gateway));
+        if let Some((ip6, v6)) = lease.ip6 {
+            address = address.with_v6(ip6, v6.vswitch_cidr.prefix(), Some(v6.gateway));
+        }
         (
-            PodAddress::v4(lease.ip, lease.vswitch_cidr.prefix(), Some(lease.gateway)),
+            address,
             Datapath::ExclusiveEni {
                 eni_id: lease.eni_id.clone(),
                 mac: lease.mac.clone(),
@@ -136,10 +141,12 @@ impl ExclusiveEniSource {
 
 fn execute(ops: &EniOps, op: CloudOp, node: &NodeFacts) -> Done {
     match op {
-        CloudOp::CreateEni { op, vswitch_id } => match ops.create_eni(op, &vswitch_id, 0, node) {
-            Ok((eni, _)) => Done::Op(CloudOutcome::EniCreated { op, eni }),
-            Err(failure) => Done::Op(CloudOutcome::Failed { op, failure }),
-        },
+        CloudOp::CreateEni { op, vswitch_id } => {
+            match ops.create_eni(op, &vswitch_id, 0, u32::from(ops.dual), node) {
+                Ok((eni, _)) => Done::Op(CloudOutcome::EniCreated { op, eni }),
+                Err(failure) => Done::Op(CloudOutcome::Failed { op, failure }),
+            }
+        }
         CloudOp::DeleteEni { op, eni_id } => match ops.delete_eni(&eni_id) {
             Ok(()) => Done::Op(CloudOutcome::EniDeleted { op, eni_id }),
             Err(failure) => Done::Op(CloudOutcome::Failed { op, failure }),
@@ -331,6 +338,7 @@ impl AddressSource for ExclusiveEniSource {
                 },
                 ips: vec![EniIpView {
                     ip: e.primary_ip.to_string(),
+                    ip6: e.ip6.map(|i| i.to_string()),
                     owner: e.owner.clone(),
                     primary: true,
                     lost: e.status == EniStatus::Lost,
@@ -341,7 +349,9 @@ impl AddressSource for ExclusiveEniSource {
             datapath: None,
             mode: Mode::EniOnly.to_string(),
             pod_cidr: None,
+            pod_cidr_v6: None,
             vpc_route: None,
+            vpc_route_v6: None,
             in_use: u64::from(snap.in_use),
             idle: u64::from(snap.idle),
             capacity: u64::from(snap.capacity),
@@ -389,6 +399,7 @@ impl AddressSource for ExclusiveEniSource {
                     pod,
                     res_id: res,
                     factory_res_id: factory,
+                    ipv6: e.ip6.map(|i| i.to_string()),
                 }
             })
             .collect()

@@ -106,6 +106,7 @@ pub fn limits(
     node: &NodeInfo,
     cached: Option<(&str, InstanceLimits)>,
 ) -> Result<InstanceLimits> {
+    let cached = cached.filter(|(_, l)| l.eni_ipv6_quantity.is_some());
     if let Some((t, l)) = cached.filter(|(t, _)| *t == node.instance_type) {
         log::debug!("ENI limits of {t} from the state file");
         return Ok(l);
@@ -130,5 +131,6 @@ pub fn limits(
         eni_quantity: t.eni_quantity,
         eni_private_ip_quantity: t.eni_private_ip_quantity,
         eni_total_quantity: t.eni_total_quantity,
+        eni_ipv6_quantity: Some(t.eni_ipv6_quantity),
     })
 }

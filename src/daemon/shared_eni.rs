@@ -11,11 +11,11 @@ use super::node::{self, cloud_err};
 use super::shared_eni_jobs::{CloudDone, panicked};
 use super::source::{AddressSource, Allocations, Current, Take};
 use super::workers::Job;
-use crate::config::{Config, Mode, VirtualType};
+use crate::config::{Config, IpStack, Mode, VirtualType};
 use crate::model::{AttachKey, Datapath, HostPeer, PodAddress, PodRef};
-use crate::pool::shared_eni::{EniFacts, Lease, Pool, PoolConfig};
+use crate::pool::shared_eni::{EniFacts, Lease, Pool, PoolConfig, ReconcileReport};
 use crate::rpc::{DatapathView, EniIpView, EniPoolView, EniView, MappingRow, PoolView};
-use crate::store::{State, StoredAllocation};
+use crate::store::{InstanceLimits, State, StoredAllocation};
 use crate::{Error, Kind, Result};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -102,6 +102,9 @@ impl SharedEniSource {
             .as_ref()
             .and_then(|e| Some((e.instance_type.as_str(), e.limits?)));
         let limits = node::limits(&cloud, &info, cached)?;
+        if config.ip_stack == IpStack::Dual {
+            dual_stack_limits(&info.instance_type, &limits)?;
+        }
         let datapath = DatapathChoice::decide(config.virtual_type(), || {
             crate::datapath::ipvlan::probe().unwrap_or_else(|e| {
                 log::warn!("could not tell whether this kernel has ipvlan: {e}");
@@ -154,6 +157,7 @@ impl SharedEniSource {
             report.adopted.len(),
             report.removed_idle.len(),
         );
+        log_ipv6_findings(&report, "start");
         let mut lost = BTreeMap::new();
         for (key, ip) in &report.lost {
             log::error!(
@@ -267,17 +271,27 @@ impl SharedEniSource {
 
 /// The address and datapath of `lease` on an ENI with route table `table`: a /32 behind a
 /// veth, or the address with its vSwitch prefix and gateway on an ipvlan of the ENI.
+/// With dual stack, the IPv6 of the lease likewise (/128 behind a veth, whose gateway the
+/// datapath makes `fe80::1`).
 fn wire_lease(lease: &Lease, table: u32, how: Wiring) -> (PodAddress, Datapath) {
+    let with_v6 = |a: PodAddress, on_eni: bool| match lease.ip6 {
+        Some((ip6, v6)) if on_eni => a.with_v6(ip6, v6.vswitch_cidr.prefix(), Some(v6.gateway)),
+        Some((ip6, _)) => a.with_v6(ip6, 128, None),
+        None => a,
+    };
     match how {
         Wiring::Veth => (
-            PodAddress::v4(lease.ip, 32, None),
+            with_v6(PodAddress::v4(lease.ip, 32, None), false),
             Datapath::VethPolicy {
                 table,
                 eni_id: lease.eni_id.clone(),
             },
         ),
         Wiring::Ipvlan(to_node) => (
-            PodAddress::v4(lease.ip, lease.vswitch_cidr.prefix(), Some(lease.gateway)),
+            with_v6(
+                PodAddress::v4(lease.ip, lease.vswitch_cidr.prefix(), Some(lease.gateway)),
+                true,
+            ),
             Datapath::Ipvlan {
                 eni_id: lease.eni_id.clone(),
                 mac: lease.mac.clone(),
@@ -388,6 +402,7 @@ impl AddressSource for SharedEniSource {
                     report.adopted.len(),
                     report.removed_idle.len(),
                 );
+                log_ipv6_findings(&report, "resync");
                 for (key, ip) in report.lost {
                     log::error!("resync: the cloud no longer has {ip} of {key}");
                     self.lost.insert(key, ip);
@@ -470,6 +485,7 @@ impl AddressSource for SharedEniSource {
                         .iter()
                         .map(|i| EniIpView {
                             ip: i.ip.to_string(),
+                            ip6: i.ip6.map(|i| i.to_string()),
                             owner: i.owner.clone(),
                             primary: i.primary,
                             lost: i.invalid,
@@ -482,7 +498,9 @@ impl AddressSource for SharedEniSource {
         PoolView {
             mode: Mode::EniMultiIp.to_string(),
             pod_cidr: None,
+            pod_cidr_v6: None,
             vpc_route: None,
+            vpc_route_v6: None,
             in_use: u64::from(snap.in_use),
             idle: u64::from(snap.idle),
             capacity: u64::from(snap.capacity),
@@ -530,11 +548,47 @@ impl AddressSource for SharedEniSource {
                     pod,
                     res_id: res,
                     factory_res_id: factory,
+                    ipv6: ip.ip6.map(|i| i.to_string()),
                 });
             }
         }
         rows
     }
+}
+
+/// Dual stack: which IPv6 partners the cloud lost (their pairs are reported lost with the IPv4).
+fn log_ipv6_findings(report: &ReconcileReport, when: &str) {
+    if !report.lost6.is_empty() {
+        let list: Vec<String> = report.lost6.iter().map(|i| i.to_string()).collect();
+        log::error!(
+            "{when}: the cloud no longer has the IPv6 address(es) {} of pods: their pairs are lost",
+            list.join(", ")
+        );
+    }
+    if !report.removed_idle6.is_empty() {
+        log::warn!(
+            "{when}: {} idle IPv6 address(es) are gone from the cloud; new ones are assigned",
+            report.removed_idle6.len()
+        );
+    }
+}
+
+/// Dual stack in shared ENI mode pairs every IPv4 of an ENI with an IPv6 of it: the instance
+/// type must hold as many of each per ENI (Alibaba Cloud asks the same of dual-stack clusters).
+fn dual_stack_limits(instance_type: &str, limits: &InstanceLimits) -> Result<()> {
+    let v4 = limits.eni_private_ip_quantity;
+    let v6 = limits.eni_ipv6_quantity.unwrap_or(0);
+    if v6 == v4 {
+        return Ok(());
+    }
+    Err(Error::new(
+        Kind::InvalidConfig,
+        format!(
+            "ip_stack dual: instance type {instance_type} supports {v4} IPv4 and {v6} IPv6 addresses per ENI; \
+             shared ENI mode needs an instance type whose IPv4 and IPv6 counts per ENI are the same \
+             (every pod gets one of each from the same ENI); use such a type, or ip_stack ipv4"
+        ),
+    ))
 }
 
 /// The pool's knobs from the config and the instance type.
@@ -558,6 +612,7 @@ fn pool_config(config: &Config, node: &NodeFacts) -> PoolConfig {
         eni_policy: config.eni_selection_policy,
         sticky_ms: 300_000,
         cooldown_ms: config.ip_cooldown.as_millis() as u64,
+        dual: config.ip_stack == IpStack::Dual,
     }
 }
 
@@ -572,6 +627,7 @@ mod tests {
             ip: "172.16.0.10".parse().unwrap(),
             gateway: "172.16.0.253".parse().unwrap(),
             vswitch_cidr: "172.16.0.0/24".parse().unwrap(),
+            ip6: None,
         }
     }
 

@@ -3,6 +3,7 @@
 
 use super::eni_ops::{EniOps, NodeFacts, to_failure};
 use crate::pool::shared_eni::{CloudFailure, CloudOp, CloudOutcome, EniFacts};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// What a cloud job reports back to the loop.
 pub enum CloudDone {
@@ -29,29 +30,26 @@ impl EniOps {
                 op,
                 vswitch_id,
                 secondary_count,
-            } => match self.create_eni(op, &vswitch_id, secondary_count, node) {
+                ipv6_count,
+            } => match self.create_eni(op, &vswitch_id, secondary_count, ipv6_count, node) {
                 Ok((eni, table)) => CloudDone::Op {
                     table: Some((eni.id.clone(), table)),
                     outcome: CloudOutcome::EniCreated { op, eni },
                 },
                 Err(failure) => failed(op, failure),
             },
-            CloudOp::AssignIps { op, eni_id, count } => {
-                match self.cloud.ecs.assign_ips(&eni_id, count) {
-                    Ok(ips) => CloudDone::Op {
-                        outcome: CloudOutcome::IpsAssigned { op, eni_id, ips },
-                        table: None,
-                    },
-                    Err(e) => failed(op, to_failure(e)),
-                }
-            }
-            CloudOp::UnassignIps { op, eni_id, ips } => match self.unassign(&eni_id, &ips) {
-                Ok(()) => CloudDone::Op {
-                    outcome: CloudOutcome::IpsUnassigned { op, eni_id, ips },
-                    table: None,
-                },
-                Err(failure) => failed(op, failure),
-            },
+            CloudOp::AssignIps {
+                op,
+                eni_id,
+                count,
+                ipv6_count,
+            } => self.assign(op, eni_id, count, ipv6_count),
+            CloudOp::UnassignIps {
+                op,
+                eni_id,
+                ips,
+                ips6,
+            } => self.unassign_both(op, eni_id, ips, ips6),
             CloudOp::DeleteEni { op, eni_id } => match self.delete_eni(&eni_id) {
                 Ok(()) => CloudDone::Op {
                     outcome: CloudOutcome::EniDeleted { op, eni_id },
@@ -59,6 +57,72 @@ impl EniOps {
                 },
                 Err(failure) => failed(op, failure),
             },
+        }
+    }
+}
+
+impl EniOps {
+    /// IPv4s, then (dual stack) IPv6s. When the IPv6 call fails after IPv4s came, the pool
+    /// keeps the IPv4s and hears the failure beside them.
+    fn assign(&self, op: u64, eni_id: String, count: u32, ipv6_count: u32) -> CloudDone {
+        let ips = match count {
+            0 => Vec::new(),
+            n => match self.cloud.ecs.assign_ips(&eni_id, n) {
+                Ok(ips) => ips,
+                Err(e) => return failed(op, to_failure(e)),
+            },
+        };
+        let (ips6, failure6) = match ipv6_count {
+            0 => (Vec::new(), None),
+            n => match self.cloud.ecs.assign_ipv6(&eni_id, n) {
+                Ok(ips6) => (ips6, None),
+                Err(e) if ips.is_empty() => return failed(op, to_failure(e)),
+                Err(e) => (Vec::new(), Some(to_failure(e))),
+            },
+        };
+        CloudDone::Op {
+            outcome: CloudOutcome::IpsAssigned {
+                op,
+                eni_id,
+                ips,
+                ips6,
+                failure6,
+            },
+            table: None,
+        }
+    }
+
+    /// IPv4s, then (dual stack) IPv6s, each checked against what the cloud did on failure.
+    fn unassign_both(
+        &self,
+        op: u64,
+        eni_id: String,
+        ips: Vec<Ipv4Addr>,
+        ips6: Vec<Ipv6Addr>,
+    ) -> CloudDone {
+        if !ips.is_empty()
+            && let Err(failure) = self.unassign(&eni_id, &ips)
+        {
+            return failed(op, failure);
+        }
+        let failure6 = match ips6.is_empty() {
+            true => None,
+            false => match self.cloud.ecs.unassign_ipv6(&eni_id, &ips6) {
+                Ok(()) => None,
+                Err(e) if ips.is_empty() => return failed(op, to_failure(e)),
+                Err(e) => Some(to_failure(e)),
+            },
+        };
+        let ips6 = if failure6.is_some() { Vec::new() } else { ips6 };
+        CloudDone::Op {
+            outcome: CloudOutcome::IpsUnassigned {
+                op,
+                eni_id,
+                ips,
+                ips6,
+                failure6,
+            },
+            table: None,
         }
     }
 }

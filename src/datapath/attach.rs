@@ -5,13 +5,13 @@
 use super::exclusive_eni::{self, EniTeardownSpec, ExclusiveEniSpec, HostVethRef};
 use super::ipvlan::{self, IpvlanSpec, IpvlanTeardown};
 use super::veth::{self, Teardown, VethSpec};
-use super::{POD_GATEWAY, host_veth_alias, host_veth_name, policy};
+use super::{POD_GATEWAY, POD_GATEWAY_V6, host_veth_alias, host_veth_name, policy};
 use crate::error::{Error, Kind, Result};
 use crate::model::{Datapath, PodAddress};
 use crate::netlink::{Netlink, parse_mac};
 use crate::netns::NetNs;
-use ipnetwork::{IpNetwork, Ipv4Network};
-use std::net::{IpAddr, Ipv4Addr};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// How long ADD waits for an exclusive ENI's device to come back to the node.
 const ENI_RETURN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -75,6 +75,35 @@ fn ipv4_of(address: &PodAddress) -> Result<Ipv4Addr> {
     })
 }
 
+/// The IPv6 address of a dual-stack allocation, if it has one.
+fn ipv6_of(address: &PodAddress) -> Result<Option<Ipv6Addr>> {
+    match address.ipv6.map(|c| c.addr) {
+        None => Ok(None),
+        Some(IpNetwork::V6(n)) => Ok(Some(n.ip())),
+        Some(IpNetwork::V4(n)) => Err(Error::new(
+            Kind::InvalidConfig,
+            format!("the allocation ({address}) has the IPv4 address {n} as its IPv6 address"),
+        )),
+    }
+}
+
+/// The IPv6 address (with the vSwitch's IPv6 prefix) and gateway a datapath on the ENI itself
+/// needs (exclusive ENI, ipvlan).
+fn ipv6_with_gateway(address: &PodAddress, what: &str) -> Result<Option<exclusive_eni::EniIpv6>> {
+    let Some(v6) = address.ipv6 else {
+        return Ok(None);
+    };
+    match (v6.addr, v6.gateway) {
+        (IpNetwork::V6(addr), Some(IpAddr::V6(gateway))) => {
+            Ok(Some(exclusive_eni::EniIpv6 { addr, gateway }))
+        }
+        _ => Err(Error::new(
+            Kind::InvalidConfig,
+            format!("{what} address {address} needs an IPv6 address with an IPv6 gateway"),
+        )),
+    }
+}
+
 /// The IPv4 address (with its prefix) and gateway a datapath on the ENI itself needs.
 fn ipv4_with_gateway(address: &PodAddress, what: &str) -> Result<(Ipv4Network, Ipv4Addr)> {
     let v4 = address.ipv4.ok_or_else(|| {
@@ -98,6 +127,7 @@ fn veth_spec<'a>(
     host_ifname: &'a str,
     alias: &'a str,
     ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
 ) -> VethSpec<'a> {
     VethSpec {
         netns: ns,
@@ -105,6 +135,7 @@ fn veth_spec<'a>(
         host_ifname,
         alias,
         ip,
+        ip6,
         mtu: att.mtu,
     }
 }
@@ -124,6 +155,7 @@ fn eni_spec<'a>(
         mac: parse_mac(mac)?,
         ip,
         gateway,
+        ipv6: ipv6_with_gateway(address, "exclusive ENI")?,
         mtu: att.mtu,
         host_peer: host_peer.map(|p| exclusive_eni::HostPeer {
             host_ifname: &names.0,
@@ -143,6 +175,7 @@ fn ipvlan_spec<'a>(
     alias: &'a str,
 ) -> Result<IpvlanSpec<'a>> {
     let (ip, gateway) = ipv4_with_gateway(address, "ipvlan")?;
+    let ipv6 = ipv6_with_gateway(address, "ipvlan")?;
     Ok(IpvlanSpec {
         netns: att.netns()?,
         ifname: att.ifname,
@@ -150,6 +183,7 @@ fn ipvlan_spec<'a>(
         mac: parse_mac(mac)?,
         ip,
         gateway,
+        ipv6,
         mtu: att.mtu,
         service_cidr: to_node.service_cidr,
         node_ips: to_node.node_ips.clone(),
@@ -162,19 +196,39 @@ pub fn setup(att: &Attachment, address: &PodAddress, dp: &Datapath) -> Result<Wi
     match dp {
         Datapath::Veth | Datapath::VethPolicy { .. } => {
             let ip = ipv4_of(address)?;
-            let spec = veth_spec(att, att.netns()?, &names.0, &names.1, ip);
+            let ip6 = ipv6_of(address)?;
+            let spec = veth_spec(att, att.netns()?, &names.0, &names.1, ip, ip6);
             let info = veth::setup(&spec)?;
+            let ips: Vec<IpAddr> = std::iter::once(IpAddr::V4(ip))
+                .chain(ip6.map(IpAddr::V6))
+                .collect();
             if let Datapath::VethPolicy { table, .. } = dp {
-                let rules =
-                    Netlink::open().and_then(|mut nl| policy::setup_pod_rules(&mut nl, ip, *table));
+                let rules = Netlink::open().and_then(|mut nl| {
+                    ips.iter()
+                        .try_for_each(|ip| policy::setup_pod_rules(&mut nl, *ip, *table))
+                });
                 if let Err(e) = rules {
                     // Both undone: the veth, and a rule added before the failing one (the
                     // daemon holds this address for this attachment: the rules are ours).
                     let _ = veth::teardown(&names.0, &names.1);
-                    let _ =
-                        Netlink::open().and_then(|mut nl| policy::teardown_pod_rules(&mut nl, ip));
+                    let _ = Netlink::open().and_then(|mut nl| {
+                        ips.iter()
+                            .try_for_each(|ip| policy::teardown_pod_rules(&mut nl, *ip))
+                    });
                     return Err(e);
                 }
+            }
+            let mut wired_ips = vec![WiredIp {
+                addr: IpNetwork::V4(Ipv4Network::from(ip)),
+                gateway: IpAddr::V4(POD_GATEWAY),
+                interface: 1,
+            }];
+            if let Some(ip6) = ip6 {
+                wired_ips.push(WiredIp {
+                    addr: IpNetwork::V6(Ipv6Network::from(ip6)),
+                    gateway: IpAddr::V6(POD_GATEWAY_V6),
+                    interface: 1,
+                });
             }
             Ok(Wired {
                 interfaces: vec![
@@ -191,11 +245,7 @@ pub fn setup(att: &Attachment, address: &PodAddress, dp: &Datapath) -> Result<Wi
                         in_pod: true,
                     },
                 ],
-                ips: vec![WiredIp {
-                    addr: IpNetwork::V4(Ipv4Network::from(ip)),
-                    gateway: IpAddr::V4(POD_GATEWAY),
-                    interface: 1,
-                }],
+                ips: wired_ips,
             })
         }
         Datapath::ExclusiveEni { mac, host_peer, .. } => {
@@ -231,11 +281,7 @@ pub fn setup(att: &Attachment, address: &PodAddress, dp: &Datapath) -> Result<Wi
             }
             Ok(Wired {
                 interfaces,
-                ips: vec![WiredIp {
-                    addr: IpNetwork::V4(spec.ip),
-                    gateway: IpAddr::V4(spec.gateway),
-                    interface: 0,
-                }],
+                ips: on_eni_ips(spec.ip, spec.gateway, spec.ipv6.as_ref()),
             })
         }
         Datapath::Ipvlan { mac, to_node, .. } => {
@@ -248,14 +294,32 @@ pub fn setup(att: &Attachment, address: &PodAddress, dp: &Datapath) -> Result<Wi
                     mtu: info.mtu,
                     in_pod: true,
                 }],
-                ips: vec![WiredIp {
-                    addr: IpNetwork::V4(spec.ip),
-                    gateway: IpAddr::V4(spec.gateway),
-                    interface: 0,
-                }],
+                ips: on_eni_ips(spec.ip, spec.gateway, spec.ipv6.as_ref()),
             })
         }
     }
+}
+
+/// The addresses of a pod whose interface 0 is on the ENI (exclusive ENI, ipvlan), IPv4 first,
+/// each with its vSwitch gateway.
+fn on_eni_ips(
+    ip: Ipv4Network,
+    gateway: Ipv4Addr,
+    ipv6: Option<&exclusive_eni::EniIpv6>,
+) -> Vec<WiredIp> {
+    let mut ips = vec![WiredIp {
+        addr: IpNetwork::V4(ip),
+        gateway: IpAddr::V4(gateway),
+        interface: 0,
+    }];
+    if let Some(v6) = ipv6 {
+        ips.push(WiredIp {
+            addr: IpNetwork::V6(v6.addr),
+            gateway: IpAddr::V6(v6.gateway),
+            interface: 0,
+        });
+    }
+    ips
 }
 
 /// Verifies the whole datapath; the error lists every missing or wrong piece.
@@ -264,10 +328,14 @@ pub fn check(att: &Attachment, address: &PodAddress, dp: &Datapath) -> Result<()
     match dp {
         Datapath::Veth | Datapath::VethPolicy { .. } => {
             let ip = ipv4_of(address)?;
-            veth::check(&veth_spec(att, att.netns()?, &names.0, &names.1, ip))?;
+            let ip6 = ipv6_of(address)?;
+            veth::check(&veth_spec(att, att.netns()?, &names.0, &names.1, ip, ip6))?;
             if let Datapath::VethPolicy { table, .. } = dp {
                 let mut nl = Netlink::open()?;
                 policy::check_pod_rules(&mut nl, ip, *table)?;
+                if let Some(ip6) = ip6 {
+                    policy::check_pod_rules(&mut nl, ip6, *table)?;
+                }
             }
             Ok(())
         }
@@ -308,6 +376,7 @@ pub fn teardown(att: &Attachment, known: Option<(&PodAddress, &Datapath)>) -> Re
             ifname: att.ifname,
             alias: &alias,
             ip: address.ipv4_addr(),
+            ip6: ipv6_of(address).ok().flatten(),
         });
     }
     if known.is_none() {
@@ -326,11 +395,12 @@ pub fn teardown(att: &Attachment, known: Option<(&PodAddress, &Datapath)>) -> Re
                 ifname: att.ifname,
                 alias: &alias,
                 ip: None,
+                ip6: None,
             });
         }
     }
-    let ips: Vec<Ipv4Addr> = match known {
-        Some((address, _)) => address.ipv4_addr().into_iter().collect(),
+    let ips: Vec<IpAddr> = match known {
+        Some((address, _)) => address.ips().collect(),
         None => veth::routed_pod_ips(&host_ifname, &alias).unwrap_or_default(),
     };
     let mut first: Option<Error> = None;
@@ -362,10 +432,71 @@ pub fn teardown(att: &Attachment, known: Option<(&PodAddress, &Datapath)>) -> Re
 }
 
 /// The addresses DEL would clean up without the daemon, for its message.
-pub fn routed_ips(container_id: &str, ifname: &str) -> Vec<Ipv4Addr> {
+pub fn routed_ips(container_id: &str, ifname: &str) -> Vec<IpAddr> {
     veth::routed_pod_ips(
         &host_veth_name(container_id, ifname),
         &host_veth_alias(container_id, ifname),
     )
     .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::IpConfig;
+
+    fn dual(v6: &str, gw6: Option<&str>) -> PodAddress {
+        let mut a = PodAddress::v4(
+            Ipv4Addr::new(10, 240, 0, 10),
+            24,
+            Some(Ipv4Addr::new(10, 240, 0, 253)),
+        );
+        a.ipv6 = Some(IpConfig {
+            addr: v6.parse().unwrap(),
+            gateway: gw6.map(|g| g.parse().unwrap()),
+        });
+        a
+    }
+
+    #[test]
+    fn ipv6_of_an_allocation() {
+        let a = dual("2408:4005:3ff:1::10/64", Some("2408:4005:3ff:1::1"));
+        assert_eq!(
+            ipv6_of(&a).unwrap(),
+            Some("2408:4005:3ff:1::10".parse().unwrap())
+        );
+        let v4_only = PodAddress::v4(Ipv4Addr::new(10, 0, 0, 5), 32, None);
+        assert_eq!(ipv6_of(&v4_only).unwrap(), None);
+        assert_eq!(ipv6_with_gateway(&v4_only, "ipvlan").unwrap(), None);
+        // An IPv4 address in the IPv6 slot is somebody's bug, said so.
+        let wrong = dual("10.0.0.9/32", None);
+        assert_eq!(ipv6_of(&wrong).unwrap_err().kind, Kind::InvalidConfig);
+        // On the ENI the gateway is the vSwitch's: without one there is no default route.
+        let e =
+            ipv6_with_gateway(&dual("2408:4005:3ff:1::10/64", None), "exclusive ENI").unwrap_err();
+        assert!(e.msg.contains("exclusive ENI"), "{}", e.msg);
+        assert!(e.msg.contains("IPv6 gateway"), "{}", e.msg);
+    }
+
+    #[test]
+    fn on_eni_addresses_are_ipv4_first_with_their_gateways() {
+        let a = dual("2408:4005:3ff:1::10/64", Some("2408:4005:3ff:1::1"));
+        let v6 = ipv6_with_gateway(&a, "ipvlan").unwrap().unwrap();
+        let ips = on_eni_ips(
+            "10.240.0.10/24".parse().unwrap(),
+            Ipv4Addr::new(10, 240, 0, 253),
+            Some(&v6),
+        );
+        assert_eq!(ips.len(), 2);
+        assert_eq!(ips[0].addr.to_string(), "10.240.0.10/24");
+        assert_eq!(ips[1].addr.to_string(), "2408:4005:3ff:1::10/64");
+        assert_eq!(ips[1].gateway.to_string(), "2408:4005:3ff:1::1");
+        assert!(ips.iter().all(|i| i.interface == 0));
+        let v4_only = on_eni_ips(
+            "10.240.0.10/24".parse().unwrap(),
+            Ipv4Addr::new(10, 240, 0, 253),
+            None,
+        );
+        assert_eq!(v4_only.len(), 1);
+    }
 }

@@ -6,7 +6,7 @@
 use super::{ipvlan, policy};
 use crate::error::{Error, Kind, Result};
 use crate::netlink::{self, Link, Netlink};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 /// How long an attached ENI's device may take to appear.
@@ -15,10 +15,25 @@ const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Finds ENI `eni_id`'s device by `mac`, readies it and returns its route table. With
 /// `host_slave` it also gets the node's ipvlan slave `ipvl_<ifindex>` for ipvlan pods.
 pub fn prepare(eni_id: &str, mac: &str, gateway: Ipv4Addr, host_slave: bool) -> Result<u32> {
+    prepare_dual(eni_id, mac, gateway, None, host_slave)
+}
+
+/// [`prepare`] for a dual-stack node: with `gateway6` (the vSwitch's IPv6 gateway) the ENI's
+/// table also gets its IPv6 default route ([`policy::prepare_eni_table_v6`]).
+pub fn prepare_dual(
+    eni_id: &str,
+    mac: &str,
+    gateway: Ipv4Addr,
+    gateway6: Option<Ipv6Addr>,
+    host_slave: bool,
+) -> Result<u32> {
     let mut nl = Netlink::open()?;
     let link = wait_in(&mut nl, eni_id, mac)?;
     let ctx = |e: crate::Error| e.context(format!("ENI {eni_id} ({})", link.name));
     let table = policy::prepare_eni_table(&mut nl, link.index, gateway).map_err(ctx)?;
+    if let Some(gw6) = gateway6 {
+        policy::prepare_eni_table_v6(&mut nl, link.index, gw6).map_err(ctx)?;
+    }
     if host_slave {
         // Read again: preparing the table brought it up.
         let link = nl.link_by_index(link.index)?.unwrap_or(link.clone());

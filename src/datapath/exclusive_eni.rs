@@ -14,6 +14,8 @@
 //! A device counts as the ENI only if it has the ENI's MAC and is a NIC (no kind) or a veth
 //! (an emulated ENI); kinds that merely share a MAC (bridge, vlan, ipvlan, bond, ...) are never
 //! touched. Host-side work happens in the calling thread's namespace (the node's).
+//!
+//! Dual stack: the ENI's IPv6 address and default route come along ([`EniIpv6`]).
 
 use super::{POD_GATEWAY, veth};
 use crate::err;
@@ -23,6 +25,10 @@ use crate::netns::NetNs;
 use crate::sysctl;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use std::net::{IpAddr, Ipv4Addr};
+
+#[path = "exclusive_eni_v6.rs"]
+mod v6;
+pub use v6::EniIpv6;
 
 /// The pod end of the host peer veth.
 pub const POD_PEER_IFNAME: &str = "veth1";
@@ -49,6 +55,8 @@ pub struct ExclusiveEniSpec<'a> {
     pub ip: Ipv4Network,
     /// The vSwitch gateway (inside `ip`'s network).
     pub gateway: Ipv4Addr,
+    /// The ENI's IPv6 address and gateway (dual stack); `None` for an IPv4-only pod.
+    pub ipv6: Option<EniIpv6>,
     pub mtu: u32,
     /// The veth to the host for service and node traffic; `None` leaves the pod VPC-only.
     pub host_peer: Option<HostPeer<'a>>,
@@ -241,6 +249,15 @@ fn validate(spec: &ExclusiveEniSpec) -> Result<()> {
             net.network(),
             net.prefix()
         ));
+    }
+    if let Some(v6) = &spec.ipv6 {
+        v6.validate()?;
+        if spec.mtu < 1280 {
+            return bad(format!(
+                "MTU {} is below IPv6's minimum of 1280: a dual-stack pod needs at least that",
+                spec.mtu
+            ));
+        }
     }
     if let Some(peer) = &spec.host_peer {
         if spec.ifname == POD_PEER_IFNAME {
@@ -498,9 +515,15 @@ fn wire(
         pod.set_link_up(lo.index)?;
     }
     pod.add_addr(pod_eni.index, IpNetwork::V4(spec.ip))?;
+    if let Some(v6) = &spec.ipv6 {
+        v6.add_addr(pod, spec.netns, spec.ifname, pod_eni.index)?;
+    }
     pod.set_link_up(pod_eni.index)?;
     // Exclusive: a default route somebody else put into the pod is never replaced.
     pod.add_route(&spec.pod_default_route(pod_eni.index))?;
+    if let Some(v6) = &spec.ipv6 {
+        pod.add_route(&v6.default_route(pod_eni.index))?;
+    }
 
     let host_peer = match &spec.host_peer {
         None => None,
@@ -670,6 +693,9 @@ fn check_inner(spec: &ExclusiveEniSpec, problems: &mut Vec<String>) -> Result<()
                 &shown,
                 problems,
             );
+            if let Some(v6) = &spec.ipv6 {
+                v6.check(&mut pod, spec.netns, eni.index, &eni.name, problems)?;
+            }
         }
     }
     if let Some(peer) = &spec.host_peer {

@@ -9,6 +9,7 @@ fn spec<'a>(ns: &'a NetNs, ip: &str, gw: &str, mtu: u32) -> ExclusiveEniSpec<'a>
         mac: MAC,
         ip: ip.parse().unwrap(),
         gateway: gw.parse().unwrap(),
+        ipv6: None,
         mtu,
         host_peer: Some(HostPeer {
             host_ifname: "tw0000000000000",

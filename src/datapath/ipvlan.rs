@@ -36,20 +36,26 @@
 //! DNAT (upstream Terway pairs ipvlan with Cilium for this); kube-proxy needs
 //! `--masquerade-all` for services backed by pods.
 //!
+//! Dual stack: the IPv6 half rides the same slaves (see `ipvlan_v6.rs`).
+//!
 //! Host-side work happens in the calling thread's namespace (the node's).
 
-use super::exclusive_eni::{check_route, check_up_mtu, refuse_node_namespace, unusable};
+use super::exclusive_eni::{EniIpv6, check_route, check_up_mtu, refuse_node_namespace, unusable};
 use super::{POD_GATEWAY, veth};
 use crate::err;
 use crate::error::{Error, Kind, Result};
 use crate::netlink::{
-    self, DEFAULT_DST_V4, IpvlanMode, Link, LinkKind, LinkSpec, Netlink, Route, TABLE_MAIN,
+    self, DEFAULT_DST_V4, Family, IpvlanMode, Link, LinkKind, LinkSpec, Netlink, Route, TABLE_MAIN,
     format_mac,
 };
 use crate::netns::NetNs;
 use crate::sysctl;
 use ipnetwork::{IpNetwork, Ipv4Network};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+#[path = "ipvlan_v6.rs"]
+mod v6;
+pub use v6::host_route6;
 
 /// Every host slave's name starts with this (`ipvl_<ENI ifindex>`, as upstream Terway).
 pub const HOST_SLAVE_PREFIX: &str = "ipvl_";
@@ -80,6 +86,9 @@ pub struct IpvlanSpec<'a> {
     pub ip: Ipv4Network,
     /// The vSwitch gateway (inside `ip`'s network).
     pub gateway: Ipv4Addr,
+    /// The pod's IPv6 address with the vSwitch's IPv6 prefix and gateway (dual stack); `None`
+    /// for an IPv4-only pod.
+    pub ipv6: Option<EniIpv6>,
     pub mtu: u32,
     /// Routed to the node's stack (kube-proxy) when set.
     pub service_cidr: Option<Ipv4Network>,
@@ -209,6 +218,9 @@ fn validate(spec: &IpvlanSpec) -> Result<()> {
         .find(|n| unusable(**n) || **n == ip || **n == gw)
     {
         return bad(format!("{n} cannot be a node address of pod {ip}"));
+    }
+    if let Some(ipv6) = &spec.ipv6 {
+        v6::validate(ipv6, spec.mtu)?;
     }
     Ok(())
 }
@@ -416,21 +428,35 @@ fn wire(
         pod.set_link_up(lo.index)?;
     }
     pod.add_addr(link.index, IpNetwork::V4(spec.ip))?;
+    if let Some(ipv6) = &spec.ipv6 {
+        ipv6.add_addr(pod, spec.netns, spec.ifname, link.index)?;
+    }
     pod.set_link_up(link.index)?;
     // Exclusive adds: a route somebody else put into the pod is never replaced.
     for r in spec.pod_routes(link.index) {
         pod.add_route(&r)?;
     }
+    if let Some(ipv6) = &spec.ipv6 {
+        pod.add_route(&ipv6.default_route(link.index))?;
+    }
     pod.replace_neigh_permanent(link.index, IpAddr::V4(POD_GATEWAY), spec.mac)?;
 
     let ip = spec.ip.ip();
-    remove_stale_host_route(host, ip)?;
+    remove_stale_host_route(host, ip.into())?;
+    if let Some(ipv6) = &spec.ipv6 {
+        remove_stale_host_route(host, ipv6.addr.ip().into())?;
+    }
     done.host = Some(slave.index);
     host.replace_neigh_permanent(slave.index, IpAddr::V4(ip), spec.mac)?;
     host.add_route(&host_route(ip, slave.index))?;
     // Policy rules of an earlier veth owner of this address would send its node-routed
     // traffic out through an ENI table: this address is this attachment's now.
     super::policy::teardown_pod_rules(host, ip)?;
+    if let Some(ipv6) = &spec.ipv6 {
+        let ip6 = ipv6.addr.ip();
+        v6::wire_host(host, ip6, spec.mac, slave)?;
+        super::policy::teardown_pod_rules(host, ip6)?;
+    }
     Ok(IpvlanInfo {
         pod_mac: link.mac.unwrap_or(spec.mac),
         mtu: spec.mtu,
@@ -441,9 +467,10 @@ fn wire(
 /// A node route to `ip` through a host slave is a leftover of an earlier pod of this address
 /// (the daemon gave the address to this attachment): it goes. A route to it anywhere else is
 /// not terway's ipvlan datapath and is never replaced.
-fn remove_stale_host_route(host: &mut Netlink, ip: Ipv4Addr) -> Result<()> {
-    let dst = IpNetwork::V4(Ipv4Network::from(ip));
-    let Some(r) = host.routes(TABLE_MAIN)?.into_iter().find(|r| r.dst == dst) else {
+fn remove_stale_host_route(host: &mut Netlink, ip: IpAddr) -> Result<()> {
+    let dst = IpNetwork::from(ip);
+    let routes = host.routes_of(Family::of_ip(&ip), TABLE_MAIN)?;
+    let Some(r) = routes.into_iter().find(|r| r.dst == dst) else {
         return Ok(());
     };
     let via_slave = match r.oif {
@@ -481,9 +508,16 @@ fn rollback(host: &mut Netlink, pod: &mut Netlink, spec: &IpvlanSpec, done: &Don
     }
     if let Some(slave) = done.host {
         let ip = spec.ip.ip();
-        let route = host.del_route(&host_route(ip, slave));
-        let neigh = host.del_neigh(slave, IpAddr::V4(ip));
-        for r in [route, neigh] {
+        let mut undo = vec![
+            host.del_route(&host_route(ip, slave)),
+            host.del_neigh(slave, IpAddr::V4(ip)),
+        ];
+        if let Some(ipv6) = &spec.ipv6 {
+            let ip6 = ipv6.addr.ip();
+            undo.push(host.del_route(&host_route6(ip6, slave)));
+            undo.push(host.del_neigh(slave, IpAddr::V6(ip6)));
+        }
+        for r in undo {
             if let Err(e) = r {
                 failed.push(e.msg);
             }
@@ -537,6 +571,9 @@ fn check_inner(spec: &IpvlanSpec, problems: &mut Vec<String>) -> Result<()> {
             None => format!("pod route {} dev {}", r.dst, link.name),
         };
         check_route(&routes, &r, &shown, problems);
+    }
+    if let Some(ipv6) = &spec.ipv6 {
+        ipv6.check(&mut pod, spec.netns, link.index, &link.name, problems)?;
     }
     let gw = IpAddr::V4(POD_GATEWAY);
     match pod.neighs(link.index)?.into_iter().find(|n| n.ip == gw) {
@@ -613,6 +650,9 @@ fn check_host(host: &mut Netlink, spec: &IpvlanSpec, problems: &mut Vec<String>)
             "host neighbour {ip} lladdr {mac} on {name} is missing"
         )),
     }
+    if let Some(ipv6) = &spec.ipv6 {
+        v6::check_host(host, ipv6.addr.ip(), spec.mac, &slave, problems)?;
+    }
     Ok(())
 }
 
@@ -625,6 +665,8 @@ pub struct IpvlanTeardown<'a> {
     pub ifname: &'a str,
     pub alias: &'a str,
     pub ip: Option<Ipv4Addr>,
+    /// The pod's IPv6 address (dual stack), whose node route and neighbour go too.
+    pub ip6: Option<Ipv6Addr>,
 }
 
 /// Removes the pod's interface (only if it is this attachment's ipvlan) and the node's route
@@ -639,8 +681,12 @@ pub fn teardown(t: &IpvlanTeardown) -> Result<()> {
             first.get_or_insert(e);
         }
     }
-    if let Some(ip) = t.ip {
-        let r = Netlink::open().and_then(|mut nl| remove_host_side(&mut nl, ip));
+    let ips =
+        t.ip.map(IpAddr::V4)
+            .into_iter()
+            .chain(t.ip6.map(IpAddr::V6));
+    for ip in ips {
+        let r = Netlink::open().and_then(|mut nl| remove_host_side_ip(&mut nl, ip));
         if let Err(e) = r {
             first.get_or_insert(e);
         }
@@ -671,16 +717,21 @@ fn remove_pod_link(ns: &NetNs, ifname: &str, alias: &str) -> Result<()> {
 /// Removes the node's route to `ip` and its neighbour entries, but only through host slaves
 /// (`ipvl_*`): a route elsewhere is not the ipvlan datapath's. Idempotent.
 pub fn remove_host_side(nl: &mut Netlink, ip: Ipv4Addr) -> Result<()> {
+    remove_host_side_ip(nl, IpAddr::V4(ip))
+}
+
+/// [`remove_host_side`] for an address of either family.
+pub fn remove_host_side_ip(nl: &mut Netlink, ip: IpAddr) -> Result<()> {
     let slaves: Vec<Link> = nl.links()?.into_iter().filter(is_host_slave).collect();
-    let dst = IpNetwork::V4(Ipv4Network::from(ip));
-    for r in nl.routes(TABLE_MAIN)? {
+    let dst = IpNetwork::from(ip);
+    for r in nl.routes_of(Family::of_ip(&ip), TABLE_MAIN)? {
         if r.dst == dst && slaves.iter().any(|s| Some(s.index) == r.oif) {
             nl.del_route(&r)?;
         }
     }
     for s in &slaves {
-        if nl.neighs(s.index)?.iter().any(|n| n.ip == IpAddr::V4(ip)) {
-            nl.del_neigh(s.index, IpAddr::V4(ip))?;
+        if nl.neighs(s.index)?.iter().any(|n| n.ip == ip) {
+            nl.del_neigh(s.index, ip)?;
         }
     }
     Ok(())
@@ -773,6 +824,7 @@ mod tests {
             mac: [0x02, 0x16, 0x3e, 0, 0, 1],
             ip: "172.16.0.10/24".parse().unwrap(),
             gateway: Ipv4Addr::new(172, 16, 0, 253),
+            ipv6: None,
             mtu: 1500,
             service_cidr: Some("10.96.0.10/12".parse().unwrap()),
             node_ips: vec![Ipv4Addr::new(172, 16, 0, 5)],

@@ -7,10 +7,12 @@
 pub mod attach;
 pub mod eni_device;
 pub mod exclusive_eni;
+pub mod ipv6;
 pub mod ipvlan;
 pub mod policy;
 pub mod veth;
 
+pub use ipv6::POD_GATEWAY_V6;
 pub use veth::{Teardown, VethInfo, VethSpec};
 
 use sha2::{Digest, Sha256};

@@ -1,15 +1,20 @@
 //! veth datapath (ENIMultiIP default and VPC mode): the pod's `eth0` is one end of a veth pair,
 //! the other end stays on the node. The pod routes everything via 169.254.1.1, a permanent
 //! neighbour that resolves to the host veth's MAC; the node routes the pod IP/32 onto the veth.
+//! A dual-stack pod gets the same for IPv6 (see [`super::ipv6`]): `::/0 via fe80::1`, a
+//! permanent neighbour `fe80::1`, and the pod IP/128 routed onto the veth.
 
 use super::POD_GATEWAY;
+use super::ipv6::{self, POD_GATEWAY_V6};
 use crate::err;
 use crate::error::{Error, Kind, Result};
-use crate::netlink::{DEFAULT_DST_V4, Link, Netlink, Route, TABLE_MAIN, format_mac};
+use crate::netlink::{
+    DEFAULT_DST_V4, DEFAULT_DST_V6, Family, Link, Netlink, Route, TABLE_MAIN, format_mac,
+};
 use crate::netns::NetNs;
 use crate::sysctl;
-use ipnetwork::{IpNetwork, Ipv4Network};
-use std::net::{IpAddr, Ipv4Addr};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// What to build.
 #[derive(Debug)]
@@ -24,6 +29,8 @@ pub struct VethSpec<'a> {
     /// this attachment's when DEL, CHECK or a retried ADD find it.
     pub alias: &'a str,
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address (dual stack); `None` for an IPv4-only pod.
+    pub ip6: Option<Ipv6Addr>,
     pub mtu: u32,
 }
 
@@ -38,9 +45,12 @@ pub struct VethInfo {
 
 impl VethSpec<'_> {
     fn describe(&self) -> String {
+        let ips = match self.ip6 {
+            Some(ip6) => format!("{}, {ip6}", self.ip),
+            None => self.ip.to_string(),
+        };
         format!(
-            "veth datapath for {} (host {}, pod {} in netns {})",
-            self.ip,
+            "veth datapath for {ips} (host {}, pod {} in netns {})",
             self.host_ifname,
             self.ifname,
             self.netns.path().display()
@@ -74,6 +84,30 @@ impl VethSpec<'_> {
     }
 }
 
+/// The IPv6 routes of a dual-stack pod. IPv6 has no route scopes (the kernel reports every
+/// route as universe) and a link-local gateway is on-link by definition: no flags.
+fn host_route6(ip6: Ipv6Addr, host_index: u32) -> Route {
+    Route {
+        dst: IpNetwork::V6(Ipv6Network::from(ip6)),
+        gateway: None,
+        oif: Some(host_index),
+        table: TABLE_MAIN,
+        scope_link: false,
+        onlink: false,
+    }
+}
+
+fn pod_default_route6(pod_index: u32) -> Route {
+    Route {
+        dst: DEFAULT_DST_V6,
+        gateway: Some(IpAddr::V6(POD_GATEWAY_V6)),
+        oif: Some(pod_index),
+        table: TABLE_MAIN,
+        scope_link: false,
+        onlink: false,
+    }
+}
+
 fn validate(spec: &VethSpec) -> Result<()> {
     let ip = spec.ip;
     if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() {
@@ -94,6 +128,21 @@ fn validate(spec: &VethSpec) -> Result<()> {
             "MTU {} is out of range (68-65535)",
             spec.mtu
         ));
+    }
+    if let Some(ip6) = spec.ip6 {
+        if ipv6::unusable(&ip6) {
+            return Err(err!(
+                Kind::InvalidConfig,
+                "{ip6} is not a usable pod IPv6 address (unspecified, loopback, multicast or link-local)"
+            ));
+        }
+        if spec.mtu < 1280 {
+            return Err(err!(
+                Kind::InvalidConfig,
+                "MTU {} is below IPv6's minimum of 1280: a dual-stack pod needs at least that",
+                spec.mtu
+            ));
+        }
     }
     Ok(())
 }
@@ -196,9 +245,17 @@ fn configure(host: &mut Netlink, pod: &mut Netlink, spec: &VethSpec) -> Result<V
         pod.set_link_up(lo.index)?;
     }
     pod.add_addr(pod_link.index, spec.pod_net())?;
+    if let Some(ip6) = spec.ip6 {
+        // Sysctls before the address: it must never be tentative, nor RAs heeded.
+        ipv6::prepare_pod_iface(spec.netns, spec.ifname)?;
+        pod.add_addr_nodad(pod_link.index, IpNetwork::V6(Ipv6Network::from(ip6)))?;
+    }
     pod.set_link_up(pod_link.index)?;
 
     // Host side, in the calling thread's namespace.
+    if spec.ip6.is_some() {
+        ipv6::prepare_host_veth(host, host_link.index, spec.host_ifname)?;
+    }
     host.set_link_up(host_link.index)?;
     set_if_differs(&sysctl::rp_filter_key(spec.host_ifname), "0")?;
     set_if_differs("net/ipv4/ip_forward", "1")?;
@@ -208,6 +265,13 @@ fn configure(host: &mut Netlink, pod: &mut Netlink, spec: &VethSpec) -> Result<V
 
     pod.add_route(&spec.pod_default_route(pod_link.index))?;
     pod.replace_neigh_permanent(pod_link.index, IpAddr::V4(POD_GATEWAY), host_mac)?;
+
+    if let Some(ip6) = spec.ip6 {
+        ipv6::enable_forwarding(host)?;
+        host.add_route(&host_route6(ip6, host_link.index))?;
+        pod.replace_neigh_permanent(pod_link.index, IpAddr::V6(POD_GATEWAY_V6), host_mac)?;
+        pod.add_route(&pod_default_route6(pod_link.index))?;
+    }
 
     Ok(VethInfo {
         host_ifname: spec.host_ifname.to_string(),
@@ -287,10 +351,16 @@ fn check_inner(spec: &VethSpec, problems: &mut Vec<String>) -> Result<()> {
             if rp != "0" {
                 problems.push(format!("rp_filter on {} is {rp}, want 0", spec.host_ifname));
             }
+            if let Some(ip6) = spec.ip6 {
+                check_host_v6(&mut host, link, ip6, problems)?;
+            }
         }
     }
     if sysctl::get("net/ipv4/ip_forward")? != "1" {
         problems.push("net.ipv4.ip_forward is not 1 on the node".into());
+    }
+    if spec.ip6.is_some() {
+        ipv6::check_forwarding(problems)?;
     }
 
     let mut pod = Netlink::open_in(spec.netns)?;
@@ -333,28 +403,126 @@ fn check_inner(spec: &VethSpec, problems: &mut Vec<String>) -> Result<()> {
         }
         Some(_) => {}
     }
-    let gw = IpAddr::V4(POD_GATEWAY);
-    let neigh = pod.neighs(pod_link.index)?.into_iter().find(|n| n.ip == gw);
     let host_mac = host_link.as_ref().and_then(|l| l.mac);
-    match neigh {
-        None => problems.push(format!(
-            "pod neighbour {POD_GATEWAY} on {} is missing",
-            spec.ifname
-        )),
+    let neighs = pod.neighs(pod_link.index)?;
+    check_gateway_neigh(
+        &neighs,
+        IpAddr::V4(POD_GATEWAY),
+        host_mac,
+        spec.ifname,
+        problems,
+    );
+    if let Some(ip6) = spec.ip6 {
+        check_pod_v6(&mut pod, &pod_link, ip6, spec, problems)?;
+        check_gateway_neigh(
+            &neighs,
+            IpAddr::V6(POD_GATEWAY_V6),
+            host_mac,
+            spec.ifname,
+            problems,
+        );
+    }
+    Ok(())
+}
+
+/// The pod's permanent neighbour for its link-local gateway `gw`, pointing at the host veth.
+fn check_gateway_neigh(
+    neighs: &[crate::netlink::Neigh],
+    gw: IpAddr,
+    host_mac: Option<[u8; 6]>,
+    ifname: &str,
+    problems: &mut Vec<String>,
+) {
+    match neighs.iter().find(|n| n.ip == gw) {
+        None => problems.push(format!("pod neighbour {gw} on {ifname} is missing")),
         Some(n) => {
             if !n.permanent {
-                problems.push(format!("pod neighbour {POD_GATEWAY} is not permanent"));
+                problems.push(format!("pod neighbour {gw} is not permanent"));
             }
             if host_mac.is_some() && n.mac != host_mac {
                 problems.push(format!(
-                    "pod neighbour {POD_GATEWAY} points to {}, want the host veth MAC {}",
+                    "pod neighbour {gw} points to {}, want the host veth MAC {}",
                     n.mac.as_ref().map_or("nothing".into(), format_mac),
                     host_mac.as_ref().map_or(String::new(), format_mac)
                 ));
             }
         }
     }
+}
+
+/// The node's IPv6 side of the veth: `ip6/128 dev <veth>`, `fe80::1/64` on it, no RAs.
+fn check_host_v6(
+    host: &mut Netlink,
+    link: &Link,
+    ip6: Ipv6Addr,
+    problems: &mut Vec<String>,
+) -> Result<()> {
+    let want = host_route6(ip6, link.index);
+    let found = host
+        .routes_of(Family::V6, TABLE_MAIN)?
+        .into_iter()
+        .find(|r| r.dst == want.dst);
+    match found {
+        None => problems.push(format!(
+            "host route {} dev {} is missing",
+            want.dst, link.name
+        )),
+        Some(r) if r.oif != want.oif || r.gateway.is_some() => problems.push(format!(
+            "host route to {} is {}, want dev {}",
+            want.dst,
+            show_route(&r),
+            link.name
+        )),
+        Some(_) => {}
+    }
+    let addrs = host.addrs(Some(link.index))?;
+    ipv6::check_addr(
+        &addrs,
+        ipv6::host_gateway_net(),
+        &format!("host veth {}", link.name),
+        problems,
+    );
+    let ra = sysctl::get(&sysctl::ipv6_conf_key(&link.name, "accept_ra"))?;
+    if ra != "0" {
+        problems.push(format!("accept_ra on {} is {ra}, want 0", link.name));
+    }
     Ok(())
+}
+
+/// The pod's IPv6: its address (usable, not tentative), `::/0 via fe80::1`, no RAs.
+fn check_pod_v6(
+    pod: &mut Netlink,
+    pod_link: &Link,
+    ip6: Ipv6Addr,
+    spec: &VethSpec,
+    problems: &mut Vec<String>,
+) -> Result<()> {
+    let addrs = pod.addrs(Some(pod_link.index))?;
+    let what = format!("pod {}", spec.ifname);
+    ipv6::check_addr(
+        &addrs,
+        IpNetwork::V6(Ipv6Network::from(ip6)),
+        &what,
+        problems,
+    );
+    let want = pod_default_route6(pod_link.index);
+    let default = pod
+        .routes_of(Family::V6, TABLE_MAIN)?
+        .into_iter()
+        .find(|r| r.dst == DEFAULT_DST_V6);
+    match default {
+        None => problems.push(format!(
+            "pod default route via {POD_GATEWAY_V6} dev {} is missing",
+            spec.ifname
+        )),
+        Some(r) if r.gateway != want.gateway || r.oif != want.oif => problems.push(format!(
+            "pod IPv6 default route is {}, want via {POD_GATEWAY_V6} dev {}",
+            show_route(&r),
+            spec.ifname
+        )),
+        Some(_) => {}
+    }
+    ipv6::check_pod_iface(spec.netns, spec.ifname, problems)
 }
 
 pub(super) fn show_route(r: &Route) -> String {
@@ -404,9 +572,10 @@ pub fn teardown(host_ifname: &str, alias: &str) -> Result<Teardown> {
     Ok(Teardown::Deleted)
 }
 
-/// The pod addresses the node routes onto this attachment's host veth (`ip/32 dev <veth>` in
-/// main): what the attachment provably holds, whatever a caller's `prevResult` claims.
-pub fn routed_pod_ips(host_ifname: &str, alias: &str) -> Result<Vec<Ipv4Addr>> {
+/// The pod addresses the node routes onto this attachment's host veth (`ip/32` and `ip6/128
+/// dev <veth>` in main), IPv4 first: what the attachment provably holds, whatever a caller's
+/// `prevResult` claims.
+pub fn routed_pod_ips(host_ifname: &str, alias: &str) -> Result<Vec<IpAddr>> {
     let mut host = Netlink::open()?;
     let Some(link) = host.link_by_name(host_ifname)? else {
         return Ok(Vec::new());
@@ -414,14 +583,16 @@ pub fn routed_pod_ips(host_ifname: &str, alias: &str) -> Result<Vec<Ipv4Addr>> {
     if foreign(&link, alias).is_some() {
         return Ok(Vec::new());
     }
-    Ok(host
-        .routes(TABLE_MAIN)?
+    let mut routes = host.routes(TABLE_MAIN)?;
+    routes.extend(host.routes_of(Family::V6, TABLE_MAIN)?);
+    Ok(routes
         .into_iter()
-        .filter(|r| r.oif == Some(link.index) && r.dst.prefix() == 32 && r.gateway.is_none())
-        .filter_map(|r| match r.dst {
-            IpNetwork::V4(n) => Some(n.ip()),
-            IpNetwork::V6(_) => None,
+        .filter(|r| {
+            r.oif == Some(link.index)
+                && r.gateway.is_none()
+                && r.dst.prefix() == if r.dst.is_ipv4() { 32 } else { 128 }
         })
+        .map(|r| r.dst.ip())
         .collect())
 }
 
@@ -440,6 +611,7 @@ mod tests {
             host_ifname: "tw0000000000000",
             alias: "terway:test",
             ip,
+            ip6: None,
             mtu,
         }
     }
@@ -459,6 +631,51 @@ mod tests {
             assert!(e.msg.contains(what), "{}", e.msg);
         }
         validate(&spec(&ns, Ipv4Addr::new(10, 0, 0, 1), 1500)).unwrap();
+    }
+
+    #[test]
+    fn bad_ipv6_specs_are_rejected() {
+        let ns = NetNs::open(std::path::Path::new("/proc/self/ns/net")).unwrap();
+        let v4 = Ipv4Addr::new(10, 0, 0, 1);
+        for (ip6, mtu, what) in [
+            ("::", 1500, "not a usable"),
+            ("fe80::1", 1500, "not a usable"),
+            ("ff02::1", 1500, "not a usable"),
+            ("::1", 1500, "not a usable"),
+            ("2001:db8::5", 1000, "1280"),
+        ] {
+            let s = VethSpec {
+                ip6: Some(ip6.parse().unwrap()),
+                ..spec(&ns, v4, mtu)
+            };
+            let e = validate(&s).unwrap_err();
+            assert_eq!(e.kind, Kind::InvalidConfig);
+            assert!(e.msg.contains(what), "{ip6}: {}", e.msg);
+        }
+        let ok = VethSpec {
+            ip6: Some("2001:db8::5".parse().unwrap()),
+            ..spec(&ns, v4, 1500)
+        };
+        validate(&ok).unwrap();
+        assert!(ok.describe().contains("10.0.0.1, 2001:db8::5"));
+        // IPv4-only keeps its description.
+        assert!(
+            spec(&ns, v4, 1500)
+                .describe()
+                .starts_with("veth datapath for 10.0.0.1 (")
+        );
+    }
+
+    #[test]
+    fn ipv6_routes_have_the_recipe_shape() {
+        let host = host_route6("2001:db8::5".parse().unwrap(), 7);
+        assert_eq!(host.dst.to_string(), "2001:db8::5/128");
+        assert_eq!(host.oif, Some(7));
+        assert!(host.gateway.is_none() && !host.scope_link);
+        let def = pod_default_route6(3);
+        assert_eq!(def.dst, DEFAULT_DST_V6);
+        assert_eq!(def.gateway, Some(IpAddr::V6(POD_GATEWAY_V6)));
+        assert_eq!(def.oif, Some(3));
     }
 
     #[test]

@@ -6,7 +6,9 @@ use ipnetwork::IpNetwork;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage as M;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use std::net::IpAddr;
 
 pub(super) fn addr_message(index: u32, addr: IpNetwork) -> AddressMessage {
@@ -25,13 +27,27 @@ pub(super) fn addr_message(index: u32, addr: IpNetwork) -> AddressMessage {
     msg
 }
 
+/// [`addr_message`] with `IFA_F_NODAD`: an IPv6 address usable at once, without the second or
+/// so of duplicate address detection (the address is the VPC's to give; nobody else holds it).
+/// The flag goes in both the header byte and `IFA_FLAGS`, as iproute2 sends it.
+pub(super) fn addr_message_nodad(index: u32, addr: IpNetwork) -> AddressMessage {
+    let mut msg = addr_message(index, addr);
+    msg.header.flags = AddressHeaderFlags::Nodad;
+    msg.attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    msg
+}
+
 fn addr_from(msg: &AddressMessage) -> Option<Addr> {
     let mut local = None;
     let mut address = None;
+    // IFA_FLAGS (32 bits) supersedes the header's 8 when present.
+    let mut flags = u32::from(msg.header.flags.bits());
     for attr in &msg.attributes {
         match attr {
             AddressAttribute::Local(ip) => local = Some(*ip),
             AddressAttribute::Address(ip) => address = Some(*ip),
+            AddressAttribute::Flags(f) => flags = f.bits(),
             _ => {}
         }
     }
@@ -41,6 +57,7 @@ fn addr_from(msg: &AddressMessage) -> Option<Addr> {
     Some(Addr {
         index: msg.header.index,
         addr,
+        flags,
     })
 }
 
@@ -56,6 +73,22 @@ impl Netlink {
             Err(e) => {
                 let name = self.name_of(index);
                 Err(e.into_error(format!("add address {addr} dev {name}")))
+            }
+        }
+    }
+
+    /// Adds `addr` to link `index` with `IFA_F_NODAD` (no duplicate address detection: the
+    /// IPv6 address is never tentative); an address that is already there is success.
+    pub fn add_addr_nodad(&mut self, index: u32, addr: IpNetwork) -> Result<()> {
+        match self.sock.request(
+            M::NewAddress(addr_message_nodad(index, addr)),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
+            Err(e) => {
+                let name = self.name_of(index);
+                Err(e.into_error(format!("add address {addr} dev {name} nodad")))
             }
         }
     }
@@ -105,7 +138,8 @@ mod tests {
             addr_from(&msg),
             Some(Addr {
                 index: 3,
-                addr: net
+                addr: net,
+                flags: 0
             })
         );
         assert_eq!(msg.attributes.len(), 2);
@@ -121,8 +155,31 @@ mod tests {
             addr_from(&msg),
             Some(Addr {
                 index: 3,
-                addr: net
+                addr: net,
+                flags: 0
             })
         );
+    }
+
+    #[test]
+    fn nodad_is_in_header_and_flags_and_reads_back() {
+        let net: IpNetwork = "fd00::5/64".parse().unwrap();
+        let msg = crate::netlink::through_the_wire(M::NewAddress(addr_message_nodad(3, net)));
+        let M::NewAddress(msg) = msg else {
+            panic!("not an address message: {msg:?}")
+        };
+        assert!(msg.header.flags.contains(AddressHeaderFlags::Nodad));
+        let a = addr_from(&msg).unwrap();
+        assert_eq!(a.addr, net);
+        assert_eq!(
+            a.flags & super::super::IFA_F_NODAD,
+            super::super::IFA_F_NODAD
+        );
+        assert!(!a.tentative());
+        let tentative = Addr {
+            flags: super::super::IFA_F_TENTATIVE,
+            ..a
+        };
+        assert!(tentative.tentative());
     }
 }

@@ -62,6 +62,22 @@ pub struct Link {
 pub struct Addr {
     pub index: u32,
     pub addr: IpNetwork,
+    /// `IFA_F_*` bits as the kernel reports them (see [`Addr::tentative`]).
+    pub flags: u32,
+}
+
+/// `IFA_F_NODAD`: added without duplicate address detection.
+pub const IFA_F_NODAD: u32 = 0x02;
+/// `IFA_F_DADFAILED`: duplicate address detection found the address in use elsewhere.
+pub const IFA_F_DADFAILED: u32 = 0x08;
+/// `IFA_F_TENTATIVE`: duplicate address detection still running; the address is not usable.
+pub const IFA_F_TENTATIVE: u32 = 0x40;
+
+impl Addr {
+    /// Not usable yet (DAD running) or never (DAD failed).
+    pub fn tentative(&self) -> bool {
+        self.flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED) != 0
+    }
 }
 
 /// An address family: IPv4 or IPv6.

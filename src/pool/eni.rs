@@ -4,9 +4,9 @@
 //! The public types are re-exported by [`crate::pool::shared_eni`] and
 //! [`crate::pool::exclusive_eni`], where the daemon names them.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Numbers the cloud ops a pool hands out (never 0).
 pub type OpId = u64;
@@ -21,6 +21,19 @@ pub struct EniFacts {
     pub gateway: Ipv4Addr,
     pub primary_ip: Ipv4Addr,
     pub secondary_ips: Vec<Ipv4Addr>,
+    /// Its IPv6 addresses (`Ipv6Sets`), when its vSwitch has IPv6.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipv6s: Vec<Ipv6Addr>,
+    /// The vSwitch's IPv6 network and the ENI's IPv6 gateway, when its vSwitch has IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<EniV6>,
+}
+
+/// The IPv6 side of an ENI's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EniV6 {
+    pub vswitch_cidr: Ipv6Network,
+    pub gateway: Ipv6Addr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +51,8 @@ pub struct Lease {
     pub ip: Ipv4Addr,
     pub gateway: Ipv4Addr,
     pub vswitch_cidr: Ipv4Network,
+    /// Dual stack: the pod's IPv6 from the same ENI, with the ENI's IPv6 network.
+    pub ip6: Option<(Ipv6Addr, EniV6)>,
 }
 
 /// An ENI's identity and network as the pools persist it. Both pools flatten it into their ENI
@@ -50,6 +65,8 @@ pub(crate) struct EniInfo {
     pub vswitch_cidr: Ipv4Network,
     pub gateway: Ipv4Addr,
     pub primary_ip: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<EniV6>,
 }
 
 impl EniInfo {
@@ -62,17 +79,19 @@ impl EniInfo {
             vswitch_cidr: f.vswitch_cidr,
             gateway: f.gateway,
             primary_ip: f.primary_ip,
+            v6: f.v6,
         }
     }
 
-    /// `ip` of this ENI, for a pod.
-    pub fn lease(&self, ip: Ipv4Addr) -> Lease {
+    /// `ip` (and `ip6`, dual stack) of this ENI, for a pod.
+    pub fn lease(&self, ip: Ipv4Addr, ip6: Option<Ipv6Addr>) -> Lease {
         Lease {
             eni_id: self.id.clone(),
             mac: self.mac.clone(),
             ip,
             gateway: self.gateway,
             vswitch_cidr: self.vswitch_cidr,
+            ip6: ip6.zip(self.v6),
         }
     }
 }
@@ -96,10 +115,12 @@ mod tests {
             gateway: "10.1.0.1".parse().unwrap(),
             primary_ip: "10.1.0.11".parse().unwrap(),
             secondary_ips: vec!["10.1.0.12".parse().unwrap()],
+            ipv6s: Vec::new(),
+            v6: None,
         };
         let info = EniInfo::of(&f);
         assert_eq!((info.id.as_str(), info.primary_ip), ("eni-1", f.primary_ip));
-        let l = info.lease("10.1.0.12".parse().unwrap());
+        let l = info.lease("10.1.0.12".parse().unwrap(), None);
         assert_eq!(
             l,
             Lease {
@@ -108,6 +129,7 @@ mod tests {
                 ip: "10.1.0.12".parse().unwrap(),
                 gateway: f.gateway,
                 vswitch_cidr: f.vswitch_cidr,
+                ip6: None,
             }
         );
         // Written as plain fields (the pools flatten it into their ENI record).

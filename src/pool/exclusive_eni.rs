@@ -38,7 +38,7 @@ use crate::model::AttachKey;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub use super::eni::{CloudFailure, EniFacts, Lease, OpId};
 pub use super::vswitch::BlockedVSwitch;
@@ -109,6 +109,9 @@ pub enum CloudOutcome {
 struct EniState {
     #[serde(flatten)]
     info: EniInfo,
+    /// Dual stack: the ENI's IPv6, which its pod gets with the primary IPv4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip6: Option<Ipv6Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     owner: Option<Owner>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -132,6 +135,7 @@ impl EniState {
     fn new_idle(f: &EniFacts, now: u64) -> EniState {
         EniState {
             info: EniInfo::of(f),
+            ip6: f.ipv6s.first().copied(),
             owner: None,
             pod: String::new(),
             since: now,
@@ -144,13 +148,14 @@ impl EniState {
     /// The cloud's view of the ENI wins.
     fn refresh(&mut self, f: &EniFacts) {
         self.info = EniInfo::of(f);
+        self.ip6 = f.ipv6s.first().copied();
         self.lost = false;
         self.unconfirmed = false;
     }
 
     /// The ENI's primary IP is the pod's.
     fn lease(&self) -> Lease {
-        self.info.lease(self.info.primary_ip)
+        self.info.lease(self.info.primary_ip, self.ip6)
     }
 
     fn is_idle(&self) -> bool {
@@ -232,6 +237,8 @@ pub struct EniSnapshot {
     pub vswitch_cidr: Ipv4Network,
     pub gateway: Ipv4Addr,
     pub primary_ip: Ipv4Addr,
+    /// Dual stack: the IPv6 its pod gets.
+    pub ip6: Option<Ipv6Addr>,
     pub owner: Option<Owner>,
     pub status: EniStatus,
 }
@@ -395,6 +402,7 @@ impl Pool {
                 vswitch_id: e.info.vswitch_id.clone(),
                 vswitch_cidr: e.info.vswitch_cidr,
                 gateway: e.info.gateway,
+                ip6: e.ip6,
                 primary_ip: e.info.primary_ip,
                 owner: e.owner.clone(),
                 status: e.status(),

@@ -86,6 +86,8 @@ mod tests {
             gateway: "10.1.0.1".parse().unwrap(),
             primary_ip: "10.1.0.11".parse().unwrap(),
             secondary_ips: Vec::new(),
+            ipv6s: Vec::new(),
+            v6: None,
         }
     }
 

@@ -9,7 +9,14 @@
 //! - an owned IP is never unassigned or deleted (an ENI is deleted only when nothing on it is owned);
 //! - an IP whose unassign/delete is in flight (`releasing`) or that the cloud lost (`invalid`) is
 //!   never handed out.
+//!
+//! Dual stack (`dual`): every IPv4 of an ENI is paired with an IPv6 of the same ENI, and only
+//! complete pairs are handed out. IPv6 addresses are assigned with the IPv4 ones (same call
+//! count); one that has no partner yet waits as a spare, an IPv4 without a partner gets one by
+//! an IPv6-only assign (repair), spares nothing needs are unassigned.
 
+#[cfg(test)]
+mod dual_tests;
 mod plan;
 mod reconcile;
 #[cfg(test)]
@@ -28,10 +35,10 @@ use crate::config::{EniPolicy, VSwitchPolicy};
 use crate::model::AttachKey;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub use super::backoff::MAX_RETRY_MS;
-pub use super::eni::{CloudFailure, EniFacts, Lease, OpId};
+pub use super::eni::{CloudFailure, EniFacts, EniV6, Lease, OpId};
 pub use super::vswitch::BlockedVSwitch;
 
 #[derive(Debug, Clone)]
@@ -63,6 +70,8 @@ pub struct PoolConfig {
     pub sticky_ms: u64,
     /// A released IP goes to another pod only after this long, unless no other is idle.
     pub cooldown_ms: u64,
+    /// `ip_stack: dual`: pods get an IPv4 and an IPv6 of the same ENI.
+    pub dual: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,16 +81,21 @@ pub enum CloudOp {
         op: OpId,
         vswitch_id: String,
         secondary_count: u32,
+        /// Dual stack: IPv6 addresses to create it with (one per IPv4, its primary included).
+        ipv6_count: u32,
     },
+    /// Assign `count` IPv4 and `ipv6_count` IPv6 addresses (either may be 0).
     AssignIps {
         op: OpId,
         eni_id: String,
         count: u32,
+        ipv6_count: u32,
     },
     UnassignIps {
         op: OpId,
         eni_id: String,
         ips: Vec<Ipv4Addr>,
+        ips6: Vec<Ipv6Addr>,
     },
     /// Detach (wait until Available) and delete.
     DeleteEni { op: OpId, eni_id: String },
@@ -104,15 +118,21 @@ pub enum CloudOutcome {
         op: OpId,
         eni: EniFacts,
     },
+    /// What was assigned; `failure6` when the IPv4 call succeeded but the IPv6 one failed.
     IpsAssigned {
         op: OpId,
         eni_id: String,
         ips: Vec<Ipv4Addr>,
+        ips6: Vec<Ipv6Addr>,
+        failure6: Option<CloudFailure>,
     },
+    /// What was unassigned; `failure6` when the IPv4 call succeeded but the IPv6 one failed.
     IpsUnassigned {
         op: OpId,
         eni_id: String,
         ips: Vec<Ipv4Addr>,
+        ips6: Vec<Ipv6Addr>,
+        failure6: Option<CloudFailure>,
     },
     EniDeleted {
         op: OpId,
@@ -128,6 +148,9 @@ pub enum CloudOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct IpState {
     ip: Ipv4Addr,
+    /// Dual stack: its IPv6 partner on the same ENI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip6: Option<Ipv6Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     owner: Option<AttachKey>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -147,6 +170,7 @@ impl IpState {
     fn new_idle(ip: Ipv4Addr, now: u64) -> IpState {
         IpState {
             ip,
+            ip6: None,
             owner: None,
             pod: String::new(),
             since: now,
@@ -158,6 +182,16 @@ impl IpState {
     fn is_idle(&self) -> bool {
         self.owner.is_none() && !self.invalid && !self.releasing
     }
+
+    /// Idle and, with dual stack, paired: can be handed out.
+    fn is_usable(&self, dual: bool) -> bool {
+        self.is_idle() && (!dual || self.ip6.is_some())
+    }
+
+    /// Dual stack: idle but still waiting for its IPv6 partner.
+    fn wants_partner(&self) -> bool {
+        self.owner.is_none() && !self.invalid && !self.releasing && self.ip6.is_none()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +199,9 @@ struct EniState {
     #[serde(flatten)]
     info: EniInfo,
     ips: Vec<IpState>,
+    /// Dual stack: IPv6 addresses of the ENI not paired with an IPv4 (yet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    spare6: Vec<Ipv6Addr>,
     /// The cloud said QuotaExceeded.PrivateIpAddress: assign nothing more until something is unassigned.
     #[serde(default, skip_serializing_if = "is_false")]
     full: bool,
@@ -181,6 +218,7 @@ impl EniState {
         EniState {
             info: EniInfo::of(facts),
             ips: Vec::new(),
+            spare6: Vec::new(),
             full: false,
             gone: false,
             deleting: false,
@@ -192,11 +230,28 @@ impl EniState {
         !self.gone && !self.deleting
     }
 
-    fn idle_count(&self) -> u32 {
+    /// IPs that can be handed out (with dual stack: complete pairs).
+    fn idle_count(&self, dual: bool) -> u32 {
         if !self.live() {
             return 0;
         }
-        self.ips.iter().filter(|i| i.is_idle()).count() as u32
+        self.ips.iter().filter(|i| i.is_usable(dual)).count() as u32
+    }
+
+    /// Dual stack: IPv6 addresses this ENI still needs for its unpaired idle IPv4s.
+    fn missing6(&self) -> u32 {
+        let unpaired = self.ips.iter().filter(|i| i.wants_partner()).count();
+        unpaired.saturating_sub(self.spare6.len()) as u32
+    }
+
+    /// Dual stack: gives unpaired idle IPv4s a spare IPv6 partner.
+    fn pair(&mut self) {
+        for ip in self.ips.iter_mut().filter(|i| i.wants_partner()) {
+            match self.spare6.pop() {
+                Some(v6) => ip.ip6 = Some(v6),
+                None => break,
+            }
+        }
     }
 
     fn owned_count(&self) -> u32 {
@@ -239,6 +294,8 @@ pub struct EniSnapshot {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpSnapshot {
     pub ip: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub owner: Option<AttachKey>,
     pub primary: bool,
     pub invalid: bool,
@@ -252,15 +309,33 @@ pub struct ReconcileReport {
     pub adopted: Vec<Ipv4Addr>,
     /// Idle IPs the cloud no longer has: dropped.
     pub removed_idle: Vec<Ipv4Addr>,
+    /// Dual stack: IPv6 partners of pods' IPv4s the cloud no longer has (those pairs are lost).
+    pub lost6: Vec<Ipv6Addr>,
+    /// Dual stack: IPv6 partners of idle IPv4s the cloud no longer has (new ones get assigned).
+    pub removed_idle6: Vec<Ipv6Addr>,
 }
 
 /// An op the workers are running, with what the pool needs to account for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Flight {
-    Create { vswitch: String, count: u32 },
-    Assign { eni: String, count: u32 },
-    Unassign { eni: String, ips: Vec<Ipv4Addr> },
-    Delete { eni: String },
+    Create {
+        vswitch: String,
+        count: u32,
+    },
+    /// `count` IPv4s, and with dual stack as many pairs become usable as `usable` says.
+    Assign {
+        eni: String,
+        count: u32,
+        usable: u32,
+    },
+    Unassign {
+        eni: String,
+        ips: Vec<Ipv4Addr>,
+        ips6: Vec<Ipv6Addr>,
+    },
+    Delete {
+        eni: String,
+    },
 }
 
 impl InFlight for Flight {
@@ -299,6 +374,7 @@ impl Pool {
     pub fn new(cfg: PoolConfig, state: PoolState) -> Pool {
         let mut st = state;
         let mut seen = std::collections::BTreeSet::new();
+        let mut seen6 = std::collections::BTreeSet::new();
         for eni in &mut st.enis {
             // Ops of a previous process are gone: what they were releasing is idle again
             // (the startup reconcile drops what the cloud did unassign).
@@ -308,6 +384,12 @@ impl Pool {
             }
             // A hand-edited or corrupt file must not make an IP appear twice.
             eni.ips.retain(|ip| seen.insert(ip.ip));
+            for ip in &mut eni.ips {
+                if ip.ip6.is_some_and(|v6| !seen6.insert(v6)) {
+                    ip.ip6 = None;
+                }
+            }
+            eni.spare6.retain(|v6| seen6.insert(*v6));
             eni.ips.retain(|ip| !(ip.invalid && ip.owner.is_none()));
         }
         st.enis.retain(|e| !(e.gone && e.ips.is_empty()));
@@ -345,7 +427,7 @@ impl Pool {
         if let Some((e, i)) = self.find_owned(key) {
             let eni = &self.st.enis[e];
             if !eni.ips[i].invalid {
-                return Some(eni.info.lease(eni.ips[i].ip));
+                return Some(eni.info.lease(eni.ips[i].ip, eni.ips[i].ip6));
             }
             // Its address is gone from the cloud: drop it and hand out a real one.
             self.st.enis[e].ips.remove(i);
@@ -359,8 +441,7 @@ impl Pool {
         ip.owner = Some(key.clone());
         ip.pod = pod_name.to_string();
         ip.since = now;
-        let addr = ip.ip;
-        let lease = eni.info.lease(addr);
+        let lease = eni.info.lease(ip.ip, ip.ip6);
         if self.idle() < self.cfg.min_idle {
             self.sched.wake();
         }
@@ -371,14 +452,14 @@ impl Pool {
     pub fn lease_of(&self, key: &AttachKey) -> Option<Lease> {
         let (e, i) = self.find_owned(key)?;
         let eni = &self.st.enis[e];
-        Some(eni.info.lease(eni.ips[i].ip))
+        Some(eni.info.lease(eni.ips[i].ip, eni.ips[i].ip6))
     }
 
     /// Back to idle (idle_since = now). None if the key held nothing.
     pub fn release(&mut self, key: &AttachKey, now: u64) -> Option<Lease> {
         let (e, i) = self.find_owned(key)?;
         let eni = &mut self.st.enis[e];
-        let lease = eni.info.lease(eni.ips[i].ip);
+        let lease = eni.info.lease(eni.ips[i].ip, eni.ips[i].ip6);
         if eni.ips[i].invalid || eni.gone {
             // The cloud no longer has it: nothing to give back to the pool.
             eni.ips.remove(i);
@@ -408,6 +489,7 @@ impl Pool {
                     .iter()
                     .map(|i| IpSnapshot {
                         ip: i.ip,
+                        ip6: i.ip6,
                         owner: i.owner.clone(),
                         primary: i.ip == e.info.primary_ip,
                         invalid: i.invalid,
@@ -439,7 +521,11 @@ impl Pool {
 
     /// IPs that can be handed out now.
     pub fn idle(&self) -> u32 {
-        self.st.enis.iter().map(|e| e.idle_count()).sum()
+        self.st
+            .enis
+            .iter()
+            .map(|e| e.idle_count(self.cfg.dual))
+            .sum()
     }
 
     /// IPs held by pods (including invalid ones a pod still holds).
@@ -457,7 +543,8 @@ impl Pool {
         self.flights
             .values()
             .map(|f| match f {
-                Flight::Create { count, .. } | Flight::Assign { count, .. } => *count,
+                Flight::Create { count, .. } => *count,
+                Flight::Assign { count, usable, .. } => *count.max(usable),
                 _ => 0,
             })
             .fold(0u32, |a, b| a.saturating_add(b))
@@ -496,7 +583,9 @@ impl Pool {
             }
             eni.ips
                 .iter()
-                .position(|ip| ip.is_idle() && ip.pod == pod_name && self.sticky_for(ip, now))
+                .position(|ip| {
+                    ip.is_usable(self.cfg.dual) && ip.pod == pod_name && self.sticky_for(ip, now)
+                })
                 .map(|i| (e, i))
         })
     }
@@ -518,7 +607,10 @@ impl Pool {
             .map(|(e, eni)| {
                 (
                     e,
-                    eni.ips.iter().filter(|ip| ip.is_idle() && ok(ip)).count(),
+                    eni.ips
+                        .iter()
+                        .filter(|ip| ip.is_usable(self.cfg.dual) && ok(ip))
+                        .count(),
                 )
             })
             .filter(|(_, n)| *n > 0);
@@ -536,7 +628,7 @@ impl Pool {
             .ips
             .iter()
             .enumerate()
-            .filter(|(_, ip)| ip.is_idle() && ok(ip))
+            .filter(|(_, ip)| ip.is_usable(self.cfg.dual) && ok(ip))
             .min_by_key(|(_, ip)| (self.sticky_for(ip, now), ip.since, ip.ip))
             .map(|(i, _)| (e, i))
     }
@@ -546,6 +638,13 @@ impl Pool {
             .enis
             .iter()
             .any(|e| e.ips.iter().any(|i| i.ip == ip))
+    }
+
+    fn contains_ip6(&self, ip6: Ipv6Addr) -> bool {
+        self.st
+            .enis
+            .iter()
+            .any(|e| e.spare6.contains(&ip6) || e.ips.iter().any(|i| i.ip6 == Some(ip6)))
     }
 
     fn eni_index(&self, id: &str) -> Option<usize> {

@@ -5,12 +5,12 @@
 use super::eni::{CloudFailure, EniFacts};
 use super::vswitch::BlockedVSwitch;
 use crate::model::AttachKey;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const AAA: &str = "vsw-AAA";
 pub const BBB: &str = "vsw-BBB";
@@ -66,6 +66,11 @@ pub struct Cloud {
     next_ip: u32,
     pub enis: BTreeMap<String, EniFacts>,
     pub exhausted: BTreeSet<String>,
+    /// Dual stack: every vSwitch has IPv6 (fd00:<vsw>::/64, gateway fd00:<vsw>::1).
+    pub dual: bool,
+    /// Dual stack: IPv6 calls fail with this (the IPv4 ones still succeed).
+    pub fail6: Option<CloudFailure>,
+    next_ip6: u32,
 }
 
 impl Cloud {
@@ -78,6 +83,12 @@ impl Cloud {
             _ => 0x0a09_0000,
         };
         Ipv4Addr::from(net + 10 + self.next_ip)
+    }
+
+    /// An IPv6 of `vsw` not handed out before.
+    pub fn fresh_ip6(&mut self, vsw: &str) -> Ipv6Addr {
+        self.next_ip6 += 1;
+        Ipv6Addr::from((vsw6_net(vsw) << 64) | u128::from(0x100 + self.next_ip6))
     }
 
     /// A new ENI in `vsw`, attached, with `secondary` secondary IPs.
@@ -95,7 +106,20 @@ impl Cloud {
             gateway: Ipv4Addr::from(base + 1),
             primary_ip,
             secondary_ips,
+            ipv6s: Vec::new(),
+            v6: None,
         };
+        let mut f = f;
+        if self.dual {
+            let net = vsw6_net(vsw) << 64;
+            f.v6 = Some(super::eni::EniV6 {
+                vswitch_cidr: Ipv6Network::new(Ipv6Addr::from(net), 64).unwrap(),
+                gateway: Ipv6Addr::from(net | 1),
+            });
+            if self.fail6.is_none() {
+                f.ipv6s = (0..=secondary).map(|_| self.fresh_ip6(vsw)).collect();
+            }
+        }
         self.enis.insert(f.id.clone(), f.clone());
         f
     }
@@ -112,6 +136,16 @@ impl Cloud {
     pub fn observed(&self) -> Vec<EniFacts> {
         self.enis.values().cloned().collect()
     }
+}
+
+/// The upper 64 bits of `vsw`'s IPv6 /64.
+fn vsw6_net(vsw: &str) -> u128 {
+    let n: u128 = match vsw {
+        AAA => 1,
+        BBB => 2,
+        _ => 9,
+    };
+    0xfd00_0000_0000_0000 | n
 }
 
 /// A pool as the shared drivers see it.

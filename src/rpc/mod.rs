@@ -99,12 +99,18 @@ pub struct MappingRow {
     pub pod: String,
     pub res_id: String,
     pub factory_res_id: String,
+    /// Dual stack: the pod's IPv6 (the IPv4 is in the resource id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolView {
     pub mode: String,
     pub pod_cidr: Option<String>,
+    /// VPC mode with dual stack: the IPv6 pod prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_v6: Option<String>,
     /// ENI modes: the ENIs, what holds them, blocked vSwitches.
     #[serde(default)]
     pub eni: Option<EniPoolView>,
@@ -119,6 +125,9 @@ pub struct PoolView {
     /// VPC mode with `vpc_route`: the route entry the daemon keeps for the pod CIDR.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vpc_route: Option<VpcRouteView>,
+    /// VPC mode with `vpc_route` and dual stack: the route entry of the IPv6 pod prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_route_v6: Option<VpcRouteView>,
     pub in_use: u64,
     pub idle: u64,
     pub capacity: u64,
@@ -192,6 +201,9 @@ pub struct EniView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EniIpView {
     pub ip: String,
+    /// Dual stack: its IPv6 partner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<crate::model::AttachKey>,
     #[serde(default)]
@@ -219,7 +231,8 @@ pub enum Reply {
     Collected(Vec<Allocation>),
     Status(StatusView),
     Mapping(Vec<MappingRow>),
-    Pool(PoolView),
+    /// Boxed: by far the largest reply.
+    Pool(Box<PoolView>),
 }
 
 /// What travels back on the wire.

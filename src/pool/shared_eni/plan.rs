@@ -3,7 +3,7 @@
 
 use super::{CloudFailure, CloudOp, CloudOutcome, EniFacts, EniState, Flight, IpState, Pool};
 use crate::pool::vswitch::{self, NO_VSWITCH};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::cloud::codes::{
     ENI_IP_QUOTA as ENI_FULL, ENI_NOT_FOUND, ENI_PER_INSTANCE_LIMIT as ENI_LIMIT,
@@ -19,6 +19,9 @@ impl Pool {
         self.st.blocked.expire(now);
         self.touch(now);
         let mut ops = Vec::new();
+        if self.cfg.dual {
+            self.plan_repair6(now, &mut ops);
+        }
         let idle = self.idle();
         let coming = idle.saturating_add(self.pending_ips());
         let target = waiting.saturating_add(self.cfg.min_idle);
@@ -38,8 +41,75 @@ impl Pool {
                 self.plan_release(now, &mut ops);
             }
         }
+        if self.cfg.dual && waiting == 0 {
+            self.plan_spare6_release(now, &mut ops);
+        }
         self.touch(now);
         ops
+    }
+
+    /// Dual stack: an IPv6-only assign for every settled ENI whose idle IPv4s lack partners
+    /// (an earlier IPv6 call failed, or reconcile found a partner gone).
+    fn plan_repair6(&mut self, now: u64, ops: &mut Vec<CloudOp>) {
+        if now < self.retry_assign {
+            return;
+        }
+        let wanting: Vec<(String, u32)> = self
+            .st
+            .enis
+            .iter()
+            .filter(|e| e.live() && !self.flights.busy(&e.info.id))
+            .filter(|e| !self.st.blocked.is_blocked(&e.info.vswitch_id, now))
+            .map(|e| (e.info.id.clone(), e.missing6()))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        for (eni_id, missing) in wanting {
+            let ipv6_count = missing.min(self.cfg.batch.max(1));
+            let op = self.flights.start(Flight::Assign {
+                eni: eni_id.clone(),
+                count: 0,
+                usable: ipv6_count,
+            });
+            ops.push(CloudOp::AssignIps {
+                op,
+                eni_id,
+                count: 0,
+                ipv6_count,
+            });
+        }
+    }
+
+    /// Dual stack: IPv6 addresses no IPv4 needs as a partner go back to the cloud.
+    fn plan_spare6_release(&mut self, now: u64, ops: &mut Vec<CloudOp>) {
+        if now < self.retry_release {
+            return;
+        }
+        let spare: Vec<(String, Vec<Ipv6Addr>)> = self
+            .st
+            .enis
+            .iter()
+            .filter(|e| e.live() && !self.flights.busy(&e.info.id) && e.missing6() == 0)
+            .filter(|e| !e.ips.iter().any(|i| i.wants_partner()))
+            .filter(|e| !e.spare6.is_empty())
+            .map(|e| (e.info.id.clone(), e.spare6.clone()))
+            .collect();
+        for (eni_id, ips6) in spare {
+            let ips6: Vec<Ipv6Addr> = ips6
+                .into_iter()
+                .take(self.cfg.batch.max(1) as usize)
+                .collect();
+            let op = self.flights.start(Flight::Unassign {
+                eni: eni_id.clone(),
+                ips: Vec::new(),
+                ips6: ips6.clone(),
+            });
+            ops.push(CloudOp::UnassignIps {
+                op,
+                eni_id,
+                ips: Vec::new(),
+                ips6,
+            });
+        }
     }
 
     /// Times persisted by a previous process may come from a clock that has since restarted
@@ -63,7 +133,7 @@ impl Pool {
             .flights
             .values()
             .map(|f| match f {
-                Flight::Assign { eni: id, count } if *id == eni.info.id => *count,
+                Flight::Assign { eni: id, count, .. } if *id == eni.info.id => *count,
                 _ => 0,
             })
             .fold(0u32, u32::saturating_add);
@@ -122,14 +192,21 @@ impl Pool {
                 continue;
             }
             let count = allowance.min(*room).min(batch);
+            let missing6 = match self.eni_index(eni_id) {
+                Some(e) if self.cfg.dual => self.st.enis[e].missing6(),
+                _ => 0,
+            };
+            let ipv6_count = if self.cfg.dual { count + missing6 } else { 0 };
             let op = self.flights.start(Flight::Assign {
                 eni: eni_id.clone(),
                 count,
+                usable: count + missing6,
             });
             ops.push(CloudOp::AssignIps {
                 op,
                 eni_id: eni_id.clone(),
                 count,
+                ipv6_count,
             });
             *room -= count;
             need = need.saturating_sub(count);
@@ -181,6 +258,7 @@ impl Pool {
                 op,
                 vswitch_id: vswitch,
                 secondary_count: count - 1,
+                ipv6_count: if self.cfg.dual { count } else { 0 },
             });
             need = need.saturating_sub(claim);
             allowance = allowance.saturating_sub(claim);
@@ -206,7 +284,13 @@ impl Pool {
             .enis
             .iter()
             .filter(|e| e.live() && !self.flights.busy(&e.info.id))
-            .map(|e| (e.owned_count(), e.idle_count(), e.info.id.clone()))
+            .map(|e| {
+                (
+                    e.owned_count(),
+                    e.idle_count(self.cfg.dual),
+                    e.info.id.clone(),
+                )
+            })
             .filter(|(_, idle, _)| *idle > 0)
             .collect();
         // Emptiest (fewest in use) first; among those, the one with most idle.
@@ -247,11 +331,9 @@ impl Pool {
                 .collect();
             // Longest idle first: the most recently released ones may be wanted back (sticky).
             victims.sort_by_key(|ip| (ip.since, ip.ip));
-            let ips: Vec<Ipv4Addr> = victims
-                .iter()
-                .take(excess.min(batch) as usize)
-                .map(|ip| ip.ip)
-                .collect();
+            let chosen = victims.iter().take(excess.min(batch) as usize);
+            let ips: Vec<Ipv4Addr> = chosen.clone().map(|ip| ip.ip).collect();
+            let ips6: Vec<Ipv6Addr> = chosen.filter_map(|ip| ip.ip6).collect();
             if ips.is_empty() {
                 continue;
             }
@@ -264,8 +346,14 @@ impl Pool {
             let op = self.flights.start(Flight::Unassign {
                 eni: eni_id.clone(),
                 ips: ips.clone(),
+                ips6: ips6.clone(),
             });
-            ops.push(CloudOp::UnassignIps { op, eni_id, ips });
+            ops.push(CloudOp::UnassignIps {
+                op,
+                eni_id,
+                ips,
+                ips6,
+            });
             excess = excess.saturating_sub(n);
             left_idle = left_idle.saturating_sub(n);
         }
@@ -284,13 +372,35 @@ impl Pool {
                 self.flights.finish(op);
                 self.add_eni(&eni, now);
             }
-            CloudOutcome::IpsAssigned { op, eni_id, ips } => {
+            CloudOutcome::IpsAssigned {
+                op,
+                eni_id,
+                ips,
+                ips6,
+                failure6,
+            } => {
                 self.flights.finish(op);
                 self.add_ips(&eni_id, &ips, now);
+                self.add_ips6(&eni_id, &ips6);
+                if let Some(f) = failure6 {
+                    // The IPv4s came: repair plans their partners after the back-off.
+                    self.backoff.fail(&f);
+                    self.retry_assign = self.backoff.retry_at(now, self.cfg.retry_after_ms);
+                }
             }
-            CloudOutcome::IpsUnassigned { op, eni_id, ips } => {
+            CloudOutcome::IpsUnassigned {
+                op,
+                eni_id,
+                ips,
+                ips6,
+                failure6,
+            } => {
                 let flight = self.flights.finish(op);
-                self.unassigned(&eni_id, &ips, flight);
+                self.unassigned(&eni_id, &ips, &ips6, flight);
+                if let Some(f) = failure6 {
+                    self.backoff.fail(&f);
+                    self.retry_release = self.backoff.retry_at(now, self.cfg.retry_after_ms);
+                }
             }
             CloudOutcome::EniDeleted { op, eni_id } => {
                 self.flights.finish(op);
@@ -321,7 +431,35 @@ impl Pool {
         let mut all = vec![facts.primary_ip];
         all.extend(facts.secondary_ips.iter().copied());
         let id = facts.id.clone();
-        self.add_ips(&id, &all, now)
+        let added = self.add_ips(&id, &all, now);
+        self.add_ips6(&id, &facts.ipv6s);
+        added
+    }
+
+    /// Dual stack: unknown IPv6s of a live ENI become spares, then partners of its unpaired
+    /// IPv4s. Without dual stack the pool keeps no IPv6.
+    pub(super) fn add_ips6(&mut self, eni_id: &str, ips6: &[Ipv6Addr]) {
+        if !self.cfg.dual {
+            return;
+        }
+        let Some(e) = self.eni_index(eni_id) else {
+            return;
+        };
+        if !self.st.enis[e].live() {
+            return;
+        }
+        let fresh: Vec<Ipv6Addr> = ips6
+            .iter()
+            .copied()
+            .filter(|v6| !self.contains_ip6(*v6))
+            .collect();
+        let eni = &mut self.st.enis[e];
+        for v6 in fresh {
+            if !eni.spare6.contains(&v6) {
+                eni.spare6.push(v6);
+            }
+        }
+        eni.pair();
     }
 
     /// Adds unknown IPs to a live ENI as idle; returns those added.
@@ -340,24 +478,44 @@ impl Pool {
             }
             added.push(ip);
         }
-        self.st.enis[e]
-            .ips
+        let eni = &mut self.st.enis[e];
+        eni.ips
             .extend(added.iter().map(|&ip| IpState::new_idle(ip, now)));
+        eni.pair();
         added
     }
 
-    fn unassigned(&mut self, eni_id: &str, ips: &[Ipv4Addr], flight: Option<Flight>) {
+    fn unassigned(
+        &mut self,
+        eni_id: &str,
+        ips: &[Ipv4Addr],
+        ips6: &[Ipv6Addr],
+        flight: Option<Flight>,
+    ) {
         let Some(e) = self.eni_index(eni_id) else {
             return;
         };
         let eni = &mut self.st.enis[e];
         eni.full = false;
+        let gone6 = |ip: &super::IpState| ip.ip6.is_some_and(|v6| ips6.contains(&v6));
         for ip in &mut eni.ips {
-            if ips.contains(&ip.ip) && ip.owner.is_some() {
+            if (ips.contains(&ip.ip) || gone6(ip)) && ip.owner.is_some() {
                 // Never planned (owned IPs are not released); the cloud dropped it anyway.
                 ip.invalid = true;
             }
         }
+        // An IPv4 gone without its partner leaves the partner spare; a partner gone alone
+        // leaves its IPv4 waiting for a new one.
+        for ip in eni.ips.iter_mut().filter(|ip| ip.owner.is_none()) {
+            if gone6(ip) {
+                ip.ip6 = None;
+            } else if ips.contains(&ip.ip)
+                && let Some(v6) = ip.ip6.take()
+            {
+                eni.spare6.push(v6);
+            }
+        }
+        eni.spare6.retain(|v6| !ips6.contains(v6));
         eni.ips
             .retain(|ip| !(ips.contains(&ip.ip) && ip.owner.is_none()));
         if let Some(Flight::Unassign { ips: planned, .. }) = flight {
@@ -368,6 +526,7 @@ impl Pool {
                 }
             }
         }
+        eni.pair();
     }
 
     fn deleted(&mut self, eni_id: &str) {
@@ -376,6 +535,7 @@ impl Pool {
         };
         let eni = &mut self.st.enis[e];
         eni.ips.retain(|ip| ip.owner.is_some());
+        eni.spare6.clear();
         if eni.ips.is_empty() {
             self.st.enis.remove(e);
         } else {
@@ -413,14 +573,16 @@ impl Pool {
                     _ => self.retry_assign = retry,
                 }
             }
-            Flight::Unassign { eni, ips } => {
+            Flight::Unassign { eni, ips, ips6 } => {
                 if code == IP_ALREADY_UNASSIGNED {
                     self.unassigned(
                         &eni,
                         &ips,
+                        &ips6,
                         Some(Flight::Unassign {
                             eni: eni.clone(),
                             ips: ips.clone(),
+                            ips6: ips6.clone(),
                         }),
                     );
                     return;

@@ -3,7 +3,7 @@
 use super::{EniFacts, Pool, ReconcileReport};
 use crate::pool::eni::EniInfo;
 use crate::pool::reconcile::{Reconcile, reconcile};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 impl Pool {
     /// Compare with the ENIs the cloud says are attached (with all their IPs). ENIs with an op in
@@ -62,6 +62,29 @@ impl Reconcile for Pool {
         }
         eni.ips
             .retain(|ip| cloud.contains(&ip.ip) || ip.owner.is_some());
+        if self.cfg.dual {
+            // IPv6 partners the cloud no longer has: an owned pair is lost as a whole, an idle
+            // IPv4 waits for a new partner (repair).
+            let cloud6: &[Ipv6Addr] = seen.map(|f| f.ipv6s.as_slice()).unwrap_or_default();
+            for ip in &mut eni.ips {
+                let Some(v6) = ip.ip6.filter(|v6| !cloud6.contains(v6)) else {
+                    continue;
+                };
+                match &ip.owner {
+                    Some(owner) if !ip.invalid => {
+                        ip.invalid = true;
+                        report.lost.push((owner.clone(), ip.ip));
+                        report.lost6.push(v6);
+                    }
+                    Some(_) => {}
+                    None => {
+                        ip.ip6 = None;
+                        report.removed_idle6.push(v6);
+                    }
+                }
+            }
+            eni.spare6.retain(|v6| cloud6.contains(v6));
+        }
         match seen {
             Some(f) => {
                 // Attached again (or still): the cloud's view of the ENI wins.
@@ -69,6 +92,7 @@ impl Reconcile for Pool {
                 eni.info = EniInfo::of(f);
                 let added = self.add_ips(id, &cloud, now);
                 report.adopted.extend(added);
+                self.add_ips6(id, &f.ipv6s);
             }
             None => {
                 eni.gone = true;

@@ -15,6 +15,7 @@ pub(super) fn cfg() -> PoolConfig {
         batch: 10,
         eni_policy: EniPolicy::MostIps,
         cooldown_ms: 0,
+        dual: false,
     })
 }
 
@@ -31,11 +32,24 @@ impl Runs<Pool> for Cloud {
                 op,
                 vswitch_id,
                 secondary_count,
+                ipv6_count,
             } => match self.create(vswitch_id, *secondary_count) {
+                Ok(eni) if *ipv6_count == 0 && !eni.ipv6s.is_empty() => {
+                    // IPv4 only: an ENI made without IPv6.
+                    let mut eni = eni;
+                    eni.ipv6s.clear();
+                    self.enis.insert(eni.id.clone(), eni.clone());
+                    CloudOutcome::EniCreated { op: *op, eni }
+                }
                 Ok(eni) => CloudOutcome::EniCreated { op: *op, eni },
                 Err(failure) => CloudOutcome::Failed { op: *op, failure },
             },
-            CloudOp::AssignIps { op, eni_id, count } => {
+            CloudOp::AssignIps {
+                op,
+                eni_id,
+                count,
+                ipv6_count,
+            } => {
                 let Some(vsw) = self.enis.get(eni_id).map(|e| e.vswitch_id.clone()) else {
                     return CloudOutcome::Failed {
                         op: *op,
@@ -49,26 +63,51 @@ impl Runs<Pool> for Cloud {
                     };
                 }
                 let ips: Vec<Ipv4Addr> = (0..*count).map(|_| self.fresh_ip(&vsw)).collect();
+                let (ips6, failure6) = match &self.fail6 {
+                    Some(f) if *ipv6_count > 0 => (Vec::new(), Some(f.clone())),
+                    _ => (
+                        (0..*ipv6_count).map(|_| self.fresh_ip6(&vsw)).collect(),
+                        None,
+                    ),
+                };
                 let eni = self.enis.get_mut(eni_id).unwrap();
                 eni.secondary_ips.extend(ips.iter().copied());
+                eni.ipv6s.extend(ips6.iter().copied());
                 assert!(eni.secondary_ips.len() < pool.cfg.ips_per_eni as usize);
+                assert!(
+                    eni.ipv6s.len() <= pool.cfg.ips_per_eni as usize,
+                    "IPv6 over quota"
+                );
                 CloudOutcome::IpsAssigned {
                     op: *op,
                     eni_id: eni_id.clone(),
                     ips,
+                    ips6,
+                    failure6,
                 }
             }
-            CloudOp::UnassignIps { op, eni_id, ips } => {
+            CloudOp::UnassignIps {
+                op,
+                eni_id,
+                ips,
+                ips6,
+            } => {
                 for i in ips {
                     assert_no_owner(pool, *i);
+                }
+                for i in ips6 {
+                    assert_no_owner6(pool, *i);
                 }
                 let eni = self.enis.get_mut(eni_id).unwrap();
                 assert!(!ips.contains(&eni.primary_ip), "primary IP unassigned");
                 eni.secondary_ips.retain(|i| !ips.contains(i));
+                eni.ipv6s.retain(|i| !ips6.contains(i));
                 CloudOutcome::IpsUnassigned {
                     op: *op,
                     eni_id: eni_id.clone(),
                     ips: ips.clone(),
+                    ips6: ips6.clone(),
+                    failure6: None,
                 }
             }
             CloudOp::DeleteEni { op, eni_id } => {
@@ -96,14 +135,32 @@ pub(super) fn assert_no_owner(pool: &Pool, addr: Ipv4Addr) {
     }
 }
 
+pub(super) fn assert_no_owner6(pool: &Pool, addr: Ipv6Addr) {
+    for e in &pool.st.enis {
+        for i in &e.ips {
+            assert!(
+                !(i.ip6 == Some(addr) && i.owner.is_some()),
+                "owned IPv6 {addr} released"
+            );
+        }
+    }
+}
+
 /// Every IP appears once, has at most one owner, and every owner holds at most one IP.
 pub(super) fn assert_invariants(pool: &Pool) {
     let mut ips = BTreeSet::new();
+    let mut ips6 = BTreeSet::new();
     let mut owners = BTreeSet::new();
     for e in &pool.st.enis {
         assert!(e.ips.len() as u32 <= pool.cfg.ips_per_eni.max(1) + 50);
+        for v6 in &e.spare6 {
+            assert!(ips6.insert(*v6), "{v6} appears twice");
+        }
         for i in &e.ips {
             assert!(ips.insert(i.ip), "{} appears twice", i.ip);
+            if let Some(v6) = i.ip6 {
+                assert!(ips6.insert(v6), "{v6} appears twice");
+            }
             if let Some(o) = &i.owner {
                 assert!(owners.insert(o.clone()), "{o} owns two IPs");
             }

@@ -93,6 +93,8 @@ fn reconcile_missing_eni_and_in_flight_ops() {
             op: ops[0].id(),
             eni_id: f.id.clone(),
             ips: vec![extra],
+            ips6: Vec::new(),
+            failure6: None,
         },
         70,
     );
