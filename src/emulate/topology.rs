@@ -125,6 +125,8 @@ pub struct Topology {
     pub(super) routes: BTreeMap<IpNetwork, u32>,
     /// IPv6 spoof-protection rules and proxy NDP entries applied.
     pub(super) v6: Applied6,
+    /// The model and links the IPv6 state was last applied for.
+    v6_seen: Option<(Desired, Vec<(String, u32)>)>,
     /// The kernel has IPv6 (else the IPv6 of the model is left out).
     ipv6: bool,
 }
@@ -245,6 +247,7 @@ impl Topology {
             links: BTreeMap::new(),
             routes: BTreeMap::new(),
             v6: Applied6::default(),
+            v6_seen: None,
             ipv6,
         };
         t.sync(&Topology::desired(m))?;
@@ -427,8 +430,24 @@ impl Topology {
         if !self.ipv6 {
             return Ok(());
         }
+        // The IPv6 wants grow with addresses × veths: computed only when the model or the
+        // links changed, not on every 100 ms tick.
+        let links: Vec<(String, u32)> = self
+            .links
+            .iter()
+            .map(|(id, l)| (id.clone(), l.vpc_index))
+            .collect();
+        if self
+            .v6_seen
+            .as_ref()
+            .is_some_and(|(w, l)| w == want && *l == links)
+        {
+            return Ok(());
+        }
         let want6 = self.want6(want);
-        self.v6.sync(&self.vpc_name, &want6)
+        let r = self.v6.sync(&self.vpc_name, &want6);
+        self.v6_seen = r.is_ok().then(|| (want.clone(), links));
+        r
     }
 
     /// The IPv6 sources each ENI veth may send from and the addresses the VPC answers NDP for
