@@ -38,6 +38,9 @@ pub struct VpcPoolState {
     /// Addresses cooling down since (unix ms) they were released.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub released: Vec<(Ipv4Addr, u64)>,
+    /// Dual stack: the IPv6 pod prefix (its route entry is removed when it changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_v6: Option<ipnetwork::Ipv6Network>,
 }
 
 /// An ENI mode's part of the state: its pool and the node facts worth caching across restarts.

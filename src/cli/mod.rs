@@ -168,11 +168,12 @@ fn mapping(a: &ClientArgs) -> Result<ExitCode> {
     let Reply::Mapping(mut rows) = ask(&a.socket, Request::Mapping)? else {
         return Err(Error::new(Kind::Internal, "unexpected reply to mapping"));
     };
-    if let Reply::Pool(PoolView {
-        eni: Some(_),
-        metadata_endpoint: Some(endpoint),
-        ..
-    }) = ask(&a.socket, Request::Pool)?
+    if let Reply::Pool(view) = ask(&a.socket, Request::Pool)?
+        && let PoolView {
+            eni: Some(_),
+            metadata_endpoint: Some(endpoint),
+            ..
+        } = *view
     {
         match metadata::read(&endpoint) {
             Ok(view) => metadata::compare(&mut rows, &view),
@@ -257,7 +258,7 @@ pub fn render_pool(v: &PoolView) -> String {
             ));
         }
     }
-    if let Some(r) = &v.vpc_route {
+    for r in v.vpc_route.iter().chain(v.vpc_route_v6.iter()) {
         out.push_str(&render_vpc_route(r));
     }
     out.push_str(&format!(
@@ -331,10 +332,9 @@ fn show_metadata(a: &MetadataArgs) -> Result<ExitCode> {
     let endpoint = match &a.endpoint {
         Some(e) => e.clone(),
         None => match ask(&a.client.socket, Request::Pool) {
-            Ok(Reply::Pool(PoolView {
-                metadata_endpoint: Some(e),
-                ..
-            })) => e,
+            Ok(Reply::Pool(v)) if v.metadata_endpoint.is_some() => {
+                v.metadata_endpoint.unwrap_or_default()
+            }
             _ => "http://100.100.100.200".into(),
         },
     };
@@ -406,6 +406,7 @@ mod tests {
             instance_id: None,
             datapath,
             vpc_route: None,
+            vpc_route_v6: None,
             in_use: 0,
             idle: 0,
             capacity: 0,

@@ -8,6 +8,7 @@
 pub mod codes;
 pub mod credentials;
 pub mod ecs;
+mod ecs_ipv6;
 pub mod error;
 pub mod http;
 pub mod lifecycle;

@@ -173,7 +173,7 @@ impl<S: AddressSource> Core<S> {
             }
             Request::Pool => {
                 let v = self.source.pool_view(now, &self.allocs);
-                out.reply(reply, Ok(Reply::Pool(v)), false);
+                out.reply(reply, Ok(Reply::Pool(Box::new(v))), false);
             }
         }
     }

@@ -500,6 +500,7 @@ impl AddressSource for SharedEniSource {
             pod_cidr: None,
             pod_cidr_v6: None,
             vpc_route: None,
+            vpc_route_v6: None,
             in_use: u64::from(snap.in_use),
             idle: u64::from(snap.idle),
             capacity: u64::from(snap.capacity),

@@ -19,7 +19,7 @@ use crate::cloud::route::{RouteEntryFilter, RouteEntryInfo, RouteTableInfo};
 use crate::config::Config;
 use crate::rpc::VpcRouteView;
 use crate::{Error, Kind, Result};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,7 +53,7 @@ pub struct Conflict {
 
 impl Conflict {
     /// Names the CIDR, the table and the other owner.
-    pub fn describe(&self, cidr: Ipv4Network, table: &str) -> String {
+    pub fn describe(&self, cidr: IpNetwork, table: &str) -> String {
         if self.kind == "System" {
             return format!(
                 "pod_cidr {cidr} overlaps the vSwitch CIDR {} (system route {} in route table {table}): pods would get addresses of the VPC; choose a pod_cidr outside every vSwitch",
@@ -97,8 +97,8 @@ fn points_at(e: &RouteEntryInfo, instance_id: &str) -> bool {
 /// What `entries` (a route table's, any type) mean for `cidr` routed to `instance_id`. An entry
 /// for exactly `cidr` must point at this instance alone; an entry inside `cidr` (more specific,
 /// so it wins) must too; a vSwitch's system route must not overlap it at all. Entries covering
-/// `cidr` from outside (less specific) lose to ours and do not matter. IPv6 entries never do.
-pub fn decide(entries: &[RouteEntryInfo], cidr: Ipv4Network, instance_id: &str) -> RouteCheck {
+/// `cidr` from outside (less specific) lose to ours and do not matter. Entries of the other family never do.
+pub fn decide(entries: &[RouteEntryInfo], cidr: IpNetwork, instance_id: &str) -> RouteCheck {
     let conflict = |e: &RouteEntryInfo| {
         RouteCheck::Conflict(Conflict {
             entry_id: e.id.clone(),
@@ -109,11 +109,11 @@ pub fn decide(entries: &[RouteEntryInfo], cidr: Ipv4Network, instance_id: &str) 
     };
     let mut ours = None;
     for e in entries {
-        let Ok(dst) = e.destination.parse::<Ipv4Network>() else {
+        let Ok(dst) = e.destination.parse::<IpNetwork>() else {
             continue;
         };
         // Normalised: `10.244.1.0/24` however the cloud spells it.
-        let Ok(dst) = Ipv4Network::new(dst.network(), dst.prefix()) else {
+        let Ok(dst) = IpNetwork::new(dst.network(), dst.prefix()) else {
             continue;
         };
         let overlaps = cidr.contains(dst.network()) || dst.contains(cidr.network());
@@ -226,8 +226,8 @@ impl RouteClient {
     /// conflict. `stale` is a previous pod CIDR: its entry goes if it points at this instance.
     pub fn ensure(
         &self,
-        cidr: Ipv4Network,
-        stale: Option<Ipv4Network>,
+        cidr: IpNetwork,
+        stale: Option<IpNetwork>,
     ) -> std::result::Result<Ensured, CloudError> {
         let entries = self.entries()?;
         if let Some(old) = stale.filter(|o| *o != cidr) {
@@ -256,7 +256,7 @@ impl RouteClient {
     }
 
     /// The status of a just-created entry (`Creating` when the look fails).
-    fn status_of(&self, cidr: Ipv4Network, entry_id: &str) -> String {
+    fn status_of(&self, cidr: IpNetwork, entry_id: &str) -> String {
         let filter = RouteEntryFilter {
             destination: Some(cidr.to_string()),
             ..RouteEntryFilter::default()
@@ -271,7 +271,7 @@ impl RouteClient {
     }
 
     /// CreateRouteEntry, again (same ClientToken) while the table is busy with another change.
-    fn create(&self, cidr: Ipv4Network, token: &str) -> std::result::Result<String, CloudError> {
+    fn create(&self, cidr: IpNetwork, token: &str) -> std::result::Result<String, CloudError> {
         let name = format!("terway-{}", self.instance_id);
         let mut delay = Duration::from_millis(500);
         let mut attempt = 1;
@@ -298,11 +298,10 @@ impl RouteClient {
     fn remove_stale(
         &self,
         entries: &[RouteEntryInfo],
-        old: Ipv4Network,
+        old: IpNetwork,
     ) -> std::result::Result<(), CloudError> {
         let mine = entries.iter().any(|e| {
-            e.destination.parse::<Ipv4Network>().ok() == Some(old)
-                && points_at(e, &self.instance_id)
+            e.destination.parse::<IpNetwork>().ok() == Some(old) && points_at(e, &self.instance_id)
         });
         if !mine {
             return Ok(());
@@ -329,8 +328,8 @@ impl RouteClient {
 #[derive(Debug, Clone)]
 pub struct RouteDone {
     /// The pod CIDR checked (a reload may have changed it meanwhile).
-    pub cidr: Ipv4Network,
-    pub stale: Option<Ipv4Network>,
+    pub cidr: IpNetwork,
+    pub stale: Option<IpNetwork>,
     pub result: std::result::Result<Ensured, String>,
 }
 
@@ -347,9 +346,9 @@ enum Found {
 #[derive(Debug)]
 pub struct RouteKeeper {
     client: Arc<RouteClient>,
-    cidr: Ipv4Network,
+    cidr: IpNetwork,
     /// A previous pod CIDR whose entry (if ours) is still to be removed.
-    stale: Option<Ipv4Network>,
+    stale: Option<IpNetwork>,
     found: Found,
     checked_at: Option<u64>,
     every_ms: u64,
@@ -365,7 +364,7 @@ impl RouteKeeper {
     pub fn new(
         client: Arc<RouteClient>,
         config: &Config,
-        cidr: Ipv4Network,
+        cidr: IpNetwork,
         first: &Ensured,
         now: u64,
     ) -> RouteKeeper {
@@ -395,8 +394,8 @@ impl RouteKeeper {
         config: &Config,
         ecs: Arc<Ecs>,
         node: &NodeInfo,
-        cidr: Ipv4Network,
-        previous: Option<Ipv4Network>,
+        cidr: IpNetwork,
+        previous: Option<IpNetwork>,
         now: u64,
     ) -> Result<RouteKeeper> {
         let client = Arc::new(RouteClient::discover(config, ecs, node)?);
@@ -506,7 +505,7 @@ impl RouteKeeper {
 
     /// A reload: a new pod CIDR is routed at once, the old one's entry removed. The route
     /// settings themselves change only on restart.
-    pub fn reload(&mut self, config: &Config, cidr: Ipv4Network, now: u64) {
+    pub fn reload(&mut self, config: &Config, cidr: IpNetwork, now: u64) {
         if (config.vpc_route, config.vpc_route_table_id.clone()) != self.started_with {
             log::warn!("reload: vpc_route and vpc_route_table_id change only on restart");
         }
@@ -549,8 +548,8 @@ impl RouteKeeper {
 /// The job of one check: runs `ensure` on a worker.
 fn check_job(
     client: Arc<RouteClient>,
-    cidr: Ipv4Network,
-    stale: Option<Ipv4Network>,
+    cidr: IpNetwork,
+    stale: Option<IpNetwork>,
 ) -> Job<RouteDone> {
     Job::new(
         move || RouteDone {

@@ -4,7 +4,7 @@ use crate::cloud::ecs::CloudConfig;
 
 const ME: &str = "i-me";
 
-fn cidr(s: &str) -> Ipv4Network {
+fn cidr(s: &str) -> IpNetwork {
     s.parse().unwrap()
 }
 
@@ -35,6 +35,27 @@ fn conflict_of(check: RouteCheck) -> Conflict {
         RouteCheck::Conflict(c) => c,
         other => panic!("expected a conflict, got {other:?}"),
     }
+}
+
+#[test]
+fn an_ipv6_prefix_is_decided_on_ipv6_entries_only() {
+    let mine = cidr("fd00:1::/64");
+    // An IPv4 entry never conflicts with an IPv6 prefix; an IPv6 one inside it does.
+    let v4 = entry("rte-4", "10.0.0.0/8", "Custom", &[("Instance", "i-other")]);
+    assert!(matches!(
+        decide(std::slice::from_ref(&v4), mine, ME),
+        RouteCheck::Missing
+    ));
+    let inside = entry("rte-6", "fd00:1::/80", "Custom", &[("Instance", "i-other")]);
+    assert!(matches!(
+        decide(&[v4, inside], mine, ME),
+        RouteCheck::Conflict(_)
+    ));
+    let ours = entry("rte-7", "fd00:1::/64", "Custom", &[("Instance", ME)]);
+    assert!(matches!(
+        decide(&[ours], mine, ME),
+        RouteCheck::Present { .. }
+    ));
 }
 
 #[test]

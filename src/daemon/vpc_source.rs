@@ -34,6 +34,8 @@ pub struct VpcSource {
     max_pool_size: u32,
     /// With `vpc_route`: the route entry the daemon keeps.
     route: Option<RouteKeeper>,
+    /// With `vpc_route` and dual stack: the IPv6 prefix's route entry.
+    route6: Option<RouteKeeper>,
     metadata_endpoint: Option<String>,
 }
 
@@ -61,9 +63,32 @@ impl VpcSource {
                 .map(|v| v.pod_cidr)
                 .filter(|c| *c != pod_cidr);
             let now = crate::clock::now_ms();
-            let keeper =
-                RouteKeeper::start(config, Arc::new(cloud.ecs), &info, pod_cidr, previous, now)?;
+            let ecs = Arc::new(cloud.ecs);
+            let keeper = RouteKeeper::start(
+                config,
+                ecs.clone(),
+                &info,
+                pod_cidr.into(),
+                previous.map(Into::into),
+                now,
+            )?;
             source.route = Some(keeper);
+            if let Some(c6) = source.pod_cidr_v6 {
+                let previous6 = state
+                    .vpc
+                    .as_ref()
+                    .and_then(|v| v.pod_cidr_v6)
+                    .filter(|c| *c != c6);
+                let keeper6 = RouteKeeper::start(
+                    config,
+                    ecs,
+                    &info,
+                    c6.into(),
+                    previous6.map(Into::into),
+                    now,
+                )?;
+                source.route6 = Some(keeper6);
+            }
             source.metadata_endpoint = Some(cloud.metadata_endpoint);
         }
         Ok((source, state.allocations.clone()))
@@ -91,6 +116,7 @@ impl VpcSource {
             min_pool_size: 0,
             max_pool_size: 0,
             route: None,
+            route6: None,
             metadata_endpoint: None,
         };
         source.hold(state.allocations.iter())?;
@@ -231,7 +257,7 @@ impl AddressSource for VpcSource {
     }
 
     fn workers(&self) -> usize {
-        usize::from(self.route.is_some())
+        usize::from(self.route.is_some()) + usize::from(self.route6.is_some())
     }
 
     fn take(&mut self, key: &AttachKey, pod: &PodRef, now: u64) -> Take {
@@ -286,14 +312,19 @@ impl AddressSource for VpcSource {
 
     fn plan(&mut self, now: u64, _waiting: u32) -> Vec<Job<RouteDone>> {
         self.route
-            .as_mut()
-            .and_then(|r| r.plan(now))
-            .into_iter()
+            .iter_mut()
+            .chain(self.route6.iter_mut())
+            .filter_map(|r| r.plan(now))
             .collect()
     }
 
     fn apply(&mut self, done: RouteDone, now: u64) {
-        if let Some(r) = self.route.as_mut() {
+        // Each keeper's checks are of its own family (a reload keeps the family).
+        let keeper = match done.cidr.is_ipv6() {
+            true => self.route6.as_mut(),
+            false => self.route.as_mut(),
+        };
+        if let Some(r) = keeper {
             r.apply(done, now);
         }
     }
@@ -307,7 +338,11 @@ impl AddressSource for VpcSource {
     }
 
     fn next_deadline(&self, _now: u64) -> Option<u64> {
-        self.route.as_ref().and_then(RouteKeeper::next_deadline)
+        self.route
+            .iter()
+            .chain(self.route6.iter())
+            .filter_map(RouteKeeper::next_deadline)
+            .min()
     }
 
     fn write_state(&self, state: &mut State) {
@@ -318,6 +353,7 @@ impl AddressSource for VpcSource {
             pod_cidr: self.pool.cidr(),
             cursor: self.pool.cursor(),
             released,
+            pod_cidr_v6: self.pod_cidr_v6,
         });
     }
 
@@ -326,9 +362,14 @@ impl AddressSource for VpcSource {
             self.change_cidr(cidr)?;
         }
         self.set_v6(config)?;
+        if let (Some(r), Some(c6)) = (self.route6.as_mut(), self.pod_cidr_v6) {
+            r.reload(config, c6.into(), 0);
+        } else if self.route.is_some() && self.pod_cidr_v6.is_some() {
+            log::warn!("reload: the IPv6 prefix's route entry is kept from the next restart on");
+        }
         match self.route.as_mut() {
             // Checked at once (0: due now) when the pod CIDR changed.
-            Some(r) => r.reload(config, self.pool.cidr(), 0),
+            Some(r) => r.reload(config, self.pool.cidr().into(), 0),
             None if config.vpc_route => {
                 log::warn!("reload: vpc_route changes only on restart");
             }
@@ -354,6 +395,7 @@ impl AddressSource for VpcSource {
             metadata_endpoint: self.metadata_endpoint.clone(),
             instance_id: self.route.as_ref().map(|r| r.instance_id().to_string()),
             vpc_route: self.route.as_ref().map(|r| r.view(now)),
+            vpc_route_v6: self.route6.as_ref().map(|r| r.view(now)),
             in_use: allocs.len() as u64,
             idle: self.free_now(),
             capacity: self.pool.capacity(),

@@ -203,7 +203,7 @@ fn routes(m: &mut Model, p: &Params, now: Ms) -> Result<Value, ApiError> {
                 "DestinationCidrBlock": r.destination,
                 "Type": r.kind,
                 "Status": "Available",
-                "IpVersion": "ipv4",
+                "IpVersion": if r.destination.contains(':') { "ipv6" } else { "ipv4" },
                 "RouteEntryName": r.name,
                 "Description": "",
                 "NextHops": {"NextHop": [{

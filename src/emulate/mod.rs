@@ -32,6 +32,7 @@ pub mod model_route;
 mod model_tests;
 pub mod params;
 pub mod topology;
+mod topology_v6;
 mod topology_watch;
 
 use crate::{Error, Kind, Result, ResultExt, err};

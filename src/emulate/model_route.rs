@@ -1,7 +1,7 @@
 //! Route entries of the VPC route table (VPC mode sends node pod CIDRs to instances).
 
 use crate::emulate::errors::{self, ApiError};
-use crate::emulate::model::{Cidr4, Model, Ms, RouteEntry};
+use crate::emulate::model::{Cidr4, Cidr6, Model, Ms, RouteEntry};
 
 /// A route as DescribeRouteEntryList shows it (system routes included, as the cloud does).
 #[derive(Debug, Clone)]
@@ -12,6 +12,17 @@ pub struct RouteView {
     pub kind: &'static str,
     pub next_hop_type: String,
     pub next_hop_id: String,
+}
+
+/// A destination CIDR, IPv4 or IPv6, in its canonical spelling (`None` when it is neither or
+/// has host bits set).
+pub fn canonical_destination(s: &str) -> Option<String> {
+    if let Some(c) = Cidr4::parse(s) {
+        return Some(c.to_string());
+    }
+    Cidr6::parse(s)
+        .filter(Cidr6::is_network)
+        .map(|c| c.to_string())
 }
 
 impl Model {
@@ -33,16 +44,17 @@ impl Model {
     ) -> Result<String, ApiError> {
         self.advance(now);
         self.check_table(table)?;
-        let cidr =
-            Cidr4::parse(destination).ok_or_else(|| errors::invalid("DestinationCidrBlock"))?;
+        let dest = canonical_destination(destination)
+            .ok_or_else(|| errors::invalid("DestinationCidrBlock"))?;
         if next_hop_type != "Instance" {
             return Err(errors::invalid("NextHopType"));
         }
         if !self.instances.contains_key(next_hop_id) {
             return Err(errors::instance_not_found());
         }
-        let dest = cidr.to_string();
-        let system = self.vswitches.values().any(|v| v.cidr.to_string() == dest);
+        let system = self.vswitches.values().any(|v| {
+            v.cidr.to_string() == dest || v.ipv6_cidr.is_some_and(|c| c.to_string() == dest)
+        });
         if system || self.routes.iter().any(|r| r.destination == dest) {
             return Err(errors::route_entry_conflict());
         }
@@ -71,9 +83,7 @@ impl Model {
         self.check_table(table)?;
         let dest = match destination {
             Some(d) => Some(
-                Cidr4::parse(d)
-                    .ok_or_else(|| errors::invalid("DestinationCidrBlock"))?
-                    .to_string(),
+                canonical_destination(d).ok_or_else(|| errors::invalid("DestinationCidrBlock"))?,
             ),
             None => None,
         };
@@ -106,6 +116,17 @@ impl Model {
                 next_hop_id: String::new(),
             })
             .collect();
+        // A vSwitch with IPv6 has a system entry for its /64 too.
+        out.extend(self.vswitches.values().filter_map(|v| {
+            Some(RouteView {
+                id: format!("rte-system6-{}", v.id.trim_start_matches("vsw-")),
+                name: String::new(),
+                destination: v.ipv6_cidr?.to_string(),
+                kind: "System",
+                next_hop_type: "local".into(),
+                next_hop_id: String::new(),
+            })
+        }));
         out.extend(self.routes.iter().map(|r| RouteView {
             id: r.id.clone(),
             name: r.name.clone(),

@@ -330,8 +330,34 @@ fn routes() {
     assert_eq!(m.instance_by_ip(Ipv4Addr::new(10, 11, 0, 7)), None);
     let list = m.list_routes(&rt, 0).unwrap();
     assert_eq!(list.iter().filter(|r| r.kind == "Custom").count(), 1);
-    assert_eq!(list.iter().filter(|r| r.kind == "System").count(), 2);
+    // Both vSwitches have IPv6: a system entry per /32 CIDR and per /64.
+    assert_eq!(list.iter().filter(|r| r.kind == "System").count(), 4);
     m.delete_route(&rt, None, Some("10.10.0.0/24"), None, 0)
+        .unwrap();
+    // IPv6 destinations (a VPC-mode pod_cidr_v6), spelled canonically.
+    let v6 = m
+        .create_route(&rt, "2408:4005:3c4:af00:0::/64", "Instance", B, 0)
+        .unwrap();
+    assert_eq!(
+        m.create_route(&rt, "2408:4005:3c4:af00::/64", "Instance", A, 0)
+            .unwrap_err()
+            .code,
+        "InvalidCIDRBlock.Duplicate"
+    );
+    for (bad, code) in [
+        ("2408:4005:3c4:af01::1/64", "InvalidParameter"),
+        ("2408:4005:3c4:a00::/64", "InvalidCIDRBlock.Duplicate"),
+    ] {
+        assert_eq!(
+            m.create_route(&rt, bad, "Instance", A, 0).unwrap_err().code,
+            code,
+            "{bad}"
+        );
+    }
+    let list = m.list_routes(&rt, 0).unwrap();
+    let e = list.iter().find(|r| r.id == v6).unwrap();
+    assert_eq!(e.destination, "2408:4005:3c4:af00::/64");
+    m.delete_route(&rt, None, Some("2408:4005:3c4:af00::/64"), Some(B), 0)
         .unwrap();
     assert_eq!(
         m.delete_route(&rt, Some(&id), None, None, 0)

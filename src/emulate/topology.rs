@@ -6,16 +6,21 @@
 //! others appear down and bare, as a fresh NIC does). An ENI device that vanishes while still
 //! attached (its pod namespace was destroyed) comes back to its node: see `topology_watch`.
 //!
+//! IPv6 goes the same way (a /128 per assigned address, the vSwitch IPv6 gateway local, route
+//! entries with IPv6 destinations); its spoof protection and NDP are in `topology_v6`.
+//!
 //! Only namespaces this emulator creates are touched; the root namespace never is.
 
+use crate::emulate::metadata::ipv6_gateway;
 use crate::emulate::model::{EniStatus, EniType, Model};
+use crate::emulate::topology_v6::{self, Applied6, LOCAL_PREF, Want6};
 use crate::emulate::topology_watch;
-use crate::netlink::{DEFAULT_DST_V4, Netlink, Route, TABLE_MAIN, parse_mac};
+use crate::netlink::{DEFAULT_DST_V4, DEFAULT_DST_V6, Netlink, Route, TABLE_MAIN, parse_mac};
 use crate::netns::NetNs;
 use crate::{Error, Kind, Result, ResultExt, err, sysctl};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -85,8 +90,9 @@ pub(super) struct EniLink {
 pub struct Desired {
     /// ENI id → its link and addresses.
     pub enis: BTreeMap<String, WantEni>,
-    /// Custom route entries (VPC mode): destination → the ENI (primary of the next-hop instance).
-    pub cidrs: BTreeMap<Ipv4Network, String>,
+    /// Custom route entries (VPC mode), IPv4 and IPv6: destination → the ENI (primary of the
+    /// next-hop instance).
+    pub cidrs: BTreeMap<IpNetwork, String>,
 }
 
 /// What the kernel should look like for one ENI.
@@ -98,6 +104,12 @@ pub struct WantEni {
     primary: Option<(Ipv4Network, Ipv4Addr)>,
     gateway: Ipv4Addr,
     ips: Vec<Ipv4Addr>,
+    /// The ENI's IPv6 addresses.
+    ipv6: Vec<Ipv6Addr>,
+    /// The vSwitch's IPv6 /64 and gateway, when it has IPv6.
+    v6_net: Option<(Ipv6Network, Ipv6Addr)>,
+    /// For the primary ENI with IPv6: the instance's IPv6 on `eth0`, in the vSwitch's /64.
+    primary6: Option<Ipv6Network>,
 }
 
 pub struct Topology {
@@ -108,8 +120,11 @@ pub struct Topology {
     nodes: BTreeMap<String, NetNs>,
     /// ENI id → its veth, by the VPC-side end (the node end may be in any namespace).
     pub(super) links: BTreeMap<String, EniLink>,
-    /// The /32 (and route entry) routes in the vpc namespace → the VPC-side index they use.
-    pub(super) routes: BTreeMap<Ipv4Network, u32>,
+    /// The /32 and /128 (and route entry) routes in the vpc namespace → the VPC-side index
+    /// they use.
+    pub(super) routes: BTreeMap<IpNetwork, u32>,
+    /// IPv6 spoof-protection rules and proxy NDP entries applied.
+    pub(super) v6: Applied6,
 }
 
 impl Topology {
@@ -150,12 +165,28 @@ impl Topology {
                 ("net/ipv4/conf/all/rp_filter", "1"),
                 ("net/ipv4/conf/default/rp_filter", "1"),
                 ("net/ipv4/conf/default/proxy_arp", "1"),
+                ("net/ipv6/conf/all/forwarding", "1"),
+                ("net/ipv6/conf/all/proxy_ndp", "1"),
+                // The VPC's addresses work at once; it takes no advice from nodes.
+                ("net/ipv6/conf/default/accept_dad", "0"),
+                ("net/ipv6/conf/default/accept_ra", "0"),
+                ("net/ipv6/conf/all/accept_ra", "0"),
             ] {
                 sysctl::set(k, v)?;
             }
             Ok(())
         })
         .ctx("configure the vpc namespace")?;
+        // Every IPv6 packet passes the per-veth source checks (topology_v6) before any table,
+        // the local one included: it moves from priority 0 to after them.
+        topology_v6::run_batch(
+            vpc_name,
+            &[
+                format!("rule add pref {LOCAL_PREF} lookup local"),
+                "rule del pref 0 lookup local".to_string(),
+            ],
+        )
+        .ctx("move the IPv6 local rule in the vpc namespace")?;
         let lo = nl
             .link_by_name("lo")?
             .ok_or_else(|| err!(Kind::Datapath, "no lo in namespace {vpc_name}"))?;
@@ -165,9 +196,29 @@ impl Topology {
             let net = Ipv4Network::new(a, 32).map_err(|e| err!(Kind::Internal, "{e}"))?;
             nl.add_addr(lo.index, IpNetwork::V4(net))?;
         }
+        let gw6: BTreeSet<Ipv6Addr> = m
+            .vswitches
+            .values()
+            .filter_map(|v| v.ipv6_cidr.as_ref().map(ipv6_gateway))
+            .collect();
+        for a in gw6 {
+            let net = Ipv6Network::new(a, 128).map_err(|e| err!(Kind::Internal, "{e}"))?;
+            nl.add_addr(lo.index, IpNetwork::V6(net))?;
+        }
         let mut nodes = BTreeMap::new();
         for id in m.instances.keys() {
-            nodes.insert(id.clone(), NetNs::open(&ns_path(id))?);
+            let ns = NetNs::open(&ns_path(id))?;
+            // ENI addresses work at once (no DAD wait) and no router advertisement is taken:
+            // the VPC sends none, and a node's routes come from its configuration.
+            ns.run(|| {
+                for k in ["all", "default"] {
+                    sysctl::set(&format!("net/ipv6/conf/{k}/accept_dad"), "0")?;
+                    sysctl::set(&format!("net/ipv6/conf/{k}/accept_ra"), "0")?;
+                }
+                Ok(())
+            })
+            .with_ctx(|| format!("configure node namespace {id}"))?;
+            nodes.insert(id.clone(), ns);
         }
         let mut t = Topology {
             vpc_name: vpc_name.to_string(),
@@ -176,6 +227,7 @@ impl Topology {
             nodes,
             links: BTreeMap::new(),
             routes: BTreeMap::new(),
+            v6: Applied6::default(),
         };
         t.sync(&Topology::desired(m))?;
         Ok(t)
@@ -198,7 +250,7 @@ impl Topology {
             .iter()
             .filter(|r| r.next_hop_type == "Instance")
             .filter_map(|r| {
-                let dst: Ipv4Network = r.destination.parse().ok()?;
+                let dst: IpNetwork = r.destination.parse().ok()?;
                 let eni = m.instances.get(&r.next_hop_id)?.primary_eni_id.clone();
                 Some((dst, eni))
             })
@@ -220,6 +272,17 @@ impl Topology {
                     .flatten();
                 let mut ips = vec![e.primary_ip];
                 ips.extend(e.live_secondary());
+                let ipv6: Vec<Ipv6Addr> = e.live_ipv6().collect();
+                let v6_net = vsw.ipv6_cidr.and_then(|c| {
+                    let net = Ipv6Network::new(c.addr, c.prefix).ok()?;
+                    Some((net, ipv6_gateway(&c)))
+                });
+                let primary6 = match (e.eni_type, v6_net, ipv6.first()) {
+                    (EniType::Primary, Some((net, _)), Some(ip)) => {
+                        Ipv6Network::new(*ip, net.prefix()).ok()
+                    }
+                    _ => None,
+                };
                 Some((
                     e.id.clone(),
                     WantEni {
@@ -229,6 +292,9 @@ impl Topology {
                         primary,
                         gateway: vsw.cidr.gateway(),
                         ips,
+                        ipv6,
+                        v6_net,
+                        primary6,
                     },
                 ))
             })
@@ -268,22 +334,34 @@ impl Topology {
             if let Some(l) = self.links.get(id) {
                 macs.insert(l.vpc_index, l.mac);
                 for ip in &w.ips {
-                    routes.insert(Ipv4Network::from(*ip), l.vpc_index);
+                    routes.insert(IpNetwork::V4((*ip).into()), l.vpc_index);
+                }
+                for ip in &w.ipv6 {
+                    routes.insert(IpNetwork::V6((*ip).into()), l.vpc_index);
                 }
             }
         }
         // A route entry's CIDR goes to the instance's primary address (whose MAC the VPC
         // knows, below): the node need not answer ARP for the addresses behind it (its pods).
-        let mut via = BTreeMap::new();
+        // An IPv6 one goes to the ENI's link-local address, whatever IPv6 the node has.
+        let mut via: BTreeMap<IpNetwork, IpAddr> = BTreeMap::new();
         for (dst, eni) in &want.cidrs {
             if let Some(l) = self.links.get(eni) {
+                let gw = match dst {
+                    IpNetwork::V4(_) => want
+                        .enis
+                        .get(eni)
+                        .and_then(|w| w.primary)
+                        .map(|(net, _)| IpAddr::V4(net.ip())),
+                    IpNetwork::V6(_) => Some(IpAddr::V6(topology_v6::eui64_link_local(l.mac))),
+                };
                 routes.insert(*dst, l.vpc_index);
-                if let Some((net, _)) = want.enis.get(eni).and_then(|w| w.primary) {
-                    via.insert(*dst, net.ip());
+                if let Some(gw) = gw {
+                    via.insert(*dst, gw);
                 }
             }
         }
-        let old: Vec<(Ipv4Network, u32)> = self.routes.iter().map(|(a, b)| (*a, *b)).collect();
+        let old: Vec<(IpNetwork, u32)> = self.routes.iter().map(|(a, b)| (*a, *b)).collect();
         for (ip, idx) in old {
             if routes.get(&ip) != Some(&idx) {
                 self.nl.del_route(&host_route(ip, idx))?;
@@ -294,15 +372,25 @@ impl Topology {
             if self.routes.get(&ip) != Some(&idx) {
                 // The VPC knows which ENI holds an address: no ARP toward the node (a node does
                 // not answer ARP for its pods' addresses, and need not on the real VPC).
-                if let (32, Some(mac)) = (ip.prefix(), macs.get(&idx)) {
-                    self.nl
-                        .replace_neigh_permanent(idx, std::net::IpAddr::V4(ip.ip()), *mac)?;
+                let host = matches!(
+                    ip,
+                    IpNetwork::V4(n) if n.prefix() == 32
+                ) || matches!(ip, IpNetwork::V6(n) if n.prefix() == 128);
+                let neigh = match via.get(&ip) {
+                    Some(IpAddr::V6(ll)) => Some(IpAddr::V6(*ll)),
+                    _ if host => Some(ip.ip()),
+                    _ => None,
+                };
+                if let (Some(addr), Some(mac)) = (neigh, macs.get(&idx)) {
+                    self.nl.replace_neigh_permanent(idx, addr, *mac)?;
                 }
                 let route = match via.get(&ip) {
                     Some(gw) => Route {
-                        gateway: Some((*gw).into()),
+                        gateway: Some(*gw),
                         scope_link: false,
-                        onlink: true,
+                        // The IPv4 next hop is the node's address, off the veth's (absent)
+                        // subnet; the IPv6 one is link-local, on-link by definition.
+                        onlink: gw.is_ipv4(),
                         ..host_route(ip, idx)
                     },
                     None => host_route(ip, idx),
@@ -311,7 +399,44 @@ impl Topology {
                 self.routes.insert(ip, idx);
             }
         }
-        Ok(())
+        let want6 = self.want6(want);
+        self.v6.sync(&self.vpc_name, &want6)
+    }
+
+    /// The IPv6 sources each ENI veth may send from and the addresses the VPC answers NDP for
+    /// on it (its vSwitch's gateway and the same /64's addresses of the other ENIs).
+    fn want6(&self, want: &Desired) -> Want6 {
+        let mut out = Want6::default();
+        for (id, w) in &want.enis {
+            if !self.links.contains_key(id) {
+                continue;
+            }
+            let dev = vpc_ifname(id);
+            let mut allowed: BTreeSet<Ipv6Network> = [topology_v6::link_local()].into();
+            allowed.extend(w.ipv6.iter().map(|ip| Ipv6Network::from(*ip)));
+            allowed.extend(
+                want.cidrs
+                    .iter()
+                    .filter(|(_, e)| *e == id)
+                    .filter_map(|(dst, _)| match dst {
+                        IpNetwork::V6(n) => Some(*n),
+                        IpNetwork::V4(_) => None,
+                    }),
+            );
+            out.allowed.insert(dev.clone(), allowed);
+            if let Some((net, gw)) = w.v6_net {
+                let mut answer: BTreeSet<Ipv6Addr> = [gw].into();
+                answer.extend(
+                    want.enis
+                        .iter()
+                        .filter(|(other, _)| *other != id && self.links.contains_key(*other))
+                        .flat_map(|(_, o)| o.ipv6.iter().copied())
+                        .filter(|ip| net.contains(*ip)),
+                );
+                out.proxies.insert(dev, answer);
+            }
+        }
+        out
     }
 
     /// Creates the ENI's veth (node end named `eth<device index>`, or the lowest free `eth<N>`
@@ -351,6 +476,7 @@ impl Topology {
             sysctl::set(&format!("net/ipv4/conf/{key_if}/proxy_arp"), "1")?;
             // Proxy ARP answers after a random delay (up to 0.8 s) by default; the VPC does not.
             sysctl::set(&format!("net/ipv4/neigh/{key_if}/proxy_delay"), "0")?;
+            sysctl::set(&format!("net/ipv6/neigh/{key_if}/proxy_delay"), "0")?;
             sysctl::set(&sysctl::rp_filter_key(&key_if), "1")
         })?;
         self.nl.set_link_up(vl.index)?;
@@ -381,11 +507,26 @@ impl Topology {
                 onlink: false,
             })?;
         }
+        if let (Some(net), Some((_, gw6))) = (w.primary6, w.v6_net) {
+            nn.set_link_up(nlk.index)?;
+            nn.add_addr(nlk.index, IpNetwork::V6(net))?;
+            nn.replace_route(&Route {
+                dst: DEFAULT_DST_V6,
+                gateway: Some(gw6.into()),
+                oif: Some(nlk.index),
+                table: TABLE_MAIN,
+                scope_link: false,
+                onlink: false,
+            })?;
+        }
         // The VPC gateway answers ARP from any sender, also from an ENI that carries no
         // address (shared ENI mode); Linux with strict rp_filter would not, so the emulator
-        // gives the node the answer up front.
+        // gives the node the answer up front. The same for the IPv6 gateway.
         if let Some(vpc_mac) = vl.mac {
-            nn.replace_neigh_permanent(nlk.index, std::net::IpAddr::V4(w.gateway), vpc_mac)?;
+            nn.replace_neigh_permanent(nlk.index, IpAddr::V4(w.gateway), vpc_mac)?;
+            if let Some((_, gw6)) = w.v6_net {
+                nn.replace_neigh_permanent(nlk.index, IpAddr::V6(gw6), vpc_mac)?;
+            }
         }
         Ok(EniLink {
             vpc_index: vl.index,
@@ -394,9 +535,9 @@ impl Topology {
     }
 }
 
-fn host_route(dst: Ipv4Network, oif: u32) -> Route {
+fn host_route(dst: IpNetwork, oif: u32) -> Route {
     Route {
-        dst: IpNetwork::V4(dst),
+        dst,
         gateway: None,
         oif: Some(oif),
         table: TABLE_MAIN,

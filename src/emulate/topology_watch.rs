@@ -29,6 +29,7 @@ impl Topology {
             if let Some(l) = self.links.remove(id) {
                 // The kernel removed the routes and neighbour entries with the device.
                 self.routes.retain(|_, idx| *idx != l.vpc_index);
+                self.v6.forget_link(&vpc_ifname(id));
                 log::info!("ENI {id}: its device vanished (its namespace was destroyed?)");
             }
         }

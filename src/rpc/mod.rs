@@ -125,6 +125,9 @@ pub struct PoolView {
     /// VPC mode with `vpc_route`: the route entry the daemon keeps for the pod CIDR.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vpc_route: Option<VpcRouteView>,
+    /// VPC mode with `vpc_route` and dual stack: the route entry of the IPv6 pod prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_route_v6: Option<VpcRouteView>,
     pub in_use: u64,
     pub idle: u64,
     pub capacity: u64,
@@ -228,7 +231,8 @@ pub enum Reply {
     Collected(Vec<Allocation>),
     Status(StatusView),
     Mapping(Vec<MappingRow>),
-    Pool(PoolView),
+    /// Boxed: by far the largest reply.
+    Pool(Box<PoolView>),
 }
 
 /// What travels back on the wire.

@@ -381,6 +381,7 @@ mod props {
                     pod_cidr: ipnetwork::Ipv4Network::new(Ipv4Addr::from(net), prefix).unwrap(),
                     cursor: cursor.map(Ipv4Addr::from),
                     released: Vec::new(),
+                    pod_cidr_v6: None,
                 }),
                 eni: None,
                 exclusive_eni: None,
