@@ -385,23 +385,6 @@ fn sigkill_mid_burst_loses_and_duplicates_nothing() {
     assert_no_leaks(&cloud, &a);
 }
 
-/// A client of the emulated cloud acting behind the daemon's back (as an operator might).
-fn operator(cloud: &Cloud) -> terway::cloud::ecs::Ecs {
-    use terway::cloud::credentials::{CredentialProvider, CredentialSource};
-    let v: Value = serde_json::from_slice(&std::fs::read(cloud.node_config(0)).unwrap()).unwrap();
-    let mut cfg = terway::cloud::ecs::CloudConfig::new(v["region_id"].as_str().unwrap());
-    cfg.ecs_endpoint = format!("http://{}", cloud.addr);
-    cfg.vpc_endpoint = cfg.ecs_endpoint.clone();
-    let creds = CredentialProvider::new(
-        CredentialSource::Static {
-            access_key: v["access_key"].as_str().unwrap().into(),
-            access_secret: v["access_secret"].as_str().unwrap().into(),
-        },
-        None,
-    );
-    terway::cloud::ecs::Ecs::new(cfg, std::sync::Arc::new(creds)).unwrap()
-}
-
 /// DeleteNetworkInterface is asynchronous: the daemon deletes an ENI leaked for its node once,
 /// and leaves one that is already `Deleting` to finish, however many resyncs it lasts.
 #[test]
@@ -412,7 +395,7 @@ fn leaked_enis_are_deleted_once_and_deleting_ones_are_left_alone() {
         ..CloudSpec::default()
     });
     let mut a = cloud.node(0);
-    let ecs = operator(&cloud);
+    let ecs = cloud.operator(0);
     let v: Value = serde_json::from_slice(&std::fs::read(cloud.node_config(0)).unwrap()).unwrap();
     let sgs = vec![v["security_group"].as_str().unwrap().to_string()];
     let tags = vec![
@@ -469,7 +452,7 @@ fn restart_reconciles_with_the_cloud_and_mapping_reports_the_difference() {
         .into_iter()
         .next()
         .expect("one ENI");
-    let ecs = operator(&cloud);
+    let ecs = cloud.operator(0);
     // Behind the daemon's back: a pod's address is taken away, and one more is added. (An
     // ENI's primary IP cannot be unassigned: take the other pod's.)
     let primary = pool_primary(&a);

@@ -9,11 +9,9 @@ mod common;
 use common::cloud::{Cloud, CloudSpec, EniNode};
 use common::*;
 use nix::sys::signal::Signal;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use terway::cloud::{CloudConfig, CredentialProvider, CredentialSource, Ecs};
 
 const CIDR_A: &str = "10.244.1.0/24";
 const CIDR_B: &str = "10.244.2.0/24";
@@ -49,29 +47,6 @@ fn routes(cloud: &Cloud) -> Vec<(String, String, String)> {
 
 fn route_to(cloud: &Cloud, cidr: &str) -> Option<String> {
     routes(cloud).into_iter().find(|r| r.0 == cidr).map(|r| r.1)
-}
-
-/// A signed client of the emulator with node `i`'s key: the API, as anyone else would call it.
-fn api(cloud: &Cloud, i: usize) -> Ecs {
-    let v: Value = serde_json::from_slice(&std::fs::read(cloud.node_config(i)).unwrap()).unwrap();
-    let s = |k: &str| v[k].as_str().unwrap().to_string();
-    let creds = Arc::new(CredentialProvider::new(
-        CredentialSource::Static {
-            access_key: s("access_key"),
-            access_secret: s("access_secret"),
-        },
-        None,
-    ));
-    let endpoint = format!("http://{}", cloud.addr);
-    Ecs::new(
-        CloudConfig {
-            ecs_endpoint: endpoint.clone(),
-            vpc_endpoint: endpoint,
-            ..CloudConfig::new(&s("region_id"))
-        },
-        creds,
-    )
-    .unwrap()
 }
 
 fn add_pod(node: &EniNode, id: &str) -> (Netns, String) {
@@ -155,7 +130,8 @@ fn daemons_route_their_pod_cidrs_and_repair_a_removed_route() {
 
     // Behind the daemons' back: B's entry goes. The next resync puts it back.
     let before = routes(&cloud);
-    api(&cloud, 0)
+    cloud
+        .operator(0)
         .delete_route_entry(&table, CIDR_B, &ib)
         .unwrap();
     assert_eq!(route_to(&cloud, CIDR_B), None);

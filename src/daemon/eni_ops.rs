@@ -12,9 +12,9 @@ use crate::datapath::eni_device;
 use crate::pool::shared_eni::{CloudFailure, EniFacts, EniV6};
 use crate::store::InstanceLimits;
 use crate::{Error, Result};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,9 @@ pub enum DeviceUse {
     Exclusive,
 }
 
+/// A vSwitch's CIDR, free addresses and IPv6 CIDR (DescribeVSwitches).
+type VSwitchFacts = (Ipv4Network, u64, Option<Ipv6Network>);
+
 /// Everything a job needs; shared by all workers.
 pub struct EniOps {
     pub node: NodeFacts,
@@ -55,7 +58,8 @@ pub struct EniOps {
     /// `ip_stack: dual`: ENIs carry IPv6 too, and their facts say so.
     pub dual: bool,
     pub(super) cloud: Cloud,
-    cidrs: Mutex<BTreeMap<String, (Ipv4Network, u64)>>,
+    /// Per vSwitch: its CIDR, free addresses and IPv6 CIDR (DescribeVSwitches).
+    cidrs: Mutex<BTreeMap<String, VSwitchFacts>>,
 }
 
 /// Tags for new ENIs: the config's plus ours, which mark an ENI as created for this node.
@@ -124,7 +128,7 @@ impl EniOps {
             .map_err(|e| cloud_err("DescribeVSwitches", e))?;
         let mut cidrs = self.cidrs.lock().unwrap_or_else(|p| p.into_inner());
         for v in list {
-            cidrs.insert(v.id, (v.cidr, v.available_ips));
+            cidrs.insert(v.id, (v.cidr, v.available_ips, v.ipv6_cidr));
         }
         Ok(())
     }
@@ -167,7 +171,7 @@ impl EniOps {
             }
         };
         let (ipv6s, v6) = match self.dual {
-            true => (eni.ipv6.clone(), self.facts_v6(eni)?),
+            true => (eni.ipv6.clone(), self.facts_v6(eni, wait_for_metadata)?),
             false => (Vec::new(), None),
         };
         Ok(EniFacts {
@@ -183,24 +187,45 @@ impl EniOps {
         })
     }
 
-    /// Dual stack: the IPv6 network and gateway of an ENI (metadata), `None` when its vSwitch
-    /// has no IPv6. An ENI with IPv6 addresses but no gateway in metadata cannot serve pods.
-    fn facts_v6(&self, eni: &EniInfo) -> Result<Option<EniV6>> {
-        let meta =
-            self.cloud.meta.eni_ipv6(&eni.mac).map_err(|e| {
-                cloud_err(&format!("metadata: IPv6 of {} ({})", eni.id, eni.mac), e)
-            })?;
-        match (meta.vswitch_cidr, meta.gateway) {
-            (Some(vswitch_cidr), Some(gateway)) => Ok(Some(EniV6 {
-                vswitch_cidr,
-                gateway,
-            })),
-            _ if eni.ipv6.is_empty() => Ok(None),
-            _ => Err(cloud_err(
-                &format!("metadata: IPv6 of {} ({})", eni.id, eni.mac),
-                "the ENI has IPv6 addresses but metadata names no ipv6-gateway or vswitch-ipv6-cidr-block",
-            )),
+    /// Dual stack: the IPv6 network and gateway of an ENI, `None` when its vSwitch has no
+    /// IPv6. From metadata, polled like the IPv4 gateway (it lags the API); when it cannot tell,
+    /// the vSwitch's IPv6 CIDR (API) with its third-last address as the gateway, as for IPv4.
+    fn facts_v6(&self, eni: &EniInfo, wait_for_metadata: bool) -> Result<Option<EniV6>> {
+        let deadline = Instant::now() + DEVICE_TIMEOUT;
+        loop {
+            match self.cloud.meta.eni_ipv6(&eni.mac) {
+                Ok(m) => {
+                    if let (Some(vswitch_cidr), Some(gateway)) = (m.vswitch_cidr, m.gateway) {
+                        return Ok(Some(EniV6 {
+                            vswitch_cidr,
+                            gateway,
+                        }));
+                    }
+                    if !wait_for_metadata || Instant::now() > deadline || eni.ipv6.is_empty() {
+                        break;
+                    }
+                }
+                Err(e) if !wait_for_metadata || Instant::now() > deadline => {
+                    log::debug!("metadata for the IPv6 of {} ({}): {e}", eni.id, eni.mac);
+                    break;
+                }
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
+        let known = {
+            let cidrs = self.cidrs.lock().unwrap_or_else(|p| p.into_inner());
+            cidrs.get(&eni.vswitch_id).and_then(|c| c.2)
+        };
+        Ok(known.map(|vswitch_cidr| {
+            let host_bits = 128 - u32::from(vswitch_cidr.prefix());
+            let last = u128::from(vswitch_cidr.network())
+                | u128::MAX.checked_shr(128 - host_bits).unwrap_or(0);
+            EniV6 {
+                vswitch_cidr,
+                gateway: Ipv6Addr::from(last - 2),
+            }
+        }))
     }
 
     /// Readies an attached ENI's device: its route table in shared mode (0 in exclusive mode,

@@ -4,7 +4,7 @@
 //!
 //! - per ENI: link up, `rp_filter` 0, table `1000 + ifindex`: `default via <gw> dev <eni> onlink`
 //!   (dual stack, [`prepare_eni_table_v6`]: IPv6 on, `accept_ra` 0, and the same table gets
-//!   `default via <IPv6 gw> dev <eni> onlink`)
+//!   `<IPv6 gw>/128 dev <eni>` and `default via <IPv6 gw> dev <eni>`)
 //! - per pod: rule 512 `to podIP lookup main`, rule 2048 `from podIP lookup <ENI table>`, for
 //!   each of its addresses (IPv6 rules are in the IPv6 rule list)
 //!
@@ -30,6 +30,9 @@ pub fn eni_table(eni_index: u32) -> u32 {
     ENI_TABLE_BASE + eni_index
 }
 
+/// `default via <gateway> dev <eni>`: `onlink` for IPv4. IPv6 cannot use `onlink` when the
+/// node's main table has the vSwitch's /64 on another ENI (the kernel then refuses the gateway
+/// as "device mismatch"), so the table gets a route to the gateway on the ENI instead.
 fn eni_default_route(eni_index: u32, gateway: IpAddr) -> Route {
     Route {
         dst: Family::of_ip(&gateway).default_dst(),
@@ -37,7 +40,7 @@ fn eni_default_route(eni_index: u32, gateway: IpAddr) -> Route {
         oif: Some(eni_index),
         table: eni_table(eni_index),
         scope_link: false,
-        onlink: true,
+        onlink: gateway.is_ipv4(),
     }
 }
 
@@ -85,9 +88,23 @@ pub fn prepare_eni_table_v6(nl: &mut Netlink, eni_index: u32, gateway: Ipv6Addr)
     }
     // An IPv6 route needs its device up.
     nl.set_link_up(eni_index).map_err(ctx)?;
+    nl.replace_route(&eni_gateway_route(eni_index, gateway))
+        .map_err(ctx)?;
     nl.replace_route(&eni_default_route(eni_index, gateway.into()))
         .map_err(ctx)?;
     Ok(eni_table(eni_index))
+}
+
+/// `<gateway>/128 dev <eni>` in the ENI's table: what makes the IPv6 gateway valid there.
+fn eni_gateway_route(eni_index: u32, gateway: Ipv6Addr) -> Route {
+    Route {
+        dst: IpNetwork::V6(gateway.into()),
+        gateway: None,
+        oif: Some(eni_index),
+        table: eni_table(eni_index),
+        scope_link: false,
+        onlink: false,
+    }
 }
 
 /// Verifies [`prepare_eni_table_v6`]; the error lists what is missing or wrong.
@@ -105,6 +122,16 @@ pub fn check_eni_table_v6(nl: &mut Netlink, eni_index: u32, gateway: Ipv6Addr) -
         }
     }
     let routes = nl.routes_of(Family::V6, table)?;
+    let to_gateway = eni_gateway_route(link.index, gateway);
+    if !routes
+        .iter()
+        .any(|r| r.dst == to_gateway.dst && r.oif == to_gateway.oif)
+    {
+        problems.push(format!(
+            "{gateway} dev {} in table {table} is missing",
+            link.name
+        ));
+    }
     check_default(&routes, &link, gateway.into(), table, &mut problems);
     finish(&link, table, problems)
 }
@@ -143,16 +170,18 @@ fn check_default(
     let want = eni_default_route(link.index, gateway);
     match routes.iter().find(|r| r.dst == want.dst) {
         None => problems.push(format!(
-            "default via {gateway} dev {} onlink in table {table} is missing",
-            link.name
+            "default via {gateway} dev {}{} in table {table} is missing",
+            link.name,
+            if want.onlink { " onlink" } else { "" }
         )),
-        Some(r) if r.gateway != want.gateway || r.oif != want.oif || !r.onlink => {
+        Some(r) if r.gateway != want.gateway || r.oif != want.oif || r.onlink != want.onlink => {
             problems.push(format!(
-                "default route in table {table} is via {} oif {}{}, want via {gateway} dev {} onlink",
+                "default route in table {table} is via {} oif {}{}, want via {gateway} dev {}{}",
                 r.gateway.map_or("-".into(), |g| g.to_string()),
                 r.oif.map_or("-".into(), |o| o.to_string()),
                 if r.onlink { " onlink" } else { "" },
-                link.name
+                link.name,
+                if want.onlink { " onlink" } else { "" }
             ));
         }
         Some(_) => {}

@@ -154,6 +154,26 @@ impl Cloud {
         }
     }
 
+    /// A signed client of the emulated cloud with node `i`'s key: the API as anyone else (an
+    /// operator acting behind the daemons' backs) would call it.
+    pub fn operator(&self, i: usize) -> terway::cloud::ecs::Ecs {
+        use terway::cloud::credentials::{CredentialProvider, CredentialSource};
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(self.node_config(i)).unwrap()).unwrap();
+        let s = |k: &str| v[k].as_str().unwrap().to_string();
+        let mut cfg = terway::cloud::ecs::CloudConfig::new(&s("region_id"));
+        cfg.ecs_endpoint = format!("http://{}", self.addr);
+        cfg.vpc_endpoint = cfg.ecs_endpoint.clone();
+        let creds = CredentialProvider::new(
+            CredentialSource::Static {
+                access_key: s("access_key"),
+                access_secret: s("access_secret"),
+            },
+            None,
+        );
+        terway::cloud::ecs::Ecs::new(cfg, std::sync::Arc::new(creds)).unwrap()
+    }
+
     pub fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
         let url = format!("http://{}{path}", self.addr);
         let resp = match (method, body) {
@@ -282,6 +302,19 @@ impl EniNode {
             .nth(1)
             .and_then(|a| a.split('/').next())
             .unwrap_or_else(|| panic!("no address on eth0 of {}: {out}", self.ns))
+            .to_string()
+    }
+
+    /// The node's own IPv6 (dual stack): the primary ENI's, on `eth0`.
+    pub fn node_ip6(&self) -> String {
+        let out = sh_ok(&[
+            "ip", "-n", &self.ns, "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global",
+        ]);
+        out.split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_else(|| panic!("no IPv6 on eth0 of {}: {out}", self.ns))
             .to_string()
     }
 

@@ -313,6 +313,16 @@ impl CniOutcome {
         addr.split('/').next().unwrap().to_string()
     }
 
+    /// The IPv6 of a dual-stack result.
+    pub fn ip6(&self) -> String {
+        let ips = self.json["ips"].as_array().into_iter().flatten();
+        let addr = ips
+            .filter_map(|i| i["address"].as_str())
+            .find(|a| a.contains(':'))
+            .unwrap_or_else(|| panic!("no IPv6 in {}", self.json));
+        addr.split('/').next().unwrap().to_string()
+    }
+
     #[track_caller]
     pub fn assert_ok(&self) -> &Self {
         assert!(self.ok, "CNI failed: {} {}", self.json, self.stderr);
