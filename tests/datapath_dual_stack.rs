@@ -359,15 +359,17 @@ fn dual_stack_policy_routing_through_the_eni_table() {
     let (a, d) = (addr.clone(), dp.clone());
     attach_run(&node, &pod, move |att| attach::check(att, &a, &d)).expect("check");
     node.ip(&format!("-6 rule del from {ip6} lookup {table} prio 2048"));
+    pod.ip("-6 route del default via fe80::1 dev eth0");
     let (a, d) = (addr.clone(), dp.clone());
     let e = attach_run(&node, &pod, move |att| attach::check(att, &a, &d)).unwrap_err();
-    assert!(
-        e.msg.contains(&format!(
-            "rule 2048: from {ip6}/128 to all lookup {table} is missing"
-        )),
-        "{}",
-        e.msg
-    );
+    // The veth's and the rules' problems in one error.
+    for want in [
+        format!("rule 2048: from {ip6}/128 to all lookup {table} is missing"),
+        "pod default route via fe80::1 dev eth0 is missing".to_string(),
+    ] {
+        assert!(e.msg.contains(&want), "want {want:?} in {}", e.msg);
+    }
+    pod.ip("-6 route add default via fe80::1 dev eth0");
     assert!(!pod.ping(VPC_V6), "no IPv6 rule, no way out");
 
     // The daemon's record: both families' rules go.

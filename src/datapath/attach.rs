@@ -329,15 +329,20 @@ pub fn check(att: &Attachment, address: &PodAddress, dp: &Datapath) -> Result<()
         Datapath::Veth | Datapath::VethPolicy { .. } => {
             let ip = ipv4_of(address)?;
             let ip6 = ipv6_of(address)?;
-            veth::check(&veth_spec(att, att.netns()?, &names.0, &names.1, ip, ip6))?;
+            let mut results = vec![veth::check(&veth_spec(
+                att,
+                att.netns()?,
+                &names.0,
+                &names.1,
+                ip,
+                ip6,
+            ))];
             if let Datapath::VethPolicy { table, .. } = dp {
                 let mut nl = Netlink::open()?;
-                policy::check_pod_rules(&mut nl, ip, *table)?;
-                if let Some(ip6) = ip6 {
-                    policy::check_pod_rules(&mut nl, ip6, *table)?;
-                }
+                let ips = std::iter::once(IpAddr::V4(ip)).chain(ip6.map(IpAddr::V6));
+                results.extend(ips.map(|ip| policy::check_pod_rules(&mut nl, ip, *table)));
             }
-            Ok(())
+            all_of(results)
         }
         Datapath::ExclusiveEni { mac, host_peer, .. } => {
             exclusive_eni::check(&eni_spec(att, address, mac, host_peer.as_ref(), &names)?)
@@ -345,6 +350,24 @@ pub fn check(att: &Attachment, address: &PodAddress, dp: &Datapath) -> Result<()
         Datapath::Ipvlan { mac, to_node, .. } => {
             ipvlan::check(&ipvlan_spec(att, address, mac, to_node, &names.1)?)
         }
+    }
+}
+
+/// Every problem of several checks in one error (the first one's kind), as a check reports
+/// them.
+fn all_of(results: Vec<Result<()>>) -> Result<()> {
+    let mut errors = results.into_iter().filter_map(Result::err);
+    let Some(first) = errors.next() else {
+        return Ok(());
+    };
+    let rest: Vec<String> = errors.map(|e| e.msg).collect();
+    if rest.is_empty() {
+        Err(first)
+    } else {
+        Err(Error::new(
+            first.kind,
+            format!("{}; {}", first.msg, rest.join("; ")),
+        ))
     }
 }
 
@@ -476,6 +499,21 @@ mod tests {
             ipv6_with_gateway(&dual("2408:4005:3ff:1::10/64", None), "exclusive ENI").unwrap_err();
         assert!(e.msg.contains("exclusive ENI"), "{}", e.msg);
         assert!(e.msg.contains("IPv6 gateway"), "{}", e.msg);
+    }
+
+    #[test]
+    fn all_of_keeps_every_problem_and_the_first_kind() {
+        assert!(all_of(vec![Ok(()), Ok(())]).is_ok());
+        let e = all_of(vec![
+            Ok(()),
+            Err(Error::new(Kind::Datapath, "veth broken")),
+            Err(Error::new(Kind::Netns, "rule missing")),
+        ])
+        .unwrap_err();
+        assert_eq!(e.kind, Kind::Datapath);
+        assert_eq!(e.msg, "veth broken; rule missing");
+        let one = all_of(vec![Err(Error::new(Kind::Netns, "gone"))]).unwrap_err();
+        assert_eq!((one.kind, one.msg.as_str()), (Kind::Netns, "gone"));
     }
 
     #[test]

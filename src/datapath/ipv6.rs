@@ -49,21 +49,20 @@ pub fn unusable(ip: &Ipv6Addr) -> bool {
 /// The sysctls a pod interface needs before it gets an IPv6 address, written inside the pod's
 /// namespace: IPv6 on, no RAs, no DAD.
 pub fn prepare_pod_iface(ns: &NetNs, ifname: &str) -> Result<()> {
-    let ifname = ifname.to_string();
+    let name = ifname.to_string();
     ns.run(move || {
         for (leaf, value) in [
             ("disable_ipv6", "0"),
             ("accept_ra", "0"),
             ("accept_dad", "0"),
         ] {
-            set_if_differs(&sysctl::ipv6_conf_key(&ifname, leaf), value)?;
+            set_if_differs(&sysctl::ipv6_conf_key(&name, leaf), value)?;
         }
         Ok(())
     })
     .map_err(|e| {
         e.context(format!(
-            "prepare {} in netns {} for IPv6",
-            "pod interface",
+            "prepare pod interface {ifname} in netns {} for IPv6",
             ns.path().display()
         ))
     })

@@ -338,7 +338,12 @@ mod tests {
         let r6 = eni_default_route(5, gw6.into());
         assert_eq!(r6.dst, crate::netlink::DEFAULT_DST_V6);
         assert_eq!(r6.gateway, Some(IpAddr::V6(gw6)));
-        assert!(r6.onlink);
+        // IPv6: no onlink; the gateway's /128 on the ENI in the same table makes it valid.
+        assert!(!r6.onlink);
         assert_eq!(r6.table, 1005);
+        let to_gw = eni_gateway_route(5, gw6);
+        assert_eq!(to_gw.dst.to_string(), "2408:4005:3ff:1::1/128");
+        assert_eq!((to_gw.oif, to_gw.table), (Some(5), 1005));
+        assert!(to_gw.gateway.is_none());
     }
 }
