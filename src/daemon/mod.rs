@@ -17,6 +17,7 @@ pub mod notify;
 pub mod server;
 pub mod shared_eni;
 pub mod shared_eni_jobs;
+pub mod shared_eni_wiring;
 pub mod source;
 pub mod sweep;
 pub mod vpc_route;

@@ -15,6 +15,7 @@
 //! count); one that has no partner yet waits as a spare, an IPv4 without a partner gets one by
 //! an IPv6-only assign (repair), spares nothing needs are unassigned.
 
+mod dual;
 #[cfg(test)]
 mod dual_tests;
 mod plan;
@@ -236,22 +237,6 @@ impl EniState {
             return 0;
         }
         self.ips.iter().filter(|i| i.is_usable(dual)).count() as u32
-    }
-
-    /// Dual stack: IPv6 addresses this ENI still needs for its unpaired idle IPv4s.
-    fn missing6(&self) -> u32 {
-        let unpaired = self.ips.iter().filter(|i| i.wants_partner()).count();
-        unpaired.saturating_sub(self.spare6.len()) as u32
-    }
-
-    /// Dual stack: gives unpaired idle IPv4s a spare IPv6 partner.
-    fn pair(&mut self) {
-        for ip in self.ips.iter_mut().filter(|i| i.wants_partner()) {
-            match self.spare6.pop() {
-                Some(v6) => ip.ip6 = Some(v6),
-                None => break,
-            }
-        }
     }
 
     fn owned_count(&self) -> u32 {
