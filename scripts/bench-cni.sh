@@ -2,7 +2,7 @@
 # Times CNI ADD and DEL of terway (VPC mode) and of Debian's reference ptp + host-local in the
 # same run on this machine: a fresh pod namespace per iteration, every plugin exec'd from a
 # shell inside one node namespace. Prints medians and the ratio terway/ptp. Run as root.
-#   N=50 scripts/bench-cni.sh
+#   [TERWAY_BIN=path] N=50 scripts/bench-cni.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -13,9 +13,14 @@ N=${N:-50}
 REF=/usr/lib/cni
 [ -x "$REF/ptp" ] || { echo "reference plugins not found in $REF" >&2; exit 1; }
 
-echo "==> building terway (release)"
-cargo build --release --quiet
-BIN="$PWD/target/release/terway"
+if [ -n "${TERWAY_BIN:-}" ]; then
+    BIN=$(realpath "$TERWAY_BIN")   # e.g. the static binary of scripts/build-static.sh
+else
+    echo "==> building terway (release)"
+    cargo build --release --quiet
+    BIN="$PWD/target/release/terway"
+fi
+echo "==> terway binary: $BIN ($(stat -c %s "$BIN") bytes)"
 
 NODE=twbench-node-$$
 WORK=$(mktemp -d /tmp/terway-bench.XXXXXX)
