@@ -52,6 +52,14 @@ else
     BIN="$PWD/target/release/terway"
 fi
 echo "==> terway binary: $BIN ($(stat -c %s "$BIN") bytes)"
+echo "==> building the kernel floor (benches/kernel_floor.rs)"
+FLOOR=$(cargo bench --bench kernel_floor --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "kernel_floor" and m.get("executable"):
+        print(m["executable"])' | tail -1)
+[ -x "$FLOOR" ] || { echo "could not build benches/kernel_floor.rs" >&2; exit 1; }
 
 # Fixed names (all start with twbench / i-twbench, never used by the tests) so that leftovers of
 # a crashed run can be found and removed; a lock keeps two runs apart.
@@ -280,6 +288,8 @@ if want 1; then
     for i in $(seq "$N"); do add_netns "twbench-wt$i" "twbench-wp$i"; done
     inner "$I_WARM" warm "$N" "$WORK/warm.conf" > "$WORK/warm.times"
     stop_daemon
+    # The same operations from one running program, in the same node namespace.
+    ip netns exec "$I_WARM" "$FLOOR" "$N" > "$WORK/floor" 9>&-
     for i in $(seq "$N"); do del_netns "twbench-wt$i" "twbench-wp$i"; done
 
 fi
@@ -396,6 +406,12 @@ if "1" in "$PARTS":
         limit = 0.35 if op == "ADD" else 0.50
         target = f"<= {limit:.2f}  {verdict(t / p <= limit)}"
         print(f"   {op:<4} {t:>12.0f} {p:>20.0f} {t / p:>11.2f}  {target}")
+    floor = dict((l.split()[1], int(l.split()[2])) for l in open(f"{work}/floor") if l.startswith("floor "))
+    print(f"   kernel floor (netlink only, one running program, median of $N): ADD {floor['ADD']} us, DEL {floor['DEL']} us")
+    for op in ("ADD", "DEL"):
+        t = statistics.median(times[("terway", op)])
+        p = statistics.median(times[("ptp", op)])
+        print(f"   {op}: terway / floor {t / floor[op]:.2f}, ptp / floor {p / floor[op]:.2f}")
     print()
 
 if "2" in "$PARTS":
