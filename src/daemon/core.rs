@@ -59,6 +59,9 @@ pub struct Core<S: AddressSource> {
     /// Allocations whose datapath the daemon is removing: their address is not given back (so
     /// no other pod can get it) until the removal has finished.
     tearing_down: BTreeSet<AttachKey>,
+    /// ADDs into a network namespace whose previous pod's veth is still being removed (its
+    /// `eth0` may still be there): served once that removal has finished.
+    after_teardown: Vec<Waiter<Sender<Response>>>,
     grace_secs: u64,
     metrics: Arc<Metrics>,
 }
@@ -86,6 +89,7 @@ impl<S: AddressSource> Core<S> {
             waiters: Waiters::default(),
             grants: Grants::new(now),
             tearing_down: BTreeSet::new(),
+            after_teardown: Vec::new(),
             grace_secs,
             metrics: crate::metrics::global().clone(),
         }
@@ -213,6 +217,13 @@ impl<S: AddressSource> Core<S> {
     }
 
     fn cancel_waiter(&mut self, key: &AttachKey, now: u64) {
+        if let Some(i) = self.after_teardown.iter().position(|w| &w.key == key) {
+            let w = self.after_teardown.remove(i);
+            let _ = w.reply.send(Err(Error::new(
+                Kind::TryAgain,
+                "the pod was deleted while waiting",
+            )));
+        }
         if let Some(w) = self.waiters.cancel(key) {
             self.waited(outcome::CANCELLED, &w, now);
             let _ = w.reply.send(Err(Error::new(
@@ -245,6 +256,21 @@ impl<S: AddressSource> Core<S> {
                 "DEL {key}: removing its datapath failed, keeping its address until GC retries: {e}"
             ),
         }
+        // ADDs held back for this namespace go ahead (a failed removal leaves them to fail
+        // in setup, naming what is still there).
+        let held = std::mem::take(&mut self.after_teardown);
+        for w in held {
+            self.alloc(w.key, w.pod, w.netns, w.reply, now, out);
+        }
+    }
+
+    /// Whether the datapath of a pod in network namespace `netns` is still being removed.
+    fn netns_in_teardown(&self, netns: &str) -> bool {
+        !netns.is_empty()
+            && self
+                .tearing_down
+                .iter()
+                .any(|k| self.allocs.get(k).is_some_and(|a| a.netns == netns))
     }
 
     /// Allocations whose datapath the daemon is removing.
@@ -299,6 +325,12 @@ impl<S: AddressSource> Core<S> {
             since: now,
             deadline: now + WAIT_TIMEOUT_MS,
         };
+        if self.netns_in_teardown(&w.netns) {
+            // A runtime that reuses the namespace: its old eth0 goes first (milliseconds).
+            self.cancel_waiter(&w.key, now);
+            self.after_teardown.push(w);
+            return;
+        }
         // First come, first served: a new pod does not overtake waiting ones.
         if !self.waiters.is_empty() {
             self.park(w, now);
