@@ -287,14 +287,19 @@ impl<S: AddressSource> Core<S> {
         now: u64,
         out: &mut Outbox,
     ) {
-        if self.tearing_down.contains(&key) {
-            // Its DEL is still removing the old veth (of the same name): wiring it again now
-            // would race that removal.
-            let e = Error::new(
-                Kind::TryAgain,
-                format!("{key}: the previous DEL is still removing its datapath; try again"),
-            );
-            out.reply(reply, Err(e), false);
+        if self.tearing_down.contains(&key) || self.netns_in_teardown(&netns) {
+            // Its own DEL, or the previous pod's in this namespace, is still removing a veth
+            // (of the same name, or the eth0 still in the namespace): wiring now would race
+            // that removal. Held back for the milliseconds it takes.
+            self.cancel_waiter(&key, now);
+            self.after_teardown.push(Waiter {
+                key,
+                pod,
+                netns,
+                reply,
+                since: now,
+                deadline: now + WAIT_TIMEOUT_MS,
+            });
             return;
         }
         if let Some(a) = self.allocs.get(&key) {
@@ -325,12 +330,6 @@ impl<S: AddressSource> Core<S> {
             since: now,
             deadline: now + WAIT_TIMEOUT_MS,
         };
-        if self.netns_in_teardown(&w.netns) {
-            // A runtime that reuses the namespace: its old eth0 goes first (milliseconds).
-            self.cancel_waiter(&w.key, now);
-            self.after_teardown.push(w);
-            return;
-        }
         // First come, first served: a new pod does not overtake waiting ones.
         if !self.waiters.is_empty() {
             self.park(w, now);

@@ -91,9 +91,14 @@ fn an_address_in_teardown_is_never_handed_out() {
     assert!(stale.iter().all(|a| a.key != victim), "{stale:?}");
     let (r, _) = call(&mut c, alloc_in("newcomer"), far);
     assert!(r.is_err(), "handed out while tearing down: {r:?}");
-    // The attachment itself cannot be wired again under the same veth name meanwhile.
-    let (r, _) = call(&mut c, alloc_in("fill-0"), far);
-    assert_eq!(r.unwrap_err().kind, Kind::TryAgain);
+    // The attachment itself is not wired again under the same veth name meanwhile: a
+    // re-ADD waits for the removal.
+    let (out, again) = ask(&mut c, alloc_in("fill-0"), far);
+    deliver(out);
+    assert!(
+        again.try_recv().is_err(),
+        "re-ADD served during the removal"
+    );
     // Get shows why.
     let (r, _) = call(
         &mut c,
@@ -113,6 +118,10 @@ fn an_address_in_teardown_is_never_handed_out() {
     assert!(!out.dirty());
     assert!(c.allocations().contains_key(&victim));
     assert!(call(&mut c, alloc_in("newcomer"), far).0.is_err());
+    // The held re-ADD then finds its allocation as a retried ADD does (setup replaces the
+    // leftover veth of its own name).
+    deliver(out);
+    assert_eq!(ip_of(&again.try_recv().unwrap()), ip);
 
     // Once a removal succeeds the address is free, and saved so before any reply.
     let (out, _rx) = ask(
