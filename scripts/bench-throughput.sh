@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 require_root
 require_cargo
-ensure_packages iproute2 iputils-ping iperf3 procps python3 curl util-linux
+ensure_packages iproute2 iputils-ping iperf3 procps python3 curl util-linux ethtool
 
 SECS=${SECS:-5}       # seconds per iperf3 run
 ROUNDS=${ROUNDS:-3}   # iperf3 runs per path (interleaved; the median is shown)
@@ -264,7 +264,8 @@ done
     echo "node rp_filter on the pod veth: $(ip netns exec "$S_A" sysctl -n "net.ipv4.conf.$(json_get 'd["interfaces"][0]["name"]' < "$WORK/twtput-a1.add").rp_filter")"
     echo "vpc router rp_filter (all): $(ip netns exec "$VPC_NS" sysctl -n net.ipv4.conf.all.rp_filter)"
     echo "policy rules on $S_A: $(ip -n "$S_A" rule | wc -l)"
-    echo "pod eth0 GRO: $(ip netns exec twtput-a1 ethtool -k eth0 2>/dev/null | sed -n 's/^generic-receive-offload: //p')"
+    echo "GRO on pod eth0: $(ip netns exec twtput-a1 ethtool -k eth0 | sed -n 's/^generic-receive-offload: //p'), on its host veth: $(ip netns exec "$S_A" ethtool -k "$(json_get 'd["interfaces"][0]["name"]' < "$WORK/twtput-a1.add")" | sed -n 's/^generic-receive-offload: //p'), on a raw veth: $(ip netns exec twtput-raw0-c ethtool -k h0 | sed -n 's/^generic-receive-offload: //p')"
+    echo "TSO on pod eth0: $(ip netns exec twtput-a1 ethtool -k eth0 | sed -n 's/^tcp-segmentation-offload: //p'), on a raw veth: $(ip netns exec twtput-raw0-c ethtool -k h0 | sed -n 's/^tcp-segmentation-offload: //p')"
 } > "$WORK/facts"
 del_pod twtput-a1 "$S_A"
 del_pod twtput-a2 "$S_A"
