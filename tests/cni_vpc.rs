@@ -62,6 +62,8 @@ fn add_ping_check_del(version: &str, index: u8) {
 
     node.cni("DEL", "ctr-a", &pod_a.path(), &with_prev)
         .assert_ok();
+    // The daemon removes the veth after answering DEL and frees the address only then.
+    wait_in_use(&node, 1);
     assert!(!pod_a.ping(&ip_b), "pod a must be cut off after DEL");
     node.cni("DEL", "ctr-a", &pod_a.path(), &with_prev)
         .assert_ok();
@@ -71,9 +73,22 @@ fn add_ping_check_del(version: &str, index: u8) {
         assert!(!r.ok && r.code() == 3, "CHECK after DEL: {}", r.json);
     }
     node.cni("DEL", "ctr-b", &pod_b.path(), &conf).assert_ok();
-    let pool: serde_json::Value =
-        serde_json::from_slice(&node.cli(&["pool", "--json"]).stdout).unwrap();
-    assert_eq!(pool["in_use"], 0, "{pool}");
+    wait_in_use(&node, 0);
+}
+
+/// Waits (bounded) until the daemon holds `n` addresses: a DEL's address is freed once the
+/// daemon has removed the veth, shortly after DEL returned.
+fn wait_in_use(node: &Node, n: u64) {
+    let in_use = || -> serde_json::Value {
+        serde_json::from_slice::<serde_json::Value>(&node.cli(&["pool", "--json"]).stdout).unwrap()
+            ["in_use"]
+            .clone()
+    };
+    assert!(
+        wait_until(std::time::Duration::from_secs(5), || in_use() == n),
+        "the daemon still holds {} address(es), want {n}",
+        in_use()
+    );
 }
 
 #[test]

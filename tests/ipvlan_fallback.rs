@@ -16,6 +16,7 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 use terway::datapath::ipvlan::{self, IpvlanSpec, IpvlanTeardown};
 use terway::netns::NetNs;
 
@@ -278,7 +279,12 @@ fn a_veth_pod_keeps_veth_when_the_node_switches_to_ipvlan() {
     assert!(p0.ping(&a.node_ip()), "the veth pod still reaches its node");
     a.cni("DEL", "old", &p0.path()).assert_ok();
     a.cni("DEL", "new", &p1.path()).assert_ok();
-    assert!(recorded_kinds(&a).is_empty());
+    // The veth pod's address is freed once the daemon has removed its veth, just after DEL.
+    assert!(
+        wait_until(Duration::from_secs(5), || recorded_kinds(&a).is_empty()),
+        "{:?}",
+        recorded_kinds(&a)
+    );
 }
 
 const LAB_MAC: [u8; 6] = [0x02, 0x00, 0x0a, 0xf1, 0x00, 0x0a];

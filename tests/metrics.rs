@@ -190,7 +190,8 @@ fn a_vpc_daemon_serves_its_metrics_on_its_socket_over_tcp_and_to_terway_metrics(
         rpc(r#"error="true",result="Exhausted",rpc_api="alloc""#),
         1.0
     );
-    assert!(rpc(r#"error="false",result="ok",rpc_api="release""#) >= 1.0);
+    // DEL of a veth pod: the daemon removes the veth and then releases (`delete`).
+    assert!(rpc(r#"error="false",result="ok",rpc_api="delete""#) >= 1.0);
     assert!(rpc(r#"error="false",result="ok",rpc_api="pool""#) >= 1.0);
     assert!(
         get(

@@ -205,6 +205,9 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value> {
 
 /// DEL never blocks pod deletion: the wiring is removed first, then the address released; when
 /// the daemon is down the address stays recorded and GC (or the daemon's own sweep) frees it.
+/// A veth pod's wiring is removed by the daemon after it answers (`Request::Delete`): the
+/// kernel's device unregistration is off the runtime's path, and the daemon frees the address
+/// only after it.
 /// Only objects that provably belong to this attachment are touched (see `attach::teardown`);
 /// `prevResult` is never trusted for names or addresses.
 fn del(env: &Env, conf: &NetConf) -> Result<()> {
@@ -225,16 +228,24 @@ fn del(env: &Env, conf: &NetConf) -> Result<()> {
         }
     };
     let locked = lock.is_some();
+    // Without the lock an ADD may be wiring this attachment: only look, never hand over.
+    let ask = if locked {
+        Request::Delete { key: key.clone() }
+    } else {
+        Request::Get { key: key.clone() }
+    };
+    let lookup = call(&conf.daemon_socket, &ask, DEL_TIMEOUT);
+    if let Ok(Reply::TearingDown(_)) = lookup {
+        if let Some(l) = lock {
+            l.remove();
+        }
+        return Ok(());
+    }
     // The namespace may be gone (CNI_NETNS empty or deleted): what lives in it went with it.
     let netns = (!env.netns.is_empty())
         .then(|| open_netns(&env.netns).ok())
         .flatten();
     let att = attachment(env, conf, netns.as_ref());
-    let lookup = call(
-        &conf.daemon_socket,
-        &Request::Get { key: key.clone() },
-        DEL_TIMEOUT,
-    );
     let daemon_down = lookup.is_err();
     let known = match &lookup {
         Ok(Reply::Found(Some(a))) => Some(a),

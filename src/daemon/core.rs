@@ -16,6 +16,7 @@ use crate::model::{AttachKey, Datapath, PodAddress, PodRef};
 use crate::rpc::{Allocation, Reply, Request, Response, StatusView};
 use crate::store::{State, StoredAllocation};
 use crate::{Error, Kind, Result};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
@@ -27,6 +28,9 @@ pub const WAIT_TIMEOUT_MS: u64 = 60_000;
 #[derive(Default)]
 pub struct Outbox {
     pub replies: Vec<(Sender<Response>, Response)>,
+    /// Datapaths the daemon removes itself (DEL of a veth pod), each reported back through
+    /// [`Core::torn_down`].
+    pub teardowns: Vec<Allocation>,
     dirty: bool,
 }
 
@@ -52,6 +56,12 @@ pub struct Core<S: AddressSource> {
     allocs: Allocations,
     waiters: Waiters<Sender<Response>>,
     grants: Grants,
+    /// Allocations whose datapath the daemon is removing: their address is not given back (so
+    /// no other pod can get it) until the removal has finished.
+    tearing_down: BTreeSet<AttachKey>,
+    /// ADDs into a network namespace whose previous pod's veth is still being removed (its
+    /// `eth0` may still be there): served once that removal has finished.
+    after_teardown: Vec<Waiter<Sender<Response>>>,
     grace_secs: u64,
     metrics: Arc<Metrics>,
 }
@@ -78,6 +88,8 @@ impl<S: AddressSource> Core<S> {
                 .collect(),
             waiters: Waiters::default(),
             grants: Grants::new(now),
+            tearing_down: BTreeSet::new(),
+            after_teardown: Vec::new(),
             grace_secs,
             metrics: crate::metrics::global().clone(),
         }
@@ -105,13 +117,7 @@ impl<S: AddressSource> Core<S> {
         match req {
             Request::Alloc { key, pod, netns } => self.alloc(key, pod, netns, reply, now, out),
             Request::Release { key } => {
-                if let Some(w) = self.waiters.cancel(&key) {
-                    self.waited(outcome::CANCELLED, &w, now);
-                    let _ = w.reply.send(Err(Error::new(
-                        Kind::TryAgain,
-                        "the pod was deleted while waiting",
-                    )));
-                }
+                self.cancel_waiter(&key, now);
                 let released = self.release(&key, now);
                 let changed = released.is_some();
                 out.reply(reply, Ok(Reply::Released(released)), changed);
@@ -126,27 +132,34 @@ impl<S: AddressSource> Core<S> {
                 let changed = released.is_some();
                 out.reply(reply, Ok(Reply::Released(released)), changed);
             }
+            Request::Delete { key } => {
+                self.cancel_waiter(&key, now);
+                match self.allocs.get(&key) {
+                    Some(a)
+                        if matches!(a.datapath, Datapath::Veth | Datapath::VethPolicy { .. }) =>
+                    {
+                        let v = view(a, a.address.clone(), a.datapath.clone());
+                        // A DEL repeated while the first one's removal runs changes nothing.
+                        if self.tearing_down.insert(key) {
+                            out.teardowns.push(v.clone());
+                        }
+                        out.reply(reply, Ok(Reply::TearingDown(v)), false);
+                    }
+                    _ => {
+                        let found = self.get(&key);
+                        out.reply(reply, Ok(Reply::Found(found)), false);
+                    }
+                }
+            }
             Request::Get { key } => {
-                // As recorded when not usable: DEL must still tear down what was wired.
-                let found = self.allocs.get(&key).map(|a| match self.source.current(a) {
-                    Current::Valid(address, datapath) => view(a, address, datapath),
-                    Current::NotReady(e) => Allocation {
-                        problem: Some(e.msg),
-                        ..view(a, a.address.clone(), a.datapath.clone())
-                    },
-                    Current::Lost => Allocation {
-                        problem: Some(format!(
-                            "the cloud no longer has {} of this attachment: the pod needs to be re-created",
-                            a.address
-                        )),
-                        ..view(a, a.address.clone(), a.datapath.clone())
-                    },
-                });
+                let found = self.get(&key);
                 out.reply(reply, Ok(Reply::Found(found)), false);
             }
             Request::Gc { network, valid } => {
                 let stale = gc_candidates(
-                    self.allocs.values(),
+                    self.allocs
+                        .values()
+                        .filter(|a| !self.tearing_down.contains(&a.key)),
                     &network,
                     &valid,
                     now / 1000,
@@ -178,6 +191,93 @@ impl<S: AddressSource> Core<S> {
         }
     }
 
+    /// An allocation as `Get` shows it: as recorded when it is not usable (DEL must still tear
+    /// down what was wired), with the problem named.
+    fn get(&self, key: &AttachKey) -> Option<Allocation> {
+        self.allocs.get(key).map(|a| {
+            let mut v = match self.source.current(a) {
+                Current::Valid(address, datapath) => view(a, address, datapath),
+                Current::NotReady(e) => Allocation {
+                    problem: Some(e.msg),
+                    ..view(a, a.address.clone(), a.datapath.clone())
+                },
+                Current::Lost => Allocation {
+                    problem: Some(format!(
+                        "the cloud no longer has {} of this attachment: the pod needs to be re-created",
+                        a.address
+                    )),
+                    ..view(a, a.address.clone(), a.datapath.clone())
+                },
+            };
+            if self.tearing_down.contains(key) {
+                v.problem = Some("its DEL is removing the datapath".into());
+            }
+            v
+        })
+    }
+
+    fn cancel_waiter(&mut self, key: &AttachKey, now: u64) {
+        if let Some(i) = self.after_teardown.iter().position(|w| &w.key == key) {
+            let w = self.after_teardown.remove(i);
+            let _ = w.reply.send(Err(Error::new(
+                Kind::TryAgain,
+                "the pod was deleted while waiting",
+            )));
+        }
+        if let Some(w) = self.waiters.cancel(key) {
+            self.waited(outcome::CANCELLED, &w, now);
+            let _ = w.reply.send(Err(Error::new(
+                Kind::TryAgain,
+                "the pod was deleted while waiting",
+            )));
+        }
+    }
+
+    /// The daemon finished removing `key`'s datapath (see `Request::Delete`): the address goes
+    /// back now. When the removal failed the allocation stays as it is, address held, and GC
+    /// or the sweep retry (as when the plugin's own teardown fails).
+    pub fn torn_down(
+        &mut self,
+        key: &AttachKey,
+        result: std::result::Result<(), String>,
+        now: u64,
+        out: &mut Outbox,
+    ) {
+        if !self.tearing_down.remove(key) {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                if self.release(key, now).is_some() {
+                    out.touch();
+                }
+            }
+            Err(e) => log::warn!(
+                "DEL {key}: removing its datapath failed, keeping its address until GC retries: {e}"
+            ),
+        }
+        // ADDs held back for this namespace go ahead (a failed removal leaves them to fail
+        // in setup, naming what is still there).
+        let held = std::mem::take(&mut self.after_teardown);
+        for w in held {
+            self.alloc(w.key, w.pod, w.netns, w.reply, now, out);
+        }
+    }
+
+    /// Whether the datapath of a pod in network namespace `netns` is still being removed.
+    fn netns_in_teardown(&self, netns: &str) -> bool {
+        !netns.is_empty()
+            && self
+                .tearing_down
+                .iter()
+                .any(|k| self.allocs.get(k).is_some_and(|a| a.netns == netns))
+    }
+
+    /// Allocations whose datapath the daemon is removing.
+    pub fn tearing_down(&self) -> &BTreeSet<AttachKey> {
+        &self.tearing_down
+    }
+
     fn alloc(
         &mut self,
         key: AttachKey,
@@ -187,6 +287,21 @@ impl<S: AddressSource> Core<S> {
         now: u64,
         out: &mut Outbox,
     ) {
+        if self.tearing_down.contains(&key) || self.netns_in_teardown(&netns) {
+            // Its own DEL, or the previous pod's in this namespace, is still removing a veth
+            // (of the same name, or the eth0 still in the namespace): wiring now would race
+            // that removal. Held back for the milliseconds it takes.
+            self.cancel_waiter(&key, now);
+            self.after_teardown.push(Waiter {
+                key,
+                pod,
+                netns,
+                reply,
+                since: now,
+                deadline: now + WAIT_TIMEOUT_MS,
+            });
+            return;
+        }
         if let Some(a) = self.allocs.get(&key) {
             match self.source.current(a) {
                 Current::Valid(address, datapath) => {
@@ -277,7 +392,11 @@ impl<S: AddressSource> Core<S> {
     }
 
     /// Removes `key`'s allocation and gives its address back (DEL, rollback, GC, the sweep).
+    /// Never while its datapath is being removed: [`Core::torn_down`] releases it after.
     pub fn release(&mut self, key: &AttachKey, now: u64) -> Option<Allocation> {
+        if self.tearing_down.contains(key) {
+            return None;
+        }
         self.grants.forget(key);
         let a = self.allocs.remove(key)?;
         self.source.give_back(&a, now);

@@ -458,3 +458,6 @@ fn waits_and_failures_are_counted() {
         1.0
     );
 }
+
+#[path = "core_teardown_tests.rs"]
+mod teardown;

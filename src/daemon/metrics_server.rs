@@ -38,6 +38,7 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<PathBuf> {
         let (metrics, active) = (metrics.clone(), active.clone());
         std::thread::Builder::new()
             .name("metrics-unix".into())
+            .stack_size(super::THREAD_STACK)
             .spawn(move || serve_unix(unix, &metrics, &active))
             .ctx("spawn the metrics socket's thread")?;
     }
@@ -51,6 +52,7 @@ pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<PathBuf> {
     if let Some(tcp) = tcp {
         std::thread::Builder::new()
             .name("metrics-tcp".into())
+            .stack_size(super::THREAD_STACK)
             .spawn(move || serve_tcp(tcp, &metrics, &active))
             .ctx("spawn the metrics listener's thread")?;
     }
@@ -68,6 +70,7 @@ fn with_slot(active: &Arc<AtomicUsize>, f: impl FnOnce() + Send + 'static) {
     let slot = active.clone();
     let spawned = std::thread::Builder::new()
         .name("metrics-conn".into())
+        .stack_size(super::THREAD_STACK)
         .spawn(move || {
             f();
             slot.fetch_sub(1, SeqCst);

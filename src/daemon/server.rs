@@ -46,6 +46,10 @@ const DISCARD_CAP: usize = 64 << 20;
 const EVICT_SETTLE: Duration = Duration::from_millis(20);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 const LOG_EVERY: Duration = Duration::from_secs(10);
+/// A connection thread reads one request into the heap, decodes it and waits: a small stack
+/// (the default 2 MiB costs address space, and what a thread touched stays resident while glibc
+/// caches the stack for the next thread).
+const CONN_STACK: usize = 128 << 10;
 
 /// A request as the loop receives it, with where its reply goes.
 pub struct RpcCall {
@@ -368,6 +372,7 @@ fn start<M: From<RpcCall> + Send + 'static>(gate: &Arc<Gate>, stream: UnixStream
     let tx = tx.clone();
     let spawned = std::thread::Builder::new()
         .name("rpc-conn".into())
+        .stack_size(CONN_STACK)
         .spawn(move || serve(slot, tx));
     // On failure the closure, and the slot in it, is already dropped.
     if let Err(e) = spawned {
@@ -580,7 +585,7 @@ fn write_reply(stream: &UnixStream, resp: &Response, deadline: Instant, loud: bo
 /// After a refusal while the peer may still be sending: read and discard until its end (it then
 /// reads the reply as usual), bounded in time and bytes; then shut reading down.
 fn drain(stream: &UnixStream, deadline: Instant) {
-    let mut chunk = [0u8; 64 << 10];
+    let mut chunk = vec![0u8; 64 << 10]; // on the heap: the stack is small
     let mut total = 0;
     while total < DRAIN_CAP {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -605,7 +610,7 @@ fn drain(stream: &UnixStream, deadline: Instant) {
 fn discard_queued(stream: &UnixStream) {
     let _ = stream.shutdown(Shutdown::Read);
     let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
-    let mut chunk = [0u8; 64 << 10];
+    let mut chunk = vec![0u8; 64 << 10]; // on the heap: the stack is small
     let mut total = 0;
     while total < DISCARD_CAP {
         match (&*stream).read(&mut chunk) {

@@ -77,7 +77,8 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, Ca
     let sent = stream
         .write_all(&body)
         .and_then(|_| stream.shutdown(std::net::Shutdown::Write));
-    let mut buf = Vec::new();
+    // Room for any usual reply at once: from empty, read_to_end probes with 32-byte reads.
+    let mut buf = Vec::with_capacity(16 << 10);
     // A daemon that refuses a request (busy, stopping, too big) may stop reading it: the send
     // fails, but the answer is there to read.
     let read = if sent.is_ok() || refused(&sent) {

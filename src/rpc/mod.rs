@@ -24,6 +24,12 @@ pub enum Request {
     Release {
         key: AttachKey,
     },
+    /// DEL: the daemon removes a veth datapath itself, after replying `TearingDown`, and frees
+    /// the address only once that is done (until then no pod gets it). Any other datapath is
+    /// answered as `Get`: the plugin tears it down (it needs the pod's namespace) and releases.
+    Delete {
+        key: AttachKey,
+    },
     /// A failed ADD gives back what it was granted, and only that: the address is released only
     /// if `token`'s grant created the allocation and no later ADD was granted it since.
     Rollback {
@@ -51,6 +57,7 @@ impl Request {
         match self {
             Request::Alloc { .. } => "alloc",
             Request::Release { .. } => "release",
+            Request::Delete { .. } => "delete",
             Request::Rollback { .. } => "rollback",
             Request::Get { .. } => "get",
             Request::Gc { .. } => "gc",
@@ -227,6 +234,9 @@ pub enum Reply {
     /// The released allocation, or `None` when there was nothing to release.
     Released(Option<Allocation>),
     Found(Option<Allocation>),
+    /// `Delete`: the daemon is removing this allocation's datapath; its address is freed when
+    /// that is done.
+    TearingDown(Allocation),
     /// GC candidates, not yet released.
     Collected(Vec<Allocation>),
     Status(StatusView),
@@ -252,6 +262,7 @@ mod tests {
                 netns: String::new(),
             },
             Request::Release { key: key.clone() },
+            Request::Delete { key: key.clone() },
             Request::Rollback {
                 key: key.clone(),
                 token: 1,
