@@ -504,7 +504,7 @@ fn dual_stack_limits(instance_type: &str, limits: &InstanceLimits) -> Result<()>
 }
 
 /// The pool's knobs from the config and the instance type.
-fn pool_config(config: &Config, node: &NodeFacts) -> PoolConfig {
+pub fn pool_config(config: &Config, node: &NodeFacts) -> PoolConfig {
     let secondary = node.limits.eni_quantity.saturating_sub(1);
     PoolConfig {
         min_idle: config.min_pool_size,
