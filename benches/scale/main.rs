@@ -3,7 +3,8 @@
 //! region-wide rate limits, in virtual time. See README "Performance".
 //!
 //! `cargo bench --bench scale -- [--nodes N] [--pods N] [--seed N] [--policy pool|naive|both]
-//!  [--limit Action=perMinute]… [--resync-ms N] [--rollout-s N] [--ramp-s N]`
+//!  [--limit Action=perMinute]… [--resync-ms N] [--rollout-s N] [--ramp-s N] [--drain-nodes N]
+//!  [--api-ms N] [--attach-ms N] [--emulator-windows]`
 
 mod jobs;
 mod node;
@@ -40,7 +41,25 @@ fn real_main() -> Result<(), String> {
             "--rollout-s" => p.rollout_ms = num(val(&a)?, &a)? * 1000,
             "--ramp-s" => p.ramp_ms = num(val(&a)?, &a)? * 1000,
             "--drain-nodes" => p.drain_nodes = num(val(&a)?, &a)? as usize,
+            // Fixed latencies instead of the distributions (to mirror an emulator run).
+            "--api-ms" => {
+                let ms = num(val(&a)?, &a)?;
+                p.api = rng::Latency {
+                    floor_ms: ms,
+                    mean_extra_ms: 0.0,
+                    cap_ms: ms,
+                };
+            }
+            "--attach-ms" => {
+                let ms = num(val(&a)?, &a)?;
+                p.attach = rng::Latency {
+                    floor_ms: ms,
+                    mean_extra_ms: 0.0,
+                    cap_ms: ms,
+                };
+            }
             "--policy" => policy = val(&a)?,
+            "--emulator-windows" => p.windows = true,
             "--limit" => {
                 let v = val(&a)?;
                 let (k, n) = v

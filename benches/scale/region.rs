@@ -30,6 +30,9 @@ pub struct RegionLimiter {
     limits: HashMap<String, u32>,
     other: u32,
     buckets: HashMap<String, TokenBucket>,
+    /// Instead of the buckets: at most limit/60 calls in any second, as the emulator's
+    /// `faults.rate_limits` count (for comparing with a run of real daemons).
+    windows: Option<HashMap<String, std::collections::VecDeque<u64>>>,
 }
 
 impl RegionLimiter {
@@ -52,7 +55,14 @@ impl RegionLimiter {
             limits,
             other,
             buckets: HashMap::new(),
+            windows: None,
         }
+    }
+
+    /// Per-second windows as the emulator enforces them (budgets per minute / 60).
+    pub fn per_second_windows(mut self) -> RegionLimiter {
+        self.windows = Some(HashMap::new());
+        self
     }
 
     pub fn limit_of(&self, action: &str) -> u32 {
@@ -63,6 +73,17 @@ impl RegionLimiter {
     pub fn admit(&mut self, action: &str, now_ms: u64) -> bool {
         let limit = self.limit_of(action);
         if limit == 0 {
+            return true;
+        }
+        if let Some(windows) = &mut self.windows {
+            let w = windows.entry(action.to_string()).or_default();
+            while w.front().is_some_and(|t| t + 1000 <= now_ms) {
+                w.pop_front();
+            }
+            if w.len() as u32 >= (limit / 60).max(1) {
+                return false;
+            }
+            w.push_back(now_ms);
             return true;
         }
         let now = Duration::from_millis(now_ms);

@@ -30,6 +30,8 @@ pub struct Params {
     pub api: Latency,
     pub attach: Latency,
     pub seed: u64,
+    /// The emulator's per-second windows instead of token buckets.
+    pub windows: bool,
     /// Give up on a phase after this long (a stuck pod must not hang the run).
     pub phase_cap_ms: u64,
 }
@@ -58,6 +60,7 @@ impl Params {
                 cap_ms: 15_000,
             },
             seed: 1,
+            windows: false,
             phase_cap_ms: 4 * 3_600_000,
         }
     }
@@ -137,7 +140,8 @@ pub struct Report {
 }
 
 fn limits(p: &Params) -> RegionLimiter {
-    RegionLimiter::new(&p.limits)
+    let l = RegionLimiter::new(&p.limits);
+    if p.windows { l.per_second_windows() } else { l }
 }
 
 pub fn pool_nodes(p: &Params, cloud: &Cloud) -> Vec<PoolNode> {
