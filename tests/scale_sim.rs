@@ -115,6 +115,7 @@ fn jobs_make_the_daemons_calls() {
         op: 1,
         vswitch_id: vsw,
         secondary_count: 9,
+        ipv6_count: 0,
     };
     let (done, calls) = drive(&mut cloud, create);
     let Done::Op(CloudOutcome::EniCreated { eni, .. }) = done else {
@@ -131,6 +132,7 @@ fn jobs_make_the_daemons_calls() {
         op: 2,
         eni_id: eni.id.clone(),
         count: 10,
+        ipv6_count: 0,
     };
     let (done, calls) = drive(&mut cloud, assign);
     let Done::Op(CloudOutcome::IpsAssigned { ips, .. }) = done else {
@@ -144,6 +146,7 @@ fn jobs_make_the_daemons_calls() {
         op: 3,
         eni_id: eni.id.clone(),
         count: 20,
+        ipv6_count: 0,
     };
     let (done, calls) = drive(&mut cloud, over);
     let Done::Op(CloudOutcome::IpsAssigned { ips: kept, .. }) = done else {
@@ -154,6 +157,7 @@ fn jobs_make_the_daemons_calls() {
         op: 7,
         eni_id: eni.id.clone(),
         count: 1,
+        ipv6_count: 0,
     };
     let (done, _) = drive(&mut cloud, full);
     let Done::Op(CloudOutcome::Failed { failure, .. }) = done else {
@@ -165,6 +169,7 @@ fn jobs_make_the_daemons_calls() {
         op: 4,
         eni_id: eni.id.clone(),
         ips: ips[..3].to_vec(),
+        ips6: Vec::new(),
     };
     let (done, calls) = drive(&mut cloud, unassign);
     assert!(
@@ -191,6 +196,7 @@ fn jobs_make_the_daemons_calls() {
             op: 6,
             eni_id: eni.id,
             count: 1,
+            ipv6_count: 0,
         },
     );
     assert!(

@@ -294,9 +294,11 @@ impl Job {
 
     fn begin(&mut self) -> Step {
         match self.kind.clone() {
+            // IPv4 only: an IPv6 count stays 0 (the daemon's dual-stack calls are not modelled).
             Kind::Op(CloudOp::CreateEni {
                 vswitch_id,
                 secondary_count,
+                ipv6_count: 0,
                 ..
             }) => {
                 self.ph = Ph::Created;
@@ -305,12 +307,19 @@ impl Job {
                     secondary: secondary_count,
                 })
             }
-            Kind::Op(CloudOp::AssignIps { eni_id, count, .. }) => {
+            Kind::Op(CloudOp::AssignIps {
+                eni_id,
+                count,
+                ipv6_count: 0,
+                ..
+            }) => {
                 self.eni = eni_id;
                 self.left = count;
                 self.next_assign()
             }
-            Kind::Op(CloudOp::UnassignIps { eni_id, ips, .. }) => {
+            Kind::Op(CloudOp::UnassignIps {
+                eni_id, ips, ips6, ..
+            }) if ips6.is_empty() => {
                 self.eni = eni_id;
                 self.chunks = ips.chunks(MAX_IPS_PER_CALL).map(<[_]>::to_vec).collect();
                 self.next_chunk()
@@ -326,6 +335,7 @@ impl Job {
                 self.ph = Ph::Leaked;
                 Step::Call(Req::DescribeLeaked)
             }
+            Kind::Op(op) => panic!("the simulation is IPv4 only: {op:?}"),
         }
     }
 
@@ -460,6 +470,8 @@ impl Job {
             op: self.op_id(),
             eni_id: self.eni.clone(),
             ips,
+            ips6: Vec::new(),
+            failure6: None,
         })
     }
 
@@ -505,6 +517,8 @@ impl Job {
             op: self.op_id(),
             eni_id: self.eni.clone(),
             ips: self.planned_ips(),
+            ips6: Vec::new(),
+            failure6: None,
         };
         match r {
             Ok(()) => self.finish(outcome),
@@ -579,5 +593,7 @@ fn facts(v: &EniView, cloud: &Cloud, node: usize) -> EniFacts {
         gateway,
         primary_ip: v.primary_ip,
         secondary_ips: v.secondary_ips.clone(),
+        ipv6s: Vec::new(),
+        v6: None,
     }
 }

@@ -254,6 +254,7 @@ impl NaiveNode {
             op,
             eni_id,
             ips: vec![ip],
+            ips6: Vec::new(),
         })));
     }
 
@@ -274,6 +275,7 @@ impl NaiveNode {
             op,
             eni_id: eni,
             count: 1,
+            ipv6_count: 0,
         })));
         true
     }
@@ -315,6 +317,7 @@ impl Daemon for NaiveNode {
             op,
             vswitch_id: self.vswitch.clone(),
             secondary_count: 0,
+            ipv6_count: 0,
         })));
     }
 

@@ -214,15 +214,14 @@ impl Cloud {
                 region_id: "cn-sim".into(),
                 vpc_id: "vpc-sim0000000000000001".into(),
                 vpc_cidr: "10.0.0.0/8".into(),
+                vpc_ipv6_cidr: None,
                 route_table_id: "vtb-sim0000000000000001".into(),
                 zones: vec![ZONE.into()],
                 vswitches: vec![VSwitchCfg {
                     id: vsw.clone(),
                     zone: ZONE.into(),
                     cidr: format!("{base}/20"),
-                    // The model's create takes IPv6 addresses (even none) from the vSwitch's
-                    // IPv6 CIDR, and refuses a vSwitch without one.
-                    ipv6_cidr: Some(format!("2408:4005:{g:x}::/64")),
+                    ipv6_cidr: None,
                 }],
                 security_groups: vec![SECURITY_GROUP.into()],
                 instance_types: vec![InstanceTypeCfg {
@@ -243,6 +242,7 @@ impl Cloud {
                         vswitch: vsw.clone(),
                         security_group: SECURITY_GROUP.into(),
                         primary_ip: None,
+                        ipv6_address_count: 0,
                         ram_role: None,
                     })
                     .collect(),

@@ -161,6 +161,7 @@ pub fn pool_nodes(p: &Params, cloud: &Cloud) -> Vec<PoolNode> {
                     eni_quantity: 8,
                     eni_private_ip_quantity: 30,
                     eni_total_quantity: 50,
+                    eni_ipv6_quantity: None,
                 },
                 vswitches: vec![cloud.vswitch(n).into()],
                 security_groups: vec![SECURITY_GROUP.into()],
