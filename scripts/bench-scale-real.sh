@@ -43,6 +43,7 @@ cleanup() {
         rm -f "$STATE_DIR/pids"
     fi
     "$BIN" emulate --cleanup --vpc-netns "$VPC_NS" > /dev/null 2>&1
+    ip netns del twscale-pods 2> /dev/null
     [ -n "${KEEP:-}" ] || rm -rf "${WORK:-/nonexistent}"
 }
 cleanup
@@ -97,6 +98,7 @@ admin PUT /admin/faults "{\"latency_ms\": {\"*\": $API_MS}, \"rate_limits\": {
   \"AssignPrivateIpAddresses\": $ASSIGN_RATE, \"UnassignPrivateIpAddresses\": $ASSIGN_RATE}}" > /dev/null
 admin DELETE /admin/calls > /dev/null
 
+ip netns add twscale-pods   # the one namespace every pod names (no datapath is wired)
 echo "==> $((NODES * PODS)) pods at once"
 python3 - "$WORK/nodes" "$PODS" > "$WORK/ready.txt" <<'PY'
 import json, os, random, socket, sys, threading, time
@@ -107,7 +109,9 @@ t0 = time.monotonic()
 out, lock = [], threading.Lock()
 def alloc(sock, pod):
     req = {"op": "alloc", "key": {"network": "terway", "container_id": pod, "ifname": "eth0"},
-           "pod": {"namespace": "default", "name": pod, "uid": ""}, "netns": ""}
+           "pod": {"namespace": "default", "name": pod, "uid": ""},
+           # A namespace that exists: the daemon's orphan sweep releases pods whose is gone.
+           "netns": "/run/netns/twscale-pods"}
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(120)
     try:

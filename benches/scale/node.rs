@@ -360,6 +360,10 @@ impl Daemon for NaiveNode {
                         break;
                     }
                 }
+                if self.creating == 0 {
+                    // No room and nothing coming: their ADDs fail, the kubelet asks again.
+                    out.failed.extend(self.queued.drain(..));
+                }
             }
             CloudOutcome::IpsAssigned { eni_id, ips, .. } => match ips.first() {
                 Some(ip) if gone => {

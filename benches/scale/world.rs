@@ -111,7 +111,12 @@ impl<D: Daemon> World<D> {
             unready: 0,
             phase: 0,
             calls: vec![BTreeMap::new()],
-            retry: RetryPolicy::default(),
+            // The daemon's policy (`daemon::node::discover`), not the library default.
+            retry: RetryPolicy {
+                max_attempts: 6,
+                base_delay: Duration::from_millis(200),
+                max_delay: Duration::from_secs(5),
+            },
             knobs,
             rng: Rng::new(seed ^ 0x3041d),
         }
