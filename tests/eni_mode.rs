@@ -526,3 +526,59 @@ fn addresses_of_pods_from_before_a_reboot_return_to_the_pool() {
     );
     assert_no_leaks(&cloud, &a);
 }
+
+/// Deleting an idle ENI while DescribeNetworkInterfaces fails: the status check's failure is a
+/// failed delete (retried), never "the ENI is gone" — that would drop an attached ENI from the
+/// pool (a leak until the next resync found it again).
+#[test]
+fn a_failed_status_check_never_drops_an_attached_eni() {
+    let cloud = Cloud::start(CloudSpec {
+        node_extra: json!({"min_pool_size": 0, "max_pool_size": 0,
+            "idle_ip_reclaim_after": "1s", "ip_pool_sync_period": "500ms"}),
+        ..CloudSpec::default()
+    });
+    let mut a = cloud.node(0);
+    a.start_daemon();
+    let pod = Netns::new("twpod");
+    a.cni("ADD", "idle", &pod.path()).assert_ok();
+    let eni = a.pool()["eni"]["enis"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cloud.admin(
+        "PUT",
+        "/admin/faults",
+        Some(&json!({"error_rate": 1.0, "error_actions": ["DescribeNetworkInterfaces"]})),
+    );
+    a.cni("DEL", "idle", &pod.path()).assert_ok();
+    let in_pool = |a: &EniNode| {
+        a.pool()["eni"]["enis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["id"] == eni.as_str())
+    };
+    // The address goes idle, the release plans the ENI's delete, whose status check fails
+    // (after the client's retries): the op fails, or (the defect) the ENI leaves the pool.
+    let settled = wait_until(Duration::from_secs(60), || {
+        a.log().contains("cloud: InternalError")
+            || a.log().contains("cloud: ServiceUnavailable")
+            || !in_pool(&a)
+    });
+    assert!(settled, "{}", a.log());
+    assert!(cloud_view(&cloud, &a.ns).1.contains(&eni), "still attached");
+    assert!(
+        in_pool(&a),
+        "the pool must keep an ENI the cloud still has: {}",
+        a.pool()
+    );
+    // Once the cloud answers again the delete goes through and nothing is left.
+    cloud.admin("PUT", "/admin/faults", Some(&json!({})));
+    assert!(
+        wait_until(Duration::from_secs(30), || !in_pool(&a)
+            && !cloud_view(&cloud, &a.ns).1.contains(&eni)),
+        "{}",
+        a.pool()
+    );
+    assert_no_leaks(&cloud, &a);
+}

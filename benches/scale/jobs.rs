@@ -210,8 +210,12 @@ impl Job {
             }),
             (Ph::Metadata, None) => self.device_ready(cloud, node, now),
             (Ph::DelStatus, Some(r)) => match (&r, found(&r, &self.eni)) {
-                // eni_status() is None on an error too: delete_eni then returns Ok.
-                (Err(_), _) | (_, None) => self.delete_ended(Ok(())),
+                // A failed look is a failed delete (retried later), never "gone".
+                (Err(e), _) => {
+                    let f = failure(e);
+                    self.delete_ended(Err(f))
+                }
+                (_, None) => self.delete_ended(Ok(())),
                 (_, Some(v)) => match v.status {
                     EniStatus::Deleting => self.delete_ended(Ok(())),
                     EniStatus::Available | EniStatus::Detaching => {

@@ -393,7 +393,7 @@ impl EniOps {
             Err(e) => e,
         };
         match self.eni_status(eni_id) {
-            Some((status, Some(inst)))
+            Ok(Some((status, Some(inst))))
                 if inst == self.node.info.instance_id
                     && (status == "Attaching" || status == "InUse") =>
             {
@@ -403,18 +403,20 @@ impl EniOps {
         }
     }
 
-    fn eni_status(&self, eni_id: &str) -> Option<(String, Option<String>)> {
-        let list = self
-            .cloud
-            .ecs
-            .describe_enis(&EniFilter {
-                eni_ids: vec![eni_id.to_string()],
-                ..EniFilter::default()
-            })
-            .ok()?;
-        list.into_iter()
+    /// The ENI's status and instance, `None` when the cloud does not have it. A failed look
+    /// (throttled, say) is an error, never "gone": an attached ENI taken for gone leaks.
+    fn eni_status(
+        &self,
+        eni_id: &str,
+    ) -> std::result::Result<Option<(String, Option<String>)>, CloudError> {
+        let list = self.cloud.ecs.describe_enis(&EniFilter {
+            eni_ids: vec![eni_id.to_string()],
+            ..EniFilter::default()
+        })?;
+        Ok(list
+            .into_iter()
             .find(|e| e.id == eni_id)
-            .map(|e| (e.status, e.instance_id))
+            .map(|e| (e.status, e.instance_id)))
     }
 
     /// Detach (wait until Available) and delete. Once it is detached the ENI is gone for the
@@ -422,7 +424,8 @@ impl EniOps {
     /// The delete itself is asynchronous in the cloud: an ENI that is `Deleting` (or already
     /// gone) counts as deleted, and is never asked to be deleted again.
     pub(super) fn delete_eni(&self, eni_id: &str) -> std::result::Result<(), CloudFailure> {
-        match self.eni_status(eni_id) {
+        // Not knowing where it stands, nothing is done: the pool retries the delete later.
+        match self.eni_status(eni_id).map_err(to_failure)? {
             None => return Ok(()),
             Some((status, _)) if status == "Deleting" => return Ok(()),
             Some((status, _)) if status == "Available" => {}
@@ -435,7 +438,7 @@ impl EniOps {
                 {
                     // A lost answer: the retry is refused, but the first call may have worked.
                     match self.eni_status(eni_id) {
-                        Some((st, _)) if st == "Detaching" || st == "Available" => {}
+                        Ok(Some((st, _))) if st == "Detaching" || st == "Available" => {}
                         _ => return Err(to_failure(e)),
                     }
                 }
@@ -450,9 +453,9 @@ impl EniOps {
             // The wait ends in NotFound once a delete went through; a refused delete may
             // follow one whose answer was lost: what the cloud shows now decides.
             match self.eni_status(eni_id) {
-                None => {}
-                Some((status, _)) if status == "Deleting" => {}
-                Some(_) => log::warn!(
+                Ok(None) => {}
+                Ok(Some((status, _))) if status == "Deleting" => {}
+                _ => log::warn!(
                     "ENI {eni_id} is detached but not deleted yet ({e}); the resync deletes it"
                 ),
             }
