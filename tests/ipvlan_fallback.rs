@@ -226,7 +226,9 @@ fn ipvlan_configured_pods_get_what_this_kernel_can_do_and_keep_it_across_a_resta
         a.cni("DEL", id, &pod.path()).assert_ok();
     }
     b.cni("DEL", "b0", &pb0.path()).assert_ok();
+    // A veth pod's DEL returns before the daemon has removed its veth and rules.
     for ip in [&ip_a0, &ip_a1, &ip_a2] {
+        wait_until(Duration::from_secs(5), || node_leftovers(&a, ip).is_empty());
         let left = node_leftovers(&a, ip);
         assert!(left.is_empty(), "left on the node for {ip}:\n{left}");
     }

@@ -24,8 +24,17 @@ fn main() {
 }
 
 fn real_main() -> Result<(), String> {
-    let mut p = Params::cluster(2000, 50);
-    let mut policy = "both".to_string();
+    // `cargo test --all-targets` runs bench targets too, without `--bench`: a small smoke run
+    // then (the full cluster takes minutes in a debug build); tests/scale_sim.rs checks the logic.
+    let smoke = std::env::args().len() == 1;
+    let mut p = match smoke {
+        true => Params::cluster(20, 10),
+        false => Params::cluster(2000, 50),
+    };
+    let mut policy = match smoke {
+        true => "pool".to_string(),
+        false => "both".to_string(),
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = |name: &str| args.next().ok_or(format!("{name} needs a value"));
