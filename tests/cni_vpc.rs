@@ -541,6 +541,12 @@ fn check_finds_broken_wiring_and_add_rolls_back_a_failed_setup() {
         r.json
     );
     node.cni("DEL", "chk", &pod.path(), &with_prev).assert_ok();
+    // (DEL returns before the daemon's teardown frees the address.)
+    let in_use = || {
+        let out = node.cli(&["pool", "--json"]).stdout;
+        serde_json::from_slice::<serde_json::Value>(&out).unwrap()["in_use"].clone()
+    };
+    assert!(wait_until(std::time::Duration::from_secs(5), || in_use() == 0));
 
     // The pod already has an eth0: the veth cannot be made; the address must go back.
     let busy = Netns::new("twpod");

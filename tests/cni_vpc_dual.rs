@@ -85,11 +85,15 @@ fn dual_lifecycle(version: &str, index: u8) {
     }
     node.cni("DEL", "ctr-a", &pod_a.path(), &with_prev)
         .assert_ok();
-    assert!(!pod_b.ping(&ip6_a), "pod a is gone after DEL");
+    // (DEL returns before the daemon's teardown has removed the veth.)
+    wait_until(std::time::Duration::from_secs(5), || {
+        !v6_routes(&node.ns.name).contains(&ip6_a)
+    });
     assert!(
         !v6_routes(&node.ns.name).contains(&ip6_a),
         "no IPv6 route to pod a left"
     );
+    assert!(!pod_b.ping(&ip6_a), "pod a is gone after DEL");
 
     // DEL while the daemon is down: the node's routes say what pod b held, both families go.
     node.kill_daemon(Signal::SIGTERM);

@@ -207,8 +207,11 @@ fn pool_stays_within_watermarks_under_churn() {
         "idle within [2, 5] after churn: {}",
         a.pool()
     );
-    let in_use = a.pool()["in_use"].as_u64().unwrap();
-    assert_eq!(in_use, live.iter().filter(|l| **l).count() as u64);
+    // (A DEL's address is freed once the daemon's teardown is done.)
+    let alive = live.iter().filter(|l| **l).count() as u64;
+    let in_use = || a.pool()["in_use"].as_u64().unwrap();
+    wait_until(Duration::from_secs(5), || in_use() == alive);
+    assert_eq!(in_use(), alive);
     for (i, p) in pods.iter().enumerate() {
         if live[i] {
             a.cni("DEL", &format!("churn-{i}"), &p.path()).assert_ok();
