@@ -378,6 +378,12 @@ impl<S: AddressSource> Core<S> {
                 out.reply(w.reply, Ok(Reply::Allocated(v)), true);
                 None
             }
+            Take::Fail(e) if e.kind == Kind::Exhausted && !self.tearing_down.is_empty() => {
+                // Nothing free, but a DEL's teardown is about to free an address (a full node
+                // replacing a pod): asked again once a removal is done.
+                self.after_teardown.push(w);
+                None
+            }
             Take::Fail(e) => {
                 self.metrics
                     .failed_allocation(failures::reason(e.kind, &e.msg));

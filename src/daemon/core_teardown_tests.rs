@@ -89,8 +89,13 @@ fn an_address_in_teardown_is_never_handed_out() {
         panic!("{gc:?}")
     };
     assert!(stale.iter().all(|a| a.key != victim), "{stale:?}");
-    let (r, _) = call(&mut c, alloc_in("newcomer"), far);
-    assert!(r.is_err(), "handed out while tearing down: {r:?}");
+    // A newcomer finds nothing free: it waits for the removal rather than failing at once.
+    let (out, newcomer) = ask(&mut c, alloc_in("newcomer"), far);
+    deliver(out);
+    assert!(
+        newcomer.try_recv().is_err(),
+        "handed out (or failed) while tearing down"
+    );
     // The attachment itself is not wired again under the same veth name meanwhile: a
     // re-ADD waits for the removal.
     let (out, again) = ask(&mut c, alloc_in("fill-0"), far);
@@ -117,11 +122,13 @@ fn an_address_in_teardown_is_never_handed_out() {
     c.torn_down(&victim, Err("EBUSY".into()), far, &mut out);
     assert!(!out.dirty());
     assert!(c.allocations().contains_key(&victim));
-    assert!(call(&mut c, alloc_in("newcomer"), far).0.is_err());
+    assert!(call(&mut c, alloc_in("newcomer2"), far).0.is_err());
     // The held re-ADD then finds its allocation as a retried ADD does (setup replaces the
     // leftover veth of its own name).
     deliver(out);
     assert_eq!(ip_of(&again.try_recv().unwrap()), ip);
+    // The waiting newcomer then fails: nothing came free.
+    assert!(matches!(newcomer.try_recv(), Ok(Err(_))));
 
     // Once a removal succeeds the address is free, and saved so before any reply.
     let (out, _rx) = ask(
@@ -199,4 +206,28 @@ fn an_add_into_a_namespace_in_teardown_waits_for_it() {
     deliver(out);
     let r = next.try_recv().expect("served once the teardown finished");
     assert!(matches!(r, Ok(Reply::Allocated(_))), "{r:?}");
+}
+
+/// A full node replacing a pod: the new pod's ADD waits for the old one's teardown and gets
+/// the address it frees, instead of failing for the milliseconds the removal takes.
+#[test]
+fn an_add_on_a_full_node_waits_for_a_teardown_to_free_an_address() {
+    let mut c = vpc("10.9.0.0/29");
+    let held = fill(&mut c, 7_000);
+    let ip = c.allocations()[&held[0]].address.ipv4_addr().unwrap();
+    let (out, _rx) = ask(
+        &mut c,
+        Request::Delete {
+            key: held[0].clone(),
+        },
+        7_000,
+    );
+    deliver(out);
+    let (out, newcomer) = ask(&mut c, alloc_in("replacement"), 7_000);
+    deliver(out);
+    assert!(newcomer.try_recv().is_err(), "waits for the removal");
+    let mut out = Outbox::default();
+    c.torn_down(&held[0], Ok(()), 7_010, &mut out);
+    deliver(out);
+    assert_eq!(ip_of(&newcomer.try_recv().unwrap()), ip);
 }
