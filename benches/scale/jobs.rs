@@ -22,7 +22,10 @@ const TIMEOUT: &str = "Timeout";
 #[derive(Debug, Clone)]
 pub enum Kind {
     Op(CloudOp),
-    Resync,
+    /// `vswitches`: the resync refreshes the vSwitches' free counts (the `most` policy only).
+    Resync {
+        vswitches: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -140,7 +143,7 @@ impl Job {
     fn op_id(&self) -> u64 {
         match &self.kind {
             Kind::Op(op) => op.id(),
-            Kind::Resync => 0,
+            Kind::Resync { .. } => 0,
         }
     }
 
@@ -335,7 +338,7 @@ impl Job {
                     eni: self.eni.clone(),
                 })
             }
-            Kind::Resync => {
+            Kind::Resync { .. } => {
                 self.ph = Ph::Leaked;
                 Step::Call(Req::DescribeLeaked)
             }
@@ -563,9 +566,13 @@ impl Job {
                 self.ph = Ph::LeakDeleted;
                 Step::Call(Req::Delete { eni: id })
             }
-            None => {
+            None if matches!(self.kind, Kind::Resync { vswitches: true }) => {
                 self.ph = Ph::VSwitches;
                 Step::Call(Req::DescribeVSwitches)
+            }
+            None => {
+                self.ph = Ph::Observed;
+                Step::Call(Req::DescribeAttached)
             }
         }
     }

@@ -5,6 +5,7 @@
 use crate::jobs::{Done, Job, Kind};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
+use terway::config::VSwitchPolicy;
 use terway::daemon::core::WAIT_TIMEOUT_MS;
 use terway::daemon::waiters::{Waiter, Waiters};
 use terway::model::{AttachKey, PodRef};
@@ -159,7 +160,8 @@ impl Daemon for PoolNode {
             out.jobs
                 .extend(ops.into_iter().map(|op| Job::new(Kind::Op(op))));
             if self.start_resync(now) {
-                out.jobs.push(Job::new(Kind::Resync));
+                let vswitches = self.pool.config().vswitch_policy == VSwitchPolicy::Most;
+                out.jobs.push(Job::new(Kind::Resync { vswitches }));
             }
         }
         // Core::serve_waiting

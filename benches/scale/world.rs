@@ -322,7 +322,7 @@ impl<D: Daemon> World<D> {
 
     fn src(job: &Job) -> Src {
         match job.kind {
-            Kind::Resync => Src::Resync,
+            Kind::Resync { .. } => Src::Resync,
             Kind::Op(_) => Src::Op,
         }
     }

@@ -147,12 +147,15 @@ pub fn panicked(op: u64) -> CloudDone {
 }
 
 impl EniOps {
-    /// A resync: leaked ENIs deleted, vSwitch counts refreshed, attached ENIs listed. Runs only
+    /// A resync: leaked ENIs deleted, the counts of `vswitches` refreshed (none: no call),
+    /// attached ENIs listed. Runs only
     /// while nothing else is in flight (and nothing new goes out until it reports), so an
     /// unattached ENI of ours is not one being created.
     pub fn resync(&self, vswitches: &[String]) -> CloudDone {
         self.delete_leaked_enis();
-        if let Err(e) = self.refresh_vswitches(vswitches) {
+        if !vswitches.is_empty()
+            && let Err(e) = self.refresh_vswitches(vswitches)
+        {
             log::warn!("resync: {e}");
         }
         CloudDone::Observed(self.observe().map_err(|e| e.msg).map(|enis| Observation {
