@@ -7,7 +7,6 @@ use crate::cloud::http::{self, HttpConfig};
 use crate::cloud::openapi::{OpenApi, OpenApiConfig, RetryPolicy};
 use crate::cloud::parse;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -366,73 +365,6 @@ impl Ecs {
             std::thread::sleep(delay.min(timeout - elapsed));
             delay = (delay * 3 / 2).min(Duration::from_secs(2));
         }
-    }
-
-    /// Adds `count` secondary addresses, in calls of at most 10, each with its own ClientToken
-    /// (so a retried call cannot assign twice). If a later call fails after earlier ones
-    /// succeeded, the addresses obtained so far are returned (the caller owns them).
-    pub fn assign_ips(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Addr>, CloudError> {
-        const A: &str = "AssignPrivateIpAddresses";
-        let mut out = Vec::new();
-        let mut left = count as usize;
-        while left > 0 {
-            let n = left.min(MAX_IPS_PER_CALL);
-            let mut p = Params::default();
-            p.set("NetworkInterfaceId", eni_id)
-                .set("SecondaryPrivateIpAddressCount", n.to_string())
-                .set("ClientToken", client_token());
-            let got = match self.ecs.call(A, &p.borrow()) {
-                Ok(v) => parse::assigned_ips(A, &v)?,
-                Err(e) if !out.is_empty() => {
-                    log::warn!("{e}; keeping the {} addresses already assigned", out.len());
-                    return Ok(out);
-                }
-                Err(e) => return Err(e),
-            };
-            out.extend(got);
-            left -= n;
-        }
-        Ok(out)
-    }
-
-    /// Removes addresses; ones already gone (`InvalidIp.IpUnassigned`) count as removed.
-    pub fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
-        for chunk in ips.chunks(MAX_IPS_PER_CALL) {
-            match self.unassign_chunk(eni_id, chunk) {
-                Err(e) if e.code == codes::IP_UNASSIGNED => {
-                    // The call fails as a whole when any address is gone: remove the rest.
-                    let filter = EniFilter {
-                        eni_ids: vec![eni_id.to_string()],
-                        ..EniFilter::default()
-                    };
-                    let still: Vec<Ipv4Addr> = self
-                        .describe_enis(&filter)?
-                        .into_iter()
-                        .filter(|e| e.id == eni_id)
-                        .flat_map(|e| e.secondary_ips)
-                        .filter(|ip| chunk.contains(ip))
-                        .collect();
-                    if !still.is_empty() {
-                        match self.unassign_chunk(eni_id, &still) {
-                            Err(e) if e.code != codes::IP_UNASSIGNED => return Err(e),
-                            _ => {}
-                        }
-                    }
-                }
-                other => other?,
-            }
-        }
-        Ok(())
-    }
-
-    fn unassign_chunk(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), CloudError> {
-        let mut p = Params::default();
-        let ips: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
-        p.set("NetworkInterfaceId", eni_id)
-            .list("PrivateIpAddress", &ips);
-        self.ecs
-            .call("UnassignPrivateIpAddresses", &p.borrow())
-            .map(drop)
     }
 
     /// ENI limits of instance types (all types when `types` is empty).

@@ -8,7 +8,7 @@
 pub mod codes;
 pub mod credentials;
 pub mod ecs;
-mod ecs_ipv6;
+mod ecs_addresses;
 pub mod error;
 pub mod http;
 pub mod lifecycle;
