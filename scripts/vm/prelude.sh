@@ -57,3 +57,61 @@ ping_ok() { # ping_ok NS TARGET LABEL
         fail "ping $3"
     fi
 }
+
+# What a scenario on the emulated VPC starts, stopped on exit: DAEMON_PIDS, PODS, EMU_PID (a
+# scenario may define stop_extra for more, and clears them itself as it goes). On failure it
+# names the step and shows the logs in WORK.
+EMU_PID=
+DAEMON_PIDS=
+PODS=
+STEP=start
+stop_extra() { :; }
+cleanup() {
+    rc=$?
+    set +e
+    stop_extra
+    for p in $DAEMON_PIDS; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+    for p in $PODS; do ip netns del "$p" 2>/dev/null; done
+    # TERM: the emulator removes the VPC and node namespaces it built.
+    if [ -n "$EMU_PID" ]; then kill "$EMU_PID" 2>/dev/null; wait "$EMU_PID" 2>/dev/null; fi
+    if [ "$rc" != 0 ]; then
+        echo "FAIL in step: $STEP"
+        for f in "$WORK"/*.log; do echo "---- $f"; tail -n 30 "$f"; done
+    fi
+    rm -rf "$WORK"
+}
+# on_exit: the scenario's traps (call once WORK is set)
+on_exit() {
+    trap cleanup EXIT
+    trap 'exit 143' TERM
+    trap 'exit 130' INT
+}
+step() {
+    STEP=$*
+    echo "-- $*"
+}
+
+# start_emulator VPC_NS: `terway emulate --netns` with its node configs in WORK/nodes, then
+# wait_nodes (sets NODES, N0, N1)
+start_emulator() {
+    step "terway emulate --netns"
+    "$BIN" emulate --netns --vpc-netns "$1" --listen 127.0.0.1:0 \
+        --node-configs "$WORK/nodes" >"$WORK/emulate.out" 2>"$WORK/emulate.log" &
+    EMU_PID=$!
+    wait_nodes
+}
+
+# start_daemon NODE: sets DAEMON_PID (also appended to DAEMON_PIDS), waits until it answers
+start_daemon() {
+    # /bin/ip, not the prelude's function: $! must be the daemon itself (ip netns exec execs it).
+    /bin/ip netns exec "$1" "$BIN" daemon --config "$WORK/nodes/$1.json" 2>>"$WORK/daemon-$1.log" &
+    DAEMON_PID=$!
+    DAEMON_PIDS="$DAEMON_PIDS $DAEMON_PID"
+    i=0
+    until "$BIN" pool --socket "$(sock "$1")" >/dev/null 2>&1; do
+        kill -0 "$DAEMON_PID" 2>/dev/null || fail "the daemon on $1 exited: $(cat "$WORK/daemon-$1.log")"
+        i=$((i + 1))
+        [ "$i" -le 600 ] || fail "the daemon on $1 did not answer in 60 s"
+        sleep 0.1
+    done
+}

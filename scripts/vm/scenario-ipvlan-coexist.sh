@@ -18,55 +18,15 @@ BIN=/opt/cni/bin/terway
 WORK=$(mktemp -d /tmp/coexist.XXXXXX)
 VPC=twvm-coex-vpc
 SERVICE_CIDR=10.96.0.0/16
-EMU_PID=
-DAEMON_PIDS=
-PODS=
-STEP=start
-cleanup() {
-    rc=$?
-    set +e
-    for p in $DAEMON_PIDS; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-    for p in $PODS; do ip netns del "$p" 2>/dev/null; done
-    # TERM: the emulator removes the VPC and node namespaces it built.
-    if [ -n "$EMU_PID" ]; then kill "$EMU_PID" 2>/dev/null; wait "$EMU_PID" 2>/dev/null; fi
-    if [ "$rc" != 0 ]; then
-        echo "FAIL in step: $STEP"
-        for f in "$WORK"/*.log; do echo "---- $f"; tail -n 30 "$f"; done
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 143' TERM
-trap 'exit 130' INT
-step() {
-    STEP=$*
-    echo "-- $*"
-}
+on_exit
 
-step "terway emulate --netns"
-"$BIN" emulate --netns --vpc-netns "$VPC" --listen 127.0.0.1:0 \
-    --node-configs "$WORK/nodes" >"$WORK/emulate.out" 2>"$WORK/emulate.log" &
-EMU_PID=$!
-wait_nodes
+start_emulator "$VPC"
 
 # The emulator writes pretty JSON: "{" alone on the first line.
 sed -i '1a "eniip_virtual_type": "veth",' "$WORK/nodes/$N0.json"
 "$BIN" config check "$WORK/nodes/$N0.json" >"$WORK/check.out" 2>&1 ||
     fail "config check $N0: $(cat "$WORK/check.out")"
 
-# start_daemon NODE: sets DAEMON_PID (also appended to DAEMON_PIDS), waits until it answers
-start_daemon() {
-    # /bin/ip, not the prelude's function: $! must be the daemon itself (ip netns exec execs it).
-    /bin/ip netns exec "$1" "$BIN" daemon --config "$WORK/nodes/$1.json" 2>>"$WORK/daemon-$1.log" &
-    DAEMON_PID=$!
-    DAEMON_PIDS="$DAEMON_PIDS $DAEMON_PID"
-    i=0
-    until "$BIN" pool --socket "$(sock "$1")" >/dev/null 2>&1; do
-        i=$((i + 1))
-        [ "$i" -le 600 ] || fail "the daemon on $1 did not answer in 60 s"
-        sleep 0.1
-    done
-}
 # effective NODE WANT: the daemon's pool says WANT is the datapath in effect
 effective() {
     "$BIN" pool --json --socket "$(sock "$1")" >"$WORK/pool-$1.json"

@@ -10,58 +10,18 @@ set -eu
 BIN=${TERWAY_BIN:-/opt/cni/bin/terway}
 WORK=$(mktemp -d /tmp/ipvlan6.XXXXXX)
 VPC=twvm-ipv6-vpc
-EMU_PID=
-DAEMON_PIDS=
-PODS=
-STEP=start
-cleanup() {
-    rc=$?
-    set +e
-    for p in $DAEMON_PIDS; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-    for p in $PODS; do ip netns del "$p" 2>/dev/null; done
-    # TERM: the emulator removes the VPC and node namespaces it built.
-    if [ -n "$EMU_PID" ]; then kill "$EMU_PID" 2>/dev/null; wait "$EMU_PID" 2>/dev/null; fi
-    if [ "$rc" != 0 ]; then
-        echo "FAIL in step: $STEP"
-        for f in "$WORK"/*.log; do echo "---- $f"; tail -n 30 "$f"; done
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 143' TERM
-trap 'exit 130' INT
-step() {
-    STEP=$*
-    echo "-- $*"
-}
+on_exit
 
-step "terway emulate --netns"
-"$BIN" emulate --netns --vpc-netns "$VPC" --listen 127.0.0.1:0 \
-    --node-configs "$WORK/nodes" >"$WORK/emulate.out" 2>"$WORK/emulate.log" &
-EMU_PID=$!
-wait_nodes
+start_emulator "$VPC"
 
 step "daemons: eniip_virtual_type ipvlan, ip_stack dual"
 for n in $NODES; do
     # The emulator writes pretty JSON: "{" alone on the first line.
     sed -i '1a "eniip_virtual_type": "ipvlan", "service_cidr": "10.96.0.0/16", "ip_stack": "dual",' \
         "$WORK/nodes/$n.json"
-    /bin/ip netns exec "$n" "$BIN" daemon --config "$WORK/nodes/$n.json" 2>"$WORK/daemon-$n.log" &
-    DAEMON_PIDS="$DAEMON_PIDS $!"
-done
-# shellcheck disable=SC2086
-set -- $DAEMON_PIDS
-for n in $NODES; do
-    i=0
-    until "$BIN" pool --socket "$(sock "$n")" >/dev/null 2>&1; do
-        kill -0 "$1" 2>/dev/null || fail "the daemon on $n exited: $(cat "$WORK/daemon-$n.log")"
-        i=$((i + 1))
-        [ "$i" -le 600 ] || fail "the daemon on $n did not answer in 60 s"
-        sleep 0.1
-    done
+    start_daemon "$n"
     "$BIN" pool --json --socket "$(sock "$n")" | grep -q '"effective": "ipvlan"' ||
         fail "$n does not use ipvlan: $(cat "$WORK/daemon-$n.log")"
-    shift
 done
 
 # add_dual_pod POD NODE: add_pod, then the pod's IPv6 checked; sets ADDR6

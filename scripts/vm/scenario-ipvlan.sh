@@ -22,38 +22,11 @@ SERVICE_CIDR=10.96.0.0/16
 SERVICE_IP=10.96.0.10
 SERVICE_PORT=8080
 NO_IPVLAN="ipvlan not supported by this kernel"
-EMU_PID=
-DAEMON_PIDS=
 LISTENER_PID=
-PODS=
-STEP=start
-cleanup() {
-    rc=$?
-    set +e
-    [ -z "$LISTENER_PID" ] || kill "$LISTENER_PID" 2>/dev/null
-    for p in $DAEMON_PIDS; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-    for p in $PODS; do ip netns del "$p" 2>/dev/null; done
-    # TERM: the emulator removes the VPC and node namespaces it built.
-    if [ -n "$EMU_PID" ]; then kill "$EMU_PID" 2>/dev/null; wait "$EMU_PID" 2>/dev/null; fi
-    if [ "$rc" != 0 ]; then
-        echo "FAIL in step: $STEP"
-        for f in "$WORK"/*.log; do echo "---- $f"; tail -n 30 "$f"; done
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 143' TERM
-trap 'exit 130' INT
-step() {
-    STEP=$*
-    echo "-- $*"
-}
+stop_extra() { [ -z "$LISTENER_PID" ] || kill "$LISTENER_PID" 2>/dev/null; }
+on_exit
 
-step "terway emulate --netns"
-"$BIN" emulate --netns --vpc-netns "$VPC" --listen 127.0.0.1:0 \
-    --node-configs "$WORK/nodes" >"$WORK/emulate.out" 2>"$WORK/emulate.log" &
-EMU_PID=$!
-wait_nodes
+start_emulator "$VPC"
 
 step "daemon configs: eniip_virtual_type ipvlan, service_cidr $SERVICE_CIDR"
 for n in $NODES; do
@@ -67,18 +40,6 @@ for n in $NODES; do
     ip -n "$n" addr add "$SERVICE_IP/32" dev lo
 done
 
-# start_daemon NODE: appends its pid to DAEMON_PIDS, waits until it answers
-start_daemon() {
-    # /bin/ip, not the prelude's function: $! must be the daemon itself (ip netns exec execs it).
-    /bin/ip netns exec "$1" "$BIN" daemon --config "$WORK/nodes/$1.json" 2>"$WORK/daemon-$1.log" &
-    DAEMON_PIDS="$DAEMON_PIDS $!"
-    i=0
-    until "$BIN" pool --socket "$(sock "$1")" >/dev/null 2>&1; do
-        i=$((i + 1))
-        [ "$i" -le 600 ] || fail "the daemon on $1 did not answer in 60 s"
-        sleep 0.1
-    done
-}
 step "terway daemon on $N0 and $N1"
 for n in $NODES; do start_daemon "$n"; done
 

@@ -8,46 +8,16 @@
 # and removed.
 set -eu
 BIN=/opt/cni/bin/terway
+# shellcheck disable=SC2034 # used by the prelude's helpers
 WORK=$(mktemp -d /tmp/shared-eni.XXXXXX)
 VPC=twvm-vpc
-EMU_PID=
-DAEMON_PIDS=
-PODS=
-cleanup() {
-    rc=$?
-    set +e
-    for p in $DAEMON_PIDS; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-    for p in $PODS; do ip netns del "$p" 2>/dev/null; done
-    # TERM: the emulator removes the VPC and node namespaces it built.
-    if [ -n "$EMU_PID" ]; then kill "$EMU_PID" 2>/dev/null; wait "$EMU_PID" 2>/dev/null; fi
-    if [ "$rc" != 0 ]; then
-        for f in "$WORK"/*.log; do echo "---- $f"; tail -n 30 "$f"; done
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 143' TERM
-trap 'exit 130' INT
+on_exit
 
-echo "-- terway emulate --netns"
-"$BIN" emulate --netns --vpc-netns "$VPC" --listen 127.0.0.1:0 \
-    --node-configs "$WORK/nodes" >"$WORK/emulate.out" 2>"$WORK/emulate.log" &
-EMU_PID=$!
-wait_nodes
+start_emulator "$VPC"
 
 for n in $NODES; do
-    echo "-- terway daemon on $n"
-    # /bin/ip, not the prelude's function: $! must be the daemon itself (ip netns exec execs it).
-    /bin/ip netns exec "$n" "$BIN" daemon --config "$WORK/nodes/$n.json" 2>"$WORK/daemon-$n.log" &
-    DAEMON_PIDS="$DAEMON_PIDS $!"
-done
-for n in $NODES; do
-    i=0
-    until "$BIN" pool --socket "$(sock "$n")" >/dev/null 2>&1; do
-        i=$((i + 1))
-        [ "$i" -le 600 ] || fail "the daemon on $n did not answer in 60 s"
-        sleep 0.1
-    done
+    step "terway daemon on $n"
+    start_daemon "$n"
 done
 
 echo "-- CNI ADD: pod-a on $N0, pod-b and pod-c on $N1"
