@@ -219,37 +219,52 @@ pub(super) fn unusable(ip: Ipv4Addr) -> bool {
         || ip.is_link_local()
 }
 
-fn validate(spec: &ExclusiveEniSpec) -> Result<()> {
-    let bad = |msg: String| Err(Error::new(Kind::InvalidConfig, msg));
-    let mac = spec.mac;
+/// What is wrong with an ENI's device and its pod address (exclusive ENI and ipvlan pods both
+/// sit on the vSwitch): the MAC, the MTU, the address, its vSwitch prefix and the gateway.
+/// (The pods' gateway 169.254.1.1 is link-local, so never a usable address.)
+pub(super) fn on_eni_problem(
+    mac: [u8; 6],
+    mtu: u32,
+    net: Ipv4Network,
+    gw: Ipv4Addr,
+) -> Option<String> {
+    let ip = net.ip();
     if mac == [0; 6] || mac[0] & 1 == 1 {
-        return bad(format!(
+        return Some(format!(
             "{} is not a unicast MAC address and cannot be an ENI's",
             format_mac(&mac)
         ));
     }
-    if !(68..=65535).contains(&spec.mtu) {
-        return bad(format!("MTU {} is out of range (68-65535)", spec.mtu));
+    if !(68..=65535).contains(&mtu) {
+        return Some(format!("MTU {mtu} is out of range (68-65535)"));
     }
-    let (ip, net, gw) = (spec.ip.ip(), spec.ip, spec.gateway);
     if unusable(ip) {
-        return bad(format!("{ip} is not a usable pod address"));
+        return Some(format!("{ip} is not a usable pod address"));
     }
     if net.prefix() == 0 || net.prefix() > 31 {
-        return bad(format!(
+        return Some(format!(
             "{net}: the pod address needs its vSwitch prefix length (1-31), e.g. {ip}/24"
         ));
     }
     if net.prefix() <= 30 && (ip == net.network() || ip == net.broadcast()) {
-        return bad(format!("{ip} is the network or broadcast address of {net}"));
+        return Some(format!("{ip} is the network or broadcast address of {net}"));
     }
     if unusable(gw) || gw == ip || !net.contains(gw) {
-        return bad(format!(
+        return Some(format!(
             "gateway {gw} must be another address inside the vSwitch {}/{}",
             net.network(),
             net.prefix()
         ));
     }
+    None
+}
+
+fn validate(spec: &ExclusiveEniSpec) -> Result<()> {
+    let bad = |msg: String| Err(Error::new(Kind::InvalidConfig, msg));
+    if let Some(problem) = on_eni_problem(spec.mac, spec.mtu, spec.ip, spec.gateway) {
+        return bad(problem);
+    }
+    let ip = spec.ip.ip();
     if let Some(v6) = &spec.ipv6 {
         v6.validate()?;
         if spec.mtu < 1280 {

@@ -40,7 +40,9 @@
 //!
 //! Host-side work happens in the calling thread's namespace (the node's).
 
-use super::exclusive_eni::{EniIpv6, check_route, check_up_mtu, refuse_node_namespace, unusable};
+use super::exclusive_eni::{
+    EniIpv6, check_route, check_up_mtu, on_eni_problem, refuse_node_namespace, unusable,
+};
 use super::{POD_GATEWAY, veth};
 use crate::err;
 use crate::error::{Error, Kind, Result};
@@ -175,35 +177,10 @@ pub fn host_route(pod_ip: Ipv4Addr, slave_index: u32) -> Route {
 
 fn validate(spec: &IpvlanSpec) -> Result<()> {
     let bad = |msg: String| Err(Error::new(Kind::InvalidConfig, msg));
-    let mac = spec.mac;
-    if mac == [0; 6] || mac[0] & 1 == 1 {
-        return bad(format!(
-            "{} is not a unicast MAC address and cannot be an ENI's",
-            format_mac(&mac)
-        ));
+    if let Some(problem) = on_eni_problem(spec.mac, spec.mtu, spec.ip, spec.gateway) {
+        return bad(problem);
     }
-    if !(68..=65535).contains(&spec.mtu) {
-        return bad(format!("MTU {} is out of range (68-65535)", spec.mtu));
-    }
-    let (ip, net, gw) = (spec.ip.ip(), spec.ip, spec.gateway);
-    if unusable(ip) || ip == POD_GATEWAY {
-        return bad(format!("{ip} is not a usable pod address"));
-    }
-    if net.prefix() == 0 || net.prefix() > 31 {
-        return bad(format!(
-            "{net}: the pod address needs its vSwitch prefix length (1-31), e.g. {ip}/24"
-        ));
-    }
-    if net.prefix() <= 30 && (ip == net.network() || ip == net.broadcast()) {
-        return bad(format!("{ip} is the network or broadcast address of {net}"));
-    }
-    if unusable(gw) || gw == ip || !net.contains(gw) {
-        return bad(format!(
-            "gateway {gw} must be another address inside the vSwitch {}/{}",
-            net.network(),
-            net.prefix()
-        ));
-    }
+    let (ip, gw) = (spec.ip.ip(), spec.gateway);
     if let Some(cidr) = spec.service_cidr
         && (cidr.prefix() == 0 || cidr.contains(ip) || cidr.contains(gw))
     {
