@@ -15,14 +15,7 @@ N=${N:-50}
 REF=/usr/lib/cni
 [ -x "$REF/ptp" ] || { echo "reference plugins not found in $REF" >&2; exit 1; }
 
-if [ -n "${TERWAY_BIN:-}" ]; then
-    BIN=$(realpath "$TERWAY_BIN")   # e.g. the static binary of scripts/build-static.sh
-else
-    echo "==> building terway (release)"
-    cargo build --release --quiet
-    BIN="$PWD/target/release/terway"
-fi
-echo "==> terway binary: $BIN ($(stat -c %s "$BIN") bytes)"
+bench_binary
 echo "==> building the kernel floor (benches/kernel_floor.rs)"
 FLOOR=$(cargo bench --bench kernel_floor --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, sys

@@ -14,9 +14,7 @@ ensure_packages iproute2 containernetworking-plugins python3 procps
 N=${N:-40}
 REF=/usr/lib/cni
 [ -x "$REF/ptp" ] && [ -x "$REF/host-local" ] || { echo "reference plugins not found in $REF" >&2; exit 1; }
-echo "==> building terway (release)"
-cargo build --release --quiet
-BIN="$PWD/target/release/terway"
+bench_binary
 
 # Fixed names (twdual-*, i-twdual*) so that leftovers of a crashed run are found and removed.
 V4=i-twdual4 DUAL=i-twdual6 VPC_NS=twdual-vpc

@@ -44,14 +44,7 @@ REF=/usr/lib/cni
 [ "$CHURN_LOW" -lt "$CHURN_HIGH" ] || { echo "CHURN_LOW must be below CHURN_HIGH" >&2; exit 1; }
 
 T_START=$EPOCHREALTIME
-if [ -n "${TERWAY_BIN:-}" ]; then
-    BIN=$(realpath "$TERWAY_BIN")   # e.g. the static binary of scripts/build-static.sh
-else
-    echo "==> building terway (release)"
-    cargo build --release --quiet
-    BIN="$PWD/target/release/terway"
-fi
-echo "==> terway binary: $BIN ($(stat -c %s "$BIN") bytes)"
+bench_binary
 echo "==> building the kernel floor (benches/kernel_floor.rs)"
 FLOOR=$(cargo bench --bench kernel_floor --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, sys

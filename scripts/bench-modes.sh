@@ -31,9 +31,7 @@ if [ "$CONC" -lt 1 ] || [ "$CONC" -gt 7 ]; then echo "CONC must be 1..7 (ENIs pe
 if [ "$N" -lt 1 ] || [ "$ROUNDS" -lt 1 ] || [ "$SECS" -lt 1 ]; then echo "N, ROUNDS and SECS must be >= 1" >&2; exit 1; fi
 
 T_START=$EPOCHREALTIME
-echo "==> building terway (release; scripts/build-static.sh makes the static binary we ship)"
-cargo build --release --quiet
-BIN="$PWD/target/release/terway"
+bench_binary
 
 # Fixed names (twmodes-*, i-twmodes*: used by nothing else) so that leftovers of a crashed run
 # can be found and removed; a lock keeps two runs apart.
