@@ -11,9 +11,9 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, Stdio};
 
-/// Addresses the daemon holds, per container id, from the state file it wrote.
+/// Addresses the daemon holds, per container id, from the state it saved.
 fn recorded(node: &Node) -> BTreeMap<String, String> {
-    let state: Value = serde_json::from_slice(&std::fs::read(node.state_path()).unwrap()).unwrap();
+    let state: Value = node.stored_state();
     let mut out = BTreeMap::new();
     for a in state["allocations"].as_array().unwrap() {
         let id = a["key"]["container_id"].as_str().unwrap().to_string();

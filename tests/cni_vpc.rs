@@ -141,8 +141,7 @@ fn fifty_parallel_adds_get_distinct_addresses() {
     let distinct: HashSet<&String> = ips.iter().collect();
     assert_eq!(distinct.len(), 50, "{ips:?}");
     assert!(pods[0].ping(&ips[49]), "pod 0 -> pod 49");
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(node.state_path()).unwrap()).unwrap();
+    let state = node.stored_state();
     assert_eq!(state["allocations"].as_array().unwrap().len(), 50);
     for (i, p) in pods.iter().enumerate() {
         node.cni("DEL", &format!("par-{i}"), &p.path(), &conf)
@@ -570,7 +569,9 @@ fn a_second_daemon_on_the_same_state_is_refused_without_touching_it() {
     let pod = Netns::new("twpod");
     node.cni("ADD", "two", &pod.path(), &node.netconf("1.0.0"))
         .assert_ok();
+    let log = node.state_path().with_file_name("state.json.log");
     let before = std::fs::read(node.state_path()).unwrap();
+    let log_before = std::fs::read(&log).unwrap();
     let run = node.ns.exec(&[
         BIN,
         "daemon",
@@ -581,6 +582,10 @@ fn a_second_daemon_on_the_same_state_is_refused_without_touching_it() {
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(err.contains("another terway daemon"), "{err}");
     assert_eq!(std::fs::read(node.state_path()).unwrap(), before);
+    assert!(
+        std::fs::read(&log).unwrap() == log_before,
+        "the log changed"
+    );
     assert!(pod.ping(&node.node_ip));
 }
 

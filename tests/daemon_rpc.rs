@@ -99,9 +99,14 @@ struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     fn new(dir: &Path) -> Tmpfs {
+        Tmpfs::sized(dir, "128k")
+    }
+
+    fn sized(dir: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(dir).unwrap();
         let d = dir.display().to_string();
-        sh_ok(&["mount", "-t", "tmpfs", "-o", "size=128k", "terway-test", &d]);
+        let opts = format!("size={size}");
+        sh_ok(&["mount", "-t", "tmpfs", "-o", &opts, "terway-test", &d]);
         Tmpfs(dir.to_path_buf())
     }
 
@@ -133,7 +138,9 @@ fn pool(node: &Node) -> Value {
 }
 
 /// Defect 6: every time, the ADD whose save fails is answered 104 with the state file's path
-/// (never "closed the connection without a reply"), and only then does the daemon stop.
+/// (never "closed the connection without a reply"), and only then does the daemon stop. A save
+/// fails as a snapshot (without the log: a directory nothing can be created in, a full file
+/// system) or as a record of the log (the log made unwritable).
 #[test]
 fn a_failed_save_answers_104_with_the_state_path_then_stops() {
     require_root();
@@ -144,17 +151,17 @@ fn a_failed_save_answers_104_with_the_state_path_then_stops() {
     std::fs::create_dir_all(&plain).unwrap();
     let tmpfs = Tmpfs::new(&node.dir.0.join("state-tmpfs"));
     let started = Instant::now();
-    for round in 0..10 {
-        // Even rounds: a directory nothing can be created in; odd rounds: a full file system.
-        let dir = if round % 2 == 0 { &plain } else { &tmpfs.0 };
+    for round in 0..12 {
+        let dir = if round % 3 == 1 { &tmpfs.0 } else { &plain };
         let state = dir.join("state.json");
         node.configure(json!({ "state_path": state }));
-        let mut daemon = Daemon::start(&node, &[]);
+        let no_log = [("TERWAY_STATE_LOG_BYTES", "0")];
+        let mut daemon = Daemon::start(&node, if round % 3 == 2 { &[] } else { &no_log });
         let before = std::fs::read(&state).unwrap();
-        let (_immutable, filler) = if round % 2 == 0 {
-            (Some(Immutable::new(dir)), None)
-        } else {
-            (None, Some(tmpfs.fill()))
+        let (_immutable, filler) = match round % 3 {
+            0 => (Some(Immutable::new(dir)), None),
+            1 => (None, Some(tmpfs.fill())),
+            _ => (Some(Immutable::new(&dir.join("state.json.log"))), None),
         };
 
         let id = format!("ctr-save-{round}");
@@ -198,13 +205,41 @@ fn a_failed_save_answers_104_with_the_state_path_then_stops() {
             std::fs::remove_file(f).unwrap();
         }
     }
-    eprintln!("10 failed saves in {:?}", started.elapsed());
+    eprintln!("12 failed saves in {:?}", started.elapsed());
     // Nothing was handed out: a daemon on each state file knows no pod.
     for dir in [&plain, &tmpfs.0] {
         node.configure(json!({ "state_path": dir.join("state.json") }));
         let _daemon = Daemon::start(&node, &[]);
         assert_eq!(pool(&node)["in_use"], 0);
     }
+}
+
+/// The log's space is the daemon's already: a full file system does not stop ADDs while the log
+/// has room, and what they saved there is what a restarted daemon knows.
+#[test]
+fn a_full_file_system_does_not_stop_adds_while_the_log_has_room() {
+    require_root();
+    let node = Node::new(65);
+    let tmpfs = Tmpfs::sized(&node.dir.0.join("state-tmpfs"), "1m");
+    let state = tmpfs.0.join("state.json");
+    node.configure(json!({ "state_path": state }));
+    let log_bytes = [("TERWAY_STATE_LOG_BYTES", "262144")];
+    let daemon = Daemon::start(&node, &log_bytes);
+    let filler = tmpfs.fill();
+    let conf = node.netconf("1.0.0");
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("twfull")).collect();
+    for (i, pod) in pods.iter().enumerate() {
+        node.cni("ADD", &format!("ctr-full-{i}"), &pod.path(), &conf)
+            .assert_ok();
+    }
+    let stored = node.cli(&["state", "--path", state.to_str().unwrap()]);
+    let stored: Value = serde_json::from_slice(&stored.stdout).unwrap();
+    assert_eq!(stored["allocations"].as_array().unwrap().len(), 3);
+    drop(daemon); // SIGKILL: no snapshot at stop
+    // The restart's snapshot needs room: free it, and the three pods are known.
+    std::fs::remove_file(filler).unwrap();
+    let _daemon = Daemon::start(&node, &log_bytes);
+    assert_eq!(pool(&node)["in_use"], 3, "{}", _daemon.log());
 }
 
 /// Sends `size` bytes (then closes its sending side) while reading the reply, as a client that

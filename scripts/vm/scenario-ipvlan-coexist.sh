@@ -42,8 +42,8 @@ is_kind() { # is_kind POD KIND: the pod's eth0 is a KIND link
     ip -n "$1" -d link show eth0 | grep -qw "$2" ||
         fail "$1: eth0 is not $2: $(ip -n "$1" -d link show eth0)"
 }
-recorded() { # recorded NODE KIND: how many allocations the state file records as KIND
-    grep -c "\"kind\": *\"$2\"" "$WORK/nodes/$1/state.json" || true
+recorded() { # recorded NODE KIND: how many allocations the saved state records as KIND
+    "$BIN" state --path "$WORK/nodes/$1/state.json" | grep -c "\"kind\": *\"$2\"" || true
 }
 state_is() { # state_is NODE VETH_POLICY IPVLAN: the counts the state file must record
     if [ "$(recorded "$1" veth_policy)" != "$2" ] || [ "$(recorded "$1" ipvlan)" != "$3" ]; then

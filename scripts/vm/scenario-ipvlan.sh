@@ -140,8 +140,8 @@ step "CNI CHECK"
 cni CHECK "$N0" twvm-ipvl-a >"$WORK/check-a.out" || fail "CHECK pod-a: $(cat "$WORK/check-a.out")"
 cni CHECK "$N1" twvm-ipvl-c >"$WORK/check-c.out" || fail "CHECK pod-c: $(cat "$WORK/check-c.out")"
 
-# kinds NODE: how many allocations the state file records as ipvlan
-kinds() { grep -c '"kind": *"ipvlan"' "$WORK/nodes/$1/state.json" || true; }
+# kinds NODE: how many allocations the saved state (file and log) records as ipvlan
+kinds() { "$BIN" state --path "$WORK/nodes/$1/state.json" | grep -c '"kind": *"ipvlan"' || true; }
 want=2
 [ "$IPVLAN" = 1 ] || want=0
 [ "$(kinds "$N0")" = "$want" ] || fail "state of $N0 records $(kinds "$N0") ipvlan pods, want $want"

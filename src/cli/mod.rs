@@ -61,6 +61,9 @@ pub enum Command {
     /// Work with daemon config files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print the state on disk as the daemon would load it (the state file and the saves its
+    /// log holds since), as JSON. Reads the files only: works with the daemon running or not.
+    State(StateArgs),
     /// Run a local Alibaba Cloud (ECS/VPC OpenAPI and instance metadata) for tests and demos.
     Emulate(crate::emulate::EmulateArgs),
     /// Print the version.
@@ -85,6 +88,13 @@ pub struct MetadataArgs {
     pub endpoint: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// The daemon's state file (its `state_path`).
+    #[arg(long, default_value = crate::config::DEFAULT_STATE_PATH)]
+    pub path: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +128,7 @@ pub fn main(argv0: &str, mut args: Vec<std::ffi::OsString>) -> ExitCode {
         Command::Eni(eni::EniCommand::Delete(a)) => eni::delete(&a),
         Command::Metadata(a) => show_metadata(&a),
         Command::Config(ConfigCommand::Check { file, json }) => config_check(&file, json),
+        Command::State(a) => show_state(&a),
         Command::Emulate(a) => crate::emulate::run(a).map(|_| ExitCode::SUCCESS),
         Command::Version => {
             output::print(&format!("terway {}\n", crate::VERSION)).map(|_| ExitCode::SUCCESS)
@@ -162,6 +173,16 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
     let s = serde_json::to_string_pretty(v)
         .map_err(|e| Error::new(Kind::Internal, format!("encode JSON: {e}")))?;
     output::print(&(s + "\n"))
+}
+
+fn show_state(a: &StateArgs) -> Result<ExitCode> {
+    match crate::store::Store::new(&a.path).read_live()? {
+        Some(state) => print_json(&state).map(|_| ExitCode::SUCCESS),
+        None => Err(Error::new(
+            Kind::State,
+            format!("no state file at {}", a.path.display()),
+        )),
+    }
 }
 
 fn mapping(a: &ClientArgs) -> Result<ExitCode> {

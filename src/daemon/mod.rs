@@ -69,10 +69,28 @@ const IDLE_TICK: Duration = Duration::from_secs(60);
 /// On stop, how long replies already handed to connections get to be written before exit.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
+/// Sizes the state log in bytes (0: no log, every save a snapshot), read once at start; meant
+/// for tests of the snapshot path.
+const STATE_LOG_ENV: &str = "TERWAY_STATE_LOG_BYTES";
+
+fn state_log_bytes() -> Option<u64> {
+    let v = std::env::var(STATE_LOG_ENV).ok()?;
+    match v.parse() {
+        Ok(bytes) => Some(bytes),
+        Err(_) => {
+            log::warn!("{STATE_LOG_ENV}={v:?} is not a number of bytes; using the default");
+            None
+        }
+    }
+}
+
 pub fn run(args: DaemonArgs) -> Result<()> {
     tune_allocator();
     let config = Config::load(&args.config)?;
-    let store = Store::new(&config.state_path);
+    let mut store = Store::new(&config.state_path);
+    if let Some(bytes) = state_log_bytes() {
+        store.set_log_capacity(bytes);
+    }
     crate::config::create_parent_dir("state_path", &config.state_path)?;
     // Before reading anything: a second daemon must not rewrite the first one's state.
     let lock = store.lock()?;
@@ -135,7 +153,7 @@ fn tune_allocator() {}
 fn serve<S: AddressSource>(
     args: DaemonArgs,
     config: Config,
-    store: Store,
+    mut store: Store,
     mut state: State,
     source: S,
     allocations: Vec<StoredAllocation>,
@@ -151,7 +169,8 @@ fn serve<S: AddressSource>(
     core.write_state(&mut state);
     state.schema = crate::store::SCHEMA;
     let started = Instant::now();
-    store.save(&state)?;
+    // A snapshot: what was loaded (a snapshot and its log) becomes one file, and a log cycle starts.
+    store.snapshot(&state)?;
     crate::metrics::global()
         .state_save
         .observe(started.elapsed().as_secs_f64());
@@ -396,7 +415,12 @@ impl<S: AddressSource> Daemon<S> {
         if out.dirty() || stop.is_some() {
             self.core.write_state(&mut self.state);
             let started = Instant::now();
-            let saved = self.store.save(&self.state);
+            // At a clean stop a snapshot, so that the state file alone is the state.
+            let saved = if stop.is_some() {
+                self.store.snapshot(&self.state)
+            } else {
+                self.store.save(&self.state)
+            };
             self.metrics
                 .state_save
                 .observe(started.elapsed().as_secs_f64());

@@ -21,13 +21,13 @@ fn alloc(id: &str, ip: &str) -> StoredAllocation {
 #[test]
 fn save_load_round_trip_keeps_previous_copy() {
     let d = tmpdir("rt");
-    let store = Store::new(d.join("state.json"));
+    let mut store = Store::new(d.join("state.json"));
     assert_eq!(store.load().unwrap(), None);
     let mut s = State::new("boot".into());
     s.allocations.push(alloc("a", "10.0.0.2"));
-    store.save(&s).unwrap();
+    store.snapshot(&s).unwrap();
     s.allocations.push(alloc("b", "10.0.0.3"));
-    store.save(&s).unwrap();
+    store.snapshot(&s).unwrap();
     assert_eq!(store.load().unwrap().unwrap(), s);
     let prev: State = serde_json::from_slice(&std::fs::read(store.prev_path()).unwrap()).unwrap();
     assert_eq!(prev.allocations.len(), 1);
@@ -38,9 +38,9 @@ fn save_load_round_trip_keeps_previous_copy() {
 #[test]
 fn corrupt_file_names_file_and_previous_copy() {
     let d = tmpdir("corrupt");
-    let store = Store::new(d.join("state.json"));
-    store.save(&State::new("boot".into())).unwrap();
-    store.save(&State::new("boot".into())).unwrap();
+    let mut store = Store::new(d.join("state.json"));
+    store.snapshot(&State::new("boot".into())).unwrap();
+    store.snapshot(&State::new("boot".into())).unwrap();
     std::fs::write(store.path(), b"{\"schema\":1,\"boot_id\":").unwrap();
     let e = store.load().unwrap_err();
     assert_eq!(e.kind, Kind::State);
@@ -108,7 +108,7 @@ fn a_fifo_state_file_is_refused_without_blocking() {
 
 #[test]
 fn every_companion_file_must_be_regular() {
-    for suffix in [".prev", ".tmp", ".prev.tmp", ".lock"] {
+    for suffix in [".prev", ".tmp", ".prev.tmp", ".lock", ".log"] {
         let d = tmpdir(&format!("companion{suffix}"));
         let store = Store::new(d.join("state.json"));
         let companion = store.sibling(suffix);
@@ -130,6 +130,7 @@ fn a_fifo_tmp_file_fails_the_save_without_blocking() {
     let d = tmpdir("fifotmp");
     let store = Store::new(d.join("state.json"));
     mkfifo(&store.sibling(".tmp"));
+    let mut store = store;
     let e = within_5s(move || store.save(&State::new("boot".into())).unwrap_err());
     assert!(e.msg.contains("state.json.tmp is a FIFO"), "{e}");
     std::fs::remove_dir_all(d).unwrap();
@@ -188,13 +189,13 @@ const SAMPLE: &str = r#"{
 }"#;
 
 /// Whatever `load` accepts, `save` writes back and `load` reads again unchanged.
-fn round_trips(store: &Store, s: State) {
+fn round_trips(store: &mut Store, s: State) {
     store.save(&s).unwrap();
     assert_eq!(store.load().unwrap(), Some(s));
 }
 
 /// Loads `bytes` as the state file: an answer, never a panic, and a loaded state round trips.
-fn load_bytes(store: &Store, bytes: &[u8]) {
+fn load_bytes(store: &mut Store, bytes: &[u8]) {
     std::fs::write(store.path(), bytes).unwrap();
     match store.load() {
         Ok(Some(s)) => round_trips(store, s),
@@ -206,11 +207,13 @@ fn load_bytes(store: &Store, bytes: &[u8]) {
 #[test]
 fn the_sample_loads_and_round_trips() {
     let d = tmpdir("sample");
-    let store = Store::new(d.join("state.json"));
+    let mut store = Store::new(d.join("state.json"));
     std::fs::write(store.path(), SAMPLE).unwrap();
     let s = store.load().unwrap().unwrap();
     assert!(s.vpc.is_some() && s.eni.is_some() && s.allocations.len() == 1);
-    round_trips(&store, s);
+    round_trips(&mut store, s.clone());
+    // Once more: the first save was a snapshot (no log cycle yet), this one goes to the log.
+    round_trips(&mut store, s);
     std::fs::remove_dir_all(d).unwrap();
 }
 
@@ -385,23 +388,24 @@ mod props {
                 }),
                 eni: None,
                 exclusive_eni: None,
+                journal_id: 0,
             })
     }
 
     /// One store per property test (its cases run on one thread), removed with the thread.
-    struct TmpStore(Store);
+    struct TmpStore(std::cell::RefCell<Store>);
 
     impl TmpStore {
         fn new(name: &str) -> TmpStore {
-            TmpStore(Store::new(
+            TmpStore(std::cell::RefCell::new(Store::new(
                 tmpdir(&format!("prop-{name}")).join("state.json"),
-            ))
+            )))
         }
     }
 
     impl Drop for TmpStore {
         fn drop(&mut self) {
-            if let Some(d) = self.0.path().parent() {
+            if let Some(d) = self.0.borrow().path().parent() {
                 let _ = std::fs::remove_dir_all(d);
             }
         }
@@ -413,13 +417,13 @@ mod props {
         #[test]
         fn arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
             thread_local!(static S: TmpStore = TmpStore::new("bytes"));
-            S.with(|s| load_bytes(&s.0, &bytes));
+            S.with(|s| load_bytes(&mut s.0.borrow_mut(), &bytes));
         }
 
         #[test]
         fn arbitrary_json(v in any_json()) {
             thread_local!(static S: TmpStore = TmpStore::new("json"));
-            S.with(|s| load_bytes(&s.0, v.to_string().as_bytes()));
+            S.with(|s| load_bytes(&mut s.0.borrow_mut(), v.to_string().as_bytes()));
         }
 
         #[test]
@@ -438,21 +442,24 @@ mod props {
                 let i = at.index(bytes.len());
                 bytes[i] = b;
             }
-            S.with(|s| load_bytes(&s.0, &bytes));
+            S.with(|s| load_bytes(&mut s.0.borrow_mut(), &bytes));
         }
     }
 
-    // Every case saves (two fsyncs): fewer of them.
+    // Every case saves (a snapshot or a log record): fewer of them.
     proptest! {
         #![proptest_config(crate::prop_support::proptest_config(300))]
 
         #[test]
         fn generated_states_round_trip(state in state_strategy()) {
             thread_local!(static S: TmpStore = TmpStore::new("generated"));
-            S.with(|s| round_trips(&s.0, state));
+            S.with(|s| round_trips(&mut s.0.borrow_mut(), state));
         }
     }
 }
+
+#[path = "journal_tests.rs"]
+mod journal_tests;
 
 #[test]
 fn boot_id_is_readable() {

@@ -205,6 +205,18 @@ impl Node {
     }
 
     /// Runs a CLI subcommand against this node's daemon.
+    /// The state on disk as the daemon would load it (`terway state`: the state file and its
+    /// log), read beside the running daemon.
+    pub fn stored_state(&self) -> Value {
+        let out = self.cli(&["state", "--path", self.state_path().to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "terway state: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
