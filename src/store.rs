@@ -237,16 +237,14 @@ impl Store {
         if !ensure_regular(&path)? {
             return Ok(None);
         }
-        let mut bytes = Vec::new();
-        open_regular(OpenOptions::new().read(true), &path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
+        let scan = open_regular(OpenOptions::new().read(true), &path)
+            .and_then(|f| journal::scan(&f, id))
             .map_err(|e| {
                 Error::new(
                     Kind::State,
                     format!("state log {} is unreadable: {e}", path.display()),
                 )
             })?;
-        let scan = journal::scan(&bytes, id);
         if scan.torn {
             log::warn!(
                 "state log {}: ignored the save at byte {}, cut short by a crash during its write (it was never acknowledged)",
@@ -269,7 +267,7 @@ impl Store {
                 ),
             )
         };
-        let state: State = serde_json::from_slice(body)
+        let state: State = serde_json::from_slice(&body)
             .map_err(|e| corrupt(&format_args!("does not decode: {e}")))?;
         if state.schema > SCHEMA {
             return Err(corrupt(&format_args!(

@@ -45,46 +45,89 @@ fn checksum(id: u64, body: &[u8]) -> u32 {
 
 /// What a scan of the log found for one cycle.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Scan<'a> {
+pub struct Scan {
     /// The newest complete record of the cycle: where it starts and its body.
-    pub last: Option<(usize, &'a [u8])>,
+    pub last: Option<(u64, Vec<u8>)>,
     /// Where the next record goes.
-    pub end: usize,
+    pub end: u64,
     /// A record of the cycle was started at `end` but is incomplete (a crash during its write).
     pub torn: bool,
 }
 
-/// The records of cycle `id`, read from the start of the log until the first that is not one.
-pub fn scan(log: &[u8], id: u64) -> Scan<'_> {
-    let mut at = 0;
-    let mut last = None;
-    let mut torn = false;
-    while let Some(head) = log.get(at..at + HEADER) {
-        let field = |r: std::ops::Range<usize>| &head[r];
-        let magic_ok = field(0..4) == MAGIC;
-        let rec_id = u64::from_le_bytes(field(8..16).try_into().unwrap_or_default());
-        if !magic_ok || rec_id != id {
-            break;
-        }
-        let len = u32::from_le_bytes(field(4..8).try_into().unwrap_or_default()) as usize;
-        let crc = u32::from_le_bytes(field(16..20).try_into().unwrap_or_default());
-        let body = log.get(at + HEADER..at + HEADER + len);
-        match body {
-            Some(body) if checksum(id, body) == crc => {
-                last = Some((at, body));
-                at += HEADER + len;
+/// Positioned reads: the log file, or bytes in memory (tests).
+pub trait ReadAt {
+    /// Fills `buf` from `at`; `Ok(false)` when the log ends before `buf` is full.
+    fn read_at_exact(&self, buf: &mut [u8], at: u64) -> std::io::Result<bool>;
+    fn size(&self) -> std::io::Result<u64>;
+}
+
+impl ReadAt for [u8] {
+    fn read_at_exact(&self, buf: &mut [u8], at: u64) -> std::io::Result<bool> {
+        let at = at as usize;
+        match self.get(at..at + buf.len()) {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                Ok(true)
             }
-            _ => {
-                torn = true;
-                break;
-            }
+            None => Ok(false),
         }
     }
-    Scan {
+
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.len() as u64)
+    }
+}
+
+impl ReadAt for File {
+    fn read_at_exact(&self, buf: &mut [u8], at: u64) -> std::io::Result<bool> {
+        match self.read_exact_at(buf, at) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+}
+
+/// The records of cycle `id`, read from the start of the log until the first that is not one.
+/// Holds one record in memory at a time, whatever the log's size.
+pub fn scan(log: &(impl ReadAt + ?Sized), id: u64) -> std::io::Result<Scan> {
+    let mut at = 0u64;
+    let mut last = None;
+    let mut torn = false;
+    let mut head = [0u8; HEADER];
+    let size = log.size()?;
+    while log.read_at_exact(&mut head, at)? {
+        let word = |r: std::ops::Range<usize>| {
+            let mut b = [0u8; 8];
+            b[..r.len()].copy_from_slice(&head[r]);
+            u64::from_le_bytes(b)
+        };
+        if head[0..4] != MAGIC || word(8..16) != id {
+            break;
+        }
+        let (len, crc) = (word(4..8) as usize, word(16..20) as u32);
+        // A length beyond the log is a torn header, never an allocation of that size.
+        let mut body = Vec::new();
+        let complete = at + (HEADER + len) as u64 <= size && {
+            body.resize(len, 0);
+            log.read_at_exact(&mut body, at + HEADER as u64)?
+        };
+        if !complete || checksum(id, &body) != crc {
+            torn = true;
+            break;
+        }
+        last = Some((at, body));
+        at += (HEADER + len) as u64;
+    }
+    Ok(Scan {
         last,
         end: at,
         torn,
-    }
+    })
 }
 
 /// The open log of the current cycle.
@@ -104,8 +147,13 @@ impl Log {
             |e: std::io::Error| Error::io(format!("prepare state log {}", path.display()), e);
         let len = file.metadata().map_err(what)?.len();
         if len < capacity {
-            let zeros = vec![0u8; (capacity - len) as usize];
-            file.write_all_at(&zeros, len).map_err(what)?;
+            let zeros = [0u8; 64 << 10];
+            let mut at = len;
+            while at < capacity {
+                let n = (capacity - at).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], at).map_err(what)?;
+                at += n as u64;
+            }
             file.sync_all().map_err(what)?;
             sync_parent(path).map_err(what)?;
         }
@@ -161,9 +209,9 @@ mod tests {
     fn the_last_record_of_the_cycle_wins() {
         let mut log = log_of(&[(7, b"one"), (7, b"two")]);
         log.extend([0; 64]);
-        let s = scan(&log, 7);
-        assert_eq!(s.last, Some((HEADER + 3, &b"two"[..])));
-        assert_eq!(s.end, 2 * HEADER + 6);
+        let s = scan(&log[..], 7).unwrap();
+        assert_eq!(s.last, Some(((HEADER + 3) as u64, b"two".to_vec())));
+        assert_eq!(s.end, (2 * HEADER + 6) as u64);
         assert!(!s.torn);
     }
 
@@ -172,22 +220,19 @@ mod tests {
         // A new cycle (8) overwrote the start of the log; the rest is the old cycle's.
         let mut log = log_of(&[(8, b"new")]);
         log.extend(log_of(&[(7, b"old-two"), (7, b"old-three")]));
-        assert_eq!(scan(&log, 8).last.map(|l| l.1), Some(&b"new"[..]));
-        assert_eq!(
-            scan(&log, 7).last,
-            None,
-            "the old cycle no longer starts at 0"
-        );
-        assert_eq!(scan(&log, 9).last, None);
+        let last = |id| scan(&log[..], id).unwrap().last.map(|l| l.1);
+        assert_eq!(last(8), Some(b"new".to_vec()));
+        assert_eq!(last(7), None, "the old cycle no longer starts at 0");
+        assert_eq!(last(9), None);
     }
 
     #[test]
     fn a_torn_record_is_ignored_and_reported() {
         let full = log_of(&[(3, b"kept"), (3, b"cut short")]);
         for cut in HEADER + 4 + 1..full.len() {
-            let s = scan(&full[..cut], 3);
-            assert_eq!(s.last, Some((0, &b"kept"[..])), "cut at {cut}");
-            assert_eq!(s.end, HEADER + 4);
+            let s = scan(&full[..cut], 3).unwrap();
+            assert_eq!(s.last, Some((0, b"kept".to_vec())), "cut at {cut}");
+            assert_eq!(s.end, (HEADER + 4) as u64);
             assert_eq!(s.torn, cut >= HEADER + 4 + HEADER, "cut at {cut}");
         }
     }
@@ -197,8 +242,19 @@ mod tests {
         let mut log = log_of(&[(3, b"kept"), (3, b"changed")]);
         let n = log.len();
         log[n - 2] ^= 1;
-        let s = scan(&log, 3);
-        assert_eq!(s.last.map(|l| l.1), Some(&b"kept"[..]));
+        let s = scan(&log[..], 3).unwrap();
+        assert_eq!(s.last.map(|l| l.1), Some(b"kept".to_vec()));
+        assert!(s.torn);
+    }
+
+    #[test]
+    fn a_length_beyond_the_log_is_a_torn_record_not_an_allocation() {
+        let mut log = log_of(&[(5, b"kept")]);
+        let mut bogus = encode(5, b"x");
+        bogus[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        log.extend(bogus);
+        let s = scan(&log[..], 5).unwrap();
+        assert_eq!(s.last.map(|l| l.1), Some(b"kept".to_vec()));
         assert!(s.torn);
     }
 
@@ -218,9 +274,9 @@ mod tests {
             }
             let written = log.len();
             log.extend(&tail);
-            let s = scan(&log, id);
-            prop_assert_eq!(s.last.map(|l| l.1.to_vec()), bodies.last().cloned());
-            prop_assert_eq!(s.end, written);
+            let s = scan(&log[..], id).unwrap();
+            prop_assert_eq!(s.last.map(|l| l.1), bodies.last().cloned());
+            prop_assert_eq!(s.end, written as u64);
         }
     }
 }
