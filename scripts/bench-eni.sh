@@ -185,6 +185,13 @@ stop_daemon() {
     DAEMON_PID=
 }
 
+# save_metrics INSTANCE: "count sum" of the daemon's state saves (terway_state_save_seconds)
+save_metrics() {
+    "$BIN" metrics --config "$(node_conf "$1")" | awk '
+        $1 == "terway_state_save_seconds_count" {c = $2}
+        $1 == "terway_state_save_seconds_sum" {s = $2}
+        END {print c + 0, s + 0}'
+}
 rss_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 
 terway_conf() { # terway_conf INSTANCE FILE
@@ -279,7 +286,9 @@ if want 1; then
     echo "    pool warm (idle $idle); $N ADDs and $N DELs per plugin, interleaved"
     terway_conf "$I_WARM" "$WORK/warm.conf"
     for i in $(seq "$N"); do add_netns "twbench-wt$i" "twbench-wp$i"; done
+    save_metrics "$I_WARM" > "$WORK/saves.before"
     inner "$I_WARM" warm "$N" "$WORK/warm.conf" > "$WORK/warm.times"
+    save_metrics "$I_WARM" > "$WORK/saves.after"
     stop_daemon
     # The same operations from one running program, in the same node namespace.
     ip netns exec "$I_WARM" "$FLOOR" "$N" > "$WORK/floor" 9>&-
@@ -405,6 +414,9 @@ if "1" in "$PARTS":
         t = statistics.median(times[("terway", op)])
         p = statistics.median(times[("ptp", op)])
         print(f"   {op}: terway / floor {t / floor[op]:.2f}, ptp / floor {p / floor[op]:.2f}")
+    (c0, s0), (c1, s1) = [map(float, open(f"{work}/saves.{w}").read().split()) for w in ("before", "after")]
+    if c1 > c0:
+        print(f"   daemon state saves during the runs: {c1 - c0:.0f}, mean {(s1 - s0) / (c1 - c0) * 1e6:.0f} us (terway_state_save_seconds)")
     print()
 
 if "2" in "$PARTS":
