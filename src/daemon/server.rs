@@ -3,9 +3,10 @@
 //! One thread runs a poll(2) loop over the listener and every connection ([`poll_loop`]); a
 //! connection is a socket and its buffers ([`conn`]), not a thread. A cold node's burst parks an
 //! ADD per pod until the pool grows: with a thread per connection each of those held a stack
-//! (and touched pages glibc keeps cached) for nothing. Now a parked ADD holds a [`Responder`]
-//! in the loop's waiters; its reply comes back through a queue that wakes the poll loop, which
-//! writes it without blocking on any client.
+//! (and the pages glibc keeps cached for the next thread) just to wait. Now a parked ADD is a
+//! [`Responder`] in the daemon loop's waiters; its reply comes back through a queue that wakes
+//! the poll loop, which writes it without blocking on any client. No async runtime: poll over a
+//! few hundred sockets is all it takes.
 //!
 //! The bounds a misbehaving client cannot stretch:
 //! - the whole request must arrive within one deadline (not per read), and at most
@@ -20,8 +21,8 @@
 //!   or refused by shutting down reading, because closing a unix socket with unread data resets
 //!   the peer's connection and the reply would be lost.
 //!
-//! The [`Gate`] is shared with the loop: once it stops, no request is answered with success, and
-//! the loop waits (bounded) until every reply it handed out has been written.
+//! The [`Gate`] is shared with the daemon loop: once it stops, no request is answered with
+//! success, and the daemon loop waits (bounded) until every reply it handed out has been written.
 
 mod conn;
 mod poll_loop;

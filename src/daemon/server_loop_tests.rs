@@ -44,11 +44,11 @@ pub(super) fn serve(name: &str, deadline: Duration, cap: usize) -> Served {
     }
 }
 
-/// Connects and sends `body` as a whole request (the end of it is the end of writing).
+/// Connects and sends `body` as a whole request (the end of it is the end of writing). A caller
+/// turned away may find writing shut down already; its reply says why.
 pub(super) fn ask(path: &Path, body: &[u8]) -> UnixStream {
     let mut s = UnixStream::connect(path).unwrap();
-    s.write_all(body).unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
+    let _ = s.write_all(body).and_then(|()| s.shutdown(Shutdown::Write));
     s
 }
 
@@ -316,4 +316,45 @@ fn a_client_that_does_not_read_its_reply_delays_no_other() {
     wait_for_unanswered(&s.gate, 1);
     assert_eq!(answer(&slow).unwrap_err().msg, big);
     wait_until_answered(&s.gate);
+}
+
+#[test]
+fn a_descriptor_limit_lowered_below_the_open_connections_does_not_stop_the_loop() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    const IDLE: usize = 100;
+    if std::env::var_os(ALONE).is_none() {
+        return run_alone(
+            "a_descriptor_limit_lowered_below_the_open_connections_does_not_stop_the_loop",
+        );
+    }
+    let s = serve("fd-limit", Duration::from_secs(30), MAX_CONNECTIONS);
+    let mut idle: Vec<UnixStream> = (0..IDLE)
+        .map(|_| UnixStream::connect(&s.path).unwrap())
+        .collect();
+    // Connected before the limit drops: this test needs no new descriptor after it.
+    let mut real = UnixStream::connect(&s.path).unwrap();
+    // Both ends of every connection are open once the loop has taken them all in.
+    let open = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let until = Instant::now() + Duration::from_secs(10);
+    while open() < 2 * (IDLE + 1) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    // Far below what is open: one poll can no longer watch every connection. A hang-up wakes
+    // the loop so that its next poll is under the new limit.
+    setrlimit(Resource::RLIMIT_NOFILE, 64, hard).unwrap();
+    drop(idle.pop());
+    std::thread::sleep(Duration::from_millis(100));
+    real.write_all(&status()).unwrap();
+    real.shutdown(Shutdown::Write).unwrap();
+    let served = s.rx.recv_timeout(Duration::from_secs(10)).map(|call| {
+        call.reply.send(status_reply()).unwrap();
+        answer(&real)
+    });
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+    assert_eq!(
+        served.expect("the request reaches the daemon loop"),
+        status_reply()
+    );
+    drop(idle);
 }

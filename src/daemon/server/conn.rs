@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 /// After refusing an oversized request, this much more is read and discarded while waiting for
 /// the peer to finish sending; beyond it reading is shut down (the peer's send then fails).
 const DRAIN_CAP: usize = 16 * MAX_REQUEST_BYTES;
+/// Drained per turn of the poll loop.
+const DRAIN_TURN: usize = MAX_REQUEST_BYTES;
 /// What can still be queued once reading is shut down is bounded by the peer's send buffer;
 /// this bounds the loop that discards it regardless.
 const DISCARD_CAP: usize = 64 << 20;
@@ -202,7 +204,12 @@ impl Conn {
             discard_queued(&self.stream);
             return Step::Closed;
         }
+        // A peer sending as fast as it can gets a share of the loop, not all of it.
+        let pause = *read + DRAIN_TURN;
         while *read < DRAIN_CAP {
+            if *read >= pause {
+                return Step::Open;
+            }
             match (&self.stream).read(chunk) {
                 Ok(0) => return Step::Closed,
                 Ok(n) => *read += n,

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Connections accepted per wake-up, so that a flood of them cannot starve replies.
 const ACCEPT_BATCH: usize = 64;
+/// How often connections beyond what one poll may watch are tried (see `Loop::poll_max`).
+const OVERFLOW_TICK: Duration = Duration::from_millis(20);
 
 /// Serves `listener` with at most `cap` connections, forever.
 pub(super) fn run<M: From<RpcCall>>(
@@ -56,6 +58,7 @@ pub(super) fn run<M: From<RpcCall>>(
         spare: std::fs::File::open("/dev/null").ok(),
         accept_after: None,
         chunk: vec![0u8; 64 << 10],
+        poll_max: fd_limit(),
     }
     .run()
 }
@@ -84,11 +87,16 @@ struct Loop<M> {
     /// The listener is left out of the poll set until then (accept failed; never spin on it).
     accept_after: Option<Instant>,
     chunk: Vec<u8>,
+    /// The most descriptors one poll may watch: poll refuses more than the soft RLIMIT_NOFILE
+    /// (EINVAL), and the limit can be lowered under a running daemon below what it has open.
+    /// Connections beyond it are tried every [`OVERFLOW_TICK`] instead of polled.
+    poll_max: usize,
 }
 
 impl<M: From<RpcCall>> Loop<M> {
     fn run(mut self) {
         let mut ready = Vec::new();
+        let mut overflow = Vec::new();
         loop {
             let now = Instant::now();
             if self.accept_after.is_some_and(|t| now >= t) {
@@ -97,6 +105,10 @@ impl<M: From<RpcCall>> Loop<M> {
             let listen = self.accept_after.is_none();
             let limit = self.gate.deadline;
             let mut wake_at = self.accept_after;
+            if self.conns.len() + 2 > self.poll_max {
+                self.poll_max = fd_limit();
+            }
+            overflow.clear();
             let (woke, accept) = {
                 let mut fds = Vec::with_capacity(self.conns.len() + 2);
                 let mut ids = Vec::with_capacity(self.conns.len());
@@ -109,13 +121,30 @@ impl<M: From<RpcCall>> Loop<M> {
                         wake_at = Some(wake_at.map_or(d, |w| w.min(d)));
                     }
                     if let Some(ev) = c.interest() {
-                        fds.push(PollFd::new(c.stream.as_fd(), ev));
-                        ids.push(*id);
+                        if fds.len() < self.poll_max {
+                            fds.push(PollFd::new(c.stream.as_fd(), ev));
+                            ids.push(*id);
+                        } else {
+                            overflow.push(*id);
+                        }
                     }
+                }
+                if !overflow.is_empty() {
+                    let tick = now + OVERFLOW_TICK;
+                    wake_at = Some(wake_at.map_or(tick, |w| w.min(tick)));
                 }
                 match poll(&mut fds, timeout(wake_at, now)) {
                     Ok(_) => {}
                     Err(Errno::EINTR) => continue,
+                    Err(Errno::EINVAL) if fds.len() > 2 => {
+                        self.gate.warn(format_args!(
+                            "rpc: poll refuses {} descriptors (RLIMIT_NOFILE lowered?); trying the rest every {} ms",
+                            fds.len(),
+                            OVERFLOW_TICK.as_millis()
+                        ));
+                        self.poll_max = fd_limit().min(fds.len() - 1);
+                        continue;
+                    }
                     Err(e) => {
                         self.gate.warn(format_args!("rpc: poll: {e}"));
                         std::thread::sleep(ACCEPT_BACKOFF);
@@ -133,6 +162,8 @@ impl<M: From<RpcCall>> Loop<M> {
                         .filter(|(_, f)| hit(f))
                         .map(|(id, _)| *id),
                 );
+                // Their operations do not block: a try finds nothing to do or makes progress.
+                ready.append(&mut overflow);
                 (hit(&fds[0]), listen && hit(&fds[1]))
             };
             if woke {
@@ -349,6 +380,15 @@ fn dropped(gate: &Gate, op: &str) -> Error {
             "terway daemon dropped the request without answering (is it shutting down?); try again",
         )
     })
+}
+
+/// The soft RLIMIT_NOFILE: no more descriptors than that can be open or polled at once.
+fn fd_limit() -> usize {
+    use nix::sys::resource::{Resource, getrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) => usize::try_from(soft).unwrap_or(usize::MAX).max(2),
+        Err(_) => usize::MAX,
+    }
 }
 
 /// Milliseconds until `at`, rounded up so that the loop does not wake just before it.
