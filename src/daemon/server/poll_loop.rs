@@ -96,75 +96,9 @@ struct Loop<M> {
 impl<M: From<RpcCall>> Loop<M> {
     fn run(mut self) {
         let mut ready = Vec::new();
-        let mut overflow = Vec::new();
         loop {
-            let now = Instant::now();
-            if self.accept_after.is_some_and(|t| now >= t) {
-                self.accept_after = None;
-            }
-            let listen = self.accept_after.is_none();
-            let limit = self.gate.deadline;
-            let mut wake_at = self.accept_after;
-            if self.conns.len() + 2 > self.poll_max {
-                self.poll_max = fd_limit();
-            }
-            overflow.clear();
-            let (woke, accept) = {
-                let mut fds = Vec::with_capacity(self.conns.len() + 2);
-                let mut ids = Vec::with_capacity(self.conns.len());
-                fds.push(PollFd::new(self.woken.as_fd(), PollFlags::POLLIN));
-                if listen {
-                    fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
-                }
-                for (id, c) in &self.conns {
-                    if let Some(d) = c.deadline(limit) {
-                        wake_at = Some(wake_at.map_or(d, |w| w.min(d)));
-                    }
-                    if let Some(ev) = c.interest() {
-                        if fds.len() < self.poll_max {
-                            fds.push(PollFd::new(c.stream.as_fd(), ev));
-                            ids.push(*id);
-                        } else {
-                            overflow.push(*id);
-                        }
-                    }
-                }
-                if !overflow.is_empty() {
-                    let tick = now + OVERFLOW_TICK;
-                    wake_at = Some(wake_at.map_or(tick, |w| w.min(tick)));
-                }
-                match poll(&mut fds, timeout(wake_at, now)) {
-                    Ok(_) => {}
-                    Err(Errno::EINTR) => continue,
-                    Err(Errno::EINVAL) if fds.len() > 2 => {
-                        self.gate.warn(format_args!(
-                            "rpc: poll refuses {} descriptors (RLIMIT_NOFILE lowered?); trying the rest every {} ms",
-                            fds.len(),
-                            OVERFLOW_TICK.as_millis()
-                        ));
-                        self.poll_max = fd_limit().min(fds.len() - 1);
-                        continue;
-                    }
-                    Err(e) => {
-                        self.gate.warn(format_args!("rpc: poll: {e}"));
-                        std::thread::sleep(ACCEPT_BACKOFF);
-                        continue;
-                    }
-                }
-                // Any event counts, errors and hang-ups included: the phase's own read or
-                // write then sees what happened.
-                let hit = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-                let first = if listen { 2 } else { 1 };
-                ready.clear();
-                ready.extend(
-                    ids.iter()
-                        .zip(&fds[first..])
-                        .filter(|(_, f)| hit(f))
-                        .map(|(id, _)| *id),
-                );
-                // Their operations do not block: a try finds nothing to do or makes progress.
-                ready.append(&mut overflow);
-                (hit(&fds[0]), listen && hit(&fds[1]))
+            let Some((woke, accept)) = self.wait(&mut ready) else {
+                continue;
             };
             if woke {
                 self.deliver();
@@ -177,6 +111,77 @@ impl<M: From<RpcCall>> Loop<M> {
                 self.accept();
             }
         }
+    }
+
+    /// Waits for the next event or deadline. Fills `ready` with the connections to try and
+    /// returns whether replies came and whether callers wait in the backlog; `None` when the
+    /// wait failed and is to be repeated.
+    fn wait(&mut self, ready: &mut Vec<u64>) -> Option<(bool, bool)> {
+        let now = Instant::now();
+        if self.accept_after.is_some_and(|t| now >= t) {
+            self.accept_after = None;
+        }
+        let listen = self.accept_after.is_none();
+        let limit = self.gate.deadline;
+        let mut wake_at = self.accept_after;
+        if self.conns.len() + 2 > self.poll_max {
+            self.poll_max = fd_limit();
+        }
+        let mut fds = Vec::with_capacity(self.conns.len() + 2);
+        let mut ids = Vec::with_capacity(self.conns.len());
+        let mut overflow = Vec::new();
+        fds.push(PollFd::new(self.woken.as_fd(), PollFlags::POLLIN));
+        if listen {
+            fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+        }
+        for (id, c) in &self.conns {
+            if let Some(d) = c.deadline(limit) {
+                wake_at = Some(wake_at.map_or(d, |w| w.min(d)));
+            }
+            if let Some(ev) = c.interest() {
+                if fds.len() < self.poll_max {
+                    fds.push(PollFd::new(c.stream.as_fd(), ev));
+                    ids.push(*id);
+                } else {
+                    overflow.push(*id);
+                }
+            }
+        }
+        if !overflow.is_empty() {
+            let tick = now + OVERFLOW_TICK;
+            wake_at = Some(wake_at.map_or(tick, |w| w.min(tick)));
+        }
+        match poll(&mut fds, timeout(wake_at, now)) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => return None,
+            Err(Errno::EINVAL) if fds.len() > 2 => {
+                self.gate.warn(format_args!(
+                    "rpc: poll refuses {} descriptors (RLIMIT_NOFILE lowered?); trying the rest every {} ms",
+                    fds.len(),
+                    OVERFLOW_TICK.as_millis()
+                ));
+                self.poll_max = fd_limit().min(fds.len() - 1);
+                return None;
+            }
+            Err(e) => {
+                self.gate.warn(format_args!("rpc: poll: {e}"));
+                std::thread::sleep(ACCEPT_BACKOFF);
+                return None;
+            }
+        }
+        // Any event counts, errors and hang-ups included: the phase's own read or write then
+        // sees what happened.
+        let hit = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+        let first = if listen { 2 } else { 1 };
+        ready.extend(
+            ids.iter()
+                .zip(&fds[first..])
+                .filter(|(_, f)| hit(f))
+                .map(|(id, _)| *id),
+        );
+        // Not polled: their operations do not block, a try finds nothing to do or progresses.
+        ready.append(&mut overflow);
+        Some((hit(&fds[0]), listen && hit(&fds[1])))
     }
 
     /// Writes the replies the daemon loop sent.
