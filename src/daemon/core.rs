@@ -6,6 +6,7 @@
 
 use super::failures;
 use super::grants::{Grants, refused_rollback};
+use super::server::Responder;
 use super::source::{AddressSource, Allocations, Current, Take};
 use super::sweep::gc_candidates;
 use super::waiters::{Waiter, Waiters};
@@ -18,7 +19,6 @@ use crate::store::{State, StoredAllocation};
 use crate::{Error, Kind, Result};
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 /// How long an ADD may wait for its source to grow before it fails with code 11.
@@ -27,7 +27,7 @@ pub const WAIT_TIMEOUT_MS: u64 = 60_000;
 /// Replies produced while handling a batch; sent only after the state is saved.
 #[derive(Default)]
 pub struct Outbox {
-    pub replies: Vec<(Sender<Response>, Response)>,
+    pub replies: Vec<(Responder, Response)>,
     /// Datapaths the daemon removes itself (DEL of a veth pod), each reported back through
     /// [`Core::torn_down`].
     pub teardowns: Vec<Allocation>,
@@ -36,7 +36,7 @@ pub struct Outbox {
 
 impl Outbox {
     /// Queues a reply. `mutating` replies depend on state that must reach the disk first.
-    pub fn reply(&mut self, tx: Sender<Response>, resp: Response, mutating: bool) {
+    pub fn reply(&mut self, tx: Responder, resp: Response, mutating: bool) {
         self.dirty |= mutating;
         self.replies.push((tx, resp));
     }
@@ -54,14 +54,14 @@ impl Outbox {
 pub struct Core<S: AddressSource> {
     source: S,
     allocs: Allocations,
-    waiters: Waiters<Sender<Response>>,
+    waiters: Waiters<Responder>,
     grants: Grants,
     /// Allocations whose datapath the daemon is removing: their address is not given back (so
     /// no other pod can get it) until the removal has finished.
     tearing_down: BTreeSet<AttachKey>,
     /// ADDs into a network namespace whose previous pod's veth is still being removed (its
     /// `eth0` may still be there): served once that removal has finished.
-    after_teardown: Vec<Waiter<Sender<Response>>>,
+    after_teardown: Vec<Waiter<Responder>>,
     grace_secs: u64,
     metrics: Arc<Metrics>,
 }
@@ -100,7 +100,7 @@ impl<S: AddressSource> Core<S> {
         self.metrics = metrics;
     }
 
-    fn waited(&self, outcome: &str, w: &Waiter<Sender<Response>>, now: u64) {
+    fn waited(&self, outcome: &str, w: &Waiter<Responder>, now: u64) {
         self.metrics
             .waited(outcome, Duration::from_millis(now.saturating_sub(w.since)));
     }
@@ -113,7 +113,7 @@ impl<S: AddressSource> Core<S> {
         &self.allocs
     }
 
-    pub fn handle(&mut self, req: Request, reply: Sender<Response>, now: u64, out: &mut Outbox) {
+    pub fn handle(&mut self, req: Request, reply: Responder, now: u64, out: &mut Outbox) {
         match req {
             Request::Alloc { key, pod, netns } => self.alloc(key, pod, netns, reply, now, out),
             Request::Release { key } => {
@@ -283,7 +283,7 @@ impl<S: AddressSource> Core<S> {
         key: AttachKey,
         pod: PodRef,
         netns: String,
-        reply: Sender<Response>,
+        reply: Responder,
         now: u64,
         out: &mut Outbox,
     ) {
@@ -340,7 +340,7 @@ impl<S: AddressSource> Core<S> {
         }
     }
 
-    fn park(&mut self, w: Waiter<Sender<Response>>, now: u64) {
+    fn park(&mut self, w: Waiter<Responder>, now: u64) {
         if let Some(old) = self.waiters.park(w) {
             self.waited(outcome::CANCELLED, &old, now);
             let _ = old.reply.send(Err(Error::new(
@@ -354,11 +354,11 @@ impl<S: AddressSource> Core<S> {
     /// waited in the queue (its wait is recorded when it ends).
     fn try_serve(
         &mut self,
-        w: Waiter<Sender<Response>>,
+        w: Waiter<Responder>,
         parked: bool,
         now: u64,
         out: &mut Outbox,
-    ) -> Option<Waiter<Sender<Response>>> {
+    ) -> Option<Waiter<Responder>> {
         match self.source.take(&w.key, &w.pod, now) {
             Take::Ready(address, datapath) => {
                 if parked {

@@ -3,12 +3,13 @@
 
 use super::*;
 use crate::config::Mode;
+use crate::daemon::server::Responder;
 use crate::daemon::vpc_source::VpcSource;
 use crate::rpc::{MappingRow, PoolView};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 
 fn key(id: &str) -> AttachKey {
     AttachKey::new("terway", id, "eth0")
@@ -36,7 +37,7 @@ fn ask<S: AddressSource>(
     req: Request,
     now: u64,
 ) -> (Outbox, Receiver<Response>) {
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = Responder::channel();
     let mut out = Outbox::default();
     core.handle(req, tx, now, &mut out);
     (out, rx)

@@ -29,7 +29,7 @@ use self::core::{Core, Outbox};
 use crate::clock::now_ms;
 use crate::config::{Config, DEFAULT_CONFIG_PATH, Mode};
 use crate::model::AttachKey;
-use crate::rpc::{Allocation, Request, Response};
+use crate::rpc::{Allocation, Request};
 use crate::store::{State, Store, StoredAllocation, read_boot_id};
 use crate::{Error, Kind, Result, ResultExt};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -50,7 +50,7 @@ pub struct DaemonArgs {
 /// What reaches the loop: requests with their reply channel, signals, and cloud job results of
 /// the mode's source (`D`).
 pub enum Msg<D> {
-    Rpc(Request, Sender<Response>),
+    Rpc(Request, server::Responder),
     Signal(i32),
     Job(D),
     /// The teardown thread removed (or failed to remove) a DEL'd pod's datapath.

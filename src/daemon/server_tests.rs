@@ -1,3 +1,4 @@
+use super::loop_tests::{answer, serve};
 use super::*;
 use crate::model::{AttachKey, PodRef};
 use proptest::prelude::*;
@@ -194,65 +195,65 @@ fn lone_surrogates_and_unknown_ops_are_decode_errors() {
     }
 }
 
-#[test]
-fn the_oldest_reader_is_evicted_and_stopping_refuses() {
-    let gate = Gate::with_deadline(Duration::from_secs(1));
-    let mut pairs = Vec::new();
-    for _ in 0..2 {
-        let (a, b) = UnixStream::pair().unwrap();
-        let c = Arc::new(Conn {
-            stream: a,
-            accepted: Instant::now(),
-            evicted: AtomicBool::new(false),
-        });
-        gate.admit(&c).unwrap();
-        pairs.push((c, b));
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    assert!(gate.evict_oldest());
-    assert!(pairs[0].0.evicted.load(SeqCst));
-    assert!(!pairs[1].0.evicted.load(SeqCst));
-    // The evicted reader sees the end of its input at once and answers "busy".
-    let r = read_request(
-        &pairs[0].0.stream,
-        Instant::now(),
-        Duration::from_secs(5),
-        &pairs[0].0.evicted,
-    );
-    let e = r.err().unwrap().error;
-    assert_eq!(e.kind, Kind::TryAgain);
-    assert!(e.msg.contains("busy"), "{e}");
-
-    assert!(gate.stopping().is_none());
-    gate.stop("state file is read-only");
-    gate.stop("later reasons do not replace the first");
-    let e = gate.stopping().unwrap();
-    assert_eq!(e.kind.cni_code(), 11);
-    assert!(e.msg.contains("read-only"), "{e}");
+/// Chunk sizes (cycled) in which a request is written to the socket.
+fn chunking() -> impl Strategy<Value = Vec<usize>> {
+    proptest::collection::vec(1..64usize, 1..12)
 }
 
+/// Writes `bytes` to `path` in pieces of `sizes`, pausing between them so the loop sees them
+/// apart.
+fn send_chunked(path: &Path, bytes: &[u8], sizes: &[usize]) -> Response {
+    let mut s = UnixStream::connect(path).unwrap();
+    let mut rest = bytes;
+    for n in sizes.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (piece, tail) = rest.split_at((*n).min(rest.len()));
+        s.write_all(piece).unwrap();
+        rest = tail;
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    answer(&s)
+}
+
+/// However a request is cut into reads, the loop sees what one read of it would: the same
+/// request reaches the daemon loop, or the same decode error reaches the client.
 #[test]
-fn a_trickle_is_cut_off_at_the_deadline() {
-    let (a, mut b) = UnixStream::pair().unwrap();
-    let t = std::thread::spawn(move || {
-        for _ in 0..10 {
-            if b.write_all(b" ").is_err() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(30));
+fn requests_in_any_chunking_decode_as_a_whole() {
+    let mut served = serve("chunks", Duration::from_secs(30), 64);
+    let rx = std::mem::replace(&mut served.rx, mpsc::channel().1);
+    // The daemon loop's part: echo the request it received as the error message.
+    std::thread::spawn(move || {
+        for call in rx {
+            let echo = serde_json::to_string(&call.req).unwrap();
+            let _ = call.reply.send(Err(Error::new(Kind::Internal, echo)));
         }
     });
-    let start = Instant::now();
-    let r = read_request(
-        &a,
-        start,
-        Duration::from_millis(100),
-        &AtomicBool::new(false),
+    let cases = (
+        request(),
+        proptest::collection::vec(mutation(), 0..3),
+        chunking(),
     );
-    let r = r.err().unwrap();
-    assert!(r.unread);
-    assert!(r.error.msg.contains("no complete request"), "{}", r.error);
-    assert!(start.elapsed() < Duration::from_millis(250));
-    drop(a);
-    t.join().unwrap();
+    let mut runner =
+        proptest::test_runner::TestRunner::new(crate::prop_support::proptest_config(64));
+    let result = runner.run(&cases, |(req, mutations, sizes)| {
+        let mut bytes = serde_json::to_vec(&req).unwrap();
+        for m in &mutations {
+            bytes = apply(bytes, m);
+        }
+        let got = send_chunked(&served.path, &bytes, &sizes).unwrap_err();
+        match decode_request(&bytes) {
+            Ok(r) => {
+                prop_assert_eq!(got.kind, Kind::Internal);
+                prop_assert_eq!(got.msg, serde_json::to_string(&r).unwrap());
+            }
+            Err(e) => prop_assert_eq!(got, e),
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
 }
