@@ -228,8 +228,10 @@ fn a_vpc_daemon_serves_its_metrics_on_its_socket_over_tcp_and_to_terway_metrics(
         0.0,
         "VPC mode never parks a pod"
     );
-    // The start, six allocations and a release, each saved before its reply.
-    assert!(get(&s, "terway_state_save_seconds_count") >= 8.0);
+    // The start and six allocations, each saved before its reply (the ADDs come one after
+    // another, so no two share a save). The release after m0's teardown is saved too, but may
+    // share its save with an ADD that arrived in the same batch.
+    assert!(get(&s, "terway_state_save_seconds_count") >= 7.0);
     assert!(get(&s, "terway_state_save_seconds_sum") > 0.0);
     assert!(
         !s.keys().any(|k| k.starts_with("aliyun_openapi_")),

@@ -128,7 +128,7 @@ pub fn run(args: DaemonArgs) -> Result<()> {
 }
 
 /// glibc's malloc gives each thread that allocates its own arena (up to 8 per core), each
-/// keeping what it once held: with a connection thread per RPC and cloud workers, that is most
+/// keeping what it once held: with the helper threads and cloud workers, that is most
 /// of the daemon's memory, for no gain (the daemon allocates little and rarely in parallel).
 /// One arena, and freed memory goes back to the kernel above 128 KiB. Before any thread starts.
 /// musl's allocator (the static binary) has no arenas and returns memory by itself.
