@@ -23,6 +23,13 @@ use std::time::{Duration, Instant};
 pub use crate::cloud::lifecycle::{TAG_CREATOR, TAG_NODE};
 pub const WORKERS: usize = 8;
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Every cloud job's deadline: its throttled calls are retried until then. Waiting for the
+/// region's budget is part of the work at scale (thousands of nodes share it); giving a call up
+/// would only repeat it later, and a create given up after its ENI exists costs a clean-up.
+pub const OP_DEADLINE: Duration = Duration::from_secs(600);
+/// The resync's deadline: it holds the node's pool (nothing else goes out while it runs), so
+/// in a throttled region it yields soon and comes back later.
+pub const RESYNC_DEADLINE: Duration = Duration::from_secs(60);
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The node as shared ENI mode needs it: its facts plus what new ENIs get (these follow reloads).
