@@ -46,7 +46,12 @@ pub enum Input {
 #[derive(Debug)]
 pub enum Done {
     Op(CloudOutcome),
-    Observed(Result<Vec<EniFacts>, String>),
+    /// A resync's listing; `throttled`: any of its calls was (the world fills it in, as the
+    /// daemon reads its client's count).
+    Observed {
+        result: Result<Vec<EniFacts>, String>,
+        throttled: bool,
+    },
 }
 
 /// A `wait_eni_status` in progress.
@@ -62,6 +67,7 @@ enum Ph {
     Start,
     Created,
     Attached,
+    AttachMeta,
     AttachCheck,
     Waiting,
     Metadata,
@@ -78,7 +84,6 @@ enum Ph {
     Leaked,
     LeakDeleted,
     VSwitches,
-    Observed,
 }
 
 pub struct Job {
@@ -96,8 +101,12 @@ pub struct Job {
     /// The second round of an unassign (what a failed first round left behind).
     rest_round: bool,
     leaked: Vec<String>,
+    /// The resync's one listing of our ENIs.
+    ours: Option<Result<Vec<EniView>, ApiError>>,
     view: Option<EniView>,
     meta_deadline: u64,
+    /// When the attach call was answered (`wait_attached` counts from then).
+    attached_at: u64,
 }
 
 fn failure(e: &ApiError) -> CloudFailure {
@@ -135,8 +144,10 @@ impl Job {
             chunks: Vec::new(),
             rest_round: false,
             leaked: Vec::new(),
+            ours: None,
             view: None,
             meta_deadline: 0,
+            attached_at: 0,
         }
     }
 
@@ -159,9 +170,14 @@ impl Job {
     }
 
     fn start_wait(&mut self, target: EniStatus, now: u64) -> Step {
+        self.start_wait_from(target, now)
+    }
+
+    /// A wait whose timeout counts from `start`.
+    fn start_wait_from(&mut self, target: EniStatus, start: u64) -> Step {
         self.wait = Some(Wait {
             target,
-            start: now,
+            start,
             delay: 200,
         });
         self.ph = Ph::Waiting;
@@ -186,7 +202,12 @@ impl Job {
                     eni: self.eni.clone(),
                 })
             }
-            (Ph::Attached, Some(Ok(_))) => self.start_wait(EniStatus::InUse, now),
+            (Ph::Attached, Some(Ok(_))) => {
+                self.attached_at = now;
+                self.ph = Ph::AttachMeta;
+                self.attach_meta(cloud, node, now)
+            }
+            (Ph::AttachMeta, None) => self.attach_meta(cloud, node, now),
             (Ph::Attached, Some(Err(e))) => {
                 // A lost answer: the ENI's state tells whether the attach went through.
                 self.err = Some(e);
@@ -284,17 +305,23 @@ impl Job {
             },
             (Ph::UnassignCheck, Some(r)) => self.unassign_checked(r),
             (Ph::Leaked, Some(r)) => {
-                if let Ok(Answer::Enis(list)) = r {
-                    self.leaked = list.into_iter().map(|e| e.id).collect();
+                // `list_ours`: the Available ones are leaked; the rest is observed at the end.
+                self.ours = Some(match r {
+                    Ok(Answer::Enis(list)) => Ok(list),
+                    Ok(a) => panic!("listing answered {a:?}"),
+                    Err(e) => Err(e),
+                });
+                if let Some(Ok(list)) = &self.ours {
+                    self.leaked = list
+                        .iter()
+                        .filter(|e| e.status == EniStatus::Available)
+                        .map(|e| e.id.clone())
+                        .collect();
                 }
-                self.next_leak()
+                self.next_leak(cloud, node)
             }
-            (Ph::LeakDeleted, Some(_)) => self.next_leak(),
-            (Ph::VSwitches, Some(_)) => {
-                self.ph = Ph::Observed;
-                Step::Call(Req::DescribeAttached)
-            }
-            (Ph::Observed, Some(r)) => self.observed(r, cloud, node),
+            (Ph::LeakDeleted, Some(_)) => self.next_leak(cloud, node),
+            (Ph::VSwitches, Some(_)) => self.observed(cloud, node),
             (ph, r) => panic!("job in {ph:?} got {r:?}"),
         }
     }
@@ -340,7 +367,7 @@ impl Job {
             }
             Kind::Resync { .. } => {
                 self.ph = Ph::Leaked;
-                Step::Call(Req::DescribeLeaked)
+                Step::Call(Req::DescribeOurs)
             }
             Kind::Op(op) => panic!("the simulation is IPv4 only: {op:?}"),
         }
@@ -400,6 +427,18 @@ impl Job {
             }
             (_, Err(_)) => self.final_check(),
         }
+    }
+
+    /// `wait_attached`: metadata polled every 100 ms until it lists the ENI (at most
+    /// `DEVICE_TIMEOUT`), then the status is waited for (one look when it is InUse already).
+    fn attach_meta(&mut self, cloud: &Cloud, node: usize, now: u64) -> Step {
+        let visible = cloud
+            .metadata_from(node, &self.eni)
+            .is_some_and(|t| t <= now);
+        if !visible && now < self.attached_at + DEVICE_TIMEOUT_MS {
+            return Step::Sleep(100);
+        }
+        self.start_wait_from(EniStatus::InUse, self.attached_at)
     }
 
     /// `facts(…, wait_for_metadata = true)`: metadata polled every 100 ms until it lists the
@@ -560,7 +599,7 @@ impl Job {
         self.next_chunk()
     }
 
-    fn next_leak(&mut self) -> Step {
+    fn next_leak(&mut self, cloud: &Cloud, node: usize) -> Step {
         match self.leaked.pop() {
             Some(id) => {
                 self.ph = Ph::LeakDeleted;
@@ -570,27 +609,35 @@ impl Job {
                 self.ph = Ph::VSwitches;
                 Step::Call(Req::DescribeVSwitches)
             }
-            None => {
-                self.ph = Ph::Observed;
-                Step::Call(Req::DescribeAttached)
-            }
+            None => self.observed(cloud, node),
         }
     }
 
-    fn observed(&mut self, r: Result<Answer, ApiError>, cloud: &Cloud, node: usize) -> Step {
-        let list = match r {
-            Ok(Answer::Enis(list)) => list,
-            Ok(a) => panic!("listing answered {a:?}"),
-            Err(e) => return Step::Finish(Done::Observed(Err(e.to_string()))),
+    fn observed(&mut self, cloud: &Cloud, node: usize) -> Step {
+        let list = match self.ours.take() {
+            Some(Ok(list)) => list,
+            None => panic!("a resync observed without its listing"),
+            Some(Err(e)) => {
+                return Step::Finish(Done::Observed {
+                    result: Err(e.to_string()),
+                    throttled: false,
+                });
+            }
         };
-        // Only our secondary ENIs in use. (An Attaching one cannot be seen here: a resync
-        // runs only while no job is in flight, and every create job ends attached or deleted.)
+        // Only our secondary ENIs in use on this instance. (An Attaching one cannot be seen
+        // here: a resync runs only while no job is in flight, and every create job ends
+        // attached or deleted.)
+        let inst = Some(cloud.instance(node));
         let facts = list
             .iter()
             .filter(|e| e.secondary_type && e.ours && e.status == EniStatus::InUse)
+            .filter(|e| e.instance_id.as_deref() == inst)
             .map(|e| facts(e, cloud, node))
             .collect();
-        Step::Finish(Done::Observed(Ok(facts)))
+        Step::Finish(Done::Observed {
+            result: Ok(facts),
+            throttled: false,
+        })
     }
 }
 

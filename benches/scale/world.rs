@@ -86,6 +86,8 @@ pub struct World<D: Daemon> {
     slots: Vec<Option<Slot>>,
     free_slots: Vec<u32>,
     tick_at: Vec<u64>,
+    /// Per node: throttled attempts since its last resync ended (the daemon's client count).
+    throttled: Vec<u64>,
     pub pods: Vec<Pod>,
     /// Pods alive and not ready.
     pub unready: usize,
@@ -111,6 +113,7 @@ impl<D: Daemon> World<D> {
             slots: Vec::new(),
             free_slots: Vec::new(),
             tick_at: vec![u64::MAX; n],
+            throttled: vec![0; n],
             pods: Vec::new(),
             unready: 0,
             phase: 0,
@@ -346,7 +349,10 @@ impl<D: Daemon> World<D> {
         let phase = self.phase;
         let c = self.calls[phase].entry((req.action(), src)).or_default();
         match &r {
-            Err(e) if codes::is_throttling(&e.code) => c.throttled += 1,
+            Err(e) if codes::is_throttling(&e.code) => {
+                c.throttled += 1;
+                self.throttled[node] += 1;
+            }
             _ => c.ok += 1,
         }
         let lat = self.knobs.api.draw(&mut self.rng);
@@ -387,10 +393,14 @@ impl<D: Daemon> World<D> {
         self.step(j, Input::Reply(r));
     }
 
-    fn finish(&mut self, j: u32, done: Done) {
+    fn finish(&mut self, j: u32, mut done: Done) {
         let Some(slot) = self.slots[j as usize].take() else {
             return;
         };
+        if let Done::Observed { throttled, .. } = &mut done {
+            // `throttled_total()` grew since the last resync ended.
+            *throttled = std::mem::take(&mut self.throttled[slot.node]) > 0;
+        }
         self.free_slots.push(j);
         let node = slot.node;
         self.running[node] -= 1;

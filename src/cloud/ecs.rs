@@ -440,6 +440,11 @@ impl Ecs {
         Ok(out)
     }
 
+    /// Attempts refused by throttling so far (both APIs).
+    pub fn throttled_total(&self) -> u64 {
+        self.ecs.throttled_total() + self.vpc.throttled_total()
+    }
+
     /// HTTP requests made per action so far, retries included (both APIs).
     pub fn call_counts(&self) -> Vec<(String, u64)> {
         let mut all: BTreeMap<String, u64> = BTreeMap::new();

@@ -9,6 +9,7 @@ use crate::cloud::ratelimit::RateLimiter;
 use crate::cloud::sign;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::cloud::retry::Attempts;
@@ -67,6 +68,8 @@ pub struct OpenApi {
     creds: Arc<CredentialProvider>,
     agent: ureq::Agent,
     counts: Mutex<BTreeMap<String, u64>>,
+    /// Attempts refused by throttling so far.
+    throttled: AtomicU64,
 }
 
 impl std::fmt::Debug for OpenApi {
@@ -146,6 +149,7 @@ impl OpenApi {
             creds,
             agent: http::agent(&cfg.http),
             counts: Mutex::new(BTreeMap::new()),
+            throttled: AtomicU64::new(0),
         })
     }
 
@@ -180,6 +184,9 @@ impl OpenApi {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
+            if e.is_throttling() {
+                self.throttled.fetch_add(1, Ordering::Relaxed);
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             let next = self.retry.next(
                 &mut tries,
@@ -216,6 +223,11 @@ impl OpenApi {
     fn count(&self, action: &str) {
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         *c.entry(action.to_string()).or_default() += 1;
+    }
+
+    /// Attempts the cloud refused by throttling so far (a sign the region's budget is spent).
+    pub fn throttled_total(&self) -> u64 {
+        self.throttled.load(Ordering::Relaxed)
     }
 
     /// HTTP requests sent so far per action (retries included).

@@ -154,8 +154,8 @@ pub fn panicked(op: u64) -> CloudDone {
 }
 
 impl EniOps {
-    /// A resync: leaked ENIs deleted, the counts of `vswitches` refreshed (none: no call),
-    /// attached ENIs listed. Runs only
+    /// A resync: our ENIs listed once, the leaked ones (unattached) deleted, the counts of
+    /// `vswitches` refreshed (none: no call), the attached ones observed. Runs only
     /// while nothing else is in flight (and nothing new goes out until it reports), so an
     /// unattached ENI of ours is not one being created.
     pub fn resync(&self, vswitches: &[String]) -> CloudDone {
@@ -165,13 +165,19 @@ impl EniOps {
     }
 
     fn resync_now(&self, vswitches: &[String]) -> CloudDone {
-        self.delete_leaked_enis();
+        // One listing of ours serves both the leaked-ENI clean-up and the reconcile.
+        let ours = self.list_ours();
+        match &ours {
+            Ok(list) => self.delete_leaked_from(list),
+            Err(e) => log::warn!("list our ENIs: {e}"),
+        }
         if !vswitches.is_empty()
             && let Err(e) = self.refresh_vswitches(vswitches)
         {
             log::warn!("resync: {e}");
         }
-        CloudDone::Observed(self.observe().map_err(|e| e.msg).map(|enis| Observation {
+        let observed = ours.and_then(|list| self.observe_from(list));
+        CloudDone::Observed(observed.map_err(|e| e.msg).map(|enis| Observation {
             enis,
             vswitch_free: self.vswitch_free(),
         }))
