@@ -30,7 +30,7 @@ const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 pub const OP_DEADLINE: Duration = Duration::from_secs(1800);
 /// The resync's deadline: it holds the node's pool (nothing else goes out while it runs), so
 /// in a throttled region it yields soon and comes back later.
-pub const RESYNC_DEADLINE: Duration = Duration::from_secs(60);
+pub const RESYNC_DEADLINE: Duration = Duration::from_secs(120);
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The node as shared ENI mode needs it: its facts plus what new ENIs get (these follow reloads).
