@@ -49,12 +49,7 @@ pub enum Input {
 #[derive(Debug)]
 pub enum Done {
     Op(CloudOutcome),
-    /// A resync's listing; `throttled`: any of its calls was (the world fills it in, as the
-    /// daemon reads its client's count).
-    Observed {
-        result: Result<Vec<EniFacts>, String>,
-        throttled: bool,
-    },
+    Observed(Result<Vec<EniFacts>, String>),
 }
 
 /// A `wait_eni_status` in progress.

@@ -107,10 +107,7 @@ impl Job {
             Some(Ok(list)) => list,
             None => panic!("a resync observed without its listing"),
             Some(Err(e)) => {
-                return Step::Finish(Done::Observed {
-                    result: Err(e.to_string()),
-                    throttled: false,
-                });
+                return Step::Finish(Done::Observed(Err(e.to_string())));
             }
         };
         // Only our secondary ENIs in use on this instance. (An Attaching one cannot be seen
@@ -123,9 +120,6 @@ impl Job {
             .filter(|e| e.instance_id.as_deref() == inst)
             .map(|e| facts(e, cloud, node))
             .collect();
-        Step::Finish(Done::Observed {
-            result: Ok(facts),
-            throttled: false,
-        })
+        Step::Finish(Done::Observed(Ok(facts)))
     }
 }

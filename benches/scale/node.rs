@@ -32,6 +32,8 @@ pub trait Daemon {
     fn deadline(&self, now: u64) -> Option<u64>;
     /// Addresses held and not in use.
     fn idle(&self) -> u32;
+    /// One of the node's calls was refused by throttling (the client's count).
+    fn throttled(&mut self) {}
 }
 
 pub fn key(pod: PodId) -> AttachKey {
@@ -54,6 +56,8 @@ pub struct PoolNode {
     outstanding: usize,
     observing: bool,
     resync: ResyncSchedule,
+    /// The client's throttled attempts since the last resync ended or was postponed.
+    throttled: u64,
     random: u64,
 }
 
@@ -67,6 +71,7 @@ impl PoolNode {
             outstanding: 0,
             observing: false,
             resync: ResyncSchedule::new(resync_every_ms, 0, random),
+            throttled: 0,
             random,
         }
     }
@@ -97,11 +102,16 @@ impl PoolNode {
             .is_some()
     }
 
+    /// `EniCommon::start_resync`.
     fn start_resync(&mut self, now: u64) -> bool {
         if self.outstanding > 0 || !self.resync.due(now, false) {
             return false;
         }
         let random = self.next_random();
+        if self.throttled > 0 && self.resync.postpone(now, random) {
+            self.throttled = 0;
+            return false;
+        }
         self.resync.started(now, random);
         self.outstanding += 1;
         self.observing = true;
@@ -131,9 +141,11 @@ impl Daemon for PoolNode {
         self.outstanding = self.outstanding.saturating_sub(1);
         match done {
             Done::Op(outcome) => self.pool.apply(outcome, now),
-            Done::Observed { result, throttled } => {
+            Done::Observed(result) => {
                 self.observing = false;
                 let random = self.next_random();
+                // `EniCommon::resync_done`: throttled since the last resync (or postponement)?
+                let throttled = std::mem::take(&mut self.throttled) > 0;
                 self.resync.done(result.is_ok(), throttled, now, random);
                 if let Ok(facts) = result {
                     self.pool.reconcile(&facts, now);
@@ -191,6 +203,10 @@ impl Daemon for PoolNode {
 
     fn idle(&self) -> u32 {
         self.pool.idle()
+    }
+
+    fn throttled(&mut self) {
+        self.throttled += 1;
     }
 }
 

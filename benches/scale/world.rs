@@ -86,8 +86,6 @@ pub struct World<D: Daemon> {
     slots: Vec<Option<Slot>>,
     free_slots: Vec<u32>,
     tick_at: Vec<u64>,
-    /// Per node: throttled attempts since its last resync ended (the daemon's client count).
-    throttled: Vec<u64>,
     pub pods: Vec<Pod>,
     /// Pods alive and not ready.
     pub unready: usize,
@@ -113,7 +111,6 @@ impl<D: Daemon> World<D> {
             slots: Vec::new(),
             free_slots: Vec::new(),
             tick_at: vec![u64::MAX; n],
-            throttled: vec![0; n],
             pods: Vec::new(),
             unready: 0,
             phase: 0,
@@ -351,7 +348,7 @@ impl<D: Daemon> World<D> {
         match &r {
             Err(e) if codes::is_throttling(&e.code) => {
                 c.throttled += 1;
-                self.throttled[node] += 1;
+                self.nodes[node].throttled();
             }
             _ => c.ok += 1,
         }
@@ -393,14 +390,10 @@ impl<D: Daemon> World<D> {
         self.step(j, Input::Reply(r));
     }
 
-    fn finish(&mut self, j: u32, mut done: Done) {
+    fn finish(&mut self, j: u32, done: Done) {
         let Some(slot) = self.slots[j as usize].take() else {
             return;
         };
-        if let Done::Observed { throttled, .. } = &mut done {
-            // `throttled_total()` grew since the last resync ended.
-            *throttled = std::mem::take(&mut self.throttled[slot.node]) > 0;
-        }
         self.free_slots.push(j);
         let node = slot.node;
         self.running[node] -= 1;

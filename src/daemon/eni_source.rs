@@ -57,6 +57,19 @@ impl ResyncSchedule {
         now >= self.next || wanted && now >= self.retry_at
     }
 
+    /// A due resync is put off at `now` because the node's calls were throttled since the
+    /// last one: the interval doubles and counts from now. False (run it) once the interval is
+    /// at its cap, so a resync still comes at least every [`RESYNC_MAX_STRETCH`] periods.
+    pub fn postpone(&mut self, now: u64, random: u64) -> bool {
+        let most = self.every_ms.saturating_mul(RESYNC_MAX_STRETCH);
+        if self.interval_ms >= most {
+            return false;
+        }
+        self.interval_ms = self.interval_ms.saturating_mul(2).min(most);
+        self.schedule(now, random);
+        true
+    }
+
     /// A resync starts at `now`: the next one is an interval later.
     pub fn started(&mut self, now: u64, random: u64) {
         self.schedule(now, random);
@@ -140,13 +153,24 @@ impl EniCommon {
         self.outstanding += n;
     }
 
-    /// Whether a resync starts now: nothing in flight, and it is due (or `wanted` early).
-    /// Counts it as started.
+    /// Whether a resync starts now: nothing in flight, and it is due (or `wanted` early), and
+    /// not put off because the node's calls were throttled since the last one. Counts it as
+    /// started.
     pub fn start_resync(&mut self, now: u64, wanted: bool) -> bool {
         if self.outstanding > 0 || !self.resync.due(now, wanted) {
             return false;
         }
         let random = self.next_random();
+        let total = self.ops.cloud.ecs.throttled_total();
+        if !wanted && total > self.throttled_seen && self.resync.postpone(now, random) {
+            // The region is busy: the listing would compete with the pool's own calls.
+            self.throttled_seen = total;
+            log::debug!(
+                "resync put off: the cloud throttles this node's calls; next in {} s",
+                self.resync.interval_ms() / 1000
+            );
+            return false;
+        }
         self.resync.started(now, random);
         self.outstanding += 1;
         self.observing = true;
@@ -309,6 +333,25 @@ mod tests {
         }
         s.started(600_000, 0);
         assert_eq!(s.next_at(), 720_000);
+    }
+
+    #[test]
+    fn a_busy_region_puts_resyncs_off_but_never_for_good() {
+        let mut s = ResyncSchedule::new(120_000, 0, 0);
+        let mut now = s.next_at();
+        let mut put_off = 0;
+        while s.postpone(now, 0) {
+            put_off += 1;
+            assert_eq!(s.next_at(), now + s.interval_ms());
+            now = s.next_at();
+        }
+        // 240, 480, 960 s: then at the cap it runs whatever the region says.
+        assert_eq!(put_off, 3);
+        assert_eq!(s.interval_ms(), 120_000 * RESYNC_MAX_STRETCH);
+        assert!(s.due(now, false));
+        s.started(now, 0);
+        s.done(true, false, now + 1_000, 0);
+        assert_eq!(s.interval_ms(), 120_000 * RESYNC_MAX_STRETCH / 2);
     }
 
     #[test]
