@@ -40,6 +40,7 @@ fn fast_retry(attempts: u32) -> RetryPolicy {
         max_attempts: attempts,
         base_delay: Duration::from_millis(40),
         max_delay: Duration::from_millis(400),
+        ..RetryPolicy::default()
     }
 }
 

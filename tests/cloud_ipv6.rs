@@ -24,6 +24,7 @@ fn client(emu: &Emu) -> Ecs {
             max_attempts: 3,
             base_delay: Duration::from_millis(40),
             max_delay: Duration::from_millis(400),
+            ..RetryPolicy::default()
         },
         rate_limits: vec![],
     };

@@ -4,6 +4,9 @@
 //! single call (client-side limiter, back-off on throttling) are the world's, as they are
 //! `OpenApi::call`'s in the daemon.
 
+#[path = "jobs_unassign_resync.rs"]
+mod unassign_resync;
+
 use crate::region::{Answer, Cloud, EniView, Req};
 use std::net::Ipv4Addr;
 use terway::cloud::codes;
@@ -62,6 +65,7 @@ enum Ph {
     Start,
     Created,
     Attached,
+    AttachMeta,
     AttachCheck,
     Waiting,
     Metadata,
@@ -78,7 +82,6 @@ enum Ph {
     Leaked,
     LeakDeleted,
     VSwitches,
-    Observed,
 }
 
 pub struct Job {
@@ -96,8 +99,12 @@ pub struct Job {
     /// The second round of an unassign (what a failed first round left behind).
     rest_round: bool,
     leaked: Vec<String>,
+    /// The resync's one listing of our ENIs.
+    ours: Option<Result<Vec<EniView>, ApiError>>,
     view: Option<EniView>,
     meta_deadline: u64,
+    /// When the attach call was answered (`wait_attached` counts from then).
+    attached_at: u64,
 }
 
 fn failure(e: &ApiError) -> CloudFailure {
@@ -135,8 +142,10 @@ impl Job {
             chunks: Vec::new(),
             rest_round: false,
             leaked: Vec::new(),
+            ours: None,
             view: None,
             meta_deadline: 0,
+            attached_at: 0,
         }
     }
 
@@ -159,9 +168,14 @@ impl Job {
     }
 
     fn start_wait(&mut self, target: EniStatus, now: u64) -> Step {
+        self.start_wait_from(target, now)
+    }
+
+    /// A wait whose timeout counts from `start`.
+    fn start_wait_from(&mut self, target: EniStatus, start: u64) -> Step {
         self.wait = Some(Wait {
             target,
-            start: now,
+            start,
             delay: 200,
         });
         self.ph = Ph::Waiting;
@@ -186,7 +200,12 @@ impl Job {
                     eni: self.eni.clone(),
                 })
             }
-            (Ph::Attached, Some(Ok(_))) => self.start_wait(EniStatus::InUse, now),
+            (Ph::Attached, Some(Ok(_))) => {
+                self.attached_at = now;
+                self.ph = Ph::AttachMeta;
+                self.attach_meta(cloud, node, now)
+            }
+            (Ph::AttachMeta, None) => self.attach_meta(cloud, node, now),
             (Ph::Attached, Some(Err(e))) => {
                 // A lost answer: the ENI's state tells whether the attach went through.
                 self.err = Some(e);
@@ -284,17 +303,23 @@ impl Job {
             },
             (Ph::UnassignCheck, Some(r)) => self.unassign_checked(r),
             (Ph::Leaked, Some(r)) => {
-                if let Ok(Answer::Enis(list)) = r {
-                    self.leaked = list.into_iter().map(|e| e.id).collect();
+                // `list_ours`: the Available ones are leaked; the rest is observed at the end.
+                self.ours = Some(match r {
+                    Ok(Answer::Enis(list)) => Ok(list),
+                    Ok(a) => panic!("listing answered {a:?}"),
+                    Err(e) => Err(e),
+                });
+                if let Some(Ok(list)) = &self.ours {
+                    self.leaked = list
+                        .iter()
+                        .filter(|e| e.status == EniStatus::Available)
+                        .map(|e| e.id.clone())
+                        .collect();
                 }
-                self.next_leak()
+                self.next_leak(cloud, node)
             }
-            (Ph::LeakDeleted, Some(_)) => self.next_leak(),
-            (Ph::VSwitches, Some(_)) => {
-                self.ph = Ph::Observed;
-                Step::Call(Req::DescribeAttached)
-            }
-            (Ph::Observed, Some(r)) => self.observed(r, cloud, node),
+            (Ph::LeakDeleted, Some(_)) => self.next_leak(cloud, node),
+            (Ph::VSwitches, Some(_)) => self.observed(cloud, node),
             (ph, r) => panic!("job in {ph:?} got {r:?}"),
         }
     }
@@ -340,7 +365,7 @@ impl Job {
             }
             Kind::Resync { .. } => {
                 self.ph = Ph::Leaked;
-                Step::Call(Req::DescribeLeaked)
+                Step::Call(Req::DescribeOurs)
             }
             Kind::Op(op) => panic!("the simulation is IPv4 only: {op:?}"),
         }
@@ -400,6 +425,18 @@ impl Job {
             }
             (_, Err(_)) => self.final_check(),
         }
+    }
+
+    /// `wait_attached`: metadata polled every 100 ms until it lists the ENI (at most
+    /// `DEVICE_TIMEOUT`), then the status is waited for (one look when it is InUse already).
+    fn attach_meta(&mut self, cloud: &Cloud, node: usize, now: u64) -> Step {
+        let visible = cloud
+            .metadata_from(node, &self.eni)
+            .is_some_and(|t| t <= now);
+        if !visible && now < self.attached_at + DEVICE_TIMEOUT_MS {
+            return Step::Sleep(100);
+        }
+        self.start_wait_from(EniStatus::InUse, self.attached_at)
     }
 
     /// `facts(…, wait_for_metadata = true)`: metadata polled every 100 ms until it lists the
@@ -481,120 +518,9 @@ impl Job {
             failure6: None,
         })
     }
-
-    fn planned_ips(&self) -> Vec<Ipv4Addr> {
-        match &self.kind {
-            Kind::Op(CloudOp::UnassignIps { ips, .. }) => ips.clone(),
-            _ => Vec::new(),
-        }
-    }
-
-    fn next_chunk(&mut self) -> Step {
-        match self.chunks.first() {
-            Some(c) => {
-                self.ph = Ph::Unassigned;
-                Step::Call(Req::Unassign {
-                    eni: self.eni.clone(),
-                    ips: c.clone(),
-                })
-            }
-            None => self.unassign_round_ended(Ok(())),
-        }
-    }
-
-    fn unassigned(&mut self, r: Result<Answer, ApiError>) -> Step {
-        match r {
-            Ok(_) => {
-                self.chunks.remove(0);
-                self.next_chunk()
-            }
-            Err(e) if e.code == codes::IP_UNASSIGNED => {
-                self.ph = Ph::UnassignGone;
-                Step::Call(Req::DescribeEni {
-                    eni: self.eni.clone(),
-                })
-            }
-            Err(e) => self.unassign_round_ended(Err(e)),
-        }
-    }
-
-    /// `ecs.unassign_ips` returned: the first round is checked against the cloud on error.
-    fn unassign_round_ended(&mut self, r: Result<(), ApiError>) -> Step {
-        let outcome = CloudOutcome::IpsUnassigned {
-            op: self.op_id(),
-            eni_id: self.eni.clone(),
-            ips: self.planned_ips(),
-            ips6: Vec::new(),
-            failure6: None,
-        };
-        match r {
-            Ok(()) => self.finish(outcome),
-            Err(e) if self.rest_round => self.failed(failure(&e)),
-            Err(e) => {
-                self.err = Some(e);
-                self.ph = Ph::UnassignCheck;
-                Step::Call(Req::DescribeEni {
-                    eni: self.eni.clone(),
-                })
-            }
-        }
-    }
-
-    fn unassign_checked(&mut self, r: Result<Answer, ApiError>) -> Step {
-        let ips = self.planned_ips();
-        let err = self.err.take().unwrap_or_else(|| ApiError::new(0, "", ""));
-        let Some(v) = found(&r, &self.eni) else {
-            return self.failed(failure(&err));
-        };
-        let rest: Vec<Ipv4Addr> = ips
-            .iter()
-            .copied()
-            .filter(|i| v.secondary_ips.contains(i))
-            .collect();
-        if rest.is_empty() {
-            return self.unassign_round_ended(Ok(()));
-        }
-        // Partly done: finish the rest once.
-        self.rest_round = true;
-        self.chunks = rest.chunks(MAX_IPS_PER_CALL).map(<[_]>::to_vec).collect();
-        self.next_chunk()
-    }
-
-    fn next_leak(&mut self) -> Step {
-        match self.leaked.pop() {
-            Some(id) => {
-                self.ph = Ph::LeakDeleted;
-                Step::Call(Req::Delete { eni: id })
-            }
-            None if matches!(self.kind, Kind::Resync { vswitches: true }) => {
-                self.ph = Ph::VSwitches;
-                Step::Call(Req::DescribeVSwitches)
-            }
-            None => {
-                self.ph = Ph::Observed;
-                Step::Call(Req::DescribeAttached)
-            }
-        }
-    }
-
-    fn observed(&mut self, r: Result<Answer, ApiError>, cloud: &Cloud, node: usize) -> Step {
-        let list = match r {
-            Ok(Answer::Enis(list)) => list,
-            Ok(a) => panic!("listing answered {a:?}"),
-            Err(e) => return Step::Finish(Done::Observed(Err(e.to_string()))),
-        };
-        // Only our secondary ENIs in use. (An Attaching one cannot be seen here: a resync
-        // runs only while no job is in flight, and every create job ends attached or deleted.)
-        let facts = list
-            .iter()
-            .filter(|e| e.secondary_type && e.ours && e.status == EniStatus::InUse)
-            .map(|e| facts(e, cloud, node))
-            .collect();
-        Step::Finish(Done::Observed(Ok(facts)))
-    }
 }
 
-fn facts(v: &EniView, cloud: &Cloud, node: usize) -> EniFacts {
+pub(super) fn facts(v: &EniView, cloud: &Cloud, node: usize) -> EniFacts {
     let (net, gateway) = cloud.vswitch_net(node);
     EniFacts {
         id: v.id.clone(),

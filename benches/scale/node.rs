@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 use terway::config::VSwitchPolicy;
 use terway::daemon::core::WAIT_TIMEOUT_MS;
+use terway::daemon::eni_source::ResyncSchedule;
 use terway::daemon::waiters::{Waiter, Waiters};
 use terway::model::{AttachKey, PodRef};
 use terway::pool::shared_eni::{CloudOp, CloudOutcome, Pool, PoolConfig, PoolState};
@@ -31,6 +32,8 @@ pub trait Daemon {
     fn deadline(&self, now: u64) -> Option<u64>;
     /// Addresses held and not in use.
     fn idle(&self) -> u32;
+    /// One of the node's calls was refused by throttling (the client's count).
+    fn throttled(&mut self) {}
 }
 
 pub fn key(pod: PodId) -> AttachKey {
@@ -52,31 +55,24 @@ pub struct PoolNode {
     /// `EniCommon`: operations out, the resync schedule, the pool's random numbers.
     outstanding: usize,
     observing: bool,
-    resync_every_ms: u64,
-    next_resync: u64,
-    retry_resync_at: u64,
+    resync: ResyncSchedule,
+    /// The client's throttled attempts since the last resync ended or was postponed.
+    throttled: u64,
     random: u64,
 }
-
-/// `eni_source::RESYNC_RETRY_MS`.
-const RESYNC_RETRY_MS: u64 = 5_000;
 
 impl PoolNode {
     /// `resync_every_ms` 0: no periodic resync.
     pub fn new(cfg: PoolConfig, resync_every_ms: u64, seed: u64) -> PoolNode {
+        let random = seed | 1;
         PoolNode {
             pool: Pool::new(cfg, PoolState::default()),
             waiters: Waiters::default(),
             outstanding: 0,
             observing: false,
-            resync_every_ms,
-            next_resync: if resync_every_ms == 0 {
-                u64::MAX
-            } else {
-                resync_every_ms
-            },
-            retry_resync_at: 0,
-            random: seed | 1,
+            resync: ResyncSchedule::new(resync_every_ms, 0, random),
+            throttled: 0,
+            random,
         }
     }
 
@@ -106,11 +102,17 @@ impl PoolNode {
             .is_some()
     }
 
+    /// `EniCommon::start_resync`.
     fn start_resync(&mut self, now: u64) -> bool {
-        if self.outstanding > 0 || now < self.next_resync {
+        if self.outstanding > 0 || !self.resync.due(now, false) {
             return false;
         }
-        self.next_resync = now + self.resync_every_ms;
+        let random = self.next_random();
+        if self.throttled > 0 && self.resync.postpone(now, random) {
+            self.throttled = 0;
+            return false;
+        }
+        self.resync.started(now, random);
         self.outstanding += 1;
         self.observing = true;
         true
@@ -139,13 +141,14 @@ impl Daemon for PoolNode {
         self.outstanding = self.outstanding.saturating_sub(1);
         match done {
             Done::Op(outcome) => self.pool.apply(outcome, now),
-            Done::Observed(r) => {
+            Done::Observed(result) => {
                 self.observing = false;
-                match r {
-                    Ok(facts) => {
-                        self.pool.reconcile(&facts, now);
-                    }
-                    Err(_) => self.retry_resync_at = now + RESYNC_RETRY_MS,
+                let random = self.next_random();
+                // `EniCommon::resync_done`: throttled since the last resync (or postponement)?
+                let throttled = std::mem::take(&mut self.throttled) > 0;
+                self.resync.done(result.is_ok(), throttled, now, random);
+                if let Ok(facts) = result {
+                    self.pool.reconcile(&facts, now);
                 }
             }
         }
@@ -191,7 +194,7 @@ impl Daemon for PoolNode {
 
     fn deadline(&self, now: u64) -> Option<u64> {
         let pool = self.pool.next_deadline(now).filter(|_| !self.observing);
-        let resync = (self.outstanding == 0).then_some(self.next_resync.max(self.retry_resync_at));
+        let resync = (self.outstanding == 0).then_some(self.resync.next_at());
         [pool, resync, self.waiters.next_deadline()]
             .into_iter()
             .flatten()
@@ -200,6 +203,10 @@ impl Daemon for PoolNode {
 
     fn idle(&self) -> u32 {
         self.pool.idle()
+    }
+
+    fn throttled(&mut self) {
+        self.throttled += 1;
     }
 }
 

@@ -123,10 +123,8 @@ pub enum Req {
     DescribeEni {
         eni: String,
     },
-    /// DescribeNetworkInterfaces by instance (resync's listing).
-    DescribeAttached,
-    /// DescribeNetworkInterfaces of our Available ENIs by tag (leak clean-up).
-    DescribeLeaked,
+    /// DescribeNetworkInterfaces of our ENIs by tag (the resync's one listing).
+    DescribeOurs,
     Assign {
         eni: String,
         count: u32,
@@ -145,9 +143,7 @@ impl Req {
             Req::Attach { .. } => "AttachNetworkInterface",
             Req::Detach { .. } => "DetachNetworkInterface",
             Req::Delete { .. } => "DeleteNetworkInterface",
-            Req::DescribeEni { .. } | Req::DescribeAttached | Req::DescribeLeaked => {
-                "DescribeNetworkInterfaces"
-            }
+            Req::DescribeEni { .. } | Req::DescribeOurs => "DescribeNetworkInterfaces",
             Req::Assign { .. } => "AssignPrivateIpAddresses",
             Req::Unassign { .. } => "UnassignPrivateIpAddresses",
             Req::DescribeVSwitches => "DescribeVSwitches",
@@ -292,12 +288,20 @@ impl Cloud {
         (net, v.cidr.gateway())
     }
 
-    /// When metadata starts listing the ENI (attached + the metadata lag), if it will.
+    /// When metadata starts listing the ENI (attached + the metadata lag), if it will. An
+    /// attach the model has not yet completed (it advances on calls to its shard, and a
+    /// refused call does not reach it) counts from when it completes, as the emulator's
+    /// metadata server sees it.
     pub fn metadata_from(&self, node: usize, eni: &str) -> Option<u64> {
         let m = &self.shards[self.shard_of[node]];
         let e = m.eni(eni).ok()?;
-        (e.meta_instance.as_deref() == Some(self.instance(node)))
-            .then_some(e.meta_from?.saturating_add(m.timing.metadata_lag_ms))
+        let inst = Some(self.instance(node));
+        let from = match e.status {
+            EniStatus::Attaching if e.instance_id.as_deref() == inst => e.pending_until?,
+            _ if e.meta_instance.as_deref() == inst => e.meta_from?,
+            _ => return None,
+        };
+        Some(from.saturating_add(m.timing.metadata_lag_ms))
     }
 
     /// One request of `node` arriving at `now`.
@@ -367,16 +371,8 @@ impl Cloud {
                 },
                 m,
             ),
-            Req::DescribeAttached => by(
+            Req::DescribeOurs => by(
                 EniFilter {
-                    instance_id: Some(inst.clone()),
-                    ..EniFilter::default()
-                },
-                m,
-            ),
-            Req::DescribeLeaked => by(
-                EniFilter {
-                    status: Some("Available".into()),
                     tags: vec![(TAG_NODE.into(), inst.clone())],
                     ..EniFilter::default()
                 },

@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::time::Duration;
 use terway::cloud::codes;
 use terway::cloud::ratelimit::RateLimiter;
-use terway::cloud::retry::RetryPolicy;
-use terway::daemon::eni_ops::WORKERS;
+use terway::cloud::retry::{Attempts, RetryPolicy};
+use terway::daemon::eni_ops::{OP_DEADLINE, RESYNC_DEADLINE, WORKERS};
+use terway::daemon::node::CLOUD_RETRY;
 use terway::emulate::errors::ApiError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -38,7 +39,7 @@ pub struct Count {
     pub ok: u64,
     /// Requests refused with Throttling.User.
     pub throttled: u64,
-    /// Calls whose every attempt was throttled: the job saw the error.
+    /// Calls still throttled at their job's deadline: the job saw the error.
     pub gave_up: u64,
 }
 
@@ -58,7 +59,10 @@ struct Slot {
     node: usize,
     job: Job,
     req: Option<Req>,
-    attempt: u32,
+    tries: Attempts,
+    /// `eni_ops::OP_DEADLINE` (a resync: `RESYNC_DEADLINE`) after the job started: throttled
+    /// calls are retried until then.
+    deadline: u64,
     reply: Option<Result<Answer, ApiError>>,
 }
 
@@ -112,11 +116,7 @@ impl<D: Daemon> World<D> {
             phase: 0,
             calls: vec![BTreeMap::new()],
             // The daemon's policy (`daemon::node::discover`), not the library default.
-            retry: RetryPolicy {
-                max_attempts: 6,
-                base_delay: Duration::from_millis(200),
-                max_delay: Duration::from_secs(5),
-            },
+            retry: CLOUD_RETRY,
             knobs,
             rng: Rng::new(seed ^ 0x3041d),
         }
@@ -263,11 +263,16 @@ impl<D: Daemon> World<D> {
                 return;
             };
             self.running[node] += 1;
+            let deadline = match job.kind {
+                Kind::Resync { .. } => RESYNC_DEADLINE,
+                Kind::Op(_) => OP_DEADLINE,
+            };
             let slot = Slot {
                 node,
                 job,
                 req: None,
-                attempt: 0,
+                tries: Attempts::default(),
+                deadline: self.now + deadline.as_millis() as u64,
                 reply: None,
             };
             let j = match self.free_slots.pop() {
@@ -303,7 +308,7 @@ impl<D: Daemon> World<D> {
             Step::Call(req) => {
                 let s = self.slot(j);
                 s.req = Some(req);
-                s.attempt = 1;
+                s.tries = Attempts::default();
                 self.queue_attempt(j, now);
             }
             Step::Sleep(ms) => self.push(now + ms, Ev::Wake(j)),
@@ -341,7 +346,10 @@ impl<D: Daemon> World<D> {
         let phase = self.phase;
         let c = self.calls[phase].entry((req.action(), src)).or_default();
         match &r {
-            Err(e) if codes::is_throttling(&e.code) => c.throttled += 1,
+            Err(e) if codes::is_throttling(&e.code) => {
+                c.throttled += 1;
+                self.nodes[node].throttled();
+            }
             _ => c.ok += 1,
         }
         let lat = self.knobs.api.draw(&mut self.rng);
@@ -351,7 +359,6 @@ impl<D: Daemon> World<D> {
 
     fn reply(&mut self, j: u32) {
         let now = self.now;
-        let max = self.retry.max_attempts;
         let unit = self.rng.unit();
         let retry = self.retry;
         let phase = self.phase;
@@ -361,10 +368,17 @@ impl<D: Daemon> World<D> {
             .take()
             .unwrap_or_else(|| panic!("job {j}: no answer"));
         if let Err(e) = &r {
-            if codes::is_retryable(&e.code) && s.attempt < max {
-                let delay = retry.delay(s.attempt, unit).as_millis() as u64;
-                s.attempt += 1;
-                self.queue_attempt(j, now + delay);
+            let throttled = codes::is_throttling(&e.code);
+            let left = Duration::from_millis(s.deadline.saturating_sub(now));
+            let next = retry.next(
+                &mut s.tries,
+                throttled,
+                codes::is_retryable(&e.code),
+                left,
+                unit,
+            );
+            if let Some(delay) = next {
+                self.queue_attempt(j, now + delay.as_millis() as u64);
                 return;
             }
             if codes::is_throttling(&e.code) {

@@ -174,6 +174,7 @@ impl Access {
                     max_attempts: 6,
                     base_delay: Duration::from_millis(200),
                     max_delay: Duration::from_secs(5),
+                    ..RetryPolicy::default()
                 },
                 rate_limits: Vec::new(),
             },

@@ -16,6 +16,11 @@ pub const ECS_VERSION: &str = "2014-05-26";
 pub const VPC_VERSION: &str = "2016-04-28";
 /// The API takes at most this many addresses per Assign/Unassign call.
 pub const MAX_IPS_PER_CALL: usize = 10;
+/// CreateNetworkInterface takes at most this many secondary IPv4 addresses
+/// (`SecondaryPrivateIpAddressCount`) and IPv6 addresses (`Ipv6AddressCount`) for the new ENI:
+/// an ENI not yet attached holds no more (the emulator's model enforces the same).
+pub const MAX_SECONDARY_ON_CREATE: u32 = 49;
+pub const MAX_IPV6_ON_CREATE: u32 = 10;
 /// `NetworkInterfaceId.N` and `InstanceTypes.N` limits per call.
 const MAX_ENI_IDS: usize = 100;
 const MAX_TYPES: usize = 10;
@@ -433,6 +438,11 @@ impl Ecs {
             }
         }
         Ok(out)
+    }
+
+    /// Attempts refused by throttling so far (both APIs).
+    pub fn throttled_total(&self) -> u64 {
+        self.ecs.throttled_total() + self.vpc.throttled_total()
     }
 
     /// HTTP requests made per action so far, retries included (both APIs).

@@ -9,9 +9,32 @@ use crate::cloud::ratelimit::RateLimiter;
 use crate::cloud::sign;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::cloud::retry::Attempts;
 pub use crate::cloud::retry::RetryPolicy;
+use std::cell::Cell;
+use std::time::Instant;
+
+thread_local! {
+    /// The deadline of the operation this thread is carrying out (see [`with_deadline`]).
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with `deadline` as the deadline of every call it makes: a throttled call is
+/// retried until then rather than for the policy's `throttle_patience`. For a job whose calls
+/// are one operation (a pool's create, say): waiting for the region's budget is part of it.
+pub fn with_deadline<R>(deadline: Instant, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Instant>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DEADLINE.set(self.0);
+        }
+    }
+    let _restore = Restore(DEADLINE.replace(Some(deadline)));
+    f()
+}
 
 /// Everything an [`OpenApi`] needs besides credentials.
 #[derive(Debug, Clone)]
@@ -45,6 +68,8 @@ pub struct OpenApi {
     creds: Arc<CredentialProvider>,
     agent: ureq::Agent,
     counts: Mutex<BTreeMap<String, u64>>,
+    /// Attempts refused by throttling so far.
+    throttled: AtomicU64,
 }
 
 impl std::fmt::Debug for OpenApi {
@@ -124,11 +149,14 @@ impl OpenApi {
             creds,
             agent: http::agent(&cfg.http),
             counts: Mutex::new(BTreeMap::new()),
+            throttled: AtomicU64::new(0),
         })
     }
 
     /// Calls `action` with `params`, waiting for the rate limit and retrying retryable errors
     /// with backoff. The final error names the action, code, message and request id.
+    /// A throttled call is retried until the operation's deadline ([`with_deadline`]), else
+    /// for the policy's `throttle_patience`.
     pub fn call(&self, action: &str, params: &[(&str, String)]) -> Result<Value, CloudError> {
         let mut query: Vec<(String, String)> = params
             .iter()
@@ -137,12 +165,14 @@ impl OpenApi {
         if !NO_REGION_ID.contains(&action) && !query.iter().any(|(k, _)| k == "RegionId") {
             query.push(("RegionId".into(), self.region_id.clone()));
         }
-        let max = self.retry.max_attempts.max(1);
-        let mut attempt = 1;
+        let deadline = DEADLINE
+            .get()
+            .unwrap_or_else(|| Instant::now() + self.retry.throttle_patience);
+        let mut tries = Attempts::default();
         loop {
             self.limiter.acquire(action);
             self.count(action);
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let result = self.attempt(action, &query);
             crate::metrics::global().openapi(
                 action,
@@ -150,17 +180,39 @@ impl OpenApi {
                 result.as_ref().is_err_and(CloudError::is_throttling),
                 started.elapsed(),
             );
-            match result {
+            let e = match result {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() && attempt < max => {
-                    let delay = self.retry.delay(attempt, http::random_unit());
-                    log::info!("{e}; attempt {attempt}/{max}, retrying in {delay:?}");
+                Err(e) => e,
+            };
+            if e.is_throttling() {
+                self.throttled.fetch_add(1, Ordering::Relaxed);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let next = self.retry.next(
+                &mut tries,
+                e.is_throttling(),
+                e.is_retryable(),
+                left,
+                http::random_unit(),
+            );
+            let n = tries.failed + tries.throttled;
+            match next {
+                Some(delay) if e.is_throttling() => {
+                    // Routine at scale: the region's budget is shared by every node.
+                    log::debug!(
+                        "{e}; throttled {} time(s), again in {delay:?}",
+                        tries.throttled
+                    );
                     std::thread::sleep(delay);
-                    attempt += 1;
                 }
-                Err(e) => {
-                    if attempt > 1 {
-                        log::warn!("{e} (gave up after {attempt} attempts)");
+                Some(delay) => {
+                    let max = self.retry.max_attempts;
+                    log::info!("{e}; attempt {}/{max}, retrying in {delay:?}", tries.failed);
+                    std::thread::sleep(delay);
+                }
+                None => {
+                    if n > 1 {
+                        log::warn!("{e} (gave up after {n} attempts)");
                     }
                     return Err(e);
                 }
@@ -171,6 +223,11 @@ impl OpenApi {
     fn count(&self, action: &str) {
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         *c.entry(action.to_string()).or_default() += 1;
+    }
+
+    /// Attempts the cloud refused by throttling so far (a sign the region's budget is spent).
+    pub fn throttled_total(&self) -> u64 {
+        self.throttled.load(Ordering::Relaxed)
     }
 
     /// HTTP requests sent so far per action (retries included).
@@ -251,6 +308,22 @@ mod tests {
         for bad in ["ftp://x", "http://", "http://x/path", "http://u@x"] {
             assert!(parse_endpoint(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn deadline_scopes_nest_and_restore() {
+        let (a, b) = (
+            Instant::now(),
+            Instant::now() + std::time::Duration::from_secs(5),
+        );
+        assert_eq!(DEADLINE.get(), None);
+        with_deadline(a, || {
+            assert_eq!(DEADLINE.get(), Some(a));
+            with_deadline(b, || assert_eq!(DEADLINE.get(), Some(b)));
+            assert_eq!(DEADLINE.get(), Some(a));
+        });
+        let _ = std::panic::catch_unwind(|| with_deadline(b, || panic!("a job's bug")));
+        assert_eq!(DEADLINE.get(), None, "restored after a panic too");
     }
 
     #[test]

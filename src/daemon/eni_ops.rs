@@ -23,6 +23,14 @@ use std::time::{Duration, Instant};
 pub use crate::cloud::lifecycle::{TAG_CREATOR, TAG_NODE};
 pub const WORKERS: usize = 8;
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Every cloud job's deadline: its throttled calls are retried until then. Waiting for the
+/// region's budget is part of the work at scale (thousands of nodes share it; at 2000 nodes a
+/// cold start queues about 10 min of AssignPrivateIpAddresses); giving a call up would only
+/// repeat it later, and a create given up after its ENI exists costs a clean-up.
+pub const OP_DEADLINE: Duration = Duration::from_secs(1800);
+/// The resync's deadline: it holds the node's pool (nothing else goes out while it runs), so
+/// in a throttled region it yields soon and comes back later.
+pub const RESYNC_DEADLINE: Duration = Duration::from_secs(120);
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The node as shared ENI mode needs it: its facts plus what new ENIs get (these follow reloads).
@@ -256,8 +264,28 @@ impl EniOps {
                 tags: Vec::new(),
             })
             .map_err(|e| cloud_err("DescribeNetworkInterfaces", e))?;
+        self.observe_from(enis)
+    }
+
+    /// Every ENI created for this node, attached or not, in one listing (by our tag): the
+    /// resync finds both the leaked ones and the attached ones in it, one call instead of two.
+    pub fn list_ours(&self) -> Result<Vec<EniInfo>> {
+        self.cloud
+            .ecs
+            .describe_enis(&EniFilter {
+                tags: vec![(TAG_NODE.to_string(), self.node.info.instance_id.clone())],
+                ..EniFilter::default()
+            })
+            .map_err(|e| cloud_err("DescribeNetworkInterfaces", e))
+    }
+
+    /// [`EniOps::observe`] on a listing already made: ours, attached to this instance.
+    pub fn observe_from(&self, enis: Vec<EniInfo>) -> Result<Vec<(EniFacts, u32)>> {
         let mut out = Vec::new();
         for mut eni in enis {
+            if eni.instance_id.as_deref() != Some(self.node.info.instance_id.as_str()) {
+                continue;
+            }
             if eni.eni_type == "Primary"
                 || eni.mac.eq_ignore_ascii_case(&self.node.info.primary_mac)
             {
@@ -302,19 +330,21 @@ impl EniOps {
             tags: vec![(TAG_NODE.to_string(), self.node.info.instance_id.clone())],
         });
         match leaked {
-            Ok(list) => {
-                for eni in list {
-                    match self.cloud.ecs.delete_eni(&eni.id) {
-                        Ok(()) => {
-                            crate::metrics::global()
-                                .findings(crate::metrics::finding::LEAKED_ENI, 1);
-                            log::info!("deleted leaked ENI {} (created, never attached)", eni.id)
-                        }
-                        Err(e) => log::warn!("delete leaked ENI {}: {e}", eni.id),
-                    }
-                }
-            }
+            Ok(list) => self.delete_leaked_from(&list),
             Err(e) => log::warn!("list leaked ENIs: {e}"),
+        }
+    }
+
+    /// Deletes the `Available` ENIs of a listing of ours (see [`EniOps::delete_leaked_enis`]).
+    pub fn delete_leaked_from(&self, ours: &[EniInfo]) {
+        for eni in ours.iter().filter(|e| e.status == "Available") {
+            match self.cloud.ecs.delete_eni(&eni.id) {
+                Ok(()) => {
+                    crate::metrics::global().findings(crate::metrics::finding::LEAKED_ENI, 1);
+                    log::info!("deleted leaked ENI {} (created, never attached)", eni.id)
+                }
+                Err(e) => log::warn!("delete leaked ENI {}: {e}", eni.id),
+            }
         }
     }
 
@@ -345,11 +375,7 @@ impl EniOps {
                 &token,
             )
             .map_err(to_failure)?;
-        let attached = self.attach(&eni.id).and_then(|_| {
-            self.cloud
-                .ecs
-                .wait_eni_status(&eni.id, "InUse", ATTACH_TIMEOUT)
-        });
+        let attached = self.attach(&eni.id).and_then(|_| self.wait_attached(&eni));
         let ready = attached.map_err(to_failure).and_then(|info| {
             let facts = self.facts(&info, true).map_err(internal)?;
             let table = self.ready(&facts, true).map_err(internal)?;
@@ -379,6 +405,20 @@ impl EniOps {
                 Err(failure)
             }
         }
+    }
+
+    /// Waits until a just attached ENI is InUse: first for metadata to list it (a local call,
+    /// free; it lists an ENI once attached), then one DescribeNetworkInterfaces confirms. Only
+    /// when metadata does not show it within [`DEVICE_TIMEOUT`], or the cloud does not say
+    /// InUse yet, is the status polled (for the rest of [`ATTACH_TIMEOUT`]): at scale those
+    /// polls compete for the region's DescribeNetworkInterfaces budget with every node.
+    fn wait_attached(&self, eni: &EniInfo) -> std::result::Result<EniInfo, CloudError> {
+        let start = Instant::now();
+        while start.elapsed() < DEVICE_TIMEOUT && self.cloud.meta.eni(&eni.mac).is_err() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let left = ATTACH_TIMEOUT.saturating_sub(start.elapsed());
+        self.cloud.ecs.wait_eni_status(&eni.id, "InUse", left)
     }
 
     /// Attach; when the answer is lost and the retry is refused, the ENI's state tells whether

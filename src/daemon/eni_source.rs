@@ -15,17 +15,104 @@ const DEFAULT_RESYNC_MS: u64 = 120_000;
 /// The least time between a failed resync and an early (wanted) one.
 const RESYNC_RETRY_MS: u64 = 5_000;
 
+/// A region-wide budget is shared by every node: when a resync's calls were throttled, the next
+/// one waits twice as long, up to this many times the configured period.
+pub const RESYNC_MAX_STRETCH: u64 = 8;
+
+/// When the periodic resync runs: every `every_ms` while the region answers calmly; when the
+/// node's calls were throttled since the last resync the interval doubles (up to [`RESYNC_MAX_STRETCH`] times),
+/// and each calm resync halves it again. Each interval gets up to a quarter more at random, so
+/// nodes started together do not all list at once. Pure: time and randomness passed in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResyncSchedule {
+    every_ms: u64,
+    interval_ms: u64,
+    next: u64,
+    /// After a failed resync a wanted (early) one waits until then.
+    retry_at: u64,
+}
+
+impl ResyncSchedule {
+    /// `every_ms` 0: never (except wanted early ones).
+    pub fn new(every_ms: u64, now: u64, random: u64) -> ResyncSchedule {
+        let mut s = ResyncSchedule {
+            every_ms,
+            interval_ms: every_ms,
+            next: u64::MAX,
+            retry_at: 0,
+        };
+        s.schedule(now, random);
+        s
+    }
+
+    fn schedule(&mut self, from: u64, random: u64) {
+        self.next = match self.interval_ms {
+            0 => u64::MAX,
+            i => from.saturating_add(i).saturating_add(random % (i / 4 + 1)),
+        };
+    }
+
+    /// Whether a resync is due at `now` (or `wanted` early and not right after a failed one).
+    pub fn due(&self, now: u64, wanted: bool) -> bool {
+        now >= self.next || wanted && now >= self.retry_at
+    }
+
+    /// A due resync is put off at `now` because the node's calls were throttled since the
+    /// last one: the interval doubles and counts from now. False (run it) once the interval is
+    /// at its cap, so a resync still comes at least every [`RESYNC_MAX_STRETCH`] periods.
+    pub fn postpone(&mut self, now: u64, random: u64) -> bool {
+        let most = self.every_ms.saturating_mul(RESYNC_MAX_STRETCH);
+        if self.interval_ms >= most {
+            return false;
+        }
+        self.interval_ms = self.interval_ms.saturating_mul(2).min(most);
+        self.schedule(now, random);
+        true
+    }
+
+    /// A resync starts at `now`: the next one is an interval later.
+    pub fn started(&mut self, now: u64, random: u64) {
+        self.schedule(now, random);
+    }
+
+    /// A resync ended at `now`: `ok` or failed, and whether the cloud throttled the node's calls
+    /// since the last one ended.
+    pub fn done(&mut self, ok: bool, throttled: bool, now: u64, random: u64) {
+        if !ok {
+            self.retry_at = now.saturating_add(RESYNC_RETRY_MS);
+        }
+        if throttled {
+            let most = self.every_ms.saturating_mul(RESYNC_MAX_STRETCH);
+            self.interval_ms = self.interval_ms.saturating_mul(2).min(most);
+            // Counted from now: a throttled resync may have taken a while.
+            self.schedule(now, random);
+        } else if ok {
+            // Back by halves: nodes that all reset at once would throttle each other again.
+            self.interval_ms = (self.interval_ms / 2).max(self.every_ms);
+        }
+    }
+
+    /// When the next periodic resync is due.
+    pub fn next_at(&self) -> u64 {
+        self.next
+    }
+
+    /// The interval now (the configured one, or stretched by throttling).
+    pub fn interval_ms(&self) -> u64 {
+        self.interval_ms
+    }
+}
+
 pub struct EniCommon {
     pub ops: Arc<EniOps>,
     /// The node as new ENIs see it (security groups, tags, vSwitches follow reloads).
     pub node: Arc<NodeFacts>,
     outstanding: usize,
-    resync_every_ms: u64,
-    next_resync: u64,
+    resync: ResyncSchedule,
+    /// Throttled attempts of this node's client when the last resync ended.
+    throttled_seen: u64,
     observing: bool,
     random: u64,
-    /// After a failed resync a wanted (early) one waits until then.
-    retry_resync_at: u64,
 }
 
 impl EniCommon {
@@ -34,15 +121,15 @@ impl EniCommon {
             .ip_pool_sync_period
             .map(|d| d.as_millis() as u64)
             .unwrap_or(DEFAULT_RESYNC_MS);
+        let random = now ^ u64::from(std::process::id()).rotate_left(32) | 1;
         EniCommon {
             node: Arc::new(ops.node.clone()),
             ops: Arc::new(ops),
             outstanding: 0,
-            resync_every_ms,
-            next_resync: now + resync_every_ms,
+            resync: ResyncSchedule::new(resync_every_ms, now, random),
+            throttled_seen: 0,
             observing: false,
-            random: now ^ u64::from(std::process::id()).rotate_left(32) | 1,
-            retry_resync_at: 0,
+            random,
         }
     }
 
@@ -66,14 +153,25 @@ impl EniCommon {
         self.outstanding += n;
     }
 
-    /// Whether a resync starts now: nothing in flight, and it is due (or `wanted` early).
-    /// Counts it as started.
+    /// Whether a resync starts now: nothing in flight, and it is due (or `wanted` early), and
+    /// not put off because the node's calls were throttled since the last one. Counts it as
+    /// started.
     pub fn start_resync(&mut self, now: u64, wanted: bool) -> bool {
-        let early = wanted && now >= self.retry_resync_at;
-        if self.outstanding > 0 || !(early || now >= self.next_resync) {
+        if self.outstanding > 0 || !self.resync.due(now, wanted) {
             return false;
         }
-        self.next_resync = now + self.resync_every_ms;
+        let random = self.next_random();
+        let total = self.ops.cloud.ecs.throttled_total();
+        if !wanted && total > self.throttled_seen && self.resync.postpone(now, random) {
+            // The region is busy: the listing would compete with the pool's own calls.
+            self.throttled_seen = total;
+            log::debug!(
+                "resync put off: the cloud throttles this node's calls; next in {} s",
+                self.resync.interval_ms() / 1000
+            );
+            return false;
+        }
+        self.resync.started(now, random);
         self.outstanding += 1;
         self.observing = true;
         true
@@ -84,13 +182,22 @@ impl EniCommon {
         self.outstanding = self.outstanding.saturating_sub(1);
     }
 
-    /// A resync reported back; a failed one is not retried early for a while (the cloud may be
-    /// throttling: every resync is several calls).
+    /// A resync reported back; a failed one is not retried early for a while. When the cloud
+    /// throttled this node's calls since the last resync (its own or the pool's: the region is
+    /// busy, and its budgets are every node's), the next resync waits longer.
     pub fn resync_done(&mut self, ok: bool, now: u64) {
         self.done();
         self.observing = false;
-        if !ok {
-            self.retry_resync_at = now + RESYNC_RETRY_MS;
+        let total = self.ops.cloud.ecs.throttled_total();
+        let throttled = total > self.throttled_seen;
+        self.throttled_seen = total;
+        let random = self.next_random();
+        self.resync.done(ok, throttled, now, random);
+        if throttled {
+            log::info!(
+                "resync: the cloud throttles this node's calls; the next in {} s",
+                self.resync.interval_ms() / 1000
+            );
         }
     }
 
@@ -100,7 +207,7 @@ impl EniCommon {
     /// time that cannot act would make the loop spin.
     pub fn deadline(&self, pool: Option<u64>) -> Option<u64> {
         let pool = pool.filter(|_| !self.observing);
-        let resync = (self.outstanding == 0).then_some(self.next_resync);
+        let resync = (self.outstanding == 0).then_some(self.resync.next_at());
         [pool, resync].into_iter().flatten().min()
     }
 
@@ -195,6 +302,74 @@ pub fn orphaned_owners<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resync_stretches_when_throttled_and_comes_back_when_calm() {
+        assert_eq!(RESYNC_MAX_STRETCH, 8, "the halving steps below assume 8");
+        // Random 0: no jitter.
+        let mut s = ResyncSchedule::new(120_000, 0, 0);
+        assert_eq!(s.next_at(), 120_000);
+        assert!(!s.due(119_999, false) && s.due(120_000, false));
+        s.started(120_000, 0);
+        assert_eq!(s.next_at(), 240_000);
+        // Throttled: twice the interval, counted from the end of this resync.
+        s.done(true, true, 130_000, 0);
+        assert_eq!((s.interval_ms(), s.next_at()), (240_000, 370_000));
+        for _ in 0..10 {
+            s.done(false, true, 400_000, 0);
+        }
+        assert_eq!(s.interval_ms(), 120_000 * RESYNC_MAX_STRETCH, "capped");
+        assert_eq!(s.next_at(), 400_000 + 120_000 * RESYNC_MAX_STRETCH);
+        // A failed resync holds wanted ones back a while, whatever the interval.
+        assert!(!s.due(400_000 + RESYNC_RETRY_MS - 1, true));
+        assert!(s.due(400_000 + RESYNC_RETRY_MS, true));
+        // A failure without throttling does not stretch; a calm success resets.
+        s.done(false, false, 500_000, 0);
+        assert_eq!(s.interval_ms(), 120_000 * RESYNC_MAX_STRETCH);
+        // Calm ones bring it back by halves.
+        for want in [4, 2, 1, 1] {
+            s.done(true, false, 600_000, 0);
+            assert_eq!(s.interval_ms(), 120_000 * want);
+        }
+        s.started(600_000, 0);
+        assert_eq!(s.next_at(), 720_000);
+    }
+
+    #[test]
+    fn a_busy_region_puts_resyncs_off_but_never_for_good() {
+        let mut s = ResyncSchedule::new(120_000, 0, 0);
+        let mut now = s.next_at();
+        let mut put_off = 0;
+        while s.postpone(now, 0) {
+            put_off += 1;
+            assert_eq!(s.next_at(), now + s.interval_ms());
+            now = s.next_at();
+        }
+        // 240, 480, 960 s: then at the cap it runs whatever the region says.
+        assert_eq!(put_off, 3);
+        assert_eq!(s.interval_ms(), 120_000 * RESYNC_MAX_STRETCH);
+        assert!(s.due(now, false));
+        s.started(now, 0);
+        s.done(true, false, now + 1_000, 0);
+        assert_eq!(s.interval_ms(), 120_000 * RESYNC_MAX_STRETCH / 2);
+    }
+
+    #[test]
+    fn resync_jitter_is_at_most_a_quarter() {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in 0..1000u64 {
+            let s = ResyncSchedule::new(120_000, 5, r.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            assert!(
+                (120_005..=150_005).contains(&s.next_at()),
+                "{}",
+                s.next_at()
+            );
+            seen.insert(s.next_at() / 1000);
+        }
+        assert!(seen.len() > 20, "spread: {seen:?}");
+        let never = ResyncSchedule::new(0, 5, 7);
+        assert!(!never.due(u64::MAX - 1, false) && never.due(0, true));
+    }
 
     #[test]
     fn final_errors_win_and_last_errors_read_well() {

@@ -4,7 +4,7 @@
 //! service CIDR and node traffic. The pure pool (`pool::exclusive_eni`) decides; its create and
 //! delete operations run as jobs on the cloud workers (`eni_ops`).
 
-use super::eni_ops::{DeviceUse, EniOps, NodeFacts};
+use super::eni_ops::{DeviceUse, EniOps, NodeFacts, OP_DEADLINE, RESYNC_DEADLINE};
 use super::eni_source::{
     EniCommon, blocked_views, count_findings, last_error, orphaned_owners, unservable,
 };
@@ -12,6 +12,7 @@ use super::node::{self, cloud_err};
 use super::source::{AddressSource, Allocations, Current, Take};
 use super::workers::Job;
 use crate::Result;
+use crate::cloud::openapi::with_deadline;
 use crate::config::{Config, Mode};
 use crate::model::{AttachKey, Datapath, HostPeer, PodAddress, PodRef};
 use crate::pool::exclusive_eni::{
@@ -20,6 +21,7 @@ use crate::pool::exclusive_eni::{
 use crate::rpc::{EniIpView, EniPoolView, EniView, MappingRow, PoolView};
 use crate::store::{State, StoredAllocation};
 use std::collections::BTreeSet;
+use std::time::Instant;
 
 /// Creates and deletes only: fewer workers than shared mode needs.
 const WORKERS: usize = 4;
@@ -215,7 +217,7 @@ impl AddressSource for ExclusiveEniSource {
             let id = op.id();
             let (ops, node) = (self.common.ops.clone(), self.common.node.clone());
             jobs.push(Job::new(
-                move || execute(&ops, op, &node),
+                move || with_deadline(Instant::now() + OP_DEADLINE, || execute(&ops, op, &node)),
                 move || panicked(id),
             ));
         }
@@ -223,16 +225,19 @@ impl AddressSource for ExclusiveEniSource {
         if self.common.start_resync(now, self.pool.wants_reconcile()) {
             let (ops, vswitches) = (self.common.ops.clone(), self.common.node.vswitches.clone());
             jobs.push(Job::new(
+                // As in shared mode: the resync holds the pool, so it yields when throttled.
                 move || {
-                    ops.delete_leaked_enis();
-                    if let Err(e) = ops.refresh_vswitches(&vswitches) {
-                        log::warn!("resync: {e}");
-                    }
-                    Done::Observed(
-                        ops.observe()
-                            .map(|l| l.into_iter().map(|(f, _)| f).collect())
-                            .map_err(|e| e.msg),
-                    )
+                    with_deadline(Instant::now() + RESYNC_DEADLINE, || {
+                        ops.delete_leaked_enis();
+                        if let Err(e) = ops.refresh_vswitches(&vswitches) {
+                            log::warn!("resync: {e}");
+                        }
+                        Done::Observed(
+                            ops.observe()
+                                .map(|l| l.into_iter().map(|(f, _)| f).collect())
+                                .map_err(|e| e.msg),
+                        )
+                    })
                 },
                 || Done::Observed(Err("resync panicked (a bug)".into())),
             ));

@@ -12,6 +12,16 @@ use crate::{Error, Kind, Result};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The daemon's retries: errors 6 attempts, 0.2–5 s apart; throttled calls until the job's
+/// deadline (`eni_ops::OP_DEADLINE`, else 10 min), backing off up to 20 s.
+pub const CLOUD_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 6,
+    base_delay: Duration::from_millis(200),
+    max_delay: Duration::from_secs(5),
+    throttle_max_delay: Duration::from_secs(20),
+    throttle_patience: Duration::from_secs(600),
+};
+
 /// What metadata says about this instance.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
@@ -72,11 +82,7 @@ pub fn discover(config: &Config) -> Result<(NodeInfo, Cloud)> {
                 .clone()
                 .unwrap_or_else(|| default_vpc_endpoint(&region_id)),
             region_id: region_id.clone(),
-            retry: RetryPolicy {
-                max_attempts: 6,
-                base_delay: Duration::from_millis(200),
-                max_delay: Duration::from_secs(5),
-            },
+            retry: CLOUD_RETRY,
             rate_limits: Vec::new(),
         },
         creds,

@@ -1,9 +1,11 @@
 //! Shared ENI mode's cloud jobs: the pool's operations carried out with the ENI operations, and
 //! the periodic resync. What each reports back to the loop.
 
-use super::eni_ops::{EniOps, NodeFacts, to_failure};
+use super::eni_ops::{EniOps, NodeFacts, OP_DEADLINE, RESYNC_DEADLINE, to_failure};
+use crate::cloud::openapi::with_deadline;
 use crate::pool::shared_eni::{CloudFailure, CloudOp, CloudOutcome, EniFacts};
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Instant;
 
 /// What a cloud job reports back to the loop.
 pub enum CloudDone {
@@ -24,7 +26,12 @@ pub struct Observation {
 }
 
 impl EniOps {
+    /// Carries out `op`, its throttled calls retried until [`OP_DEADLINE`].
     pub fn execute(&self, op: CloudOp, node: &NodeFacts) -> CloudDone {
+        with_deadline(Instant::now() + OP_DEADLINE, || self.execute_op(op, node))
+    }
+
+    fn execute_op(&self, op: CloudOp, node: &NodeFacts) -> CloudDone {
         match op {
             CloudOp::CreateEni {
                 op,
@@ -147,18 +154,30 @@ pub fn panicked(op: u64) -> CloudDone {
 }
 
 impl EniOps {
-    /// A resync: leaked ENIs deleted, the counts of `vswitches` refreshed (none: no call),
-    /// attached ENIs listed. Runs only
+    /// A resync: our ENIs listed once, the leaked ones (unattached) deleted, the counts of
+    /// `vswitches` refreshed (none: no call), the attached ones observed. Runs only
     /// while nothing else is in flight (and nothing new goes out until it reports), so an
     /// unattached ENI of ours is not one being created.
     pub fn resync(&self, vswitches: &[String]) -> CloudDone {
-        self.delete_leaked_enis();
+        with_deadline(Instant::now() + RESYNC_DEADLINE, || {
+            self.resync_now(vswitches)
+        })
+    }
+
+    fn resync_now(&self, vswitches: &[String]) -> CloudDone {
+        // One listing of ours serves both the leaked-ENI clean-up and the reconcile.
+        let ours = self.list_ours();
+        match &ours {
+            Ok(list) => self.delete_leaked_from(list),
+            Err(e) => log::warn!("list our ENIs: {e}"),
+        }
         if !vswitches.is_empty()
             && let Err(e) = self.refresh_vswitches(vswitches)
         {
             log::warn!("resync: {e}");
         }
-        CloudDone::Observed(self.observe().map_err(|e| e.msg).map(|enis| Observation {
+        let observed = ours.and_then(|list| self.observe_from(list));
+        CloudDone::Observed(observed.map_err(|e| e.msg).map(|enis| Observation {
             enis,
             vswitch_free: self.vswitch_free(),
         }))

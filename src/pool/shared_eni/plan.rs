@@ -2,6 +2,7 @@
 //! come back or to give up.
 
 use super::{CloudFailure, CloudOp, CloudOutcome, EniFacts, EniState, Flight, IpState, Pool};
+use crate::cloud::ecs::{MAX_IPV6_ON_CREATE, MAX_SECONDARY_ON_CREATE};
 use crate::pool::vswitch::{self, NO_VSWITCH};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -181,10 +182,16 @@ impl Pool {
             let Some(vswitch) = vswitch::pick(&candidates, policy, random, &free) else {
                 return;
             };
-            // The ENI will hold up to per_eni; it comes with at most one batch, the rest is
-            // assigned (in parallel across ENIs) once it is attached.
+            // The ENI comes with its whole claim (as many as the API takes at creation): one
+            // create instead of a create and assigns, which share the region's budget with
+            // every other node. Dual stack: every IPv4 with its IPv6 partner, so no more
+            // than the IPv6 a create may carry; the rest is assigned in pairs once attached.
             let claim = allowance.min(per_eni).max(1);
-            let count = claim.min(batch).min(per_eni);
+            let most = match self.cfg.dual {
+                true => MAX_IPV6_ON_CREATE,
+                false => MAX_SECONDARY_ON_CREATE + 1,
+            };
+            let count = claim.min(most);
             vswitch::take_free(&mut free, &vswitch, u64::from(count));
             let op = self.flights.start(Flight::Create {
                 vswitch: vswitch.clone(),

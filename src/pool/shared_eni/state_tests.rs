@@ -148,6 +148,17 @@ fn random_sequences_never_double_assign_or_release_owned() {
                             "EniPerInstanceLimitExceeded",
                             "InvalidIp.IpUnassigned",
                         ][rng.below(5) as usize];
+                        // An address "already unassigned" is gone from the cloud too: else
+                        // the cloud's ENI would keep it and overflow once the pool refills
+                        // (ENIs now come with their whole claim).
+                        if let (
+                            crate::cloud::codes::IP_UNASSIGNED,
+                            CloudOp::UnassignIps { eni_id, ips, .. },
+                        ) = (code, &op)
+                            && let Some(e) = cloud.enis.get_mut(eni_id)
+                        {
+                            e.secondary_ips.retain(|i| !ips.contains(i));
+                        }
                         CloudOutcome::Failed {
                             op: op.id(),
                             failure: failure(code),

@@ -11,7 +11,8 @@ fn cold_start_fill_table() {
     type Row = (u32, u32, u32, u32, u32, &'static [(&'static str, u32)]);
     let table: &[Row] = &[
         (2, 5, 30, 10, 7, &[(AAA, 4)]),
-        (10, 20, 30, 10, 7, &[(AAA, 9)]),
+        // The whole claim on the create, not a batch.
+        (10, 20, 30, 10, 7, &[(AAA, 19)]),
         (0, 0, 30, 10, 7, &[]),
         // ENIs smaller than a batch: several creates, each at most ips_per_eni.
         (12, 12, 5, 10, 7, &[(AAA, 4), (AAA, 4), (AAA, 1)]),
@@ -46,44 +47,38 @@ fn cold_start_fill_table() {
 }
 
 #[test]
-fn burst_of_40_creates_in_parallel_then_assigns_in_parallel() {
+fn burst_of_40_creates_in_parallel_with_their_whole_claim() {
     let mut c = cfg();
     c.min_idle = 0;
     let mut pool = Pool::new(c, PoolState::default());
     let mut cloud = Cloud::default();
     assert!(pool.plan(0, 40, 0).is_empty());
     let ops = pool.plan(20, 40, 0);
-    // 40 pods need two 30-IP ENIs: both created at once with a batch each.
+    // 40 pods + max_idle 5 need two 30-IP ENIs: both created at once, each with all it was
+    // claimed for (30 and 15 addresses, primary included), so no assign follows.
     assert_eq!(
         creates(&ops),
-        vec![(AAA.to_string(), 9), (AAA.to_string(), 9)]
+        vec![(AAA.to_string(), 29), (AAA.to_string(), 14)]
     );
-    assert_eq!(pool.pending_ips(), 20);
+    assert_eq!(pool.pending_ips(), 45);
     // While they attach, more plans (more waiters arriving) ask for nothing new.
     assert!(pool.plan(500, 40, 0).is_empty());
     assert_eq!(pool.unservable(500, 40), None);
-    // Attach done at 2000 ms: 20 pods are served.
+    // Attach done at 2000 ms: every pod is served.
     run_all(&mut pool, &mut cloud, &ops, 2000);
-    for n in 0..20 {
+    for n in 0..40 {
         assert!(pool.allocate(&key(n), "", 2000).is_some());
     }
-    assert_eq!(pool.next_deadline(2000), Some(2000));
-    let ops = pool.plan(2000, 20, 0);
-    // The remaining 20 come from one assign per ENI, in parallel, no coalescing delay again.
-    assert_eq!(assigns(&ops), vec![10, 10]);
-    assert!(creates(&ops).is_empty());
-    run_all(&mut pool, &mut cloud, &ops, 2300);
-    for n in 20..40 {
-        assert!(pool.allocate(&key(n), "", 2300).is_some());
-    }
     assert_eq!(pool.in_use(), 40);
-    // Four calls for 40 pods; ready at attach + one assign.
-    assert_eq!(pool.flights.next_id() - 1, 4);
+    assert_eq!(pool.idle(), 5);
+    assert!(pool.plan(2000, 0, 0).is_empty());
+    // Two calls for 40 pods; ready at attach.
+    assert_eq!(pool.flights.next_id() - 1, 2);
     assert_invariants(&pool);
 }
 
 #[test]
-fn burst_with_small_batches_uses_later_rounds_not_more_enis() {
+fn a_later_burst_uses_the_room_left_not_more_enis() {
     let mut c = cfg();
     c.min_idle = 0;
     c.max_idle = 0;
@@ -91,22 +86,22 @@ fn burst_with_small_batches_uses_later_rounds_not_more_enis() {
     let mut cloud = Cloud::default();
     pool.plan(0, 25, 0);
     let ops = pool.plan(20, 25, 0);
-    assert_eq!(creates(&ops), vec![(AAA.to_string(), 9)]);
+    assert_eq!(creates(&ops), vec![(AAA.to_string(), 24)]);
     run_all(&mut pool, &mut cloud, &ops, 1000);
-    for n in 0..10 {
+    for n in 0..25 {
         pool.allocate(&key(n), "", 1000).unwrap();
     }
-    let ops = pool.plan(1000, 15, 0);
-    // One op per ENI at a time: 10 now, 5 later, still on the same ENI.
-    assert_eq!(assigns(&ops), vec![10]);
-    assert!(pool.plan(1001, 15, 0).is_empty());
+    // 5 more pods: the ENI's room (5 left of 30) takes them with one assign, no new ENI.
+    let mut ops = pool.plan(1000, 5, 0);
+    ops.extend(pool.plan(1020, 5, 0));
+    assert_eq!(assigns(&ops), vec![5]);
+    assert!(creates(&ops).is_empty());
     run_all(&mut pool, &mut cloud, &ops, 1200);
-    for n in 10..20 {
+    for n in 25..30 {
         pool.allocate(&key(n), "", 1200).unwrap();
     }
-    let ops = pool.plan(1200, 5, 0);
-    assert_eq!(assigns(&ops), vec![5]);
     assert_eq!(pool.state().enis.len(), 1);
+    assert_invariants(&pool);
 }
 
 #[test]
