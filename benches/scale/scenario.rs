@@ -47,7 +47,7 @@ impl Params {
             drain_nodes: nodes / 10,
             drain_ms: 60_000,
             settle_ms: 180_000,
-            resync_ms: 120_000,
+            resync_ms: terway::daemon::eni_source::DEFAULT_RESYNC_MS,
             limits: Vec::new(),
             api: Latency {
                 floor_ms: 40,
