@@ -501,7 +501,7 @@ fn restart_reconciles_with_the_cloud_and_mapping_reports_the_difference() {
 
 /// The first ENI's primary address as the saved pool recorded it.
 fn pool_primary(node: &EniNode) -> String {
-    let state: Value = serde_json::from_slice(&std::fs::read(&node.state).unwrap()).unwrap();
+    let state: Value = node.stored_state();
     state["eni"]["pool"]["enis"][0]["primary_ip"]
         .as_str()
         .expect("the saved pool names its ENI's primary IP")

@@ -83,9 +83,9 @@ fn pod_link(pod: &Netns) -> (String, String) {
     (kind.to_string(), cidr)
 }
 
-/// Datapath kind per container id, as the state file records it.
+/// Datapath kind per container id, as the saved state (file and log) records it.
 fn recorded_kinds(node: &EniNode) -> BTreeMap<String, String> {
-    let state: Value = serde_json::from_slice(&std::fs::read(&node.state).unwrap()).unwrap();
+    let state: Value = node.stored_state();
     state["allocations"]
         .as_array()
         .expect("allocations in the state file")

@@ -292,6 +292,21 @@ impl EniNode {
         self.cli_json(&["pool"])
     }
 
+    /// The state on disk as the daemon would load it (`terway state`: the state file and its
+    /// log), read beside the running daemon.
+    pub fn stored_state(&self) -> Value {
+        let out = Command::new(BIN)
+            .args(["state", "--path", self.state.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "terway state: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// The node's own address: the primary ENI's, on `eth0`.
     pub fn node_ip(&self) -> String {
         let out = sh_ok(&[
