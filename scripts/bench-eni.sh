@@ -185,12 +185,15 @@ stop_daemon() {
     DAEMON_PID=
 }
 
-# save_metrics INSTANCE: "count sum" of the daemon's state saves (terway_state_save_seconds)
+# save_metrics INSTANCE: "count sum" of the daemon's state saves (terway_state_save_seconds),
+# then of its successful alloc RPCs (terway_rpc_latency: request decoded -> reply handed back)
 save_metrics() {
     "$BIN" metrics --config "$(node_conf "$1")" | awk '
         $1 == "terway_state_save_seconds_count" {c = $2}
         $1 == "terway_state_save_seconds_sum" {s = $2}
-        END {print c + 0, s + 0}'
+        /^terway_rpc_latency_count/ && /rpc_api="alloc"/ && /result="ok"/ {ac = $2}
+        /^terway_rpc_latency_sum/ && /rpc_api="alloc"/ && /result="ok"/ {as = $2}
+        END {print c + 0, s + 0, ac + 0, as + 0}'
 }
 rss_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 
@@ -414,9 +417,11 @@ if "1" in "$PARTS":
         t = statistics.median(times[("terway", op)])
         p = statistics.median(times[("ptp", op)])
         print(f"   {op}: terway / floor {t / floor[op]:.2f}, ptp / floor {p / floor[op]:.2f}")
-    (c0, s0), (c1, s1) = [map(float, open(f"{work}/saves.{w}").read().split()) for w in ("before", "after")]
+    (c0, s0, a0, as0), (c1, s1, a1, as1) = [map(float, open(f"{work}/saves.{w}").read().split()) for w in ("before", "after")]
     if c1 > c0:
         print(f"   daemon state saves during the runs: {c1 - c0:.0f}, mean {(s1 - s0) / (c1 - c0) * 1e6:.0f} us (terway_state_save_seconds)")
+    if a1 > a0:
+        print(f"   alloc RPCs in the daemon: {a1 - a0:.0f}, mean {(as1 - as0) / (a1 - a0) * 1e3:.0f} us from request to reply, save included (terway_rpc_latency, in ms)")
     print()
 
 if "2" in "$PARTS":
