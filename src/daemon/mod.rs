@@ -441,14 +441,17 @@ impl<S: AddressSource> Daemon<S> {
         if let Some(sig) = stop {
             self.notifier.stopping();
             self.gate.stop(&format!("signal {sig}"));
-        } else if out.dirty() && fatal.is_none() {
+        }
+        // The replies first: what follows only reports, and a pod's ADD waits for its reply.
+        let dirty = out.dirty();
+        for (tx, resp) in out.replies {
+            let _ = tx.send(resp);
+        }
+        if stop.is_none() && dirty && fatal.is_none() {
             let pool = self.core.source().metrics(now, self.core.allocations());
             self.metrics.set_pool(&pool);
             self.notifier
                 .status(status_line(self.config.daemon_mode, &pool));
-        }
-        for (tx, resp) in out.replies {
-            let _ = tx.send(resp);
         }
         for a in out.teardowns {
             // Only when the thread is gone (the daemon is stopping): the allocation stays on
