@@ -287,41 +287,6 @@ impl<S: AddressSource> Core<S> {
         now: u64,
         out: &mut Outbox,
     ) {
-        if self.tearing_down.contains(&key) || self.netns_in_teardown(&netns) {
-            // Its own DEL, or the previous pod's in this namespace, is still removing a veth
-            // (of the same name, or the eth0 still in the namespace): wiring now would race
-            // that removal. Held back for the milliseconds it takes.
-            self.cancel_waiter(&key, now);
-            self.after_teardown.push(Waiter {
-                key,
-                pod,
-                netns,
-                reply,
-                since: now,
-                deadline: now + WAIT_TIMEOUT_MS,
-            });
-            return;
-        }
-        if let Some(a) = self.allocs.get(&key) {
-            match self.source.current(a) {
-                Current::Valid(address, datapath) => {
-                    // The runtime retried ADD: same attachment, same address.
-                    let mut v = view(a, address, datapath);
-                    v.grant = Some(self.grants.grant(&key, false));
-                    out.reply(reply, Ok(Reply::Allocated(v)), false);
-                    return;
-                }
-                Current::NotReady(e) => {
-                    out.reply(reply, Err(e), false);
-                    return;
-                }
-                Current::Lost => {
-                    // The cloud lost its address: the pod gets a real one.
-                    self.release(&key, now);
-                    out.touch();
-                }
-            }
-        }
         let w = Waiter {
             key,
             pod,
@@ -330,6 +295,34 @@ impl<S: AddressSource> Core<S> {
             since: now,
             deadline: now + WAIT_TIMEOUT_MS,
         };
+        if self.tearing_down.contains(&w.key) || self.netns_in_teardown(&w.netns) {
+            // Its own DEL, or the previous pod's in this namespace, is still removing a veth
+            // (of the same name, or the eth0 still in the namespace): wiring now would race
+            // that removal. Held back for the milliseconds it takes.
+            self.cancel_waiter(&w.key, now);
+            self.after_teardown.push(w);
+            return;
+        }
+        if let Some(a) = self.allocs.get(&w.key) {
+            match self.source.current(a) {
+                Current::Valid(address, datapath) => {
+                    // The runtime retried ADD: same attachment, same address.
+                    let mut v = view(a, address, datapath);
+                    v.grant = Some(self.grants.grant(&w.key, false));
+                    out.reply(w.reply, Ok(Reply::Allocated(v)), false);
+                    return;
+                }
+                Current::NotReady(e) => {
+                    out.reply(w.reply, Err(e), false);
+                    return;
+                }
+                Current::Lost => {
+                    // The cloud lost its address: the pod gets a real one.
+                    self.release(&w.key, now);
+                    out.touch();
+                }
+            }
+        }
         // First come, first served: a new pod does not overtake waiting ones.
         if !self.waiters.is_empty() {
             self.park(w, now);
