@@ -71,3 +71,76 @@ bench_binary() {
     [ -x "$BIN" ] || { echo "terway binary $BIN is not executable" >&2; exit 1; }
     echo "==> terway binary: $BIN ($(stat -c %s "$BIN") bytes)"
 }
+
+# bench_harness PREFIX: what a benchmark on the emulated VPC needs around it, for namespaces
+# named PREFIX-* / i-PREFIX* and a work directory /tmp/PREFIX.*: a lock against a second run
+# (STATE_DIR=/run/PREFIX), the clean-up of a crashed earlier run and of this one (processes
+# recorded in STATE_DIR/pids, namespaces, work directories; RAW_DIR keeps a copy of WORK), the
+# traps, WORK, and run_bg / start_bg / fail / json_get.
+bench_harness() {
+    BENCH_PREFIX=$1
+    STATE_DIR=/run/$BENCH_PREFIX   # pids of what we started, for the next run to clean up after a crash
+    mkdir -p "$STATE_DIR"
+    exec 9>"$STATE_DIR/lock"
+    flock -w 10 9 || { echo "another $(basename "$0") is running (lock $STATE_DIR/lock)" >&2; exit 1; }
+    remove_leftovers
+    WORK=$(mktemp -d "/tmp/$BENCH_PREFIX.XXXXXX")
+    trap cleanup EXIT
+    trap 'echo "interrupted" >&2; exit 130' INT
+    trap 'exit 143' TERM
+}
+# stop_pid PID: stops a process this run or a crashed earlier one started, if it still is ours
+# (our own child, or its command line names a run's work directory): TERM, wait, KILL.
+proc_field() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f"$2"; } # 1 state, 2 parent
+stop_pid() {
+    local pid=$1 st
+    [ "$(proc_field "$pid" 2)" = $$ ] ||
+        tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline" | grep -q "/tmp/$BENCH_PREFIX\." || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 100); do
+        st=$(proc_field "$pid" 1)
+        [ -n "$st" ] && [ "$st" != Z ] || return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+remove_leftovers() {
+    local pid ns
+    if [ -f "$STATE_DIR/pids" ]; then
+        # Newest first: loops, servers and daemons; the emulator (which removes its namespaces
+        # on TERM) last.
+        for pid in $(tac "$STATE_DIR/pids"); do stop_pid "$pid"; done
+        rm -f "$STATE_DIR/pids"
+    fi
+    for ns in $(ip netns list | awk '{print $1}' | grep -E "^($BENCH_PREFIX-|i-$BENCH_PREFIX)" || true); do
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    rm -rf "/tmp/$BENCH_PREFIX".*
+}
+cleanup() {
+    set +e
+    trap - INT TERM
+    if [ -n "${RAW_DIR:-}" ] && [ -n "${WORK:-}" ] && [ -d "$WORK" ]; then
+        mkdir -p "$RAW_DIR" && cp -r "$WORK"/. "$RAW_DIR"/ 2>/dev/null
+    fi
+    remove_leftovers
+}
+# run_bg CMD...: runs CMD in the background and waits for it, so that Ctrl-C stops the run at
+# once (the trap runs as soon as the signal arrives; the clean-up stops CMD by its pid).
+run_bg() {
+    local pid rc=0
+    "$@" 9>&- <&0 &   # (<&0: a background command's stdin would be /dev/null)
+    pid=$!
+    echo "$pid" >> "$STATE_DIR/pids"
+    wait "$pid" || rc=$?
+    return $rc
+}
+# start_bg CMD...: runs CMD in the background, recorded for the clean-up; BG_PID is its pid.
+start_bg() {
+    "$@" 9>&- &
+    BG_PID=$!
+    echo "$BG_PID" >> "$STATE_DIR/pids"
+}
+fail() { echo "$*" >&2; exit 1; }
+# json_get EXPR: evaluates a Python expression over the JSON on stdin (bound to d).
+json_get() { python3 -c 'import json, sys; d = json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
