@@ -16,14 +16,7 @@ REF=/usr/lib/cni
 [ -x "$REF/ptp" ] || { echo "reference plugins not found in $REF" >&2; exit 1; }
 
 bench_binary
-echo "==> building the kernel floor (benches/kernel_floor.rs)"
-FLOOR=$(cargo bench --bench kernel_floor --no-run --message-format=json 2>/dev/null | python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "kernel_floor" and m.get("executable"):
-        print(m["executable"])' | tail -1)
-[ -x "$FLOOR" ] || { echo "could not build benches/kernel_floor.rs" >&2; exit 1; }
+kernel_floor_binary
 
 NODE=twbench-node-$$
 WORK=$(mktemp -d /tmp/terway-bench.XXXXXX)

@@ -45,14 +45,7 @@ REF=/usr/lib/cni
 
 T_START=$EPOCHREALTIME
 bench_binary
-echo "==> building the kernel floor (benches/kernel_floor.rs)"
-FLOOR=$(cargo bench --bench kernel_floor --no-run --message-format=json 2>/dev/null | python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "kernel_floor" and m.get("executable"):
-        print(m["executable"])' | tail -1)
-[ -x "$FLOOR" ] || { echo "could not build benches/kernel_floor.rs" >&2; exit 1; }
+kernel_floor_binary
 
 # Fixed names (all start with twbench / i-twbench, never used by the tests) so that leftovers of
 # a crashed run can be found and removed; a lock keeps two runs apart.

@@ -58,52 +58,7 @@ echo "==> the emulated VPC ($VPC_NS): ENIOnly nodes $X_A $X_B, shared ENI nodes 
 start_bg "$BIN" emulate --netns --listen 127.0.0.1:0 --vpc-netns "$VPC_NS" --config "$WORK/region.json" \
     --node-configs "$WORK/nodes" > "$WORK/emulate.out" 2> "$WORK/emulate.log"
 EMU_PID=$BG_PID
-ADDR=
-for _ in $(seq 200); do
-    ADDR=$(sed -n '1s/^listening on //p' "$WORK/emulate.out" 2>/dev/null)
-    [ -n "$ADDR" ] && break
-    kill -0 "$EMU_PID" 2>/dev/null || fail "emulator exited: $(cat "$WORK/emulate.log")"
-    sleep 0.1
-done
-[ -n "$ADDR" ] || fail "emulator did not start: $(cat "$WORK/emulate.log")"
-for i in $X_A $X_B $S_A $S_B; do
-    for _ in $(seq 200); do [ -f "$WORK/nodes/$i.json" ] && break; sleep 0.1; done
-    [ -f "$WORK/nodes/$i.json" ] || fail "emulator wrote no node config for $i"
-done
-admin() { curl -sS --fail-with-body -X "$1" "http://$ADDR$2"; }
-
-node_conf() { echo "$WORK/nodes/$1.json"; }
-node_sock() { json_get 'd["socket_path"]' < "$(node_conf "$1")"; }
-pool_field() { "$BIN" pool --json --socket "$(node_sock "$1")" | json_get "d[\"$2\"]"; }
-set_node_keys() { # set_node_keys INSTANCE JSON: merges keys into the daemon config the emulator wrote
-    python3 -c '
-import json, sys
-p = sys.argv[1]; c = json.load(open(p)); c.update(json.loads(sys.argv[2]))
-json.dump(c, open(p, "w"), indent=1)' "$(node_conf "$1")" "$2"
-}
-start_daemon() { # start_daemon INSTANCE: runs the daemon in the instance namespace until it answers
-    local sock
-    sock=$(node_sock "$1")
-    start_bg ip netns exec "$1" "$BIN" daemon --config "$(node_conf "$1")" 2> "$WORK/daemon-$1.log"
-    for _ in $(seq 300); do
-        "$BIN" pool --socket "$sock" > /dev/null 2>&1 && return 0
-        kill -0 "$BG_PID" 2>/dev/null || fail "daemon on $1 exited: $(cat "$WORK/daemon-$1.log")"
-        sleep 0.1
-    done
-    fail "daemon on $1 did not come up: $(cat "$WORK/daemon-$1.log")"
-}
-wait_idle() { # wait_idle INSTANCE COUNT: until the pool has COUNT idle (ENIs or addresses)
-    local idle=0
-    for _ in $(seq 300); do
-        idle=$(pool_field "$1" idle)
-        [ "$idle" -ge "$2" ] && return 0
-        sleep 0.1
-    done
-    fail "the pool of $1 did not warm up: idle $idle of $2"
-}
-terway_conf() { # terway_conf INSTANCE: the CNI network config for that node's daemon
-    echo "{\"cniVersion\":\"1.0.0\",\"name\":\"terway\",\"type\":\"terway\",\"daemon_socket\":\"$(node_sock "$1")\"}" > "$WORK/$1.conf"
-}
+wait_emulator "$X_A" "$X_B" "$S_A" "$S_B"
 
 # ENIOnly: a full pool (min = max = all 7 ENIs the instance type allows) on the node measured,
 # one spare ENI on the other; shared: min_pool_size 2 x CONC addresses.

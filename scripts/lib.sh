@@ -144,3 +144,69 @@ start_bg() {
 fail() { echo "$*" >&2; exit 1; }
 # json_get EXPR: evaluates a Python expression over the JSON on stdin (bound to d).
 json_get() { python3 -c 'import json, sys; d = json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
+
+# wait_emulator INSTANCE...: waits until `terway emulate` (EMU_PID, its stdout in
+# WORK/emulate.out) listens, its address in ADDR, and has written each instance's daemon config.
+wait_emulator() {
+    local i
+    ADDR=
+    for _ in $(seq 200); do
+        ADDR=$(sed -n '1s/^listening on //p' "$WORK/emulate.out" 2>/dev/null)
+        [ -n "$ADDR" ] && break
+        kill -0 "$EMU_PID" 2>/dev/null || fail "emulator exited: $(cat "$WORK/emulate.log")"
+        sleep 0.1
+    done
+    [ -n "$ADDR" ] || fail "emulator did not start: $(cat "$WORK/emulate.log")"
+    for i in "$@"; do
+        for _ in $(seq 200); do [ -f "$WORK/nodes/$i.json" ] && break; sleep 0.1; done
+        [ -f "$WORK/nodes/$i.json" ] || fail "emulator wrote no node config for $i"
+    done
+}
+# The nodes of the emulated VPC (their daemon configs in WORK/nodes, BIN the terway binary).
+admin() { curl -sS --fail-with-body -X "$1" "http://$ADDR$2"; }
+
+node_conf() { echo "$WORK/nodes/$1.json"; }
+node_sock() { json_get 'd["socket_path"]' < "$(node_conf "$1")"; }
+pool_field() { "$BIN" pool --json --socket "$(node_sock "$1")" | json_get "d[\"$2\"]"; }
+set_node_keys() { # set_node_keys INSTANCE JSON: merges keys into the daemon config the emulator wrote
+    python3 -c '
+import json, sys
+p = sys.argv[1]; c = json.load(open(p)); c.update(json.loads(sys.argv[2]))
+json.dump(c, open(p, "w"), indent=1)' "$(node_conf "$1")" "$2"
+}
+start_daemon() { # start_daemon INSTANCE: runs the daemon in the instance namespace until it answers
+    local sock
+    sock=$(node_sock "$1")
+    start_bg ip netns exec "$1" "$BIN" daemon --config "$(node_conf "$1")" 2> "$WORK/daemon-$1.log"
+    for _ in $(seq 300); do
+        "$BIN" pool --socket "$sock" > /dev/null 2>&1 && return 0
+        kill -0 "$BG_PID" 2>/dev/null || fail "daemon on $1 exited: $(cat "$WORK/daemon-$1.log")"
+        sleep 0.1
+    done
+    fail "daemon on $1 did not come up: $(cat "$WORK/daemon-$1.log")"
+}
+wait_idle() { # wait_idle INSTANCE COUNT: until the pool has COUNT idle (ENIs or addresses)
+    local idle=0
+    for _ in $(seq 300); do
+        idle=$(pool_field "$1" idle)
+        [ "$idle" -ge "$2" ] && return 0
+        sleep 0.1
+    done
+    fail "the pool of $1 did not warm up: idle $idle of $2"
+}
+terway_conf() { # terway_conf INSTANCE: the CNI network config for that node's daemon
+    echo "{\"cniVersion\":\"1.0.0\",\"name\":\"terway\",\"type\":\"terway\",\"daemon_socket\":\"$(node_sock "$1")\"}" > "$WORK/$1.conf"
+}
+
+# kernel_floor_binary: builds benches/kernel_floor.rs (the netlink operations of ADD and DEL from
+# one running program) and sets FLOOR to its executable.
+kernel_floor_binary() {
+    echo "==> building the kernel floor (benches/kernel_floor.rs)"
+    FLOOR=$(cargo bench --bench kernel_floor --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "kernel_floor" and m.get("executable"):
+        print(m["executable"])' | tail -1)
+    [ -x "$FLOOR" ] || { echo "could not build benches/kernel_floor.rs" >&2; exit 1; }
+}
