@@ -257,6 +257,10 @@ fn status_reports_exhaustion() {
     node.cni("ADD", "only", &pod.path(), &conf).assert_ok();
     let status = node.cni("STATUS", "", "", &conf);
     assert_eq!(status.code(), 50, "{}", status.json);
+    // The daemon tells the plugin its pods get veths: the plugin builds the pair while the
+    // daemon allocates, and removes it when no address comes.
+    let hint = terway::rpc::hint::path(std::path::Path::new(&node.socket()));
+    assert_eq!(std::fs::read_to_string(&hint).unwrap(), "veth\n");
     let pod2 = Netns::new("twpod");
     let full = node.cni("ADD", "second", &pod2.path(), &conf);
     assert!(!full.ok);
@@ -267,6 +271,14 @@ fn status_reports_exhaustion() {
             .unwrap()
             .contains("10.250.23.0/30")
     );
+    let links = sh_ok(&["ip", "-n", &node.ns.name, "-o", "link"]);
+    assert_eq!(
+        links.matches(": tw").count(),
+        1,
+        "only the first pod's veth: {links}"
+    );
+    let in_pod = sh_ok(&["ip", "-n", &pod2.name, "-o", "link"]);
+    assert!(!in_pod.contains("eth0"), "{in_pod}");
 }
 
 #[test]

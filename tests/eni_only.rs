@@ -169,6 +169,45 @@ fn del_after_the_pod_namespace_is_gone_returns_the_eni_to_the_pool() {
 }
 
 #[test]
+fn a_stale_veth_hint_costs_an_eni_pod_nothing() {
+    let cloud = Cloud::start(spec(json!({})));
+    let mut a = cloud.node(0);
+    a.start_daemon();
+    let hint = terway::rpc::hint::path(std::path::Path::new(&a.socket));
+    assert_eq!(
+        std::fs::read_to_string(&hint).unwrap(),
+        "exclusive_eni\n",
+        "the daemon says how its pods are wired"
+    );
+    // Left by a daemon of another mode: the plugin builds a veth pair while the daemon
+    // allocates, then removes it for the ENI's own datapath.
+    std::fs::write(&hint, "veth\n").unwrap();
+    let (pod, r) = add(&a, "hinted");
+    r.assert_ok();
+    let pool = a.pool();
+    let eni = pool["eni"]["enis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["primary_ip"] == r.ip().as_str())
+        .unwrap_or_else(|| panic!("{pool}"))
+        .clone();
+    let eth0 = pod.exec(&["ip", "-o", "link", "show", "eth0"]);
+    let eth0 = String::from_utf8_lossy(&eth0.stdout).to_string();
+    assert!(
+        eth0.contains(eni["mac"].as_str().unwrap()),
+        "eth0 is the ENI's device: {eth0} vs {eni}"
+    );
+    assert!(pod.exec(&["ip", "link", "show", "veth1"]).status.success());
+    assert!(pod.ping(&a.node_ip()), "pod -> its node (veth1)");
+    a.cni("DEL", "hinted", &pod.path()).assert_ok();
+    assert!(!pod.exec(&["ip", "link", "show", "eth0"]).status.success());
+    assert!(!pod.exec(&["ip", "link", "show", "veth1"]).status.success());
+    a.stop_daemon(nix::sys::signal::Signal::SIGTERM);
+    assert!(!hint.exists(), "a clean stop removes the hint");
+}
+
+#[test]
 fn sigkill_with_enis_in_pods_loses_and_duplicates_nothing() {
     let cloud = Cloud::start(spec(json!({})));
     let mut a = cloud.node(0);

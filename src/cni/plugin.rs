@@ -10,7 +10,8 @@ use super::result::{CniResult, error_json, version_json};
 use crate::datapath::{self, attach, attach::Attachment};
 use crate::model::Datapath;
 use crate::netns::NetNs;
-use crate::rpc::client::{CallError, call};
+use crate::rpc::client::{self, CallError, call};
+use crate::rpc::hint;
 use crate::rpc::{Allocation, Reply, Request};
 use crate::{Error, Kind, Result};
 use serde_json::Value;
@@ -168,7 +169,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value> {
         return Err(busy(env, conf, "ADD"));
     };
     let key = env.key(&conf.name);
-    let reply = call(
+    let pending = client::start(
         &conf.daemon_socket,
         &Request::Alloc {
             key: key.clone(),
@@ -177,12 +178,28 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value> {
         },
         ALLOC_TIMEOUT,
     )?;
-    let Reply::Allocated(alloc) = reply else {
-        return Err(unexpected(&reply));
-    };
     let att = attachment(env, conf, Some(&netns));
+    // While the daemon chooses the address: the veth pair, which needs none. A failure here is
+    // not the ADD's: setup builds the pair again after the reply and reports what fails then.
+    let early = if hint::wants_veth(&conf.daemon_socket) {
+        attach::prepare_veth(&att)
+            .inspect_err(|e| log::debug!("veth not prepared early: {e}"))
+            .ok()
+    } else {
+        None
+    };
+    let alloc = match pending.finish() {
+        Ok(Reply::Allocated(alloc)) => alloc,
+        other => {
+            if let Some(p) = early {
+                p.discard();
+            }
+            let reply = other?;
+            return Err(unexpected(&reply));
+        }
+    };
     let datapath = as_configured(&alloc.datapath, conf);
-    let wired = match attach::setup(&att, &alloc.address, &datapath) {
+    let wired = match attach::setup_prepared(&att, &alloc.address, &datapath, early) {
         Ok(w) => w,
         Err(e) => {
             // Undo only what this call created: an allocation that already existed (a retried

@@ -211,6 +211,9 @@ impl AddressSource for Scripted {
     fn mode(&self) -> Mode {
         Mode::EniMultiIp
     }
+    fn new_pod_datapath(&self) -> &'static str {
+        "veth_policy"
+    }
     fn workers(&self) -> usize {
         0
     }

@@ -173,6 +173,10 @@ impl AddressSource for ExclusiveEniSource {
         Mode::EniOnly
     }
 
+    fn new_pod_datapath(&self) -> &'static str {
+        "exclusive_eni"
+    }
+
     fn workers(&self) -> usize {
         WORKERS
     }

@@ -188,6 +188,9 @@ fn serve<S: AddressSource>(
     metrics.set_pool(&pool);
     let metrics_socket = metrics_server::start(&config, metrics.clone())?;
     let listener = server::bind(&config.socket_path)?;
+    if let Err(e) = crate::rpc::hint::write(&config.socket_path, core.source().new_pod_datapath()) {
+        log::warn!("{e} (ADDs still work, without building the veth while the address is chosen)");
+    }
     spawn_signal_thread(tx.clone())?;
     let teardowns = spawn_teardown_thread(tx.clone())?;
     let acceptor_tx = tx.clone();
@@ -231,6 +234,7 @@ fn serve<S: AddressSource>(
     drop(daemon);
     finish(&gate, &rx, Instant::now() + STOP_GRACE);
     let _ = std::fs::remove_file(&socket_path);
+    crate::rpc::hint::remove(&socket_path);
     let _ = std::fs::remove_file(&metrics_socket);
     result
 }

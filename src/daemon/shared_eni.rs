@@ -220,6 +220,13 @@ impl AddressSource for SharedEniSource {
         Mode::EniMultiIp
     }
 
+    fn new_pod_datapath(&self) -> &'static str {
+        match self.datapath.effective {
+            VirtualType::Veth => "veth_policy",
+            VirtualType::Ipvlan => "ipvlan",
+        }
+    }
+
     fn workers(&self) -> usize {
         WORKERS
     }

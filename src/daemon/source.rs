@@ -40,6 +40,9 @@ pub trait AddressSource {
     type Done: Send + 'static;
 
     fn mode(&self) -> Mode;
+    /// The datapath new pods get (`Datapath::name`): the daemon tells the plugin, which builds
+    /// a veth pair while the daemon allocates when it is `veth` or `veth_policy`.
+    fn new_pod_datapath(&self) -> &'static str;
     /// How many cloud worker threads the source needs (0: it makes no cloud calls).
     fn workers(&self) -> usize;
     /// An address for `key`, which holds none.

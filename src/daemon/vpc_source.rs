@@ -256,6 +256,10 @@ impl AddressSource for VpcSource {
         Mode::Vpc
     }
 
+    fn new_pod_datapath(&self) -> &'static str {
+        "veth"
+    }
+
     fn workers(&self) -> usize {
         usize::from(self.route.is_some()) + usize::from(self.route6.is_some())
     }

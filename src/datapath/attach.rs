@@ -192,13 +192,57 @@ fn ipvlan_spec<'a>(
 
 /// Builds the attachment's datapath. On failure everything this call created is removed again.
 pub fn setup(att: &Attachment, address: &PodAddress, dp: &Datapath) -> Result<Wired> {
+    setup_prepared(att, address, dp, None)
+}
+
+/// Builds the part of a veth datapath that needs no address (see [`veth::PreparedVeth`]):
+/// the plugin's work while the daemon allocates, when the daemon says its pods get veths.
+pub fn prepare_veth(att: &Attachment) -> Result<veth::PreparedVeth> {
+    let (host_ifname, alias) = (att.host_ifname(), att.alias());
+    veth::prepare(&veth::VethPair {
+        netns: att.netns()?,
+        ifname: att.ifname,
+        host_ifname: &host_ifname,
+        alias: &alias,
+        mtu: att.mtu,
+    })
+}
+
+/// [`setup`], completing the veth pair `early` when there is one (from [`prepare_veth`]); a
+/// datapath other than veth removes it first.
+pub fn setup_prepared(
+    att: &Attachment,
+    address: &PodAddress,
+    dp: &Datapath,
+    early: Option<veth::PreparedVeth>,
+) -> Result<Wired> {
     let names = (att.host_ifname(), att.alias());
+    let is_veth = matches!(dp, Datapath::Veth | Datapath::VethPolicy { .. });
+    let early = match early {
+        Some(p) if !is_veth => {
+            p.discard();
+            None
+        }
+        other => other,
+    };
     match dp {
         Datapath::Veth | Datapath::VethPolicy { .. } => {
-            let ip = ipv4_of(address)?;
-            let ip6 = ipv6_of(address)?;
+            let ip = ipv4_of(address);
+            let ip6 = ipv6_of(address);
+            let (ip, ip6) = match (ip, ip6) {
+                (Ok(ip), Ok(ip6)) => (ip, ip6),
+                (Err(e), _) | (_, Err(e)) => {
+                    if let Some(p) = early {
+                        p.discard();
+                    }
+                    return Err(e);
+                }
+            };
             let spec = veth_spec(att, att.netns()?, &names.0, &names.1, ip, ip6);
-            let info = veth::setup(&spec)?;
+            let info = match early {
+                Some(p) => p.finish(&spec)?,
+                None => veth::setup(&spec)?,
+            };
             let ips: Vec<IpAddr> = std::iter::once(IpAddr::V4(ip))
                 .chain(ip6.map(IpAddr::V6))
                 .collect();

@@ -8,7 +8,7 @@ use super::POD_GATEWAY;
 use super::ipv6::{self, POD_GATEWAY_V6};
 use crate::err;
 use crate::error::{Error, Kind, Result};
-use crate::netlink::{DEFAULT_DST_V4, Family, Link, Netlink, Route, TABLE_MAIN, format_mac};
+use crate::netlink::{DEFAULT_DST_V4, Family, Link, Netlink, Route, TABLE_MAIN};
 use crate::netns::NetNs;
 use crate::sysctl;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
@@ -16,7 +16,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 #[path = "veth_v6.rs"]
 mod v6;
-use v6::{check_host_v6, check_pod_v6, host_route6, pod_default_route6};
+use v6::{host_route6, pod_default_route6};
+#[path = "veth_check.rs"]
+mod check;
+pub use check::check;
+pub(super) use check::show_route;
 
 /// What to build.
 #[derive(Debug)]
@@ -100,13 +104,7 @@ fn validate(spec: &VethSpec) -> Result<()> {
             "{ip} is the pod gateway address and cannot be a pod address"
         ));
     }
-    if !(68..=65535).contains(&spec.mtu) {
-        return Err(err!(
-            Kind::InvalidConfig,
-            "MTU {} is out of range (68-65535)",
-            spec.mtu
-        ));
-    }
+    validate_mtu(spec.mtu)?;
     if let Some(ip6) = spec.ip6 {
         if ipv6::unusable(&ip6) {
             return Err(err!(
@@ -125,59 +123,225 @@ fn validate(spec: &VethSpec) -> Result<()> {
     Ok(())
 }
 
-/// Builds the datapath. On failure everything created here is removed again.
-pub fn setup(spec: &VethSpec) -> Result<VethInfo> {
-    setup_inner(spec).map_err(|e| e.context(format!("set up {}", spec.describe())))
+fn validate_mtu(mtu: u32) -> Result<()> {
+    if !(68..=65535).contains(&mtu) {
+        return Err(err!(
+            Kind::InvalidConfig,
+            "MTU {mtu} is out of range (68-65535)"
+        ));
+    }
+    Ok(())
 }
 
-fn setup_inner(spec: &VethSpec) -> Result<VethInfo> {
-    validate(spec)?;
-    if spec.netns.is_node_namespace()? {
+/// Builds the datapath. On failure everything created here is removed again.
+pub fn setup(spec: &VethSpec) -> Result<VethInfo> {
+    validate(spec).map_err(|e| e.context(format!("set up {}", spec.describe())))?;
+    prepare(&spec.pair())?.finish(spec)
+}
+
+/// The attachment's veth pair without its addresses: what [`prepare`] builds.
+#[derive(Debug, Clone, Copy)]
+pub struct VethPair<'a> {
+    pub netns: &'a NetNs,
+    pub ifname: &'a str,
+    pub host_ifname: &'a str,
+    pub alias: &'a str,
+    pub mtu: u32,
+}
+
+impl VethPair<'_> {
+    fn describe(&self) -> String {
+        format!(
+            "veth pair (host {}, pod {} in netns {})",
+            self.host_ifname,
+            self.ifname,
+            self.netns.path().display()
+        )
+    }
+}
+
+impl<'a> VethSpec<'a> {
+    pub fn pair(&self) -> VethPair<'a> {
+        VethPair {
+            netns: self.netns,
+            ifname: self.ifname,
+            host_ifname: self.host_ifname,
+            alias: self.alias,
+            mtu: self.mtu,
+        }
+    }
+}
+
+/// A veth pair [`prepare`] built: created, carrying the attachment's alias, its host end's
+/// rp_filter off, the pod's `lo` up; no address, no route, both ends down. It needs no pod
+/// address, so the plugin builds it while the daemon chooses one. [`PreparedVeth::finish`]
+/// completes it; [`PreparedVeth::discard`] removes it. Merely dropped, it stays: the
+/// attachment's next ADD or its DEL removes it (it carries the alias).
+pub struct PreparedVeth {
+    host: Netlink,
+    pod: Netlink,
+    host_link: Link,
+    pod_link: Link,
+}
+
+/// Builds the address-independent part of the datapath (see [`PreparedVeth`]). On failure
+/// everything created here is removed again.
+pub fn prepare(pair: &VethPair) -> Result<PreparedVeth> {
+    prepare_inner(pair).map_err(|e| e.context(format!("set up {}", pair.describe())))
+}
+
+fn prepare_inner(pair: &VethPair) -> Result<PreparedVeth> {
+    validate_mtu(pair.mtu)?;
+    if pair.netns.is_node_namespace()? {
         return Err(err!(
             Kind::InvalidEnv,
             "netns {} is the node's own network namespace, not a pod's: refusing to wire it",
-            spec.netns.path().display()
+            pair.netns.path().display()
         ));
     }
     let mut host = Netlink::open()?;
-    remove_stale(&mut host, spec)?;
-    let mut pod = Netlink::open_in(spec.netns)?;
-    if pod.link_by_name(spec.ifname)?.is_some() {
+    remove_stale(&mut host, pair)?;
+    let mut pod = Netlink::open_in(pair.netns)?;
+    if pod.link_by_name(pair.ifname)?.is_some() {
         return Err(err!(
             Kind::Datapath,
             "interface {} already exists in netns {}",
-            spec.ifname,
-            spec.netns.path().display()
+            pair.ifname,
+            pair.netns.path().display()
         ));
     }
-    host.create_veth(spec.host_ifname, spec.ifname, spec.netns, spec.mtu)?;
-    match configure(&mut host, &mut pod, spec) {
-        Ok(info) => Ok(info),
+    host.create_veth(pair.host_ifname, pair.ifname, pair.netns, pair.mtu)?;
+    match prepare_links(&mut host, &mut pod, pair) {
+        Ok((host_link, pod_link)) => Ok(PreparedVeth {
+            host,
+            pod,
+            host_link,
+            pod_link,
+        }),
         Err(e) => {
-            // Deleting the host end removes the pod end and every route through them. This
-            // call created the link (create is exclusive), so it is ours to remove.
-            let undo = match host.link_by_name(spec.host_ifname) {
-                Ok(Some(link)) => delete_host_veth(&mut host, &link),
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
-            };
-            if let Err(undo) = undo {
-                log::warn!("rollback of {}: {undo}", spec.host_ifname);
-            }
+            // This call created the link (create is exclusive), so it is ours to remove.
+            remove_created(&mut host, pair.host_ifname);
             Err(e)
         }
+    }
+}
+
+/// Deletes the host end of a veth this call created (the kernel removes the pod end and every
+/// route through them); a failure is logged, the caller's error is what counts.
+fn remove_created(host: &mut Netlink, host_ifname: &str) {
+    let undo = match host.link_by_name(host_ifname) {
+        Ok(Some(link)) => delete_host_veth(host, &link),
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(undo) = undo {
+        log::warn!("rollback of {host_ifname}: {undo}");
+    }
+}
+
+fn prepare_links(host: &mut Netlink, pod: &mut Netlink, pair: &VethPair) -> Result<(Link, Link)> {
+    let host_link = require(host, pair.host_ifname, "host")?;
+    let pod_link = require(pod, pair.ifname, "pod")?;
+    for (link, side) in [(&host_link, "host"), (&pod_link, "pod")] {
+        if link.mac.is_none() {
+            return Err(err!(Kind::Datapath, "{side} veth {} has no MAC", link.name));
+        }
+    }
+    host.set_link_alias(host_link.index, pair.alias)?;
+    if let Some(lo) = pod.link_by_name("lo")? {
+        pod.set_link_up(lo.index)?;
+    }
+    set_if_differs(&sysctl::rp_filter_key(pair.host_ifname), "0")?;
+    set_if_differs("net/ipv4/ip_forward", "1")?;
+    Ok((host_link, pod_link))
+}
+
+impl PreparedVeth {
+    /// Completes the datapath for `spec` (the pair this was prepared for, now with its
+    /// addresses). On failure the veth is removed. When the pair vanished since it was
+    /// prepared (the daemon's teardown of the attachment's previous ADD, running meanwhile,
+    /// found it under the same name and alias), it is built anew.
+    pub fn finish(mut self, spec: &VethSpec) -> Result<VethInfo> {
+        let result =
+            validate(spec).and_then(|()| match self.host.link_by_name(spec.host_ifname)? {
+                Some(l) if l.index == self.host_link.index => self.configure(spec).map(Some),
+                _ => Ok(None),
+            });
+        match result {
+            Ok(Some(info)) => Ok(info),
+            Ok(None) => {
+                log::info!(
+                    "host veth {} vanished after it was prepared; building it again",
+                    spec.host_ifname
+                );
+                drop(self);
+                setup(spec)
+            }
+            Err(e) => {
+                remove_created(&mut self.host, spec.host_ifname);
+                Err(e.context(format!("set up {}", spec.describe())))
+            }
+        }
+    }
+
+    /// Removes the pair (the daemon chose another datapath, or no address).
+    pub fn discard(mut self) {
+        let name = self.host_link.name.clone();
+        remove_created(&mut self.host, &name);
+    }
+
+    fn configure(&mut self, spec: &VethSpec) -> Result<VethInfo> {
+        let (host, pod) = (&mut self.host, &mut self.pod);
+        let (host_index, pod_index) = (self.host_link.index, self.pod_link.index);
+        let host_mac = self.host_link.mac.unwrap_or_default();
+        let pod_mac = self.pod_link.mac.unwrap_or_default();
+
+        // Pod side. Links go up before routes: an onlink nexthop needs its device up.
+        pod.add_addr(pod_index, spec.pod_net())?;
+        if let Some(ip6) = spec.ip6 {
+            // Sysctls before the address: it must never be tentative, nor RAs heeded.
+            ipv6::prepare_pod_iface(spec.netns, spec.ifname)?;
+            pod.add_addr_nodad(pod_index, IpNetwork::V6(Ipv6Network::from(ip6)))?;
+        }
+        pod.set_link_up(pod_index)?;
+
+        // Host side, in the calling thread's namespace.
+        if spec.ip6.is_some() {
+            ipv6::prepare_host_veth(host, host_index, spec.host_ifname)?;
+        }
+        host.set_link_up(host_index)?;
+        // Exclusive adds: a route terway did not make (another pod's, the node's own) is never
+        // replaced; the old veth's routes went with it in `remove_stale`.
+        host.add_route(&spec.host_route(host_index))?;
+
+        pod.add_route(&spec.pod_default_route(pod_index))?;
+        pod.replace_neigh_permanent(pod_index, IpAddr::V4(POD_GATEWAY), host_mac)?;
+
+        if let Some(ip6) = spec.ip6 {
+            ipv6::enable_forwarding(host)?;
+            host.add_route(&host_route6(ip6, host_index))?;
+            pod.replace_neigh_permanent(pod_index, IpAddr::V6(POD_GATEWAY_V6), host_mac)?;
+            pod.add_route(&pod_default_route6(pod_index))?;
+        }
+
+        Ok(VethInfo {
+            host_ifname: spec.host_ifname.to_string(),
+            host_mac,
+            pod_mac,
+            mtu: spec.mtu,
+        })
     }
 }
 
 /// A host veth of the same name is a leftover of an earlier ADD for this very attachment (the
 /// plugin holds the attachment's lock, so no other call is building it): it goes. A link of
 /// that name that is not provably this attachment's is never touched.
-fn remove_stale(host: &mut Netlink, spec: &VethSpec) -> Result<()> {
-    if let Some(link) = host.link_by_name(spec.host_ifname)? {
-        if let Some(why) = foreign(&link, spec.alias) {
+fn remove_stale(host: &mut Netlink, pair: &VethPair) -> Result<()> {
+    if let Some(link) = host.link_by_name(pair.host_ifname)? {
+        if let Some(why) = foreign(&link, pair.alias) {
             return Err(err!(Kind::Datapath, "{why}: refusing to touch it"));
         }
-        log::info!("removing stale host veth {}", spec.host_ifname);
+        log::info!("removing stale host veth {}", pair.host_ifname);
         host.delete_link(link.index)?;
     }
     Ok(())
@@ -207,242 +371,12 @@ fn require(nl: &mut Netlink, name: &str, where_: &str) -> Result<Link> {
         .ok_or_else(|| err!(Kind::Datapath, "{where_} link {name} vanished during setup"))
 }
 
-fn configure(host: &mut Netlink, pod: &mut Netlink, spec: &VethSpec) -> Result<VethInfo> {
-    let host_link = require(host, spec.host_ifname, "host")?;
-    let pod_link = require(pod, spec.ifname, "pod")?;
-    let host_mac = host_link
-        .mac
-        .ok_or_else(|| err!(Kind::Datapath, "host veth {} has no MAC", host_link.name))?;
-    let pod_mac = pod_link
-        .mac
-        .ok_or_else(|| err!(Kind::Datapath, "pod veth {} has no MAC", pod_link.name))?;
-    host.set_link_alias(host_link.index, spec.alias)?;
-
-    // Pod side. Links go up before routes: an onlink nexthop needs its device up.
-    if let Some(lo) = pod.link_by_name("lo")? {
-        pod.set_link_up(lo.index)?;
-    }
-    pod.add_addr(pod_link.index, spec.pod_net())?;
-    if let Some(ip6) = spec.ip6 {
-        // Sysctls before the address: it must never be tentative, nor RAs heeded.
-        ipv6::prepare_pod_iface(spec.netns, spec.ifname)?;
-        pod.add_addr_nodad(pod_link.index, IpNetwork::V6(Ipv6Network::from(ip6)))?;
-    }
-    pod.set_link_up(pod_link.index)?;
-
-    // Host side, in the calling thread's namespace.
-    if spec.ip6.is_some() {
-        ipv6::prepare_host_veth(host, host_link.index, spec.host_ifname)?;
-    }
-    host.set_link_up(host_link.index)?;
-    set_if_differs(&sysctl::rp_filter_key(spec.host_ifname), "0")?;
-    set_if_differs("net/ipv4/ip_forward", "1")?;
-    // Exclusive adds: a route terway did not make (another pod's, the node's own) is never
-    // replaced; the old veth's routes went with it in `remove_stale`.
-    host.add_route(&spec.host_route(host_link.index))?;
-
-    pod.add_route(&spec.pod_default_route(pod_link.index))?;
-    pod.replace_neigh_permanent(pod_link.index, IpAddr::V4(POD_GATEWAY), host_mac)?;
-
-    if let Some(ip6) = spec.ip6 {
-        ipv6::enable_forwarding(host)?;
-        host.add_route(&host_route6(ip6, host_link.index))?;
-        pod.replace_neigh_permanent(pod_link.index, IpAddr::V6(POD_GATEWAY_V6), host_mac)?;
-        pod.add_route(&pod_default_route6(pod_link.index))?;
-    }
-
-    Ok(VethInfo {
-        host_ifname: spec.host_ifname.to_string(),
-        host_mac,
-        pod_mac,
-        mtu: spec.mtu,
-    })
-}
-
 /// Writes a sysctl only when needed: writing `ip_forward` resets per-device settings.
 pub(super) fn set_if_differs(key: &str, value: &str) -> Result<()> {
     if sysctl::get(key)? != value {
         sysctl::set(key, value)?;
     }
     Ok(())
-}
-
-/// Verifies the whole datapath; the error lists every missing or wrong piece.
-pub fn check(spec: &VethSpec) -> Result<()> {
-    super::checked(&spec.describe(), |problems| check_inner(spec, problems))
-}
-
-fn check_link(link: &Link, spec: &VethSpec, side: &str, problems: &mut Vec<String>) {
-    if link.kind.as_deref() != Some("veth") {
-        let kind = link.kind.as_deref().unwrap_or("physical");
-        problems.push(format!(
-            "{side} link {} is a {kind} link, not a veth",
-            link.name
-        ));
-    }
-    if !link.up {
-        problems.push(format!("{side} link {} is down", link.name));
-    }
-    if link.mtu != spec.mtu {
-        problems.push(format!(
-            "{side} link {} has MTU {}, want {}",
-            link.name, link.mtu, spec.mtu
-        ));
-    }
-}
-
-fn check_inner(spec: &VethSpec, problems: &mut Vec<String>) -> Result<()> {
-    validate(spec)?;
-    let mut host = Netlink::open()?;
-    let host_link = host.link_by_name(spec.host_ifname)?;
-    match &host_link {
-        None => problems.push(format!("host veth {} is missing", spec.host_ifname)),
-        Some(link) => {
-            check_link(link, spec, "host", problems);
-            if let Some(a) = link.alias.as_deref().filter(|a| *a != spec.alias) {
-                problems.push(format!(
-                    "host veth {} has alias {a:?}, want {:?}: it belongs to another attachment",
-                    link.name, spec.alias
-                ));
-            }
-            let want = spec.host_route(link.index);
-            let found = host
-                .routes(TABLE_MAIN)?
-                .into_iter()
-                .find(|r| r.dst == want.dst);
-            match found {
-                None => problems.push(format!(
-                    "host route {} dev {} is missing",
-                    want.dst, spec.host_ifname
-                )),
-                Some(r) if r.oif != want.oif || r.gateway.is_some() || !r.scope_link => {
-                    problems.push(format!(
-                        "host route to {} is {}, want dev {} scope link",
-                        want.dst,
-                        show_route(&r),
-                        spec.host_ifname
-                    ));
-                }
-                Some(_) => {}
-            }
-            let rp = sysctl::get(&sysctl::rp_filter_key(spec.host_ifname))?;
-            if rp != "0" {
-                problems.push(format!("rp_filter on {} is {rp}, want 0", spec.host_ifname));
-            }
-            if let Some(ip6) = spec.ip6 {
-                check_host_v6(&mut host, link, ip6, problems)?;
-            }
-        }
-    }
-    if sysctl::get("net/ipv4/ip_forward")? != "1" {
-        problems.push("net.ipv4.ip_forward is not 1 on the node".into());
-    }
-    if spec.ip6.is_some() {
-        ipv6::check_forwarding(problems)?;
-    }
-
-    let mut pod = Netlink::open_in(spec.netns)?;
-    match pod.link_by_name("lo")? {
-        Some(lo) if !lo.up => problems.push("pod lo is down".into()),
-        _ => {}
-    }
-    let Some(pod_link) = pod.link_by_name(spec.ifname)? else {
-        problems.push(format!("pod interface {} is missing", spec.ifname));
-        return Ok(());
-    };
-    check_link(&pod_link, spec, "pod", problems);
-    let want_addr = spec.pod_net();
-    if !pod
-        .addrs(Some(pod_link.index))?
-        .iter()
-        .any(|a| a.addr == want_addr)
-    {
-        problems.push(format!(
-            "pod address {want_addr} on {} is missing",
-            spec.ifname
-        ));
-    }
-    let want = spec.pod_default_route(pod_link.index);
-    let default = pod
-        .routes(TABLE_MAIN)?
-        .into_iter()
-        .find(|r| r.dst.prefix() == 0);
-    match default {
-        None => problems.push(format!(
-            "pod default route via {POD_GATEWAY} dev {} onlink is missing",
-            spec.ifname
-        )),
-        Some(r) if r.gateway != want.gateway || r.oif != want.oif || !r.onlink => {
-            problems.push(format!(
-                "pod default route is {}, want via {POD_GATEWAY} dev {} onlink",
-                show_route(&r),
-                spec.ifname
-            ));
-        }
-        Some(_) => {}
-    }
-    let host_mac = host_link.as_ref().and_then(|l| l.mac);
-    let neighs = pod.neighs(pod_link.index)?;
-    check_gateway_neigh(
-        &neighs,
-        IpAddr::V4(POD_GATEWAY),
-        host_mac,
-        spec.ifname,
-        problems,
-    );
-    if let Some(ip6) = spec.ip6 {
-        check_pod_v6(&mut pod, &pod_link, ip6, spec, problems)?;
-        check_gateway_neigh(
-            &neighs,
-            IpAddr::V6(POD_GATEWAY_V6),
-            host_mac,
-            spec.ifname,
-            problems,
-        );
-    }
-    Ok(())
-}
-
-/// The pod's permanent neighbour for its link-local gateway `gw`, pointing at the host veth.
-fn check_gateway_neigh(
-    neighs: &[crate::netlink::Neigh],
-    gw: IpAddr,
-    host_mac: Option<[u8; 6]>,
-    ifname: &str,
-    problems: &mut Vec<String>,
-) {
-    match neighs.iter().find(|n| n.ip == gw) {
-        None => problems.push(format!("pod neighbour {gw} on {ifname} is missing")),
-        Some(n) => {
-            if !n.permanent {
-                problems.push(format!("pod neighbour {gw} is not permanent"));
-            }
-            if host_mac.is_some() && n.mac != host_mac {
-                problems.push(format!(
-                    "pod neighbour {gw} points to {}, want the host veth MAC {}",
-                    n.mac.as_ref().map_or("nothing".into(), format_mac),
-                    host_mac.as_ref().map_or(String::new(), format_mac)
-                ));
-            }
-        }
-    }
-}
-
-pub(super) fn show_route(r: &Route) -> String {
-    let mut s = r.dst.to_string();
-    if let Some(gw) = r.gateway {
-        s.push_str(&format!(" via {gw}"));
-    }
-    if let Some(oif) = r.oif {
-        s.push_str(&format!(" oif #{oif}"));
-    }
-    if r.scope_link {
-        s.push_str(" scope link");
-    }
-    if r.onlink {
-        s.push_str(" onlink");
-    }
-    s
 }
 
 /// What [`teardown`] found under the attachment's host veth name.

@@ -1,4 +1,4 @@
-//! Blocking client: connect, send one request, read one reply.
+//! Blocking client: connect, send one request, read one reply (at once, or later: [`start`]).
 
 use super::{MAX_REQUEST_BYTES, Reply, Request, Response};
 use crate::{Error, Kind};
@@ -26,6 +26,24 @@ impl From<CallError> for Error {
 const MAX_REPLY: u64 = 16 << 20;
 
 pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, CallError> {
+    start(socket, req, timeout)?.finish()
+}
+
+/// A request sent whose reply is still to be read: the caller may do other work meanwhile (the
+/// plugin builds the address-independent part of a veth while the daemon allocates).
+pub struct Pending<'a> {
+    socket: &'a Path,
+    timeout: Duration,
+    stream: UnixStream,
+    sent: std::io::Result<()>,
+}
+
+/// Connects and sends `req`; [`Pending::finish`] reads the reply.
+pub fn start<'a>(
+    socket: &'a Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Pending<'a>, CallError> {
     let body = serde_json::to_vec(req).map_err(|e| CallError {
         unreachable: false,
         error: Error::new(Kind::Internal, format!("encode request: {e}")),
@@ -54,73 +72,92 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, Ca
             ),
         }
     };
-    let failed = |what: &str, e: std::io::Error| {
-        let e = match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                format!("no answer within {} s", timeout.as_secs())
-            }
-            _ => e.to_string(),
-        };
-        CallError {
-            unreachable: false,
-            error: Error::new(
-                Kind::TryAgain,
-                format!("terway daemon at {}: {what}: {e}", socket.display()),
-            ),
-        }
-    };
     let mut stream = UnixStream::connect(socket).map_err(unreachable)?;
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|_| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| failed("set timeout", e))?;
+        .map_err(|e| failed(socket, timeout, "set timeout", e))?;
     let sent = stream
         .write_all(&body)
         .and_then(|_| stream.shutdown(std::net::Shutdown::Write));
-    // Room for any usual reply at once: from empty, read_to_end probes with 32-byte reads.
-    let mut buf = Vec::with_capacity(16 << 10);
-    // A daemon that refuses a request (busy, stopping, too big) may stop reading it: the send
-    // fails, but the answer is there to read.
-    let read = if sent.is_ok() || refused(&sent) {
-        (&mut stream).take(MAX_REPLY).read_to_end(&mut buf)
-    } else {
-        Ok(0)
+    Ok(Pending {
+        socket,
+        timeout,
+        stream,
+        sent,
+    })
+}
+
+fn failed(socket: &Path, timeout: Duration, what: &str, e: std::io::Error) -> CallError {
+    let e = match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            format!("no answer within {} s", timeout.as_secs())
+        }
+        _ => e.to_string(),
     };
-    // A complete reply counts even after a failed send, or when a reset follows it (the daemon
-    // closed with part of the request unread).
-    if (sent.is_err() || read.is_err())
-        && let Ok(resp) = serde_json::from_slice::<Response>(&buf)
-    {
-        return resp.map_err(|error| CallError {
-            unreachable: false,
-            error,
-        });
-    }
-    sent.map_err(|e| failed("send request", e))?;
-    read.map_err(|e| failed("read reply", e))?;
-    if buf.is_empty() {
-        return Err(CallError {
-            unreachable: false,
-            error: Error::new(
-                Kind::TryAgain,
-                format!(
-                    "terway daemon at {} closed the connection without a reply",
-                    socket.display()
-                ),
-            ),
-        });
-    }
-    let resp: Response = serde_json::from_slice(&buf).map_err(|e| CallError {
+    CallError {
         unreachable: false,
         error: Error::new(
-            Kind::Internal,
-            format!("malformed reply from daemon at {}: {e}", socket.display()),
+            Kind::TryAgain,
+            format!("terway daemon at {}: {what}: {e}", socket.display()),
         ),
-    })?;
-    resp.map_err(|error| CallError {
-        unreachable: false,
-        error,
-    })
+    }
+}
+
+impl Pending<'_> {
+    /// Waits for the reply (up to the call's timeout).
+    pub fn finish(self) -> Result<Reply, CallError> {
+        let Pending {
+            socket,
+            timeout,
+            mut stream,
+            sent,
+        } = self;
+        // Room for any usual reply at once: from empty, read_to_end probes with 32-byte reads.
+        let mut buf = Vec::with_capacity(16 << 10);
+        // A daemon that refuses a request (busy, stopping, too big) may stop reading it: the
+        // send fails, but the answer is there to read.
+        let read = if sent.is_ok() || refused(&sent) {
+            (&mut stream).take(MAX_REPLY).read_to_end(&mut buf)
+        } else {
+            Ok(0)
+        };
+        // A complete reply counts even after a failed send, or when a reset follows it (the
+        // daemon closed with part of the request unread).
+        if (sent.is_err() || read.is_err())
+            && let Ok(resp) = serde_json::from_slice::<Response>(&buf)
+        {
+            return resp.map_err(|error| CallError {
+                unreachable: false,
+                error,
+            });
+        }
+        sent.map_err(|e| failed(socket, timeout, "send request", e))?;
+        read.map_err(|e| failed(socket, timeout, "read reply", e))?;
+        if buf.is_empty() {
+            return Err(CallError {
+                unreachable: false,
+                error: Error::new(
+                    Kind::TryAgain,
+                    format!(
+                        "terway daemon at {} closed the connection without a reply",
+                        socket.display()
+                    ),
+                ),
+            });
+        }
+        let resp: Response = serde_json::from_slice(&buf).map_err(|e| CallError {
+            unreachable: false,
+            error: Error::new(
+                Kind::Internal,
+                format!("malformed reply from daemon at {}: {e}", socket.display()),
+            ),
+        })?;
+        resp.map_err(|error| CallError {
+            unreachable: false,
+            error,
+        })
+    }
 }
 
 fn refused(sent: &std::io::Result<()>) -> bool {

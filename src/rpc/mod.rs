@@ -2,6 +2,7 @@
 //! JSON reply per connection on a unix socket.
 
 pub mod client;
+pub mod hint;
 
 use crate::Error;
 use crate::model::{AttachKey, Datapath, PodAddress, PodRef};

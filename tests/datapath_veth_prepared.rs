@@ -1,0 +1,181 @@
+//! A veth pair built before the pod's address is known (what the plugin does while the daemon
+//! allocates), against the real kernel in throwaway namespaces: finished, it is the same datapath
+//! `setup` builds; discarded or failed, it leaves nothing; vanished meanwhile, it is built again.
+//! Needs root, `ip` and `ping`; fails loudly without them.
+
+#[path = "common/netns_util.rs"]
+mod netns_util;
+
+use netns_util::{TestNs, require_root_and_tools};
+use std::net::Ipv4Addr;
+use terway::datapath::{self, VethSpec, veth};
+use terway::netns::NetNs;
+use terway::{Kind, Result};
+
+const NODE_ADDR: &str = "10.240.0.1";
+
+struct Names {
+    pod_path: std::path::PathBuf,
+    host_ifname: String,
+    alias: String,
+}
+
+fn names(pod: &TestNs) -> Names {
+    Names {
+        pod_path: pod.path(),
+        host_ifname: datapath::host_veth_name(&pod.name, "eth0"),
+        alias: datapath::host_veth_alias(&pod.name, "eth0"),
+    }
+}
+
+fn spec<'a>(ns: &'a NetNs, n: &'a Names, ip: Ipv4Addr) -> VethSpec<'a> {
+    VethSpec {
+        netns: ns,
+        ifname: "eth0",
+        host_ifname: &n.host_ifname,
+        alias: &n.alias,
+        ip,
+        ip6: None,
+        mtu: 1500,
+    }
+}
+
+/// prepare(), then `between` (in the node namespace), then finish() with `ip`; all run from
+/// inside the node namespace, as the plugin runs.
+fn prepare_then_finish(
+    node: &TestNs,
+    pod: &TestNs,
+    ip: Ipv4Addr,
+    between: impl FnOnce(&Names) + Send + 'static,
+) -> Result<()> {
+    let n = names(pod);
+    node.run(move || {
+        let ns = NetNs::open(&n.pod_path)?;
+        let s = spec(&ns, &n, ip);
+        let prepared = veth::prepare(&s.pair())?;
+        between(&n);
+        prepared.finish(&s).map(|_| ())
+    })
+}
+
+fn check(node: &TestNs, pod: &TestNs, ip: Ipv4Addr) -> Result<()> {
+    let n = names(pod);
+    node.run(move || {
+        let ns = NetNs::open(&n.pod_path)?;
+        veth::check(&spec(&ns, &n, ip))
+    })
+}
+
+fn link_exists(ns: &TestNs, name: &str) -> bool {
+    ns.try_ip(&format!("link show {name}")).status.success()
+}
+
+#[test]
+fn a_prepared_pair_has_no_address_until_finished_into_the_full_datapath() {
+    require_root_and_tools();
+    let node = TestNs::new("node").with_node_addr(&format!("{NODE_ADDR}/32"));
+    let pod = TestNs::new("pod");
+    let ip = Ipv4Addr::new(10, 240, 20, 2);
+    let n = names(&pod);
+    let (node_ip, pod_ip) = (std::sync::Arc::new(node), std::sync::Arc::new(pod));
+    let (nc, pc) = (node_ip.clone(), pod_ip.clone());
+    let host_ifname = n.host_ifname.clone();
+    prepare_then_finish(&node_ip, &pod_ip, ip, move |_| {
+        // Prepared: the pair exists, carries the alias, and holds no address and no route.
+        let host = nc.ip(&format!("link show {host_ifname}"));
+        assert!(host.contains("alias terway:"), "{host}");
+        assert!(
+            !host.contains(",UP"),
+            "the host end stays down until finished: {host}"
+        );
+        let pod_addrs = pc.ip("addr show eth0");
+        assert!(!pod_addrs.contains("inet "), "{pod_addrs}");
+        assert!(pc.ip("route show").trim().is_empty());
+        assert!(!nc.ip("route show").contains("10.240.20.2"));
+    })
+    .expect("prepare, then finish");
+    check(&node_ip, &pod_ip, ip).expect("the finished datapath is whole");
+    assert!(pod_ip.ping(NODE_ADDR), "pod -> node");
+}
+
+#[test]
+fn a_discarded_pair_leaves_nothing_and_a_dropped_one_is_replaced_by_the_next_add() {
+    require_root_and_tools();
+    let node = TestNs::new("node");
+    let pod = TestNs::new("pod");
+    let n = names(&pod);
+    let path = n.pod_path.clone();
+    let (h, a) = (n.host_ifname.clone(), n.alias.clone());
+    node.run(move || {
+        let ns = NetNs::open(&path)?;
+        let pair = veth::VethPair {
+            netns: &ns,
+            ifname: "eth0",
+            host_ifname: &h,
+            alias: &a,
+            mtu: 1500,
+        };
+        veth::prepare(&pair)?.discard();
+        // Dropped without finish: it stays, as a leftover the attachment's next ADD replaces.
+        drop(veth::prepare(&pair)?);
+        Ok(())
+    })
+    .expect("prepare, discard, prepare, drop");
+    assert!(link_exists(&node, &n.host_ifname), "a dropped pair stays");
+    let ip = Ipv4Addr::new(10, 240, 21, 2);
+    prepare_then_finish(&node, &pod, ip, |_| {}).expect("the next ADD");
+    check(&node, &pod, ip).expect("whole");
+    node.run({
+        let (h, a) = (n.host_ifname.clone(), n.alias.clone());
+        move || veth::teardown(&h, &a)
+    })
+    .unwrap();
+    assert!(!link_exists(&node, &n.host_ifname));
+    assert!(!link_exists(&pod, "eth0"));
+}
+
+#[test]
+fn a_pair_deleted_while_prepared_is_built_again() {
+    // The daemon's teardown of the attachment's previous ADD runs while the plugin prepares:
+    // it may find the new pair under the same name and alias and delete it.
+    require_root_and_tools();
+    let node = TestNs::new("node").with_node_addr(&format!("{NODE_ADDR}/32"));
+    let pod = TestNs::new("pod");
+    let ip = Ipv4Addr::new(10, 240, 22, 2);
+    prepare_then_finish(&node, &pod, ip, |n| {
+        let mut nl = terway::netlink::Netlink::open().unwrap();
+        let link = nl.link_by_name(&n.host_ifname).unwrap().expect("prepared");
+        nl.delete_link(link.index).unwrap();
+    })
+    .expect("finish after the pair vanished");
+    check(&node, &pod, ip).expect("whole");
+    assert!(pod.ping(NODE_ADDR), "pod -> node");
+}
+
+#[test]
+fn a_finish_that_fails_removes_the_pair() {
+    require_root_and_tools();
+    let node = TestNs::new("node");
+    let pod = TestNs::new("pod");
+    let n = names(&pod);
+    // An unusable address is refused before anything is configured...
+    let e = prepare_then_finish(&node, &pod, Ipv4Addr::UNSPECIFIED, |_| {}).unwrap_err();
+    assert_eq!(e.kind, Kind::InvalidConfig);
+    assert!(e.msg.contains("not a usable pod address"), "{}", e.msg);
+    assert!(!link_exists(&node, &n.host_ifname), "{}", e.msg);
+    assert!(!link_exists(&pod, "eth0"));
+    // ... and a failure half-way (a route of the node's own in the way) undoes it all.
+    let ip = Ipv4Addr::new(10, 240, 23, 2);
+    node.ip("link add twblock type veth peer name twblockp");
+    node.ip("link set twblock up");
+    node.ip(&format!("route add {ip}/32 dev twblock"));
+    let e = prepare_then_finish(&node, &pod, ip, |_| {}).unwrap_err();
+    assert_eq!(e.kind, Kind::Datapath, "{}", e.msg);
+    assert!(e.msg.contains(&ip.to_string()), "{}", e.msg);
+    assert!(!link_exists(&node, &n.host_ifname));
+    assert!(!link_exists(&pod, "eth0"));
+    assert!(
+        node.ip("route show").contains("twblock"),
+        "the node's route stays"
+    );
+}
