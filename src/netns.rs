@@ -1,6 +1,6 @@
 //! Network namespace handles. A [`NetNs`] is a validated, open namespace file; work inside it is
-//! done on a short-lived thread that `setns`es, so no long-lived thread ever sits in a foreign
-//! namespace.
+//! done on a short-lived thread that `setns`es, or (opening a socket) on the calling thread,
+//! which returns to its own namespace right after: no thread ever stays in a foreign namespace.
 
 use crate::err;
 use crate::error::{Kind, Result};
@@ -111,6 +111,24 @@ impl NetNs {
         self.file.as_fd()
     }
 
+    /// Runs `f` on the calling thread inside this namespace and returns the thread to its own
+    /// namespace after it, also when `f` panics: for short work such as opening a socket (a
+    /// socket stays in the namespace it was made in), where starting a thread costs more than
+    /// the work itself.
+    pub fn run_here<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        let home = NetNs::current()?;
+        nix::sched::setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
+            err!(
+                Kind::Netns,
+                "setns into {}: {}",
+                self.path.display(),
+                e.desc()
+            )
+        })?;
+        let _back = ReturnHome(home);
+        Ok(f())
+    }
+
     /// Runs `f` on a fresh thread that has joined this namespace. The thread ends with `f`, so
     /// the namespace switch never leaks into other work.
     pub fn run<T: Send + 'static>(
@@ -137,6 +155,24 @@ impl NetNs {
                 )
             })?
         })
+    }
+}
+
+/// Returns the calling thread to the namespace it holds when dropped (see [`NetNs::run_here`]).
+struct ReturnHome(NetNs);
+
+impl Drop for ReturnHome {
+    fn drop(&mut self) {
+        if let Err(e) = nix::sched::setns(self.0.file.as_fd(), CloneFlags::CLONE_NEWNET) {
+            // Stranded in a pod's namespace, this thread would take the pod's objects for the
+            // node's: nothing it could do next is safe.
+            eprintln!(
+                "terway: cannot return to network namespace {}: {}; aborting",
+                self.0.path.display(),
+                e.desc()
+            );
+            std::process::abort();
+        }
     }
 }
 

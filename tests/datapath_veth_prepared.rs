@@ -179,3 +179,30 @@ fn a_finish_that_fails_removes_the_pair() {
         "the node's route stays"
     );
 }
+
+#[test]
+fn sockets_open_in_a_pods_namespace_and_the_thread_comes_home() {
+    require_root_and_tools();
+    let pod = TestNs::new("pod");
+    pod.ip("link add twx0 type veth peer name twx1");
+    let ns = pod.open();
+    let home = NetNs::current().unwrap().id().unwrap();
+    assert_ne!(home, ns.id().unwrap());
+    let inside = ns
+        .run_here(|| NetNs::current().unwrap().id().unwrap())
+        .unwrap();
+    assert_eq!(inside, ns.id().unwrap(), "run inside the pod's namespace");
+    assert_eq!(NetNs::current().unwrap().id().unwrap(), home, "and back");
+    // A panic inside still brings the thread back.
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ns.run_here(|| panic!("inside the pod")).unwrap()
+    }));
+    assert!(caught.is_err());
+    assert_eq!(NetNs::current().unwrap().id().unwrap(), home);
+    // The socket stays in the namespace it was opened in: it sees the pod's links only.
+    let mut nl = terway::netlink::Netlink::open_in(&ns).unwrap();
+    let mut names: Vec<String> = nl.links().unwrap().into_iter().map(|l| l.name).collect();
+    names.sort();
+    assert_eq!(names, ["lo", "twx0", "twx1"]);
+    assert_eq!(NetNs::current().unwrap().id().unwrap(), home);
+}

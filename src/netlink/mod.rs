@@ -186,7 +186,8 @@ impl Netlink {
 
     /// A socket inside `ns`, created on a throwaway thread and then usable from any thread.
     pub fn open_in(ns: &NetNs) -> Result<Netlink> {
-        ns.run(Netlink::open)
+        ns.run_here(Netlink::open)
+            .and_then(|r| r)
             .with_ctx(|| format!("netns {}", ns.path().display()))
     }
 
