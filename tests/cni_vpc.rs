@@ -574,6 +574,34 @@ fn check_finds_broken_wiring_and_add_rolls_back_a_failed_setup() {
 }
 
 #[test]
+fn an_add_right_after_the_del_of_its_attachment_gets_a_whole_datapath() {
+    // The daemon removes a DEL's veth after answering; an ADD of the same attachment (same
+    // container, same namespace) right after it races that removal with the pair the plugin
+    // builds while the daemon allocates.
+    require_root();
+    let mut node = Node::new(35);
+    node.start_daemon();
+    let conf = node.netconf("1.0.0");
+    let pod = Netns::new("twpod");
+    for round in 0..5 {
+        let a = node.cni("ADD", "again", &pod.path(), &conf);
+        a.assert_ok();
+        let mut with_prev = conf.clone();
+        with_prev["prevResult"] = a.json.clone();
+        node.cni("CHECK", "again", &pod.path(), &with_prev)
+            .assert_ok();
+        assert!(pod.ping(&node.node_ip), "round {round}: pod -> node");
+        node.cni("DEL", "again", &pod.path(), &with_prev)
+            .assert_ok();
+    }
+    let a = node.cni("ADD", "again", &pod.path(), &conf);
+    a.assert_ok();
+    assert!(pod.ping(&node.node_ip));
+    let links = sh_ok(&["ip", "-n", &node.ns.name, "-o", "link"]);
+    assert_eq!(links.matches(": tw").count(), 1, "{links}");
+}
+
+#[test]
 fn a_second_daemon_on_the_same_state_is_refused_without_touching_it() {
     require_root();
     let mut node = Node::new(32);

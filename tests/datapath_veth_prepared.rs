@@ -52,7 +52,7 @@ fn prepare_then_finish(
     node.run(move || {
         let ns = NetNs::open(&n.pod_path)?;
         let s = spec(&ns, &n, ip);
-        let prepared = veth::prepare(&s.pair())?;
+        let prepared = veth::prepare(&s.pair())?.expect("no link of that name yet");
         between(&n);
         prepared.finish(&s).map(|_| ())
     })
@@ -98,30 +98,38 @@ fn a_prepared_pair_has_no_address_until_finished_into_the_full_datapath() {
     assert!(pod_ip.ping(NODE_ADDR), "pod -> node");
 }
 
+/// prepare() for `pod`'s attachment, from inside the node namespace; `f` gets what it returned.
+fn with_prepared<T: Send + 'static>(
+    node: &TestNs,
+    pod: &TestNs,
+    f: impl FnOnce(Option<veth::PreparedVeth>) -> T + Send + 'static,
+) -> Result<T> {
+    let n = names(pod);
+    node.run(move || {
+        let ns = NetNs::open(&n.pod_path)?;
+        let pair = veth::VethPair {
+            netns: &ns,
+            ifname: "eth0",
+            host_ifname: &n.host_ifname,
+            alias: &n.alias,
+            mtu: 1500,
+        };
+        Ok(f(veth::prepare(&pair)?))
+    })
+}
+
 #[test]
-fn a_discarded_pair_leaves_nothing_and_a_dropped_one_is_replaced_by_the_next_add() {
+fn a_discarded_or_dropped_pair_leaves_nothing() {
     require_root_and_tools();
     let node = TestNs::new("node");
     let pod = TestNs::new("pod");
     let n = names(&pod);
-    let path = n.pod_path.clone();
-    let (h, a) = (n.host_ifname.clone(), n.alias.clone());
-    node.run(move || {
-        let ns = NetNs::open(&path)?;
-        let pair = veth::VethPair {
-            netns: &ns,
-            ifname: "eth0",
-            host_ifname: &h,
-            alias: &a,
-            mtu: 1500,
-        };
-        veth::prepare(&pair)?.discard();
-        // Dropped without finish: it stays, as a leftover the attachment's next ADD replaces.
-        drop(veth::prepare(&pair)?);
-        Ok(())
-    })
-    .expect("prepare, discard, prepare, drop");
-    assert!(link_exists(&node, &n.host_ifname), "a dropped pair stays");
+    with_prepared(&node, &pod, |p| p.expect("prepared").discard()).unwrap();
+    assert!(!link_exists(&node, &n.host_ifname));
+    assert!(!link_exists(&pod, "eth0"));
+    with_prepared(&node, &pod, drop).unwrap();
+    assert!(!link_exists(&node, &n.host_ifname));
+    assert!(!link_exists(&pod, "eth0"));
     let ip = Ipv4Addr::new(10, 240, 21, 2);
     prepare_then_finish(&node, &pod, ip, |_| {}).expect("the next ADD");
     check(&node, &pod, ip).expect("whole");
@@ -205,4 +213,44 @@ fn sockets_open_in_a_pods_namespace_and_the_thread_comes_home() {
     names.sort();
     assert_eq!(names, ["lo", "twx0", "twx1"]);
     assert_eq!(NetNs::current().unwrap().id().unwrap(), home);
+}
+
+#[test]
+fn an_existing_host_veth_is_left_for_after_the_answer() {
+    // A retried ADD, or the previous ADD's veth the daemon is still tearing down: prepare
+    // builds nothing and touches nothing; setup replaces it once the daemon has answered.
+    require_root_and_tools();
+    let node = TestNs::new("node").with_node_addr(&format!("{NODE_ADDR}/32"));
+    let pod = TestNs::new("pod");
+    let ip = Ipv4Addr::new(10, 240, 24, 2);
+    prepare_then_finish(&node, &pod, ip, |_| {}).expect("first ADD");
+    let n = names(&pod);
+    let before = node.ip(&format!("link show {}", n.host_ifname));
+    let prepared = with_prepared(&node, &pod, |p| p.is_some()).unwrap();
+    assert!(!prepared, "nothing prepared over an existing veth");
+    assert_eq!(before, node.ip(&format!("link show {}", n.host_ifname)));
+    check(&node, &pod, ip).expect("the first ADD's datapath is untouched");
+    // A dropped pair whose link was replaced under the same name leaves the new one alone.
+    let other = TestNs::new("pod2");
+    let m = names(&other);
+    let (h, path) = (m.host_ifname.clone(), m.pod_path.clone());
+    node.run(move || {
+        let ns = NetNs::open(&path)?;
+        let pair = veth::VethPair {
+            netns: &ns,
+            ifname: "eth0",
+            host_ifname: &h,
+            alias: "terway:test",
+            mtu: 1500,
+        };
+        let p = veth::prepare(&pair)?.expect("prepared");
+        let mut nl = terway::netlink::Netlink::open()?;
+        let link = nl.link_by_name(&h)?.expect("there");
+        nl.delete_link(link.index)?;
+        nl.create_veth(&h, "eth0", &ns, 1500)?;
+        drop(p);
+        Ok(())
+    })
+    .unwrap();
+    assert!(link_exists(&node, &m.host_ifname), "the replacement stays");
 }

@@ -171,6 +171,40 @@ fn cold_node_burst_of_40_pods() {
 }
 
 #[test]
+fn a_cold_add_builds_its_veth_while_the_daemon_waits_for_an_eni() {
+    let cloud = Cloud::start(CloudSpec {
+        attach_ms: 1500,
+        ..CloudSpec::default()
+    });
+    let mut a = cloud.node(0);
+    a.start_daemon();
+    let hint = terway::rpc::hint::path(std::path::Path::new(&a.socket));
+    assert_eq!(std::fs::read_to_string(&hint).unwrap(), "veth_policy\n");
+    let pod = Netns::new("twpod");
+    let host_veth = terway::datapath::host_veth_name("early", "eth0");
+    let r = std::thread::scope(|s| {
+        let add = s.spawn(|| a.cni("ADD", "early", &pod.path()));
+        // The pool is empty: the daemon waits for an ENI while the plugin builds the pair.
+        assert!(
+            wait_until(Duration::from_secs(10), || link_exists(&a.ns, &host_veth)),
+            "the pair is built while the daemon allocates"
+        );
+        assert!(!add.is_finished(), "the ADD still waits for its address");
+        let eth0 = pod.exec(&["ip", "-o", "addr", "show", "eth0"]);
+        let eth0 = String::from_utf8_lossy(&eth0.stdout).to_string();
+        assert!(
+            !eth0.contains("inet "),
+            "no address before the daemon's answer: {eth0}"
+        );
+        add.join().unwrap()
+    });
+    r.assert_ok();
+    assert!(pod.ping(&a.node_ip()), "pod -> its node");
+    a.cni("DEL", "early", &pod.path()).assert_ok();
+    assert_no_leaks(&cloud, &a);
+}
+
+#[test]
 fn pool_stays_within_watermarks_under_churn() {
     let cloud = Cloud::start(CloudSpec {
         node_extra: json!({"min_pool_size": 2, "max_pool_size": 5, "idle_ip_reclaim_after": "1s",

@@ -179,12 +179,14 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value> {
         ALLOC_TIMEOUT,
     )?;
     let att = attachment(env, conf, Some(&netns));
-    // While the daemon chooses the address: the veth pair, which needs none. A failure here is
-    // not the ADD's: setup builds the pair again after the reply and reports what fails then.
-    let early = if hint::wants_veth(&conf.daemon_socket) {
+    // While the daemon chooses the address: the veth pair, which needs none (only once the
+    // request is out: a daemon that refused it answers at once). A failure here is not the
+    // ADD's: setup builds the pair again after the reply and reports what fails then.
+    let early = if pending.sent() && hint::wants_veth(&conf.daemon_socket) {
         attach::prepare_veth(&att)
             .inspect_err(|e| log::debug!("veth not prepared early: {e}"))
             .ok()
+            .flatten()
     } else {
         None
     };

@@ -197,7 +197,9 @@ pub fn setup(att: &Attachment, address: &PodAddress, dp: &Datapath) -> Result<Wi
 
 /// Builds the part of a veth datapath that needs no address (see [`veth::PreparedVeth`]):
 /// the plugin's work while the daemon allocates, when the daemon says its pods get veths.
-pub fn prepare_veth(att: &Attachment) -> Result<veth::PreparedVeth> {
+/// `None` when the attachment's host veth already exists (a retried ADD's, or one the daemon is
+/// still tearing down): [`setup_prepared`] deals with it after the daemon's answer.
+pub fn prepare_veth(att: &Attachment) -> Result<Option<veth::PreparedVeth>> {
     let (host_ifname, alias) = (att.host_ifname(), att.alias());
     veth::prepare(&veth::VethPair {
         netns: att.netns()?,
@@ -209,7 +211,7 @@ pub fn prepare_veth(att: &Attachment) -> Result<veth::PreparedVeth> {
 }
 
 /// [`setup`], completing the veth pair `early` when there is one (from [`prepare_veth`]); a
-/// datapath other than veth removes it first.
+/// datapath other than veth, or any failure, removes it.
 pub fn setup_prepared(
     att: &Attachment,
     address: &PodAddress,
@@ -227,17 +229,8 @@ pub fn setup_prepared(
     };
     match dp {
         Datapath::Veth | Datapath::VethPolicy { .. } => {
-            let ip = ipv4_of(address);
-            let ip6 = ipv6_of(address);
-            let (ip, ip6) = match (ip, ip6) {
-                (Ok(ip), Ok(ip6)) => (ip, ip6),
-                (Err(e), _) | (_, Err(e)) => {
-                    if let Some(p) = early {
-                        p.discard();
-                    }
-                    return Err(e);
-                }
-            };
+            let ip = ipv4_of(address)?;
+            let ip6 = ipv6_of(address)?;
             let spec = veth_spec(att, att.netns()?, &names.0, &names.1, ip, ip6);
             let info = match early {
                 Some(p) => p.finish(&spec)?,

@@ -135,8 +135,17 @@ fn validate_mtu(mtu: u32) -> Result<()> {
 
 /// Builds the datapath. On failure everything created here is removed again.
 pub fn setup(spec: &VethSpec) -> Result<VethInfo> {
-    validate(spec).map_err(|e| e.context(format!("set up {}", spec.describe())))?;
-    prepare(&spec.pair())?.finish(spec)
+    let prepared = validate(spec)
+        .and_then(|()| prepare_inner(&spec.pair(), Stale::Replace))
+        .map_err(|e| e.context(format!("set up {}", spec.describe())))?;
+    match prepared {
+        Some(p) => p.finish(spec),
+        None => Err(err!(
+            Kind::Internal,
+            "set up {}: no pair prepared",
+            spec.describe()
+        )),
+    }
 }
 
 /// The attachment's veth pair without its addresses: what [`prepare`] builds.
@@ -175,22 +184,34 @@ impl<'a> VethSpec<'a> {
 /// A veth pair [`prepare`] built: created, carrying the attachment's alias, its host end's
 /// rp_filter off, the pod's `lo` up; no address, no route, both ends down. It needs no pod
 /// address, so the plugin builds it while the daemon chooses one. [`PreparedVeth::finish`]
-/// completes it; [`PreparedVeth::discard`] removes it. Merely dropped, it stays: the
-/// attachment's next ADD or its DEL removes it (it carries the alias).
+/// completes it; dropped (or [`PreparedVeth::discard`]ed) unfinished, it is removed.
 pub struct PreparedVeth {
     host: Netlink,
     pod: Netlink,
     host_link: Link,
     pod_link: Link,
+    /// Finished: the pair is the pod's datapath now and stays.
+    kept: bool,
 }
 
-/// Builds the address-independent part of the datapath (see [`PreparedVeth`]). On failure
-/// everything created here is removed again.
-pub fn prepare(pair: &VethPair) -> Result<PreparedVeth> {
-    prepare_inner(pair).map_err(|e| e.context(format!("set up {}", pair.describe())))
+/// What [`prepare`] does with a link already under the attachment's host veth name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stale {
+    /// Remove it, when it is provably this attachment's (setup, after the daemon answered).
+    Replace,
+    /// Build nothing: a retried ADD's datapath stays until the daemon has answered, and the
+    /// daemon's teardown of the attachment's previous ADD may still be on its way.
+    Keep,
 }
 
-fn prepare_inner(pair: &VethPair) -> Result<PreparedVeth> {
+/// Builds the address-independent part of the datapath (see [`PreparedVeth`]) before the
+/// daemon has answered; `None` when a link of the attachment's host veth name already exists
+/// (left to [`setup`] after the answer). On failure everything created here is removed again.
+pub fn prepare(pair: &VethPair) -> Result<Option<PreparedVeth>> {
+    prepare_inner(pair, Stale::Keep).map_err(|e| e.context(format!("set up {}", pair.describe())))
+}
+
+fn prepare_inner(pair: &VethPair, stale: Stale) -> Result<Option<PreparedVeth>> {
     validate_mtu(pair.mtu)?;
     if pair.netns.is_node_namespace()? {
         return Err(err!(
@@ -200,7 +221,11 @@ fn prepare_inner(pair: &VethPair) -> Result<PreparedVeth> {
         ));
     }
     let mut host = Netlink::open()?;
-    remove_stale(&mut host, pair)?;
+    match stale {
+        Stale::Replace => remove_stale(&mut host, pair)?,
+        Stale::Keep if host.link_by_name(pair.host_ifname)?.is_some() => return Ok(None),
+        Stale::Keep => {}
+    }
     let mut pod = Netlink::open_in(pair.netns)?;
     if pod.link_by_name(pair.ifname)?.is_some() {
         return Err(err!(
@@ -212,12 +237,13 @@ fn prepare_inner(pair: &VethPair) -> Result<PreparedVeth> {
     }
     host.create_veth(pair.host_ifname, pair.ifname, pair.netns, pair.mtu)?;
     match prepare_links(&mut host, &mut pod, pair) {
-        Ok((host_link, pod_link)) => Ok(PreparedVeth {
+        Ok((host_link, pod_link)) => Ok(Some(PreparedVeth {
             host,
             pod,
             host_link,
             pod_link,
-        }),
+            kept: false,
+        })),
         Err(e) => {
             // This call created the link (create is exclusive), so it is ours to remove.
             remove_created(&mut host, pair.host_ifname);
@@ -252,7 +278,6 @@ fn prepare_links(host: &mut Netlink, pod: &mut Netlink, pair: &VethPair) -> Resu
         pod.set_link_up(lo.index)?;
     }
     set_if_differs(&sysctl::rp_filter_key(pair.host_ifname), "0")?;
-    set_if_differs("net/ipv4/ip_forward", "1")?;
     Ok((host_link, pod_link))
 }
 
@@ -262,13 +287,26 @@ impl PreparedVeth {
     /// prepared (the daemon's teardown of the attachment's previous ADD, running meanwhile,
     /// found it under the same name and alias), it is built anew.
     pub fn finish(mut self, spec: &VethSpec) -> Result<VethInfo> {
-        let result =
-            validate(spec).and_then(|()| match self.host.link_by_name(spec.host_ifname)? {
-                Some(l) if l.index == self.host_link.index => self.configure(spec).map(Some),
-                _ => Ok(None),
-            });
+        if spec.host_ifname != self.host_link.name {
+            return Err(err!(
+                Kind::Internal,
+                "set up {}: the pair was prepared as {}",
+                spec.describe(),
+                self.host_link.name
+            ));
+        }
+        let result = validate(spec).and_then(|()| {
+            if self.still_there()? {
+                self.configure(spec).map(Some)
+            } else {
+                Ok(None)
+            }
+        });
         match result {
-            Ok(Some(info)) => Ok(info),
+            Ok(Some(info)) => {
+                self.kept = true;
+                Ok(info)
+            }
             Ok(None) => {
                 log::info!(
                     "host veth {} vanished after it was prepared; building it again",
@@ -277,17 +315,20 @@ impl PreparedVeth {
                 drop(self);
                 setup(spec)
             }
-            Err(e) => {
-                remove_created(&mut self.host, spec.host_ifname);
-                Err(e.context(format!("set up {}", spec.describe())))
-            }
+            // Dropping `self` removes the pair.
+            Err(e) => Err(e.context(format!("set up {}", spec.describe()))),
         }
     }
 
-    /// Removes the pair (the daemon chose another datapath, or no address).
-    pub fn discard(mut self) {
-        let name = self.host_link.name.clone();
-        remove_created(&mut self.host, &name);
+    /// Removes the pair (the daemon chose another datapath, or no address); as dropping it.
+    pub fn discard(self) {}
+
+    /// Whether the host veth is still the one prepared (same name, same index).
+    fn still_there(&mut self) -> Result<bool> {
+        Ok(self
+            .host
+            .link_by_name(&self.host_link.name)?
+            .is_some_and(|l| l.index == self.host_link.index))
     }
 
     fn configure(&mut self, spec: &VethSpec) -> Result<VethInfo> {
@@ -310,6 +351,7 @@ impl PreparedVeth {
             ipv6::prepare_host_veth(host, host_index, spec.host_ifname)?;
         }
         host.set_link_up(host_index)?;
+        set_if_differs("net/ipv4/ip_forward", "1")?;
         // Exclusive adds: a route terway did not make (another pod's, the node's own) is never
         // replaced; the old veth's routes went with it in `remove_stale`.
         host.add_route(&spec.host_route(host_index))?;
@@ -330,6 +372,23 @@ impl PreparedVeth {
             pod_mac,
             mtu: spec.mtu,
         })
+    }
+}
+
+impl Drop for PreparedVeth {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        // Only the link prepared: one that replaced it under the same name is not ours.
+        let removed = match self.still_there() {
+            Ok(true) => delete_host_veth(&mut self.host, &self.host_link),
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = removed {
+            log::warn!("rollback of {}: {e}", self.host_link.name);
+        }
     }
 }
 

@@ -184,7 +184,8 @@ impl Netlink {
         })
     }
 
-    /// A socket inside `ns`, created on a throwaway thread and then usable from any thread.
+    /// A socket inside `ns` (made there by the calling thread, which returns to its own
+    /// namespace right after), usable from any thread.
     pub fn open_in(ns: &NetNs) -> Result<Netlink> {
         ns.run_here(Netlink::open)
             .and_then(|r| r)

@@ -105,7 +105,13 @@ fn failed(socket: &Path, timeout: Duration, what: &str, e: std::io::Error) -> Ca
 }
 
 impl Pending<'_> {
-    /// Waits for the reply (up to the call's timeout).
+    /// Whether the whole request went out (a daemon that refuses one may stop reading it).
+    pub fn sent(&self) -> bool {
+        self.sent.is_ok()
+    }
+
+    /// Waits for the reply: up to the call's timeout from now, whatever was done since
+    /// [`start`].
     pub fn finish(self) -> Result<Reply, CallError> {
         let Pending {
             socket,
