@@ -208,6 +208,17 @@ fn a_stale_veth_hint_costs_an_eni_pod_nothing() {
 }
 
 #[test]
+fn a_start_lists_the_nodes_enis_once() {
+    let cloud = Cloud::start(spec(json!({})));
+    let calls = cloud.calls_of_a_start_with_a_leak();
+    assert_eq!(
+        calls["DescribeNetworkInterfaces"]["total"], 1,
+        "one listing serves the leak clean-up and the reconcile: {calls}"
+    );
+    assert_eq!(calls["DeleteNetworkInterface"]["total"], 1, "{calls}");
+}
+
+#[test]
 fn sigkill_with_enis_in_pods_loses_and_duplicates_nothing() {
     let cloud = Cloud::start(spec(json!({})));
     let mut a = cloud.node(0);

@@ -252,21 +252,6 @@ impl EniOps {
         }
     }
 
-    /// Secondary ENIs attached to this instance, each with its route table prepared.
-    pub fn observe(&self) -> Result<Vec<(EniFacts, u32)>> {
-        let enis = self
-            .cloud
-            .ecs
-            .describe_enis(&EniFilter {
-                instance_id: Some(self.node.info.instance_id.clone()),
-                eni_ids: Vec::new(),
-                status: None,
-                tags: Vec::new(),
-            })
-            .map_err(|e| cloud_err("DescribeNetworkInterfaces", e))?;
-        self.observe_from(enis)
-    }
-
     /// Every ENI created for this node, attached or not, in one listing (by our tag): the
     /// resync finds both the leaked ones and the attached ones in it, one call instead of two.
     pub fn list_ours(&self) -> Result<Vec<EniInfo>> {
@@ -279,7 +264,8 @@ impl EniOps {
             .map_err(|e| cloud_err("DescribeNetworkInterfaces", e))
     }
 
-    /// [`EniOps::observe`] on a listing already made: ours, attached to this instance.
+    /// The secondary ENIs of a listing of ours ([`EniOps::list_ours`]) that are attached to this
+    /// instance, each with its route table prepared.
     pub fn observe_from(&self, enis: Vec<EniInfo>) -> Result<Vec<(EniFacts, u32)>> {
         let mut out = Vec::new();
         for mut eni in enis {
@@ -319,23 +305,9 @@ impl EniOps {
         Ok(out)
     }
 
-    /// ENIs we created for this node that are not attached: leaks of a crash between create
-    /// and attach (or during a delete). Only called when no create is in flight. Only
-    /// `Available` ones: a `Deleting` ENI is already on its way out and is not asked again.
-    pub fn delete_leaked_enis(&self) {
-        let leaked = self.cloud.ecs.describe_enis(&EniFilter {
-            instance_id: None,
-            eni_ids: Vec::new(),
-            status: Some("Available".into()),
-            tags: vec![(TAG_NODE.to_string(), self.node.info.instance_id.clone())],
-        });
-        match leaked {
-            Ok(list) => self.delete_leaked_from(&list),
-            Err(e) => log::warn!("list leaked ENIs: {e}"),
-        }
-    }
-
-    /// Deletes the `Available` ENIs of a listing of ours (see [`EniOps::delete_leaked_enis`]).
+    /// Deletes the `Available` ENIs of a listing of ours: leaks of a crash between create and
+    /// attach (or during a delete). Only called when no create is in flight. A `Deleting` ENI is
+    /// already on its way out and is not asked again.
     pub fn delete_leaked_from(&self, ours: &[EniInfo]) {
         for eni in ours.iter().filter(|e| e.status == "Available") {
             match self.cloud.ecs.delete_eni(&eni.id) {

@@ -68,18 +68,21 @@ impl ExclusiveEniSource {
                 .map(|e| (e.instance_id.as_str(), &e.pool)),
         );
         let mut pool = Pool::new(pool_config(config, &node), saved);
+        // One listing of ours (by tag) serves the leaked-ENI clean-up and the reconcile.
+        let listed = |e: crate::Error| {
+            cloud_err(
+                &format!("list the ENIs attached to {}", node.info.instance_id),
+                e,
+            )
+        };
+        let ours = ops.list_ours().map_err(listed)?;
+        ops.delete_leaked_from(&ours);
         let observed: Vec<EniFacts> = ops
-            .observe()
-            .map_err(|e| {
-                cloud_err(
-                    &format!("list the ENIs attached to {}", node.info.instance_id),
-                    e,
-                )
-            })?
+            .observe_from(ours)
+            .map_err(listed)?
             .into_iter()
             .map(|(f, _)| f)
             .collect();
-        ops.delete_leaked_enis();
         let report = pool.reconcile(&observed, now);
         count_findings(
             report.lost.len(),
@@ -232,12 +235,17 @@ impl AddressSource for ExclusiveEniSource {
                 // As in shared mode: the resync holds the pool, so it yields when throttled.
                 move || {
                     with_deadline(Instant::now() + RESYNC_DEADLINE, || {
-                        ops.delete_leaked_enis();
+                        // One listing of ours serves the leaked-ENI clean-up and the reconcile.
+                        let ours = ops.list_ours();
+                        match &ours {
+                            Ok(list) => ops.delete_leaked_from(list),
+                            Err(e) => log::warn!("list our ENIs: {e}"),
+                        }
                         if let Err(e) = ops.refresh_vswitches(&vswitches) {
                             log::warn!("resync: {e}");
                         }
                         Done::Observed(
-                            ops.observe()
+                            ours.and_then(|list| ops.observe_from(list))
                                 .map(|l| l.into_iter().map(|(f, _)| f).collect())
                                 .map_err(|e| e.msg),
                         )

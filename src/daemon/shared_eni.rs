@@ -84,13 +84,16 @@ impl SharedEniSource {
                 .map(|e| (e.instance_id.as_str(), &e.pool)),
         );
         let mut pool = Pool::new(pool_config(config, &node), saved);
-        let observed = ops.observe().map_err(|e| {
+        // One listing of ours (by tag) serves the leaked-ENI clean-up and the reconcile.
+        let listed = |e: crate::Error| {
             cloud_err(
                 &format!("list the ENIs attached to {}", node.info.instance_id),
                 e,
             )
-        })?;
-        ops.delete_leaked_enis();
+        };
+        let ours = ops.list_ours().map_err(listed)?;
+        ops.delete_leaked_from(&ours);
+        let observed = ops.observe_from(ours).map_err(listed)?;
         for v in ops.vswitch_free() {
             pool.set_vswitch_free(&v.0, v.1);
         }

@@ -141,6 +141,35 @@ impl Cloud {
         std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
     }
 
+    /// Starts a daemon on node 0 of a fresh cloud that holds one leaked ENI of the node's, and
+    /// returns the cloud calls of the start (until the leak is gone).
+    pub fn calls_of_a_start_with_a_leak(&self) -> Value {
+        let mut a = self.node(0);
+        let ecs = self.operator(0);
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(self.node_config(0)).unwrap()).unwrap();
+        let sgs = vec![v["security_group"].as_str().unwrap().to_string()];
+        let tags = vec![
+            ("creator".to_string(), "terway".to_string()),
+            ("terway.node".to_string(), a.ns.clone()),
+        ];
+        let leaked = ecs
+            .create_eni(&self.vswitches[0], &sgs, 1, &tags, "", "")
+            .unwrap();
+        self.admin("DELETE", "/admin/calls", None);
+        a.start_daemon();
+        let gone = || {
+            let model = self.admin("GET", "/admin/model", None);
+            !model["enis"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["id"] == leaked.id.as_str() && e["status"] == "Available")
+        };
+        assert!(wait_until(Duration::from_secs(10), gone), "{}", a.log());
+        self.admin("GET", "/admin/calls", None)
+    }
+
     pub fn node(&self, i: usize) -> EniNode {
         let v: Value =
             serde_json::from_slice(&std::fs::read(self.node_config(i)).unwrap()).unwrap();
