@@ -139,7 +139,7 @@ pub fn setup(spec: &VethSpec) -> Result<VethInfo> {
         .and_then(|()| prepare_inner(&spec.pair(), Stale::Replace))
         .map_err(|e| e.context(format!("set up {}", spec.describe())))?;
     match prepared {
-        Some(p) => p.finish(spec),
+        Some(p) => p.complete(spec, Vanished::Fail),
         None => Err(err!(
             Kind::Internal,
             "set up {}: no pair prepared",
@@ -192,6 +192,15 @@ pub struct PreparedVeth {
     pod_link: Link,
     /// Finished: the pair is the pod's datapath now and stays.
     kept: bool,
+}
+
+/// What completing a prepared pair does when it has vanished meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vanished {
+    /// Build it again, once (a pair prepared before the daemon answered).
+    Rebuild,
+    /// Fail (a pair [`setup`] has just built: building again could go on forever).
+    Fail,
 }
 
 /// What [`prepare`] does with a link already under the attachment's host veth name.
@@ -286,7 +295,11 @@ impl PreparedVeth {
     /// addresses). On failure the veth is removed. When the pair vanished since it was
     /// prepared (the daemon's teardown of the attachment's previous ADD, running meanwhile,
     /// found it under the same name and alias), it is built anew.
-    pub fn finish(mut self, spec: &VethSpec) -> Result<VethInfo> {
+    pub fn finish(self, spec: &VethSpec) -> Result<VethInfo> {
+        self.complete(spec, Vanished::Rebuild)
+    }
+
+    fn complete(mut self, spec: &VethSpec, vanished: Vanished) -> Result<VethInfo> {
         if spec.host_ifname != self.host_link.name {
             return Err(err!(
                 Kind::Internal,
@@ -307,7 +320,7 @@ impl PreparedVeth {
                 self.kept = true;
                 Ok(info)
             }
-            Ok(None) => {
+            Ok(None) if vanished == Vanished::Rebuild => {
                 log::info!(
                     "host veth {} vanished after it was prepared; building it again",
                     spec.host_ifname
@@ -315,6 +328,12 @@ impl PreparedVeth {
                 drop(self);
                 setup(spec)
             }
+            Ok(None) => Err(err!(
+                Kind::Datapath,
+                "set up {}: host link {} vanished during setup",
+                spec.describe(),
+                spec.host_ifname
+            )),
             // Dropping `self` removes the pair.
             Err(e) => Err(e.context(format!("set up {}", spec.describe()))),
         }
