@@ -92,6 +92,7 @@ fn a_prepared_pair_has_no_address_until_finished_into_the_full_datapath() {
         assert!(!pod_addrs.contains("inet "), "{pod_addrs}");
         assert!(pc.ip("route show").trim().is_empty());
         assert!(!nc.ip("route show").contains("10.240.20.2"));
+        assert!(pc.ip("link show lo").contains(",UP"), "the pod's lo is up");
     })
     .expect("prepare, then finish");
     check(&node_ip, &pod_ip, ip).expect("the finished datapath is whole");
@@ -213,6 +214,10 @@ fn sockets_open_in_a_pods_namespace_and_the_thread_comes_home() {
     names.sort();
     assert_eq!(names, ["lo", "twx0", "twx1"]);
     assert_eq!(NetNs::current().unwrap().id().unwrap(), home);
+    // Up by name, in one request; a missing link is no error.
+    assert!(nl.set_link_up_by_name("twx0").unwrap());
+    assert!(pod.ip("link show twx0").contains(",UP"));
+    assert!(!nl.set_link_up_by_name("twmissing0").unwrap());
 }
 
 #[test]

@@ -236,15 +236,18 @@ fn prepare_inner(pair: &VethPair, stale: Stale) -> Result<Option<PreparedVeth>> 
         Stale::Keep => {}
     }
     let mut pod = Netlink::open_in(pair.netns)?;
-    if pod.link_by_name(pair.ifname)?.is_some() {
-        return Err(err!(
-            Kind::Datapath,
-            "interface {} already exists in netns {}",
-            pair.ifname,
-            pair.netns.path().display()
-        ));
+    if let Err(e) = host.create_veth(pair.host_ifname, pair.ifname, pair.netns, pair.mtu) {
+        // (Asked only now: on the way to success a lookup first would cost a round trip.)
+        if pod.link_by_name(pair.ifname)?.is_some() {
+            return Err(err!(
+                Kind::Datapath,
+                "interface {} already exists in netns {}",
+                pair.ifname,
+                pair.netns.path().display()
+            ));
+        }
+        return Err(e);
     }
-    host.create_veth(pair.host_ifname, pair.ifname, pair.netns, pair.mtu)?;
     match prepare_links(&mut host, &mut pod, pair) {
         Ok((host_link, pod_link)) => Ok(Some(PreparedVeth {
             host,
@@ -283,9 +286,7 @@ fn prepare_links(host: &mut Netlink, pod: &mut Netlink, pair: &VethPair) -> Resu
         }
     }
     host.set_link_alias(host_link.index, pair.alias)?;
-    if let Some(lo) = pod.link_by_name("lo")? {
-        pod.set_link_up(lo.index)?;
-    }
+    pod.set_link_up_by_name("lo")?;
     set_if_differs(&sysctl::rp_filter_key(pair.host_ifname), "0")?;
     Ok((host_link, pod_link))
 }
@@ -308,12 +309,11 @@ impl PreparedVeth {
                 self.host_link.name
             ));
         }
-        let result = validate(spec).and_then(|()| {
-            if self.still_there()? {
-                self.configure(spec).map(Some)
-            } else {
-                Ok(None)
-            }
+        // A pair that vanished fails the first step on its old indexes; asked only then.
+        let result = validate(spec).and_then(|()| match self.configure(spec) {
+            Ok(info) => Ok(Some(info)),
+            Err(e) if self.still_there()? => Err(e),
+            Err(_) => Ok(None),
         });
         match result {
             Ok(Some(info)) => {

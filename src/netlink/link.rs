@@ -429,6 +429,21 @@ impl Netlink {
         self.set_flags(index, true, "up")
     }
 
+    /// Sets link `name` up in one RTM_SETLINK (found by `IFLA_IFNAME`, no lookup first);
+    /// `Ok(false)` when there is no such link.
+    pub fn set_link_up_by_name(&mut self, name: &str) -> Result<bool> {
+        check_ifname(name)?;
+        let mut msg = LinkMessage::default();
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.sock.request(M::SetLink(msg), 0) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(e.into_error(format!("set link {name} up"))),
+        }
+    }
+
     pub fn set_link_down(&mut self, index: u32) -> Result<()> {
         self.set_flags(index, false, "down")
     }
