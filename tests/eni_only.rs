@@ -219,6 +219,33 @@ fn a_start_lists_the_nodes_enis_once() {
 }
 
 #[test]
+fn resyncs_ask_for_vswitches_only_under_the_most_policy() {
+    for (policy, asks) in [("ordered", false), ("most", true)] {
+        let cloud = Cloud::start(spec(json!({ "vswitch_selection_policy": policy })));
+        let mut a = cloud.node(0);
+        a.start_daemon();
+        let calls = |action: &str| {
+            cloud.admin("GET", "/admin/calls", None)[action]["total"]
+                .as_u64()
+                .unwrap_or(0)
+        };
+        let (vswitches, listings) = (
+            calls("DescribeVSwitches"),
+            calls("DescribeNetworkInterfaces"),
+        );
+        assert!(
+            wait_until(Duration::from_secs(15), || calls(
+                "DescribeNetworkInterfaces"
+            ) >= listings + 3),
+            "three resyncs (every 500 ms): {}",
+            a.log()
+        );
+        let after = calls("DescribeVSwitches");
+        assert_eq!(after > vswitches, asks, "{policy}: {vswitches} -> {after}");
+    }
+}
+
+#[test]
 fn sigkill_with_enis_in_pods_loses_and_duplicates_nothing() {
     let cloud = Cloud::start(spec(json!({})));
     let mut a = cloud.node(0);

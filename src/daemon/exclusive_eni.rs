@@ -13,7 +13,7 @@ use super::source::{AddressSource, Allocations, Current, Take};
 use super::workers::Job;
 use crate::Result;
 use crate::cloud::openapi::with_deadline;
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, VSwitchPolicy};
 use crate::model::{AttachKey, Datapath, HostPeer, PodAddress, PodRef};
 use crate::pool::exclusive_eni::{
     CloudFailure, CloudOp, CloudOutcome, EniFacts, EniStatus, Lease, Pool, PoolConfig,
@@ -230,7 +230,13 @@ impl AddressSource for ExclusiveEniSource {
         }
         self.common.sent(jobs.len());
         if self.common.start_resync(now, self.pool.wants_reconcile()) {
-            let (ops, vswitches) = (self.common.ops.clone(), self.common.node.vswitches.clone());
+            // As in shared mode: free counts matter to the `most` policy only (at 2000 nodes a
+            // DescribeVSwitches per node and resync is over the region's budget for it).
+            let vswitches = match self.pool.config().vswitch_policy {
+                VSwitchPolicy::Most => self.common.node.vswitches.clone(),
+                _ => Vec::new(),
+            };
+            let ops = self.common.ops.clone();
             jobs.push(Job::new(
                 // As in shared mode: the resync holds the pool, so it yields when throttled.
                 move || {
@@ -241,7 +247,9 @@ impl AddressSource for ExclusiveEniSource {
                             Ok(list) => ops.delete_leaked_from(list),
                             Err(e) => log::warn!("list our ENIs: {e}"),
                         }
-                        if let Err(e) = ops.refresh_vswitches(&vswitches) {
+                        if !vswitches.is_empty()
+                            && let Err(e) = ops.refresh_vswitches(&vswitches)
+                        {
                             log::warn!("resync: {e}");
                         }
                         Done::Observed(
