@@ -219,8 +219,10 @@ fn a_start_lists_the_nodes_enis_once() {
 }
 
 #[test]
-fn resyncs_ask_for_vswitches_only_under_the_most_policy() {
-    for (policy, asks) in [("ordered", false), ("most", true)] {
+fn resyncs_reuse_vswitch_counts_and_ask_again_after_a_reload_under_most() {
+    // Free counts matter to the `most` policy only and are reused for 10 min; a reload with
+    // other vSwitches has the next resync ask (`VSwitchRefresh`, unit-tested in eni_source).
+    for (policy, asks_after_reload) in [("ordered", false), ("most", true)] {
         let cloud = Cloud::start(spec(json!({ "vswitch_selection_policy": policy })));
         let mut a = cloud.node(0);
         a.start_daemon();
@@ -229,19 +231,38 @@ fn resyncs_ask_for_vswitches_only_under_the_most_policy() {
                 .as_u64()
                 .unwrap_or(0)
         };
-        let (vswitches, listings) = (
-            calls("DescribeVSwitches"),
-            calls("DescribeNetworkInterfaces"),
-        );
-        assert!(
-            wait_until(Duration::from_secs(15), || calls(
-                "DescribeNetworkInterfaces"
-            ) >= listings + 3),
-            "three resyncs (every 500 ms): {}",
+        let resyncs = |n: u64| {
+            let listings = calls("DescribeNetworkInterfaces");
+            assert!(
+                wait_until(Duration::from_secs(15), || calls(
+                    "DescribeNetworkInterfaces"
+                ) >= listings + n),
+                "{n} resyncs (every 500 ms): {}",
+                a.log()
+            );
+        };
+        let at_start = calls("DescribeVSwitches");
+        resyncs(3);
+        assert_eq!(calls("DescribeVSwitches"), at_start, "{policy}: reused");
+        let first = cloud.vswitches[0].clone();
+        cloud.edit_node_config(0, |v| {
+            let zone = v["vswitches"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .next()
+                .unwrap()
+                .clone();
+            v["vswitches"] = json!({ zone: [first] });
+        });
+        nix::sys::signal::kill(a.daemon.as_ref().unwrap().pid(), Signal::SIGHUP).unwrap();
+        resyncs(3);
+        assert_eq!(
+            calls("DescribeVSwitches") > at_start,
+            asks_after_reload,
+            "{policy}: after a reload to one vSwitch: {}",
             a.log()
         );
-        let after = calls("DescribeVSwitches");
-        assert_eq!(after > vswitches, asks, "{policy}: {vswitches} -> {after}");
     }
 }
 

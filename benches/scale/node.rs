@@ -5,9 +5,8 @@
 use crate::jobs::{Done, Job, Kind};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
-use terway::config::VSwitchPolicy;
 use terway::daemon::core::WAIT_TIMEOUT_MS;
-use terway::daemon::eni_source::ResyncSchedule;
+use terway::daemon::eni_source::{ResyncSchedule, VSwitchRefresh};
 use terway::daemon::waiters::{Waiter, Waiters};
 use terway::model::{AttachKey, PodRef};
 use terway::pool::shared_eni::{CloudOp, CloudOutcome, Pool, PoolConfig, PoolState};
@@ -59,6 +58,7 @@ pub struct PoolNode {
     /// The client's throttled attempts since the last resync ended or was postponed.
     throttled: u64,
     random: u64,
+    vswitch_refresh: VSwitchRefresh,
 }
 
 impl PoolNode {
@@ -73,6 +73,7 @@ impl PoolNode {
             resync: ResyncSchedule::new(resync_every_ms, 0, random),
             throttled: 0,
             random,
+            vswitch_refresh: VSwitchRefresh::asked(0),
         }
     }
 
@@ -163,7 +164,8 @@ impl Daemon for PoolNode {
             out.jobs
                 .extend(ops.into_iter().map(|op| Job::new(Kind::Op(op))));
             if self.start_resync(now) {
-                let vswitches = self.pool.config().vswitch_policy == VSwitchPolicy::Most;
+                let policy = self.pool.config().vswitch_policy;
+                let vswitches = self.vswitch_refresh.due(policy, now);
                 out.jobs.push(Job::new(Kind::Resync { vswitches }));
             }
         }

@@ -5,7 +5,7 @@
 
 use super::eni_ops::{EniOps, NodeFacts, eni_tags, node_vswitches};
 use crate::cloud::codes;
-use crate::config::Config;
+use crate::config::{Config, VSwitchPolicy};
 use crate::pool::shared_eni::{BlockedVSwitch, CloudFailure};
 use crate::rpc::BlockedVSwitchView;
 use crate::{Error, Kind, Result};
@@ -108,6 +108,44 @@ impl ResyncSchedule {
     }
 }
 
+/// How long the `most` policy's vSwitch free counts are reused before a resync asks again
+/// (upstream Terway caches vSwitches for 10 min too). Every resync asking, at 2000 nodes and the
+/// 5-min resync, would be 400 DescribeVSwitches a minute per vSwitch against the region's 300.
+pub const VSWITCH_REFRESH_MS: u64 = 10 * 60 * 1000;
+
+/// When the vSwitches' free counts were last asked for (pure: time passed in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VSwitchRefresh {
+    asked_at: Option<u64>,
+}
+
+impl VSwitchRefresh {
+    /// Asked at `now` (the start asks for every configured vSwitch).
+    pub fn asked(now: u64) -> VSwitchRefresh {
+        VSwitchRefresh {
+            asked_at: Some(now),
+        }
+    }
+
+    /// Whether a resync starting at `now` asks (and if so, counts it as asked): under the
+    /// `most` policy only, and at most every [`VSWITCH_REFRESH_MS`].
+    pub fn due(&mut self, policy: VSwitchPolicy, now: u64) -> bool {
+        let due = policy == VSwitchPolicy::Most
+            && self
+                .asked_at
+                .is_none_or(|t| now.saturating_sub(t) >= VSWITCH_REFRESH_MS);
+        if due {
+            self.asked_at = Some(now);
+        }
+        due
+    }
+
+    /// The vSwitch list changed: the next resync asks.
+    pub fn forget(&mut self) {
+        self.asked_at = None;
+    }
+}
+
 pub struct EniCommon {
     pub ops: Arc<EniOps>,
     /// The node as new ENIs see it (security groups, tags, vSwitches follow reloads).
@@ -118,6 +156,7 @@ pub struct EniCommon {
     throttled_seen: u64,
     observing: bool,
     random: u64,
+    vswitch_refresh: VSwitchRefresh,
 }
 
 impl EniCommon {
@@ -135,6 +174,16 @@ impl EniCommon {
             throttled_seen: 0,
             observing: false,
             random,
+            vswitch_refresh: VSwitchRefresh::asked(now),
+        }
+    }
+
+    /// The vSwitches a resync starting now asks DescribeVSwitches for (see [`VSwitchRefresh`]).
+    pub fn vswitches_to_refresh(&mut self, policy: VSwitchPolicy, now: u64) -> Vec<String> {
+        if self.vswitch_refresh.due(policy, now) {
+            self.node.vswitches.clone()
+        } else {
+            Vec::new()
         }
     }
 
@@ -229,6 +278,9 @@ impl EniCommon {
         node.security_groups = config.security_groups.clone();
         node.eni_tags = eni_tags(config, &node.info.instance_id);
         node.vswitches = node_vswitches(config, &node.info);
+        if node.vswitches != self.node.vswitches {
+            self.vswitch_refresh.forget();
+        }
         self.node = Arc::new(node);
         Ok(self.node.clone())
     }
@@ -307,6 +359,27 @@ pub fn orphaned_owners<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vswitch_free_counts_are_asked_for_under_most_at_most_every_ten_minutes() {
+        let mut r = VSwitchRefresh::asked(1_000);
+        for policy in [VSwitchPolicy::Ordered, VSwitchPolicy::Random] {
+            assert!(
+                !r.due(policy, 1_000 + 10 * VSWITCH_REFRESH_MS),
+                "{policy:?}"
+            );
+        }
+        assert!(!r.due(VSwitchPolicy::Most, 1_000 + VSWITCH_REFRESH_MS - 1));
+        assert!(r.due(VSwitchPolicy::Most, 1_000 + VSWITCH_REFRESH_MS));
+        assert!(
+            !r.due(VSwitchPolicy::Most, 1_000 + VSWITCH_REFRESH_MS + 1),
+            "counted"
+        );
+        // New vSwitches: the next resync asks, whenever it comes.
+        r.forget();
+        assert!(!r.due(VSwitchPolicy::Ordered, 5_000_000));
+        assert!(r.due(VSwitchPolicy::Most, 1_000 + VSWITCH_REFRESH_MS + 2));
+    }
 
     #[test]
     fn resync_stretches_when_throttled_and_comes_back_when_calm() {

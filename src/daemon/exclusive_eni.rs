@@ -13,7 +13,7 @@ use super::source::{AddressSource, Allocations, Current, Take};
 use super::workers::Job;
 use crate::Result;
 use crate::cloud::openapi::with_deadline;
-use crate::config::{Config, Mode, VSwitchPolicy};
+use crate::config::{Config, Mode};
 use crate::model::{AttachKey, Datapath, HostPeer, PodAddress, PodRef};
 use crate::pool::exclusive_eni::{
     CloudFailure, CloudOp, CloudOutcome, EniFacts, EniStatus, Lease, Pool, PoolConfig,
@@ -230,12 +230,11 @@ impl AddressSource for ExclusiveEniSource {
         }
         self.common.sent(jobs.len());
         if self.common.start_resync(now, self.pool.wants_reconcile()) {
-            // As in shared mode: free counts matter to the `most` policy only (at 2000 nodes a
-            // DescribeVSwitches per node and resync is over the region's budget for it).
-            let vswitches = match self.pool.config().vswitch_policy {
-                VSwitchPolicy::Most => self.common.node.vswitches.clone(),
-                _ => Vec::new(),
-            };
+            // As in shared mode: free counts matter to the `most` policy only, and are reused
+            // for 10 min (see `VSwitchRefresh`).
+            let vswitches = self
+                .common
+                .vswitches_to_refresh(self.pool.config().vswitch_policy, now);
             let ops = self.common.ops.clone();
             jobs.push(Job::new(
                 // As in shared mode: the resync holds the pool, so it yields when throttled.

@@ -13,7 +13,7 @@ pub use super::shared_eni_wiring::{DatapathChoice, NO_IPVLAN};
 use super::shared_eni_wiring::{Wiring, wire_lease};
 use super::source::{AddressSource, Allocations, Current, Take};
 use super::workers::Job;
-use crate::config::{Config, IpStack, Mode, VSwitchPolicy, VirtualType};
+use crate::config::{Config, IpStack, Mode, VirtualType};
 use crate::model::{AttachKey, Datapath, HostPeer, PodAddress, PodRef};
 use crate::pool::shared_eni::{EniFacts, Lease, Pool, PoolConfig, ReconcileReport};
 use crate::rpc::{EniIpView, EniPoolView, EniView, MappingRow, PoolView};
@@ -283,12 +283,11 @@ impl AddressSource for SharedEniSource {
         }
         self.common.sent(jobs.len());
         if self.common.start_resync(now, false) {
-            // Free counts matter to the `most` policy only: at 2000 nodes every resync's
-            // DescribeVSwitches alone was over the region's budget for that action.
-            let vswitches = match self.pool.config().vswitch_policy {
-                VSwitchPolicy::Most => self.common.node.vswitches.clone(),
-                _ => Vec::new(),
-            };
+            // Free counts matter to the `most` policy only, and are reused for 10 min: at 2000
+            // nodes every resync's DescribeVSwitches alone was over the region's budget.
+            let vswitches = self
+                .common
+                .vswitches_to_refresh(self.pool.config().vswitch_policy, now);
             let ops = self.common.ops.clone();
             jobs.push(Job::new(
                 move || ops.resync(&vswitches),
