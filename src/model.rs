@@ -158,12 +158,17 @@ pub enum Datapath {
 
 impl Datapath {
     /// The name the state file and `terway pool` use for it.
+    pub const VETH: &'static str = "veth";
+    pub const VETH_POLICY: &'static str = "veth_policy";
+    pub const EXCLUSIVE_ENI: &'static str = "exclusive_eni";
+    pub const IPVLAN: &'static str = "ipvlan";
+
     pub fn name(&self) -> &'static str {
         match self {
-            Datapath::Veth => "veth",
-            Datapath::VethPolicy { .. } => "veth_policy",
-            Datapath::ExclusiveEni { .. } => "exclusive_eni",
-            Datapath::Ipvlan { .. } => "ipvlan",
+            Datapath::Veth => Datapath::VETH,
+            Datapath::VethPolicy { .. } => Datapath::VETH_POLICY,
+            Datapath::ExclusiveEni { .. } => Datapath::EXCLUSIVE_ENI,
+            Datapath::Ipvlan { .. } => Datapath::IPVLAN,
         }
     }
 }

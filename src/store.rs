@@ -488,7 +488,7 @@ fn ensure_regular(path: &Path) -> Result<bool> {
 
 /// Opens only a regular file: without following a link and without blocking on a FIFO (one
 /// swapped in after [`ensure_regular`] looked).
-fn open_regular(opts: &mut OpenOptions, path: &Path) -> std::io::Result<File> {
+pub(crate) fn open_regular(opts: &mut OpenOptions, path: &Path) -> std::io::Result<File> {
     let file = opts
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)?;

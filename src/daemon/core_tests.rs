@@ -212,7 +212,7 @@ impl AddressSource for Scripted {
         Mode::EniMultiIp
     }
     fn new_pod_datapath(&self) -> &'static str {
-        "veth_policy"
+        crate::model::Datapath::VETH_POLICY
     }
     fn workers(&self) -> usize {
         0

@@ -177,7 +177,7 @@ impl AddressSource for ExclusiveEniSource {
     }
 
     fn new_pod_datapath(&self) -> &'static str {
-        "exclusive_eni"
+        Datapath::EXCLUSIVE_ENI
     }
 
     fn workers(&self) -> usize {

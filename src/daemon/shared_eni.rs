@@ -225,8 +225,8 @@ impl AddressSource for SharedEniSource {
 
     fn new_pod_datapath(&self) -> &'static str {
         match self.datapath.effective {
-            VirtualType::Veth => "veth_policy",
-            VirtualType::Ipvlan => "ipvlan",
+            VirtualType::Veth => Datapath::VETH_POLICY,
+            VirtualType::Ipvlan => Datapath::IPVLAN,
         }
     }
 

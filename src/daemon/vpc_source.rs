@@ -257,7 +257,7 @@ impl AddressSource for VpcSource {
     }
 
     fn new_pod_datapath(&self) -> &'static str {
-        "veth"
+        Datapath::VETH
     }
 
     fn workers(&self) -> usize {

@@ -4,8 +4,11 @@
 //! what gets wired, and a missing, stale or garbled hint costs nothing but that overlap.
 
 use crate::error::{Result, ResultExt};
+use crate::model::Datapath;
+use crate::store::open_regular;
 use std::ffi::OsString;
-use std::io::Read;
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -24,12 +27,18 @@ pub fn write(socket: &Path, datapath: &str) -> Result<()> {
     let mut tmp = OsString::from(dst.as_os_str());
     tmp.push(format!(".tmp.{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, format!("{datapath}\n"))
-        .and_then(|()| std::fs::rename(&tmp, &dst))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
-        .with_ctx(|| format!("write the datapath hint {}", dst.display()))
+    // A leftover of a crash goes (unlinking never follows a link); then a new file only.
+    let _ = std::fs::remove_file(&tmp);
+    open_regular(
+        OpenOptions::new().write(true).create_new(true).mode(0o644),
+        &tmp,
+    )
+    .and_then(|mut f| f.write_all(format!("{datapath}\n").as_bytes()))
+    .and_then(|()| std::fs::rename(&tmp, &dst))
+    .inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+    .with_ctx(|| format!("write the datapath hint {}", dst.display()))
 }
 
 pub fn remove(socket: &Path) {
@@ -38,14 +47,7 @@ pub fn remove(socket: &Path) {
 
 /// The hinted datapath; `None` when there is no readable hint (never follows a link).
 pub fn read(socket: &Path) -> Option<String> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path(socket))
-        .ok()?;
-    if !file.metadata().ok()?.is_file() {
-        return None;
-    }
+    let file = open_regular(OpenOptions::new().read(true), &path(socket)).ok()?;
     let mut text = String::new();
     file.take(MAX_HINT).read_to_string(&mut text).ok()?;
     Some(text.trim().to_string())
@@ -53,7 +55,7 @@ pub fn read(socket: &Path) -> Option<String> {
 
 /// Whether the daemon's new pods get a veth pair (VPC mode, shared ENI with veth).
 pub fn wants_veth(socket: &Path) -> bool {
-    matches!(read(socket).as_deref(), Some("veth" | "veth_policy"))
+    read(socket).is_some_and(|d| d == Datapath::VETH || d == Datapath::VETH_POLICY)
 }
 
 #[cfg(test)]
@@ -107,6 +109,15 @@ mod tests {
         std::fs::remove_file(path(&socket)).unwrap();
         std::fs::create_dir(path(&socket)).unwrap();
         assert_eq!(read(&socket), None);
+        std::fs::remove_dir(path(&socket)).unwrap();
+        // A link planted at the temporary name is replaced, never written through.
+        let tmp = format!("{}.tmp.{}", path(&socket).display(), std::process::id());
+        std::os::unix::fs::symlink(&target, &tmp).unwrap();
+        write(&socket, "ipvlan").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "veth\n");
+        assert_eq!(read(&socket).as_deref(), Some("ipvlan"));
+        std::fs::remove_file(path(&socket)).unwrap();
+        std::fs::create_dir(path(&socket)).unwrap();
         // Writing over a directory fails with the path in the message.
         let e = write(&socket, "veth").unwrap_err();
         assert!(e.msg.contains("t.sock.datapath"), "{}", e.msg);
