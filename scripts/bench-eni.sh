@@ -51,56 +51,7 @@ kernel_floor_binary
 # a crashed run can be found and removed; a lock keeps two runs apart.
 VPC_NS=twbench-vpc
 I_WARM=i-twbench1 I_BURST=i-twbench2 I_CHURN=i-twbench3 I_RSS=i-twbench4
-STATE_DIR=/run/twbench-eni     # pids of what we started, for the next run to clean up after a crash
-mkdir -p "$STATE_DIR"
-exec 9>"$STATE_DIR/lock"
-# (-w: a short-lived child of a killed run may hold the lock for a moment)
-flock -w 10 9 || { echo "another bench-eni.sh is running (lock $STATE_DIR/lock)" >&2; exit 1; }
-
-# Stops a process an earlier run started (by pid), if it still is one of ours (its command line
-# names that run's /tmp/twbench-eni.* directory): TERM, wait, KILL.
-stop_pid() {
-    local pid=$1 i
-    [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q /tmp/twbench-eni. || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for i in $(seq 100); do [ -e "/proc/$pid" ] || return 0; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-}
-
-remove_leftovers() {
-    local pid ns
-    if [ -f "$STATE_DIR/pids" ]; then
-        # Newest first: CNI loops and daemons, the emulator (which removes its namespaces on
-        # TERM) last.
-        for pid in $(tac "$STATE_DIR/pids"); do stop_pid "$pid"; done
-        rm -f "$STATE_DIR/pids"
-    fi
-    for ns in $(ip netns list | awk '{print $1}' | grep -E '^(twbench-|i-twbench)' || true); do
-        ip netns del "$ns" 2>/dev/null || true
-    done
-    rm -rf /tmp/twbench-eni.*
-}
-
-EMU_PID=
-DAEMON_PID=
-INNER_PID=
-cleanup() {
-    set +e
-    trap - INT TERM
-    if [ -n "$INNER_PID" ]; then kill -TERM "$INNER_PID" 2>/dev/null; wait "$INNER_PID" 2>/dev/null; fi
-    if [ -n "$DAEMON_PID" ]; then kill -TERM "$DAEMON_PID" 2>/dev/null; wait "$DAEMON_PID" 2>/dev/null; fi
-    if [ -n "$EMU_PID" ]; then kill -TERM "$EMU_PID" 2>/dev/null; wait "$EMU_PID" 2>/dev/null; fi
-    if [ -n "${RAW_DIR:-}" ] && [ -n "${WORK:-}" ] && [ -d "$WORK" ]; then
-        mkdir -p "$RAW_DIR" && cp -r "$WORK"/. "$RAW_DIR"/ 2>/dev/null
-    fi
-    remove_leftovers
-}
-
-remove_leftovers
-WORK=$(mktemp -d /tmp/twbench-eni.XXXXXX)
-trap cleanup EXIT
-trap 'echo "interrupted" >&2; exit 130' INT
-trap 'exit 143' TERM
+bench_harness twbench
 
 # ---------------------------------------------------------------------------------------------
 # The emulated region: four ecs.g7.4xlarge instances (one per part), big vSwitches so no part
@@ -123,55 +74,11 @@ print(next(t for t in c["instance_types"] if t["id"] == "ecs.g7.4xlarge")["eni_p
 ' "$WORK/region.json")
 
 echo "==> starting the emulated VPC ($VPC_NS; instances $I_WARM $I_BURST $I_CHURN $I_RSS)"
-"$BIN" emulate --netns --listen 127.0.0.1:0 --vpc-netns "$VPC_NS" --config "$WORK/region.json" \
-    --node-configs "$WORK/nodes" > "$WORK/emulate.out" 2> "$WORK/emulate.log" 9>&- &
-EMU_PID=$!
-echo "$EMU_PID" >> "$STATE_DIR/pids"
-ADDR=
-for _ in $(seq 200); do
-    ADDR=$(sed -n '1s/^listening on //p' "$WORK/emulate.out" 2>/dev/null)
-    [ -n "$ADDR" ] && break
-    kill -0 "$EMU_PID" 2>/dev/null || { echo "emulator exited: $(cat "$WORK/emulate.log")" >&2; exit 1; }
-    sleep 0.1
-done
-[ -n "$ADDR" ] || { echo "emulator did not start: $(cat "$WORK/emulate.log")" >&2; exit 1; }
-for i in $I_WARM $I_BURST $I_CHURN $I_RSS; do
-    for _ in $(seq 200); do [ -f "$WORK/nodes/$i.json" ] && break; sleep 0.1; done
-    [ -f "$WORK/nodes/$i.json" ] || { echo "emulator wrote no node config for $i" >&2; exit 1; }
-done
+start_bg "$BIN" emulate --netns --listen 127.0.0.1:0 --vpc-netns "$VPC_NS" --config "$WORK/region.json" \
+    --node-configs "$WORK/nodes" > "$WORK/emulate.out" 2> "$WORK/emulate.log"
+EMU_PID=$BG_PID
+wait_emulator "$I_WARM" "$I_BURST" "$I_CHURN" "$I_RSS"
 
-admin() { # admin METHOD PATH [JSON]
-    curl -sS --fail-with-body -X "$1" ${3:+--data "$3"} "http://$ADDR$2"
-}
-
-node_conf() { echo "$WORK/nodes/$1.json"; }
-node_sock() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["socket_path"])' "$(node_conf "$1")"; }
-# set_node_keys INSTANCE JSON: merges keys into the daemon config the emulator wrote.
-set_node_keys() {
-    python3 -c '
-import json, sys
-p = sys.argv[1]; c = json.load(open(p)); c.update(json.loads(sys.argv[2]))
-json.dump(c, open(p, "w"), indent=1)' "$(node_conf "$1")" "$2"
-}
-pool_json() { "$BIN" pool --json --socket "$(node_sock "$1")"; }
-pool_field() { # pool_field INSTANCE KEY
-    pool_json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$2"
-}
-
-start_daemon() { # start_daemon INSTANCE: runs the daemon in the instance namespace until it answers
-    local sock
-    sock=$(node_sock "$1")
-    ip netns exec "$1" env $DAEMON_ENV "$BIN" daemon --config "$(node_conf "$1")" 2> "$WORK/daemon-$1.log" 9>&- &
-    DAEMON_PID=$!
-    echo "$DAEMON_PID" >> "$STATE_DIR/pids"
-    for _ in $(seq 600); do
-        "$BIN" pool --socket "$sock" > /dev/null 2>&1 && return 0
-        kill -0 "$DAEMON_PID" 2>/dev/null || { echo "daemon on $1 exited: $(cat "$WORK/daemon-$1.log")" >&2; exit 1; }
-        sleep 0.1
-    done
-    echo "daemon on $1 did not come up: $(cat "$WORK/daemon-$1.log")" >&2
-    exit 1
-}
 stop_daemon() {
     kill -TERM "$DAEMON_PID"
     wait "$DAEMON_PID" || true
@@ -190,9 +97,6 @@ save_metrics() {
 }
 rss_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 
-terway_conf() { # terway_conf INSTANCE FILE
-    echo "{\"cniVersion\":\"1.0.0\",\"name\":\"terway\",\"type\":\"terway\",\"daemon_socket\":\"$(node_sock "$1")\"}" > "$2"
-}
 echo "{\"cniVersion\":\"1.0.0\",\"name\":\"bench\",\"type\":\"ptp\",\"ipMasq\":false,\"mtu\":1500,
   \"ipam\":{\"type\":\"host-local\",\"subnet\":\"10.253.0.0/16\",\"dataDir\":\"$WORK/host-local\"}}" > "$WORK/ptp.conf"
 
@@ -253,16 +157,9 @@ fill) # fill N TERWAY-CONF: N ADDs one after another
 esac
 INNER
 inner() { # inner NODE-NS WHAT ARGS...
-    # In the background and waited for, so that Ctrl-C stops the run at once (the trap runs as
-    # soon as the signal arrives, and the clean-up stops the loop).
-    local ns=$1 rc=0
+    local ns=$1
     shift
-    ip netns exec "$ns" bash "$WORK/inner.sh" "$WORK" "$BIN" "$REF" "$@" 9>&- &
-    INNER_PID=$!
-    echo "$INNER_PID" >> "$STATE_DIR/pids"
-    wait "$INNER_PID" || rc=$?
-    INNER_PID=
-    return $rc
+    run_bg ip netns exec "$ns" bash "$WORK/inner.sh" "$WORK" "$BIN" "$REF" "$@"
 }
 add_netns() { for n in "$@"; do ip netns add "$n"; done; }
 del_netns() { for n in "$@"; do ip netns del "$n" 2>/dev/null || true; done; }
@@ -280,10 +177,10 @@ if want 1; then
     done
     [ "$idle" -ge "$WARM_MIN" ] || { echo "pool did not warm up: idle $idle" >&2; exit 1; }
     echo "    pool warm (idle $idle); $N ADDs and $N DELs per plugin, interleaved"
-    terway_conf "$I_WARM" "$WORK/warm.conf"
+    terway_conf "$I_WARM"
     for i in $(seq "$N"); do add_netns "twbench-wt$i" "twbench-wp$i"; done
     save_metrics "$I_WARM" > "$WORK/saves.before"
-    inner "$I_WARM" warm "$N" "$WORK/warm.conf" > "$WORK/warm.times"
+    inner "$I_WARM" warm "$N" "$WORK/$I_WARM.conf" > "$WORK/warm.times"
     save_metrics "$I_WARM" > "$WORK/saves.after"
     stop_daemon
     # The same operations from one running program, in the same node namespace.
@@ -301,9 +198,9 @@ if want 2; then
     admin PUT /admin/timing "{\"attach_delay_ms\": $ATTACH_MS, \"detach_delay_ms\": $ATTACH_MS, \"metadata_lag_ms\": $LAG_MS}" > /dev/null
     admin PUT /admin/faults "{\"latency_ms\": {\"AssignPrivateIpAddresses\": $ASSIGN_MS, \"CreateNetworkInterface\": $CREATE_MS}}" > /dev/null
     admin DELETE /admin/calls > /dev/null
-    terway_conf "$I_BURST" "$WORK/burst.conf"
+    terway_conf "$I_BURST"
     for i in $(seq "$BURST"); do add_netns "twbench-b$i"; done
-    inner "$I_BURST" burst "$BURST" "$WORK/burst.conf" > "$WORK/burst.result"
+    inner "$I_BURST" burst "$BURST" "$WORK/$I_BURST.conf" > "$WORK/burst.result"
     read -r burst_us burst_failed < "$WORK/burst.result"
     admin GET /admin/calls > "$WORK/burst.calls"
     if [ "$burst_failed" != 0 ]; then
@@ -348,10 +245,10 @@ PY
     start_daemon "$I_CHURN"
     sleep 1   # let startup settle, then count only what the churn causes
     admin DELETE /admin/calls > /dev/null
-    terway_conf "$I_CHURN" "$WORK/churn.conf"
+    terway_conf "$I_CHURN"
     for i in $(seq "$SLOTS"); do add_netns "twbench-c$i"; done
     t0=$EPOCHREALTIME
-    inner "$I_CHURN" churn "$WORK/churn.plan" "$WORK/churn.conf"
+    inner "$I_CHURN" churn "$WORK/churn.plan" "$WORK/$I_CHURN.conf"
     t1=$EPOCHREALTIME
     churn_ms=$(( (${t1/./} - ${t0/./}) / 1000 ))
     admin GET /admin/calls > "$WORK/churn.calls"
@@ -369,9 +266,9 @@ if want 4; then
     rss_idle=$(rss_kib "$DAEMON_PID" VmRSS)
     threads_idle=$(rss_kib "$DAEMON_PID" Threads)
     capacity=$(pool_field "$I_RSS" capacity)
-    terway_conf "$I_RSS" "$WORK/rss.conf"
+    terway_conf "$I_RSS"
     for i in $(seq "$RSS_PODS"); do add_netns "twbench-r$i"; done
-    inner "$I_RSS" fill "$RSS_PODS" "$WORK/rss.conf"
+    inner "$I_RSS" fill "$RSS_PODS" "$WORK/$I_RSS.conf"
     sleep 1
     rss_pods=$(rss_kib "$DAEMON_PID" VmRSS)
     hwm_pods=$(rss_kib "$DAEMON_PID" VmHWM)

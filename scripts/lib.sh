@@ -163,22 +163,27 @@ wait_emulator() {
     done
 }
 # The nodes of the emulated VPC (their daemon configs in WORK/nodes, BIN the terway binary).
-admin() { curl -sS --fail-with-body -X "$1" "http://$ADDR$2"; }
+admin() { curl -sS --fail-with-body -X "$1" ${3:+--data "$3"} "http://$ADDR$2"; } # admin METHOD PATH [JSON]
 
 node_conf() { echo "$WORK/nodes/$1.json"; }
 node_sock() { json_get 'd["socket_path"]' < "$(node_conf "$1")"; }
-pool_field() { "$BIN" pool --json --socket "$(node_sock "$1")" | json_get "d[\"$2\"]"; }
+pool_json() { "$BIN" pool --json --socket "$(node_sock "$1")"; }
+pool_field() { pool_json "$1" | json_get "d[\"$2\"]"; }
 set_node_keys() { # set_node_keys INSTANCE JSON: merges keys into the daemon config the emulator wrote
     python3 -c '
 import json, sys
 p = sys.argv[1]; c = json.load(open(p)); c.update(json.loads(sys.argv[2]))
 json.dump(c, open(p, "w"), indent=1)' "$(node_conf "$1")" "$2"
 }
-start_daemon() { # start_daemon INSTANCE: runs the daemon in the instance namespace until it answers
+# start_daemon INSTANCE: runs the daemon (with DAEMON_ENV, if set) in the instance namespace until
+# it answers; DAEMON_PID is its pid.
+start_daemon() {
     local sock
     sock=$(node_sock "$1")
-    start_bg ip netns exec "$1" "$BIN" daemon --config "$(node_conf "$1")" 2> "$WORK/daemon-$1.log"
-    for _ in $(seq 300); do
+    # shellcheck disable=SC2086 # DAEMON_ENV is a list of VAR=value words
+    start_bg ip netns exec "$1" env ${DAEMON_ENV:-} "$BIN" daemon --config "$(node_conf "$1")" 2> "$WORK/daemon-$1.log"
+    DAEMON_PID=$BG_PID
+    for _ in $(seq 600); do
         "$BIN" pool --socket "$sock" > /dev/null 2>&1 && return 0
         kill -0 "$BG_PID" 2>/dev/null || fail "daemon on $1 exited: $(cat "$WORK/daemon-$1.log")"
         sleep 0.1
