@@ -114,8 +114,6 @@ pub struct Store {
     path: PathBuf,
     /// The log of the current cycle, once a snapshot started one.
     log: Option<journal::Log>,
-    /// The id of the last cycle started or loaded, so that the next is different.
-    last_id: std::cell::Cell<u64>,
     /// The log's size in bytes; 0: no log, every save is a snapshot.
     log_capacity: u64,
 }
@@ -131,7 +129,6 @@ impl Store {
         Store {
             path: path.into(),
             log: None,
-            last_id: std::cell::Cell::new(0),
             log_capacity: journal::CAPACITY,
         }
     }
@@ -201,11 +198,10 @@ impl Store {
             return Ok(None);
         };
         let id = state.journal_id;
-        if id != 0 {
-            self.last_id.set(id);
-            if let Some(newer) = self.replay(id)? {
-                state = newer;
-            }
+        if id != 0
+            && let Some(newer) = self.replay(id)?
+        {
+            state = newer;
         }
         state.journal_id = 0;
         Ok(Some(state))
@@ -371,14 +367,7 @@ impl Store {
     /// Replaces the state file atomically (keeping the one it replaces as `.prev`) and starts a
     /// new log cycle after it.
     pub fn snapshot(&mut self, state: &State) -> Result<()> {
-        let mut id = crate::clock::now_ms()
-            .wrapping_mul(1_000_003)
-            .wrapping_add(u64::from(std::process::id()))
-            | 1;
-        while id == self.last_id.get() {
-            id = id.wrapping_add(2);
-        }
-        self.last_id.set(id);
+        let id = cycle_id()?;
         // The old cycle's records must never follow the new snapshot: drop the log first.
         self.log = None;
         let mut snap = state.clone();
@@ -498,6 +487,22 @@ pub(crate) fn open_regular(opts: &mut OpenOptions, path: &Path) -> std::io::Resu
             "it is {what}, not a regular file"
         ))),
     }
+}
+
+/// A new log cycle's id: random, so that no other cycle (of this store, another store, another
+/// process, before a clock step) has it, and never 0 (no cycle).
+fn cycle_id() -> Result<u64> {
+    let mut bytes = [0u8; 8];
+    // SAFETY: the buffer is valid for its length; getrandom writes at most that many bytes.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        let e = std::io::Error::last_os_error();
+        return Err(Error::new(
+            Kind::Io,
+            format!("getrandom for a state log cycle id: {e}"),
+        ));
+    }
+    Ok(u64::from_ne_bytes(bytes) | 1)
 }
 
 /// The kernel's id of this boot: allocations from another boot belong to pods that are gone.
