@@ -110,6 +110,14 @@ impl State {
     }
 }
 
+/// Who loads: the daemon (which will save, so a schema-1 file is kept as a copy first) or a
+/// reader beside it (`terway state`), which writes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Owner,
+    Reader,
+}
+
 pub struct Store {
     path: PathBuf,
     /// The log of the current cycle, once a snapshot started one.
@@ -194,7 +202,11 @@ impl Store {
     /// `Ok(None)` when there is no state file yet (first start). Otherwise the snapshot with
     /// the newest save its log cycle holds (`journal_id` is the store's business: 0).
     pub fn load(&self) -> Result<Option<State>> {
-        let Some(mut state) = self.load_snapshot()? else {
+        self.load_as(Access::Owner)
+    }
+
+    fn load_as(&self, access: Access) -> Result<Option<State>> {
+        let Some(mut state) = self.load_snapshot(access)? else {
             return Ok(None);
         };
         let id = state.journal_id;
@@ -219,7 +231,7 @@ impl Store {
         let mut tries = 0;
         loop {
             let before = inode();
-            let state = self.load()?;
+            let state = self.load_as(Access::Reader)?;
             tries += 1;
             if inode() == before || tries == 10 {
                 return Ok(state);
@@ -274,7 +286,7 @@ impl Store {
         Ok(Some(state))
     }
 
-    fn load_snapshot(&self) -> Result<Option<State>> {
+    fn load_snapshot(&self, access: Access) -> Result<Option<State>> {
         let unreadable = |e: std::io::Error| {
             Error::new(
                 Kind::State,
@@ -324,7 +336,9 @@ impl Store {
         }
         if schema == Some(1) {
             value = migrate::from_schema1(value).map_err(|e| corrupt(&e))?;
-            self.keep_schema1_copy()?;
+            if access == Access::Owner {
+                self.keep_schema1_copy()?;
+            }
         }
         let state: State = serde_json::from_value(value).map_err(|e| corrupt(&e))?;
         Ok(Some(state))

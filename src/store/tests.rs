@@ -465,3 +465,29 @@ mod journal_tests;
 fn boot_id_is_readable() {
     assert_eq!(read_boot_id().unwrap().len(), 36);
 }
+
+#[test]
+fn a_reader_of_a_schema1_file_writes_nothing_the_owner_keeps_a_copy() {
+    let d = tmpdir("schema1-reader");
+    let path = d.join("state.json");
+    std::fs::write(
+        &path,
+        include_str!("../../tests/fixtures/state-schema1-vpc.json"),
+    )
+    .unwrap();
+    let store = Store::new(path.clone());
+    let read = store.read_live().unwrap().expect("migrated");
+    assert!(!read.allocations.is_empty());
+    let names = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&d), ["state.json"], "terway state writes nothing");
+    assert_eq!(store.load().unwrap(), Some(read));
+    assert_eq!(names(&d), ["state.json", "state.json.schema1"]);
+    std::fs::remove_dir_all(d).unwrap();
+}
