@@ -21,6 +21,16 @@ use std::time::{Duration, Instant};
 /// Tags on every ENI we create: let a restart find ENIs leaked by a crash between create and
 /// attach, and `terway node cleanup` / `terway eni list` find what terway made.
 pub use crate::cloud::lifecycle::{TAG_CREATOR, TAG_NODE};
+
+/// What a resync saw.
+pub struct Observation {
+    /// Our ENIs attached to this instance, each with its prepared route table.
+    pub enis: Vec<(EniFacts, u32)>,
+    /// Free addresses per vSwitch (for the `most` selection policy).
+    pub vswitch_free: Vec<(String, u64)>,
+    /// The vSwitches asked for were refreshed (false when none were asked for).
+    pub vswitches_refreshed: bool,
+}
 pub const WORKERS: usize = 8;
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Every cloud job's deadline: its throttled calls are retried until then. Waiting for the
@@ -250,6 +260,39 @@ impl EniOps {
             DeviceUse::Exclusive if fresh => eni_device::wait(&facts.id, &facts.mac).map(|_| 0),
             DeviceUse::Exclusive => Ok(0),
         }
+    }
+
+    /// At start: our ENIs listed once, the leaked ones (unattached) deleted, the attached ones
+    /// observed. Nothing is in flight yet, so an unattached ENI of ours is not one being created.
+    pub fn observe_at_start(&self) -> Result<Vec<(EniFacts, u32)>> {
+        let listed = |e: Error| {
+            cloud_err(
+                &format!("list the ENIs attached to {}", self.node.info.instance_id),
+                e,
+            )
+        };
+        let ours = self.list_ours().map_err(listed)?;
+        self.delete_leaked_from(&ours);
+        self.observe_from(ours).map_err(listed)
+    }
+
+    /// A resync (both modes): our ENIs listed once, the leaked ones deleted, the free counts of
+    /// `vswitches` refreshed (none: no call), the attached ones observed. Runs only while
+    /// nothing else is in flight (and nothing new goes out until it reports), so an unattached
+    /// ENI of ours is not one being created.
+    pub fn observe_all(&self, vswitches: &[String]) -> Result<Observation> {
+        let ours = self.list_ours()?;
+        self.delete_leaked_from(&ours);
+        let vswitches_refreshed = !vswitches.is_empty()
+            && self
+                .refresh_vswitches(vswitches)
+                .inspect_err(|e| log::warn!("resync: {e}"))
+                .is_ok();
+        Ok(Observation {
+            enis: self.observe_from(ours)?,
+            vswitch_free: self.vswitch_free(),
+            vswitches_refreshed,
+        })
     }
 
     /// Every ENI created for this node, attached or not, in one listing (by our tag): the

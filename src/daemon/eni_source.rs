@@ -3,7 +3,7 @@
 //! operation: its listing would be stale), the pool's random numbers, the reload of what new
 //! ENIs get, and the views of blocked vSwitches.
 
-use super::eni_ops::{EniOps, NodeFacts, eni_tags, node_vswitches};
+use super::eni_ops::{EniOps, NodeFacts, Observation, eni_tags, node_vswitches};
 use crate::cloud::codes;
 use crate::config::{Config, VSwitchPolicy};
 use crate::pool::shared_eni::{BlockedVSwitch, CloudFailure};
@@ -117,6 +117,8 @@ pub const VSWITCH_REFRESH_MS: u64 = 10 * 60 * 1000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VSwitchRefresh {
     asked_at: Option<u64>,
+    /// The running resync asks.
+    asking: bool,
 }
 
 impl VSwitchRefresh {
@@ -124,6 +126,7 @@ impl VSwitchRefresh {
     pub fn asked(now: u64) -> VSwitchRefresh {
         VSwitchRefresh {
             asked_at: Some(now),
+            asking: false,
         }
     }
 
@@ -136,8 +139,18 @@ impl VSwitchRefresh {
                 .is_none_or(|t| now.saturating_sub(t) >= VSWITCH_REFRESH_MS);
         if due {
             self.asked_at = Some(now);
+            self.asking = true;
         }
         due
+    }
+
+    /// The resync ended; `refreshed`: it got the counts it asked for. Counts asked for but
+    /// not had are asked for by the next resync.
+    pub fn finished(&mut self, refreshed: bool) {
+        if self.asking && !refreshed {
+            self.asked_at = None;
+        }
+        self.asking = false;
     }
 
     /// The vSwitch list changed: the next resync asks.
@@ -239,7 +252,10 @@ impl EniCommon {
     /// A resync reported back; a failed one is not retried early for a while. When the cloud
     /// throttled this node's calls since the last resync (its own or the pool's: the region is
     /// busy, and its budgets are every node's), the next resync waits longer.
-    pub fn resync_done(&mut self, ok: bool, now: u64) {
+    pub fn resync_done(&mut self, seen: Option<&Observation>, now: u64) {
+        let ok = seen.is_some();
+        self.vswitch_refresh
+            .finished(seen.is_some_and(|o| o.vswitches_refreshed));
         self.done();
         self.observing = false;
         let total = self.ops.cloud.ecs.throttled_total();
@@ -379,6 +395,14 @@ mod tests {
         r.forget();
         assert!(!r.due(VSwitchPolicy::Ordered, 5_000_000));
         assert!(r.due(VSwitchPolicy::Most, 1_000 + VSWITCH_REFRESH_MS + 2));
+        // A resync that asked but did not get the counts (throttled, failed): the next asks.
+        r.finished(false);
+        assert!(r.due(VSwitchPolicy::Most, 1_000 + VSWITCH_REFRESH_MS + 3));
+        r.finished(true);
+        assert!(!r.due(VSwitchPolicy::Most, 1_000 + VSWITCH_REFRESH_MS + 4));
+        // One that did not ask keeps the counts' age, whatever it got.
+        r.finished(false);
+        assert!(!r.due(VSwitchPolicy::Most, 1_000 + VSWITCH_REFRESH_MS + 5));
     }
 
     #[test]

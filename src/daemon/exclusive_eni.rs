@@ -4,7 +4,7 @@
 //! service CIDR and node traffic. The pure pool (`pool::exclusive_eni`) decides; its create and
 //! delete operations run as jobs on the cloud workers (`eni_ops`).
 
-use super::eni_ops::{DeviceUse, EniOps, NodeFacts, OP_DEADLINE, RESYNC_DEADLINE};
+use super::eni_ops::{DeviceUse, EniOps, NodeFacts, OP_DEADLINE, Observation, RESYNC_DEADLINE};
 use super::eni_source::{
     EniCommon, blocked_views, count_findings, last_error, orphaned_owners, unservable,
 };
@@ -29,8 +29,8 @@ const WORKERS: usize = 4;
 /// What an exclusive-ENI job reports back to the loop.
 pub enum Done {
     Op(CloudOutcome),
-    /// A resync: our ENIs attached to this instance, or why the listing failed.
-    Observed(std::result::Result<Vec<EniFacts>, String>),
+    /// A resync: what the cloud says, or why it failed.
+    Observed(std::result::Result<Observation, String>),
 }
 
 pub struct ExclusiveEniSource {
@@ -68,18 +68,8 @@ impl ExclusiveEniSource {
                 .map(|e| (e.instance_id.as_str(), &e.pool)),
         );
         let mut pool = Pool::new(pool_config(config, &node), saved);
-        // One listing of ours (by tag) serves the leaked-ENI clean-up and the reconcile.
-        let listed = |e: crate::Error| {
-            cloud_err(
-                &format!("list the ENIs attached to {}", node.info.instance_id),
-                e,
-            )
-        };
-        let ours = ops.list_ours().map_err(listed)?;
-        ops.delete_leaked_from(&ours);
         let observed: Vec<EniFacts> = ops
-            .observe_from(ours)
-            .map_err(listed)?
+            .observe_at_start()?
             .into_iter()
             .map(|(f, _)| f)
             .collect();
@@ -240,22 +230,7 @@ impl AddressSource for ExclusiveEniSource {
                 // As in shared mode: the resync holds the pool, so it yields when throttled.
                 move || {
                     with_deadline(Instant::now() + RESYNC_DEADLINE, || {
-                        // One listing of ours serves the leaked-ENI clean-up and the reconcile.
-                        let ours = ops.list_ours();
-                        match &ours {
-                            Ok(list) => ops.delete_leaked_from(list),
-                            Err(e) => log::warn!("list our ENIs: {e}"),
-                        }
-                        if !vswitches.is_empty()
-                            && let Err(e) = ops.refresh_vswitches(&vswitches)
-                        {
-                            log::warn!("resync: {e}");
-                        }
-                        Done::Observed(
-                            ours.and_then(|list| ops.observe_from(list))
-                                .map(|l| l.into_iter().map(|(f, _)| f).collect())
-                                .map_err(|e| e.msg),
-                        )
+                        Done::Observed(ops.observe_all(&vswitches).map_err(|e| e.msg))
                     })
                 },
                 || Done::Observed(Err("resync panicked (a bug)".into())),
@@ -266,7 +241,7 @@ impl AddressSource for ExclusiveEniSource {
 
     fn apply(&mut self, done: Done, now: u64) {
         match &done {
-            Done::Observed(r) => self.common.resync_done(r.is_ok(), now),
+            Done::Observed(r) => self.common.resync_done(r.as_ref().ok(), now),
             Done::Op(_) => self.common.done(),
         }
         match done {
@@ -276,10 +251,11 @@ impl AddressSource for ExclusiveEniSource {
                 }
                 self.pool.apply(outcome, now);
             }
-            Done::Observed(Ok(facts)) => {
-                for (vsw, free) in self.common.ops.vswitch_free() {
-                    self.pool.set_vswitch_free(&vsw, free);
+            Done::Observed(Ok(seen)) => {
+                for (vsw, free) in &seen.vswitch_free {
+                    self.pool.set_vswitch_free(vsw, *free);
                 }
+                let facts: Vec<EniFacts> = seen.enis.into_iter().map(|(f, _)| f).collect();
                 let report = self.pool.reconcile(&facts, now);
                 count_findings(
                     report.lost.len(),

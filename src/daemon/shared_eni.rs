@@ -84,16 +84,7 @@ impl SharedEniSource {
                 .map(|e| (e.instance_id.as_str(), &e.pool)),
         );
         let mut pool = Pool::new(pool_config(config, &node), saved);
-        // One listing of ours (by tag) serves the leaked-ENI clean-up and the reconcile.
-        let listed = |e: crate::Error| {
-            cloud_err(
-                &format!("list the ENIs attached to {}", node.info.instance_id),
-                e,
-            )
-        };
-        let ours = ops.list_ours().map_err(listed)?;
-        ops.delete_leaked_from(&ours);
-        let observed = ops.observe_from(ours).map_err(listed)?;
+        let observed = ops.observe_at_start()?;
         for v in ops.vswitch_free() {
             pool.set_vswitch_free(&v.0, v.1);
         }
@@ -299,7 +290,7 @@ impl AddressSource for SharedEniSource {
 
     fn apply(&mut self, done: CloudDone, now: u64) {
         match &done {
-            CloudDone::Observed(r) => self.common.resync_done(r.is_ok(), now),
+            CloudDone::Observed(r) => self.common.resync_done(r.as_ref().ok(), now),
             CloudDone::Op { .. } => self.common.done(),
         }
         match done {

@@ -1,9 +1,9 @@
 //! Shared ENI mode's cloud jobs: the pool's operations carried out with the ENI operations, and
 //! the periodic resync. What each reports back to the loop.
 
-use super::eni_ops::{EniOps, NodeFacts, OP_DEADLINE, RESYNC_DEADLINE, to_failure};
+use super::eni_ops::{EniOps, NodeFacts, OP_DEADLINE, Observation, RESYNC_DEADLINE, to_failure};
 use crate::cloud::openapi::with_deadline;
-use crate::pool::shared_eni::{CloudFailure, CloudOp, CloudOutcome, EniFacts};
+use crate::pool::shared_eni::{CloudFailure, CloudOp, CloudOutcome};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
@@ -16,13 +16,6 @@ pub enum CloudDone {
     },
     /// A resync: what the cloud says, or why it failed.
     Observed(std::result::Result<Observation, String>),
-}
-
-pub struct Observation {
-    /// Our ENIs attached to this instance, each with its prepared route table.
-    pub enis: Vec<(EniFacts, u32)>,
-    /// Free addresses per vSwitch (for the `most` selection policy).
-    pub vswitch_free: Vec<(String, u64)>,
 }
 
 impl EniOps {
@@ -154,32 +147,10 @@ pub fn panicked(op: u64) -> CloudDone {
 }
 
 impl EniOps {
-    /// A resync: our ENIs listed once, the leaked ones (unattached) deleted, the counts of
-    /// `vswitches` refreshed (none: no call), the attached ones observed. Runs only
-    /// while nothing else is in flight (and nothing new goes out until it reports), so an
-    /// unattached ENI of ours is not one being created.
+    /// [`EniOps::observe_all`] within [`RESYNC_DEADLINE`].
     pub fn resync(&self, vswitches: &[String]) -> CloudDone {
         with_deadline(Instant::now() + RESYNC_DEADLINE, || {
-            self.resync_now(vswitches)
+            CloudDone::Observed(self.observe_all(vswitches).map_err(|e| e.msg))
         })
-    }
-
-    fn resync_now(&self, vswitches: &[String]) -> CloudDone {
-        // One listing of ours serves both the leaked-ENI clean-up and the reconcile.
-        let ours = self.list_ours();
-        match &ours {
-            Ok(list) => self.delete_leaked_from(list),
-            Err(e) => log::warn!("list our ENIs: {e}"),
-        }
-        if !vswitches.is_empty()
-            && let Err(e) = self.refresh_vswitches(vswitches)
-        {
-            log::warn!("resync: {e}");
-        }
-        let observed = ours.and_then(|list| self.observe_from(list));
-        CloudDone::Observed(observed.map_err(|e| e.msg).map(|enis| Observation {
-            enis,
-            vswitch_free: self.vswitch_free(),
-        }))
     }
 }
