@@ -63,8 +63,18 @@ fn cloud_view(cloud: &Cloud, instance: &str) -> (BTreeSet<String>, BTreeSet<Stri
     (ips, enis)
 }
 
-/// The daemon's pool and the cloud agree exactly: no leaked ENI or address, none missing.
-fn assert_no_leaks(cloud: &Cloud, node: &EniNode) {
+/// [`assert_no_leaks`] once the operations still in flight are done: a call retried after
+/// throttling may wait out its back-off (up to 20 s) before its delete or unassign goes out.
+fn assert_no_leaks_once_settled(cloud: &Cloud, node: &EniNode) {
+    wait_until(Duration::from_secs(30), || {
+        let (daemon_ips, daemon_enis) = daemon_view(node);
+        (daemon_ips, daemon_enis) == cloud_view(cloud, &node.ns)
+    });
+    assert_no_leaks(cloud, node);
+}
+
+/// Every address and ENI the daemon's pool has.
+fn daemon_view(node: &EniNode) -> (BTreeSet<String>, BTreeSet<String>) {
     let pool = node.pool();
     let mut daemon_ips = BTreeSet::new();
     let mut daemon_enis = BTreeSet::new();
@@ -74,6 +84,12 @@ fn assert_no_leaks(cloud: &Cloud, node: &EniNode) {
             daemon_ips.insert(ip["ip"].as_str().unwrap().to_string());
         }
     }
+    (daemon_ips, daemon_enis)
+}
+
+/// The daemon's pool and the cloud agree exactly: no leaked ENI or address, none missing.
+fn assert_no_leaks(cloud: &Cloud, node: &EniNode) {
+    let (daemon_ips, daemon_enis) = daemon_view(node);
     let (cloud_ips, cloud_enis) = cloud_view(cloud, &node.ns);
     assert_eq!(daemon_enis, cloud_enis, "ENIs: daemon vs cloud");
     assert_eq!(daemon_ips, cloud_ips, "addresses: daemon vs cloud");
@@ -369,8 +385,7 @@ fn throttling_and_injected_errors_still_serve_every_pod_without_leaks() {
         "settles: {}",
         a.pool()
     );
-    std::thread::sleep(Duration::from_secs(1));
-    assert_no_leaks(&cloud, &a);
+    assert_no_leaks_once_settled(&cloud, &a);
 }
 
 #[test]
@@ -418,8 +433,7 @@ fn sigkill_mid_burst_loses_and_duplicates_nothing() {
     assert_eq!(distinct.len(), 20, "no address handed out twice: {ips:?}");
     assert!(pods[3].ping(&ips[&17]));
     del_pods(&a, "kill", &pods);
-    std::thread::sleep(Duration::from_secs(1));
-    assert_no_leaks(&cloud, &a);
+    assert_no_leaks_once_settled(&cloud, &a);
 }
 
 /// DeleteNetworkInterface is asynchronous: the daemon deletes an ENI leaked for its node once,
