@@ -232,8 +232,7 @@ fn a_full_file_system_does_not_stop_adds_while_the_log_has_room() {
         node.cni("ADD", &format!("ctr-full-{i}"), &pod.path(), &conf)
             .assert_ok();
     }
-    let stored = node.cli(&["state", "--path", state.to_str().unwrap()]);
-    let stored: Value = serde_json::from_slice(&stored.stdout).unwrap();
+    let stored = stored_state_at(&state);
     assert_eq!(stored["allocations"].as_array().unwrap().len(), 3);
     drop(daemon); // SIGKILL: no snapshot at stop
     // The restart's snapshot needs room: free it, and the three pods are known.

@@ -141,9 +141,10 @@ impl Cloud {
         std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
     }
 
-    /// Starts a daemon on node 0 of a fresh cloud that holds one leaked ENI of the node's, and
-    /// returns the cloud calls of the start (until the leak is gone).
-    pub fn calls_of_a_start_with_a_leak(&self) -> Value {
+    /// Starts a daemon on node 0 of a fresh cloud that holds one leaked ENI of the node's: one
+    /// listing of the node's ENIs serves the leak clean-up and the reconcile, and the leak is
+    /// deleted once.
+    pub fn assert_a_start_lists_once_and_deletes_the_leak(&self) {
         let mut a = self.node(0);
         let ecs = self.operator(0);
         let v: Value =
@@ -167,7 +168,12 @@ impl Cloud {
                 .any(|e| e["id"] == leaked.id.as_str() && e["status"] == "Available")
         };
         assert!(wait_until(Duration::from_secs(10), gone), "{}", a.log());
-        self.admin("GET", "/admin/calls", None)
+        let calls = self.admin("GET", "/admin/calls", None);
+        assert_eq!(
+            calls["DescribeNetworkInterfaces"]["total"], 1,
+            "one listing serves the leak clean-up and the reconcile: {calls}"
+        );
+        assert_eq!(calls["DeleteNetworkInterface"]["total"], 1, "{calls}");
     }
 
     pub fn node(&self, i: usize) -> EniNode {
@@ -321,19 +327,9 @@ impl EniNode {
         self.cli_json(&["pool"])
     }
 
-    /// The state on disk as the daemon would load it (`terway state`: the state file and its
-    /// log), read beside the running daemon.
+    /// The state on disk as the daemon would load it (see [`stored_state_at`]).
     pub fn stored_state(&self) -> Value {
-        let out = Command::new(BIN)
-            .args(["state", "--path", self.state.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "terway state: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        stored_state_at(&self.state)
     }
 
     /// The node's own address: the primary ENI's, on `eth0`.

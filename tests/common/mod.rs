@@ -204,19 +204,12 @@ impl Node {
         self.daemon.take().expect("daemon running").stop(signal)
     }
 
-    /// Runs a CLI subcommand against this node's daemon.
-    /// The state on disk as the daemon would load it (`terway state`: the state file and its
-    /// log), read beside the running daemon.
+    /// The state on disk as the daemon would load it (see [`stored_state_at`]).
     pub fn stored_state(&self) -> Value {
-        let out = self.cli(&["state", "--path", self.state_path().to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "terway state: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        stored_state_at(&self.state_path())
     }
 
+    /// Runs a CLI subcommand against this node's daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
@@ -420,6 +413,22 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(25));
     }
     f()
+}
+
+/// The state at `path` as the daemon would load it (`terway state`: the state file and its
+/// log), read beside the running daemon.
+pub fn stored_state_at(path: &Path) -> Value {
+    let out = Command::new(BIN)
+        .args(["state", "--path"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "terway state: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 pub fn link_exists(ns: &str, name: &str) -> bool {
