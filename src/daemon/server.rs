@@ -36,7 +36,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -70,14 +70,16 @@ enum Target {
         hub: Arc<Hub>,
         id: u64,
     },
-    /// For callers in this process (the core's tests): the reply goes to a channel.
+    /// For the core's tests: the reply goes to a channel.
+    #[cfg(test)]
     Channel(Sender<Response>),
 }
 
 impl Responder {
     /// A responder whose reply arrives on the returned receiver (disconnected if dropped unsent).
-    pub fn channel() -> (Responder, Receiver<Response>) {
-        let (tx, rx) = mpsc::channel();
+    #[cfg(test)]
+    pub fn channel() -> (Responder, std::sync::mpsc::Receiver<Response>) {
+        let (tx, rx) = std::sync::mpsc::channel();
         let r = Responder {
             to: Some(Target::Channel(tx)),
         };
@@ -88,6 +90,7 @@ impl Responder {
     pub fn send(mut self, resp: Response) -> std::result::Result<(), Undelivered> {
         let sent = match self.to.take() {
             Some(Target::Conn { hub, id }) => hub.push(id, Some(resp)),
+            #[cfg(test)]
             Some(Target::Channel(tx)) => tx.send(resp).is_ok(),
             None => false,
         };

@@ -8,6 +8,7 @@ use std::io::Read;
 use std::net::Shutdown;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::mpsc;
 
 /// A poll loop on a socket of its own; the test plays the daemon loop on `rx`. The loop thread
 /// lives as long as the test process (as in the daemon).

@@ -2,6 +2,7 @@ use super::loop_tests::{answer, serve};
 use super::*;
 use crate::model::{AttachKey, PodRef};
 use proptest::prelude::*;
+use std::sync::mpsc;
 
 fn config() -> ProptestConfig {
     crate::prop_support::proptest_config(2000)
