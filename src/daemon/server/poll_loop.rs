@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Connections accepted per wake-up, so that a flood of them cannot starve replies.
 const ACCEPT_BATCH: usize = 64;
-/// How often connections beyond what one poll may watch are tried (see `Loop::poll_max`).
+/// How often connections beyond what one poll may watch are tried (see `Loop::wait`).
 const OVERFLOW_TICK: Duration = Duration::from_millis(20);
 
 /// Serves `listener` with at most `cap` connections, forever.
@@ -58,7 +58,6 @@ pub(super) fn run<M: From<RpcCall>>(
         spare: std::fs::File::open("/dev/null").ok(),
         accept_after: None,
         chunk: vec![0u8; 64 << 10],
-        poll_max: fd_limit(),
     }
     .run()
 }
@@ -87,10 +86,6 @@ struct Loop<M> {
     /// The listener is left out of the poll set until then (accept failed; never spin on it).
     accept_after: Option<Instant>,
     chunk: Vec<u8>,
-    /// The most descriptors one poll may watch: poll refuses more than the soft RLIMIT_NOFILE
-    /// (EINVAL), and the limit can be lowered under a running daemon below what it has open.
-    /// Connections beyond it are tried every [`OVERFLOW_TICK`] instead of polled.
-    poll_max: usize,
 }
 
 impl<M: From<RpcCall>> Loop<M> {
@@ -124,9 +119,10 @@ impl<M: From<RpcCall>> Loop<M> {
         let listen = self.accept_after.is_none();
         let limit = self.gate.deadline;
         let mut wake_at = self.accept_after;
-        if self.conns.len() + 2 > self.poll_max {
-            self.poll_max = fd_limit();
-        }
+        // The most descriptors one poll may watch: poll refuses more than the soft
+        // RLIMIT_NOFILE (EINVAL), and the limit can be lowered under a running daemon below what
+        // it has open. Connections beyond it are tried every OVERFLOW_TICK instead of polled.
+        let poll_max = fd_limit();
         let mut fds = Vec::with_capacity(self.conns.len() + 2);
         let mut ids = Vec::with_capacity(self.conns.len());
         let mut overflow = Vec::new();
@@ -139,7 +135,7 @@ impl<M: From<RpcCall>> Loop<M> {
                 wake_at = Some(wake_at.map_or(d, |w| w.min(d)));
             }
             if let Some(ev) = c.interest() {
-                if fds.len() < self.poll_max {
+                if fds.len() < poll_max {
                     fds.push(PollFd::new(c.stream.as_fd(), ev));
                     ids.push(*id);
                 } else {
@@ -148,21 +144,17 @@ impl<M: From<RpcCall>> Loop<M> {
             }
         }
         if !overflow.is_empty() {
+            self.gate.warn(format_args!(
+                "rpc: {} connections beyond what one poll may watch (RLIMIT_NOFILE {poll_max}); trying them every {} ms",
+                overflow.len(),
+                OVERFLOW_TICK.as_millis()
+            ));
             let tick = now + OVERFLOW_TICK;
             wake_at = Some(wake_at.map_or(tick, |w| w.min(tick)));
         }
         match poll(&mut fds, timeout(wake_at, now)) {
             Ok(_) => {}
             Err(Errno::EINTR) => return None,
-            Err(Errno::EINVAL) if fds.len() > 2 => {
-                self.gate.warn(format_args!(
-                    "rpc: poll refuses {} descriptors (RLIMIT_NOFILE lowered?); trying the rest every {} ms",
-                    fds.len(),
-                    OVERFLOW_TICK.as_millis()
-                ));
-                self.poll_max = fd_limit().min(fds.len() - 1);
-                return None;
-            }
             Err(e) => {
                 self.gate.warn(format_args!("rpc: poll: {e}"));
                 std::thread::sleep(ACCEPT_BACKOFF);
