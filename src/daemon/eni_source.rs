@@ -66,13 +66,19 @@ impl ResyncSchedule {
     /// last one: the interval doubles and counts from now. False (run it) once the interval is
     /// at its cap, so a resync still comes at least every [`RESYNC_MAX_STRETCH`] periods.
     pub fn postpone(&mut self, now: u64, random: u64) -> bool {
-        let most = self.every_ms.saturating_mul(RESYNC_MAX_STRETCH);
-        if self.interval_ms >= most {
+        if !self.stretch() {
             return false;
         }
-        self.interval_ms = self.interval_ms.saturating_mul(2).min(most);
         self.schedule(now, random);
         true
+    }
+
+    /// Doubles the interval up to its cap; false when it already was there.
+    fn stretch(&mut self) -> bool {
+        let most = self.every_ms.saturating_mul(RESYNC_MAX_STRETCH);
+        let stretched = self.interval_ms < most;
+        self.interval_ms = self.interval_ms.saturating_mul(2).min(most);
+        stretched
     }
 
     /// A resync starts at `now`: the next one is an interval later.
@@ -87,8 +93,7 @@ impl ResyncSchedule {
             self.retry_at = now.saturating_add(RESYNC_RETRY_MS);
         }
         if throttled {
-            let most = self.every_ms.saturating_mul(RESYNC_MAX_STRETCH);
-            self.interval_ms = self.interval_ms.saturating_mul(2).min(most);
+            self.stretch();
             // Counted from now: a throttled resync may have taken a while.
             self.schedule(now, random);
         } else if ok {
