@@ -6,7 +6,7 @@ use crate::jobs::{Done, Job, Kind};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 use terway::daemon::core::WAIT_TIMEOUT_MS;
-use terway::daemon::eni_source::{ResyncSchedule, VSwitchRefresh};
+use terway::daemon::eni_source::{ResyncSchedule, ResyncStart, VSwitchRefresh, xorshift};
 use terway::daemon::waiters::{Waiter, Waiters};
 use terway::model::{AttachKey, PodRef};
 use terway::pool::shared_eni::{CloudOp, CloudOutcome, Pool, PoolConfig, PoolState};
@@ -55,7 +55,7 @@ pub struct PoolNode {
     outstanding: usize,
     observing: bool,
     resync: ResyncSchedule,
-    /// The client's throttled attempts since the last resync ended or was postponed.
+    /// The client's throttled attempts so far.
     throttled: u64,
     random: u64,
     vswitch_refresh: VSwitchRefresh,
@@ -78,12 +78,7 @@ impl PoolNode {
     }
 
     fn next_random(&mut self) -> u64 {
-        let mut x = self.random;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.random = x;
-        x
+        xorshift(&mut self.random)
     }
 
     fn waiter(pod: PodId, now: u64) -> Waiter<PodId> {
@@ -105,15 +100,17 @@ impl PoolNode {
 
     /// `EniCommon::start_resync`.
     fn start_resync(&mut self, now: u64) -> bool {
-        if self.outstanding > 0 || !self.resync.due(now, false) {
+        if self.outstanding > 0 {
             return false;
         }
-        let random = self.next_random();
-        if self.throttled > 0 && self.resync.postpone(now, random) {
-            self.throttled = 0;
+        let (throttled, random) = (self.throttled, &mut self.random);
+        if self
+            .resync
+            .try_start(now, false, throttled, || xorshift(random))
+            != ResyncStart::Started
+        {
             return false;
         }
-        self.resync.started(now, random);
         self.outstanding += 1;
         self.observing = true;
         true
@@ -145,9 +142,9 @@ impl Daemon for PoolNode {
             Done::Observed(result) => {
                 self.observing = false;
                 let random = self.next_random();
-                // `EniCommon::resync_done`: throttled since the last resync (or postponement)?
-                let throttled = std::mem::take(&mut self.throttled) > 0;
-                self.resync.done(result.is_ok(), throttled, now, random);
+                // `EniCommon::resync_done`.
+                self.resync
+                    .finished(result.is_ok(), self.throttled, now, random);
                 if let Ok(facts) = result {
                     self.pool.reconcile(&facts, now);
                 }

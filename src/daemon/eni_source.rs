@@ -35,6 +35,18 @@ pub struct ResyncSchedule {
     next: u64,
     /// After a failed resync a wanted (early) one waits until then.
     retry_at: u64,
+    /// The node's throttled attempts (a running total) when the last resync ended or was put
+    /// off: more now means the cloud throttled the node since.
+    throttled_seen: u64,
+}
+
+/// What [`ResyncSchedule::try_start`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResyncStart {
+    NotDue,
+    /// Due, but put off: the node was throttled since the last one.
+    PutOff,
+    Started,
 }
 
 impl ResyncSchedule {
@@ -45,6 +57,7 @@ impl ResyncSchedule {
             interval_ms: every_ms,
             next: u64::MAX,
             retry_at: 0,
+            throttled_seen: 0,
         };
         s.schedule(now, random);
         s
@@ -100,6 +113,37 @@ impl ResyncSchedule {
             // Back by halves: nodes that all reset at once would throttle each other again.
             self.interval_ms = (self.interval_ms / 2).max(self.every_ms);
         }
+    }
+
+    /// Whether a resync starts at `now` (see [`ResyncSchedule::due`]; a wanted one is never put
+    /// off); `throttled_total`: the node's throttled attempts so far; `random` is drawn only
+    /// when a resync is due. Started counts it as started.
+    pub fn try_start(
+        &mut self,
+        now: u64,
+        wanted: bool,
+        throttled_total: u64,
+        random: impl FnOnce() -> u64,
+    ) -> ResyncStart {
+        if !self.due(now, wanted) {
+            return ResyncStart::NotDue;
+        }
+        let random = random();
+        if !wanted && throttled_total > self.throttled_seen && self.postpone(now, random) {
+            self.throttled_seen = throttled_total;
+            return ResyncStart::PutOff;
+        }
+        self.started(now, random);
+        ResyncStart::Started
+    }
+
+    /// A resync ended at `now` ([`ResyncSchedule::done`]); returns whether the node was
+    /// throttled since the last one ended.
+    pub fn finished(&mut self, ok: bool, throttled_total: u64, now: u64, random: u64) -> bool {
+        let throttled = throttled_total > self.throttled_seen;
+        self.throttled_seen = throttled_total;
+        self.done(ok, throttled, now, random);
+        throttled
     }
 
     /// When the next periodic resync is due.
@@ -164,14 +208,22 @@ impl VSwitchRefresh {
     }
 }
 
+/// One step of xorshift64 over `state`.
+pub fn xorshift(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *state = x;
+    x
+}
+
 pub struct EniCommon {
     pub ops: Arc<EniOps>,
     /// The node as new ENIs see it (security groups, tags, vSwitches follow reloads).
     pub node: Arc<NodeFacts>,
     outstanding: usize,
     resync: ResyncSchedule,
-    /// Throttled attempts of this node's client when the last resync ended.
-    throttled_seen: u64,
     observing: bool,
     random: u64,
     vswitch_refresh: VSwitchRefresh,
@@ -189,7 +241,6 @@ impl EniCommon {
             ops: Arc::new(ops),
             outstanding: 0,
             resync: ResyncSchedule::new(resync_every_ms, now, random),
-            throttled_seen: 0,
             observing: false,
             random,
             vswitch_refresh: VSwitchRefresh::asked(now),
@@ -207,12 +258,7 @@ impl EniCommon {
 
     /// xorshift64: the pools only need an unbiased pick among a few vSwitches.
     pub fn next_random(&mut self) -> u64 {
-        let mut x = self.random;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.random = x;
-        x
+        xorshift(&mut self.random)
     }
 
     /// While a resync runs nothing else may go out.
@@ -229,24 +275,30 @@ impl EniCommon {
     /// not put off because the node's calls were throttled since the last one. Counts it as
     /// started.
     pub fn start_resync(&mut self, now: u64, wanted: bool) -> bool {
-        if self.outstanding > 0 || !self.resync.due(now, wanted) {
+        if self.outstanding > 0 {
             return false;
         }
-        let random = self.next_random();
         let total = self.ops.cloud.ecs.throttled_total();
-        if !wanted && total > self.throttled_seen && self.resync.postpone(now, random) {
-            // The region is busy: the listing would compete with the pool's own calls.
-            self.throttled_seen = total;
-            log::debug!(
-                "resync put off: the cloud throttles this node's calls; next in {} s",
-                self.resync.interval_ms() / 1000
-            );
-            return false;
+        let random = &mut self.random;
+        match self
+            .resync
+            .try_start(now, wanted, total, || xorshift(random))
+        {
+            ResyncStart::NotDue => false,
+            ResyncStart::PutOff => {
+                // The region is busy: the listing would compete with the pool's own calls.
+                log::debug!(
+                    "resync put off: the cloud throttles this node's calls; next in {} s",
+                    self.resync.interval_ms() / 1000
+                );
+                false
+            }
+            ResyncStart::Started => {
+                self.outstanding += 1;
+                self.observing = true;
+                true
+            }
         }
-        self.resync.started(now, random);
-        self.outstanding += 1;
-        self.observing = true;
-        true
     }
 
     /// An operation reported back.
@@ -264,11 +316,8 @@ impl EniCommon {
         self.done();
         self.observing = false;
         let total = self.ops.cloud.ecs.throttled_total();
-        let throttled = total > self.throttled_seen;
-        self.throttled_seen = total;
         let random = self.next_random();
-        self.resync.done(ok, throttled, now, random);
-        if throttled {
+        if self.resync.finished(ok, total, now, random) {
             log::info!(
                 "resync: the cloud throttles this node's calls; the next in {} s",
                 self.resync.interval_ms() / 1000
@@ -380,6 +429,23 @@ pub fn orphaned_owners<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resync_is_put_off_when_the_node_was_throttled_since_the_last() {
+        let mut s = ResyncSchedule::new(1_000, 0, 0);
+        let r = || 0;
+        assert_eq!(s.try_start(999, false, 0, r), ResyncStart::NotDue);
+        assert_eq!(s.try_start(1_000, false, 0, r), ResyncStart::Started);
+        assert!(!s.finished(true, 0, 1_100, 0), "calm");
+        // Throttled 3 times since: the due one is put off (the interval doubles)...
+        assert_eq!(s.try_start(2_000, false, 3, r), ResyncStart::PutOff);
+        assert_eq!(s.try_start(3_000, false, 3, r), ResyncStart::NotDue);
+        // ... and the next runs: nothing new since it was put off.
+        assert_eq!(s.try_start(4_000, false, 3, r), ResyncStart::Started);
+        assert!(s.finished(true, 5, 4_100, 0), "throttled while it ran");
+        // A wanted one is never put off.
+        assert_eq!(s.try_start(4_200, true, 9, r), ResyncStart::Started);
+    }
 
     #[test]
     fn vswitch_free_counts_are_asked_for_under_most_at_most_every_ten_minutes() {
