@@ -391,11 +391,14 @@ impl EniOps {
             )
             .map_err(to_failure)?;
         let attached = self.attach(&eni.id).and_then(|_| self.wait_attached(&eni));
-        let ready = attached.map_err(to_failure).and_then(|info| {
-            let facts = self.facts(&info, true).map_err(internal)?;
-            let table = self.ready(&facts, true).map_err(internal)?;
-            Ok((facts, table))
-        });
+        let ready = attached
+            .map_err(to_failure)
+            .and_then(|(info, in_metadata)| {
+                // Metadata that did not list the ENI while it attached is not waited for again.
+                let facts = self.facts(&info, in_metadata).map_err(internal)?;
+                let table = self.ready(&facts, true).map_err(internal)?;
+                Ok((facts, table))
+            });
         match ready {
             Ok((facts, table)) => {
                 log::info!(
@@ -427,13 +430,21 @@ impl EniOps {
     /// when metadata does not show it within [`DEVICE_TIMEOUT`], or the cloud does not say
     /// InUse yet, is the status polled (for the rest of [`ATTACH_TIMEOUT`]): at scale those
     /// polls compete for the region's DescribeNetworkInterfaces budget with every node.
-    fn wait_attached(&self, eni: &EniInfo) -> std::result::Result<EniInfo, CloudError> {
+    /// Also says whether metadata listed the ENI.
+    fn wait_attached(&self, eni: &EniInfo) -> std::result::Result<(EniInfo, bool), CloudError> {
         let start = Instant::now();
-        while start.elapsed() < DEVICE_TIMEOUT && self.cloud.meta.eni(&eni.mac).is_err() {
+        let in_metadata = loop {
+            if self.cloud.meta.eni(&eni.mac).is_ok() {
+                break true;
+            }
+            if start.elapsed() >= DEVICE_TIMEOUT {
+                break false;
+            }
             std::thread::sleep(Duration::from_millis(100));
-        }
+        };
         let left = ATTACH_TIMEOUT.saturating_sub(start.elapsed());
-        self.cloud.ecs.wait_eni_status(&eni.id, "InUse", left)
+        let info = self.cloud.ecs.wait_eni_status(&eni.id, "InUse", left)?;
+        Ok((info, in_metadata))
     }
 
     /// Attach; when the answer is lost and the retry is refused, the ENI's state tells whether
