@@ -228,15 +228,20 @@ impl Store {
                 .ok()
                 .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
         };
-        let mut tries = 0;
-        loop {
+        for _ in 0..10 {
             let before = inode();
             let state = self.load_as(Access::Reader)?;
-            tries += 1;
-            if inode() == before || tries == 10 {
+            if inode() == before {
                 return Ok(state);
             }
         }
+        Err(Error::new(
+            Kind::State,
+            format!(
+                "state file {} was replaced during each of 10 reads (the daemon snapshots faster than it can be read); try again",
+                self.path.display()
+            ),
+        ))
     }
 
     /// The newest complete save of log cycle `id`, if the log holds one.
@@ -255,7 +260,7 @@ impl Store {
             })?;
         if scan.torn {
             log::warn!(
-                "state log {}: ignored the save at byte {}, cut short by a crash during its write (it was never acknowledged)",
+                "state log {}: ignored the incomplete save at byte {} (cut short by a crash, or still being written beside this reader; it was not acknowledged)",
                 path.display(),
                 scan.end
             );
