@@ -155,29 +155,29 @@ impl Conn {
             deadline: now + limit,
         };
         self.drain = drain;
-        self.write(now, limit)
+        self.write()
     }
 
     /// Writes what the peer takes; once all of it is written, ends the connection or drains it.
-    pub fn write(&mut self, now: Instant, limit: Duration) -> Step {
+    pub fn write(&mut self) -> Step {
         let Phase::Writing { body, at, .. } = &mut self.phase else {
             return Step::Open;
         };
         while *at < body.len() {
             match (&self.stream).write(&body[*at..]) {
-                Ok(0) => return self.written(Err(ErrorKind::WriteZero.into()), now, limit),
+                Ok(0) => return self.written(Err(ErrorKind::WriteZero.into())),
                 Ok(n) => *at += n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Open,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return self.written(Err(e), now, limit),
+                Err(e) => return self.written(Err(e)),
             }
         }
-        self.written(Ok(()), now, limit)
+        self.written(Ok(()))
     }
 
     /// The reply is written, or lost: warned about when the daemon loop answered it (the caller
     /// may be unsure what was done), not for refusals.
-    fn written(&mut self, r: std::io::Result<()>, now: Instant, limit: Duration) -> Step {
+    fn written(&mut self, r: std::io::Result<()>) -> Step {
         if let Err(e) = r {
             if self.pending.is_some() {
                 log::warn!("rpc: write reply: {e}");
@@ -190,8 +190,9 @@ impl Conn {
         if !self.drain {
             return Step::Closed;
         }
+        // The loop drains it (with its own buffer) when the peer's bytes are there.
         self.phase = Phase::Draining { read: 0 };
-        self.drain_more(&mut [0u8; 4096], now, limit)
+        Step::Open
     }
 
     /// After a refusal while the peer may still be sending: reads and discards up to its end
@@ -236,7 +237,7 @@ impl Conn {
                 );
                 self.respond(&Err(e), now, limit, true)
             }
-            Phase::Writing { .. } => self.written(Err(ErrorKind::TimedOut.into()), now, limit),
+            Phase::Writing { .. } => self.written(Err(ErrorKind::TimedOut.into())),
             Phase::Draining { .. } => {
                 discard_queued(&self.stream);
                 Step::Closed
@@ -261,7 +262,8 @@ pub(super) fn shed(stream: &UnixStream, e: Error) {
 /// down a read returns the end instead of blocking, so this never waits.
 fn discard_queued(stream: &UnixStream) {
     let _ = stream.shutdown(Shutdown::Read);
-    let mut chunk = vec![0u8; 64 << 10];
+    // (Usually little is queued: no heap buffer per turned-away caller.)
+    let mut chunk = [0u8; 8 << 10];
     let mut total = 0;
     while total < DISCARD_CAP {
         match (&*stream).read(&mut chunk) {

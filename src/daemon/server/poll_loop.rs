@@ -214,7 +214,7 @@ impl<M: From<RpcCall>> Loop<M> {
                 Input::Request(buf) => request(&self.gate, &self.hub, &self.tx, id, c, &buf, now),
                 Input::Refused { error, unread } => c.respond(&Err(error), now, limit, unread),
             },
-            Phase::Writing { .. } => c.write(now, limit),
+            Phase::Writing { .. } => c.write(),
             Phase::Draining { .. } => c.drain_more(&mut self.chunk, now, limit),
             Phase::Waiting { .. } => Step::Open,
         };
