@@ -512,9 +512,11 @@ pub(crate) fn open_regular(opts: &mut OpenOptions, path: &Path) -> std::io::Resu
 /// process, before a clock step) has it, and never 0 (no cycle).
 fn cycle_id() -> Result<u64> {
     let mut bytes = [0u8; 8];
+    // The raw system call: the static musl build's libc::getrandom symbol is null (a call to
+    // it crashed the daemon).
     // SAFETY: the buffer is valid for its length; getrandom writes at most that many bytes.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n != bytes.len() as isize {
+    let n = unsafe { libc::syscall(libc::SYS_getrandom, bytes.as_mut_ptr(), bytes.len(), 0) };
+    if n != bytes.len() as libc::c_long {
         let e = std::io::Error::last_os_error();
         return Err(Error::new(
             Kind::Io,
