@@ -9,9 +9,14 @@
 #   same   pod -> pod on one node (pod veth, the node's policy rules and routes, pod veth);
 #   cross  pod -> pod on two nodes through the emulated VPC (pod veth, node, ENI, VPC router
 #          namespace with strict rp_filter, ENI, node, pod veth).
-# Each path: iperf3 TCP SECS s, median of ROUNDS (interleaved), and ping -c PINGS -i 0.01
-# average RTT. Ratios against raw-0 and against the raw chain with the same hops, so that what
-# the topology costs (extra forwarding hops) and what terway's datapath costs are told apart.
+# Each path: iperf3 TCP SECS s after 1 s left out (slow start), median of ROUNDS (interleaved),
+# and ping -c PINGS -i 0.01 average RTT. The iperf3 client and server are pinned to CPUs
+# CLIENT_CPU and SERVER_CPU (0 and 1 by default; PIN=0 lets the scheduler place them): on 2
+# vCPUs, where the scheduler happens to put the two (one CPU or two) otherwise moves a round by
+# more than the paths differ. Every path gets the same pinning. Ratios against raw-0 and against
+# the raw chain with the same hops, so that what the topology costs (extra forwarding hops) and
+# what terway's datapath costs are told apart; and each round's ratio to raw-0 as mean +-
+# standard error, to show how far the ratios can be trusted.
 # (netperf is not in Debian's main archive; iperf3 and ping are.) Run as root:
 #   [TERWAY_BIN=path] SECS=5 ROUNDS=3 scripts/bench-throughput.sh
 set -euo pipefail
@@ -24,7 +29,16 @@ ensure_packages iproute2 iputils-ping iperf3 procps python3 curl util-linux etht
 SECS=${SECS:-5}       # seconds per iperf3 run
 ROUNDS=${ROUNDS:-3}   # iperf3 runs per path (interleaved; the median is shown)
 PINGS=${PINGS:-100}   # pings per path, 10 ms apart
+PIN=${PIN:-1}         # 1: client on CLIENT_CPU, server on SERVER_CPU; 0: not pinned
+CLIENT_CPU=${CLIENT_CPU:-0}
+SERVER_CPU=${SERVER_CPU:-$(( $(nproc) > 1 ? 1 : 0 ))}
 if [ "$ROUNDS" -lt 1 ] || [ "$SECS" -lt 1 ]; then echo "ROUNDS and SECS must be >= 1" >&2; exit 1; fi
+if [ "$PIN" = 1 ]; then
+    CLIENT_PIN=(taskset -c "$CLIENT_CPU") SERVER_PIN=(taskset -c "$SERVER_CPU")
+    PINNING="client on CPU $CLIENT_CPU, server on CPU $SERVER_CPU"
+else
+    CLIENT_PIN=() SERVER_PIN=() PINNING="not pinned"
+fi
 
 T_START=$EPOCHREALTIME
 if [ -n "${TERWAY_BIN:-}" ]; then
@@ -124,19 +138,19 @@ for p in "${PATHS[@]}"; do
 done
 iperf() { # iperf LABEL SRC DST ROUND: one TCP run SRC -> DST, JSON in $WORK
     local out="$WORK/iperf-$1-$4" srv
-    start_bg ip netns exec "$3" timeout $((SECS + 30)) iperf3 -s -1 -B "${POD_IP[$3]}" -p 5201 --logfile "$out.server"
+    start_bg ip netns exec "$3" "${SERVER_PIN[@]}" timeout $((SECS + 30)) iperf3 -s -1 -B "${POD_IP[$3]}" -p 5201 --logfile "$out.server"
     srv=$BG_PID
     for _ in $(seq 100); do
         [ -n "$(ip netns exec "$3" ss -Hltn 'sport = :5201')" ] && break
         sleep 0.05
     done
-    run_bg ip netns exec "$2" timeout $((SECS + 20)) iperf3 -c "${POD_IP[$3]}" -p 5201 -t "$SECS" -J > "$out.json" ||
+    run_bg ip netns exec "$2" "${CLIENT_PIN[@]}" timeout $((SECS + 20)) iperf3 -c "${POD_IP[$3]}" -p 5201 -t "$SECS" -O 1 -J > "$out.json" ||
         fail "iperf3 $2 -> $3 failed: $(cat "$out.json" "$out.server")"
     wait "$srv" || true
 }
 MACHINE="$(nproc) CPUs, Linux $(uname -r), $("$BIN" version)"
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
-echo "==> iperf3 ${SECS}s x $ROUNDS and $PINGS pings per path (load average $LOAD)"
+echo "==> iperf3 ${SECS}s x $ROUNDS ($PINNING) and $PINGS pings per path (load average $LOAD)"
 for r in $(seq "$ROUNDS"); do
     for p in "${PATHS[@]}"; do
         read -r label src dst <<< "$p"
@@ -170,10 +184,12 @@ print("pod-to-pod TCP throughput and latency (terway emulate --netns: ecs.g7.4xl
 print("machine: $MACHINE; load average at start: $LOAD")
 print()
 mtu = dict(l.split() for l in open(f"{work}/mtu") if len(l.split()) == 2)
-rows = {}
+rows, by_round = {}, {}
 for label in ("raw0", "raw1", "raw3", "same", "cross"):
-    gbits = [json.load(open(f))["end"]["sum_received"]["bits_per_second"] / 1e9
-             for f in sorted(glob.glob(f"{work}/iperf-{label}-*.json"))]
+    by_round[label] = {int(re.search(r"-(\d+)\.json$", f).group(1)):
+                       json.load(open(f))["end"]["sum_received"]["bits_per_second"] / 1e9
+                       for f in glob.glob(f"{work}/iperf-{label}-*.json")}
+    gbits = list(by_round[label].values())
     m = re.search(r"= [\d.]+/([\d.]+)/", open(f"{work}/ping-{label}").read())
     rows[label] = (statistics.median(gbits), min(gbits), max(gbits), float(m.group(1)) * 1000)
 desc = {
@@ -183,7 +199,7 @@ desc = {
     "same": ("terway pod -> pod, same node", "2 veth, 1 fwd ns", "raw1"),
     "cross": ("terway pod -> pod, across the VPC", "4 veth, 3 fwd ns", "raw3"),
 }
-print(f"iperf3 TCP ${SECS} s (median of $ROUNDS, min-max), ping -c $PINGS -i 0.01 average RTT")
+print(f"iperf3 TCP ${SECS} s after 1 s left out (median of $ROUNDS, min-max; $PINNING), ping -c $PINGS -i 0.01 average RTT")
 print(f"   {'path':<34} {'hops':<17} {'Gbit/s':>7} {'(min-max)':>12} {'/raw0':>6} {'/same hops':>10} {'RTT us':>7} {'/raw0':>6} {'/same hops':>10}  target")
 g0, r0 = rows["raw0"][0], rows["raw0"][3]
 for label, (name, hops, ref) in desc.items():
@@ -194,6 +210,15 @@ for label, (name, hops, ref) in desc.items():
     if ref:
         target = ">= 0.95 x raw0 " + ("ok" if g / g0 >= 0.95 else "MISSES TARGET")
     print(f"   {name:<34} {hops:<17} {g:>7.2f} {f'({lo:.1f}-{hi:.1f})':>12} {g / g0:>6.2f} {sh} {rtt:>7.0f} {rtt / r0:>6.2f} {sr}  {target}")
+# Each round's ratio to the raw pair of the same round, as mean +- standard error: how far the
+# medians' ratios above can be trusted, given how much single rounds swing.
+paired = []
+for label in ("raw1", "raw3", "same", "cross"):
+    r = [by_round[label][i] / by_round["raw0"][i] for i in sorted(by_round["raw0"])]
+    se = f" +- {statistics.stdev(r) / len(r) ** 0.5:.2f}" if len(r) > 1 else ""
+    paired.append(f"{label} {statistics.mean(r):.2f}{se}")
+print()
+print(f"   per-round ratio to raw0 (mean +- standard error of $ROUNDS): " + ", ".join(paired))
 print()
 print("   " + "; ".join(l.strip() for l in open(f"{work}/facts")))
 print()
