@@ -265,6 +265,83 @@ fn instance_types_and_vswitches() {
     assert!(e.is_empty());
 }
 
+/// A node's vSwitches are described by one listing of its VPC's zone, not a call each: counted
+/// in calls, over more than one page, with ids of another zone and unknown ids falling back to
+/// one call each.
+#[test]
+fn vswitches_of_a_zone_come_from_one_listing() {
+    let path = fast_config("cc-vsw-list", 300, 600);
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    cfg["zones"] = serde_json::json!(["cn-hangzhou-k", "cn-hangzhou-j"]);
+    let vsws = cfg["vswitches"].as_array_mut().unwrap();
+    for i in 0..120 {
+        vsws.push(
+            serde_json::json!({"id": format!("vsw-zk{i:03}"), "zone": "cn-hangzhou-k",
+            "cidr": format!("172.20.{i}.0/24")}),
+        );
+    }
+    vsws.push(
+        serde_json::json!({"id": "vsw-zj001", "zone": "cn-hangzhou-j", "cidr": "172.21.0.0/24"}),
+    );
+    std::fs::write(&path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let emu = Emu::start(&["--config", path.to_str().unwrap()]);
+    let ecs = client(&emu, 3);
+    let vpc = metadata(&emu, A).vpc_id().unwrap();
+    let zone = "cn-hangzhou-k";
+    let ids = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut before = 0;
+    let mut calls = || {
+        let now = count(&ecs, "DescribeVSwitches");
+        std::mem::replace(&mut before, now).abs_diff(now)
+    };
+    calls();
+
+    // Both on the first page (the listing is in id order): one call for both.
+    let got = ecs
+        .describe_vswitches_in(&vpc, zone, &ids(&[VSW_B, VSW_A]))
+        .unwrap();
+    let mut seen: Vec<_> = got
+        .iter()
+        .map(|v| (v.id.as_str(), v.cidr.to_string()))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (VSW_A, "172.16.0.0/24".into()),
+            (VSW_B, "172.16.1.0/26".to_string())
+        ]
+    );
+    assert_eq!(calls(), 1);
+    // Three ids: up to three pages, enough for one on the third (ids in order: a, b, zk000...).
+    let got = ecs.describe_vswitches_in(&vpc, zone, &ids(&[VSW_A, "vsw-zk060", "vsw-zk110"]));
+    assert_eq!(got.unwrap().len(), 3);
+    assert_eq!(calls(), 3);
+    // Two ids, the second on page 3: two pages, then that one asked for alone.
+    let got = ecs
+        .describe_vswitches_in(&vpc, zone, &ids(&[VSW_A, "vsw-zk110"]))
+        .unwrap();
+    assert_eq!(got.iter().filter(|v| v.id == "vsw-zk110").count(), 1);
+    assert_eq!(calls(), 3);
+    // Another zone's and an unknown one: asked for alone; the unknown one is simply absent.
+    let got = ecs.describe_vswitches_in(&vpc, zone, &ids(&[VSW_A, "vsw-zj001", "vsw-nope"]));
+    let mut found: Vec<_> = got.unwrap().into_iter().map(|v| v.id).collect();
+    found.sort();
+    assert_eq!(found, [VSW_A, "vsw-zj001"]);
+    assert_eq!(calls(), 3 + 2);
+    // One id: one call by id, as before.
+    assert_eq!(
+        ecs.describe_vswitches_in(&vpc, zone, &ids(&[VSW_B]))
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(calls(), 1);
+    // A VPC that does not exist is the cloud's error, not an empty answer.
+    let e = ecs.describe_vswitches_in("vpc-nope", zone, &ids(&[VSW_A, VSW_B]));
+    assert_eq!(e.unwrap_err().code, "InvalidVpcId.NotFound");
+}
+
 #[test]
 fn metadata_facts_enis_after_the_lag_and_token_flow() {
     capture_logs();

@@ -155,6 +155,7 @@ pub fn pool_nodes(p: &Params, cloud: &Cloud) -> Vec<PoolNode> {
                     region_id: "cn-sim".into(),
                     zone_id: "cn-sim-a".into(),
                     vswitch_id: cloud.vswitch(n).into(),
+                    vpc_id: String::new(),
                     primary_mac: String::new(),
                 },
                 limits: InstanceLimits {

@@ -142,7 +142,7 @@ impl EniOps {
         let list = self
             .cloud
             .ecs
-            .describe_vswitches(ids)
+            .describe_vswitches_in(&self.node.info.vpc_id, &self.node.info.zone_id, ids)
             .map_err(|e| cloud_err("DescribeVSwitches", e))?;
         let mut cidrs = self.cidrs.lock().unwrap_or_else(|p| p.into_inner());
         for v in list {

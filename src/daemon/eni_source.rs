@@ -159,7 +159,8 @@ impl ResyncSchedule {
 
 /// How long the `most` policy's vSwitch free counts are reused before a resync asks again
 /// (upstream Terway caches vSwitches for 10 min too). Every resync asking, at 2000 nodes and the
-/// 5-min resync, would be 400 DescribeVSwitches a minute per vSwitch against the region's 300.
+/// 5-min resync, would be 400 DescribeVSwitches a minute (one listing of the zone's vSwitches
+/// per node: `Ecs::describe_vswitches_in`) against the region's 300.
 pub const VSWITCH_REFRESH_MS: u64 = 10 * 60 * 1000;
 
 /// When the vSwitches' free counts were last asked for (pure: time passed in).

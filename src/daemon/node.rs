@@ -30,6 +30,7 @@ pub struct NodeInfo {
     pub region_id: String,
     pub zone_id: String,
     pub vswitch_id: String,
+    pub vpc_id: String,
     pub primary_mac: String,
 }
 
@@ -65,6 +66,7 @@ pub fn discover(config: &Config) -> Result<(NodeInfo, Cloud)> {
     let zone_id = meta.zone_id().map_err(|e| m("zone-id").context(e))?;
     let vswitch_id = meta.vswitch_id().map_err(|e| m("vswitch-id").context(e))?;
     let primary_mac = meta.primary_mac().map_err(|e| m("mac").context(e))?;
+    let vpc_id = meta.vpc_id().map_err(|e| m("vpc-id").context(e))?;
     let key_pair = config
         .access_key
         .as_deref()
@@ -94,6 +96,7 @@ pub fn discover(config: &Config) -> Result<(NodeInfo, Cloud)> {
         region_id,
         zone_id,
         vswitch_id,
+        vpc_id,
         primary_mac,
     };
     Ok((
