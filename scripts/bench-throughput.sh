@@ -11,9 +11,9 @@
 #          namespace with strict rp_filter, ENI, node, pod veth).
 # Each path: iperf3 TCP SECS s after 1 s left out (slow start), median of ROUNDS (interleaved),
 # and ping -c PINGS -i 0.01 average RTT. The iperf3 client and server are pinned to CPUs
-# CLIENT_CPU and SERVER_CPU (0 and 1 by default; PIN=0 lets the scheduler place them): on 2
-# vCPUs, where the scheduler happens to put the two (one CPU or two) otherwise moves a round by
-# more than the paths differ. Every path gets the same pinning. Ratios against raw-0 and against
+# CLIENT_CPU and SERVER_CPU (by default the first two this run may use; PIN=0 lets the scheduler
+# place them): on 2 vCPUs, where the scheduler happens to put the two (one CPU or two) otherwise
+# moves a round by more than the paths differ. Every path gets the same pinning. Ratios against raw-0 and against
 # the raw chain with the same hops, so that what the topology costs (extra forwarding hops) and
 # what terway's datapath costs are told apart; and each round's ratio to raw-0 as mean +-
 # standard error, to show how far the ratios can be trusted.
@@ -30,10 +30,15 @@ SECS=${SECS:-5}       # seconds per iperf3 run
 ROUNDS=${ROUNDS:-3}   # iperf3 runs per path (interleaved; the median is shown)
 PINGS=${PINGS:-100}   # pings per path, 10 ms apart
 PIN=${PIN:-1}         # 1: client on CLIENT_CPU, server on SERVER_CPU; 0: not pinned
-CLIENT_CPU=${CLIENT_CPU:-0}
-SERVER_CPU=${SERVER_CPU:-$(( $(nproc) > 1 ? 1 : 0 ))}
+# The first two CPUs this process may run on (not always 0 and 1 in a container).
+read -r CPU_A CPU_B <<< "$(python3 -c 'import os; c = sorted(os.sched_getaffinity(0)); print(c[0], c[min(1, len(c) - 1)])')"
+CLIENT_CPU=${CLIENT_CPU:-$CPU_A}
+SERVER_CPU=${SERVER_CPU:-$CPU_B}
 if [ "$ROUNDS" -lt 1 ] || [ "$SECS" -lt 1 ]; then echo "ROUNDS and SECS must be >= 1" >&2; exit 1; fi
 if [ "$PIN" = 1 ]; then
+    for c in "$CLIENT_CPU" "$SERVER_CPU"; do
+        taskset -c "$c" true 2> /dev/null || { echo "cannot run on CPU $c (CLIENT_CPU/SERVER_CPU; PIN=0 to not pin)" >&2; exit 1; }
+    done
     CLIENT_PIN=(taskset -c "$CLIENT_CPU") SERVER_PIN=(taskset -c "$SERVER_CPU")
     PINNING="client on CPU $CLIENT_CPU, server on CPU $SERVER_CPU"
 else
