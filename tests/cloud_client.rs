@@ -313,23 +313,32 @@ fn vswitches_of_a_zone_come_from_one_listing() {
         ]
     );
     assert_eq!(calls(), 1);
-    // Three ids: up to three pages, enough for one on the third (ids in order: a, b, zk000...).
+    // A repeated id is one vSwitch: still one call, each once.
+    let got = ecs
+        .describe_vswitches_in(&vpc, zone, &ids(&[VSW_A, VSW_B, VSW_A]))
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(calls(), 1);
+    // The listing reads on while fewer pages are left than ids unseen: three ids, two unseen
+    // after page 1 and two pages left, so those two are asked for alone.
     let got = ecs.describe_vswitches_in(&vpc, zone, &ids(&[VSW_A, "vsw-zk060", "vsw-zk110"]));
     assert_eq!(got.unwrap().len(), 3);
-    assert_eq!(calls(), 3);
-    // Two ids, the second on page 3: two pages, then that one asked for alone.
-    let got = ecs
-        .describe_vswitches_in(&vpc, zone, &ids(&[VSW_A, "vsw-zk110"]))
-        .unwrap();
-    assert_eq!(got.iter().filter(|v| v.id == "vsw-zk110").count(), 1);
+    assert_eq!(calls(), 1 + 2);
+    // Four ids, three unseen after page 1 with two pages left: the listing reads page 2, which
+    // shows two of them, and the last one is asked for alone.
+    let four = ids(&[VSW_A, "vsw-zk060", "vsw-zk070", "vsw-zk110"]);
+    assert_eq!(
+        ecs.describe_vswitches_in(&vpc, zone, &four).unwrap().len(),
+        4
+    );
     assert_eq!(calls(), 3);
     // Another zone's and an unknown one: asked for alone; the unknown one is simply absent.
     let got = ecs.describe_vswitches_in(&vpc, zone, &ids(&[VSW_A, "vsw-zj001", "vsw-nope"]));
     let mut found: Vec<_> = got.unwrap().into_iter().map(|v| v.id).collect();
     found.sort();
     assert_eq!(found, [VSW_A, "vsw-zj001"]);
-    assert_eq!(calls(), 3 + 2);
-    // One id: one call by id, as before.
+    assert_eq!(calls(), 1 + 2);
+    // One id, or no VPC id (metadata did not tell): a call by id each, as before.
     assert_eq!(
         ecs.describe_vswitches_in(&vpc, zone, &ids(&[VSW_B]))
             .unwrap()
@@ -337,6 +346,13 @@ fn vswitches_of_a_zone_come_from_one_listing() {
         1
     );
     assert_eq!(calls(), 1);
+    assert_eq!(
+        ecs.describe_vswitches_in("", zone, &ids(&[VSW_A, VSW_B]))
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(calls(), 2);
     // A VPC that does not exist is the cloud's error, not an empty answer.
     let e = ecs.describe_vswitches_in("vpc-nope", zone, &ids(&[VSW_A, VSW_B]));
     assert_eq!(e.unwrap_err().code, "InvalidVpcId.NotFound");

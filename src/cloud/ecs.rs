@@ -440,12 +440,12 @@ impl Ecs {
         Ok(out)
     }
 
-    /// The vSwitches `ids`, expected in VPC `vpc_id` and zone `zone_id`: one listing of that
+    /// The vSwitches `ids`, expected in VPC `vpc_id` and zone `zone_id`: a listing of that
     /// zone's vSwitches (50 a page) instead of a call each, which at 2000 nodes with a few
-    /// vSwitches each would exceed the region's 300 calls a minute. The listing stops once it
-    /// has shown every id, or after as many pages as there are ids; the ids it has not shown
-    /// (another zone's, an unknown one) are then asked for one by one, as
-    /// [`Ecs::describe_vswitches`] does.
+    /// vSwitches each would exceed the region's 300 calls a minute. The listing goes on while
+    /// its pages left are fewer than the ids it has not shown; those (another zone's, an
+    /// unknown one, or ones on pages not read) are then asked for one by one, as
+    /// [`Ecs::describe_vswitches`] does. Without a VPC id, one call each.
     pub fn describe_vswitches_in(
         &self,
         vpc_id: &str,
@@ -453,38 +453,44 @@ impl Ecs {
         ids: &[String],
     ) -> Result<Vec<VSwitchInfo>, CloudError> {
         const A: &str = "DescribeVSwitches";
-        if ids.len() < 2 || vpc_id.is_empty() {
+        const PAGE: u64 = 50;
+        let mut wanted: Vec<&String> = ids.iter().collect();
+        wanted.sort();
+        wanted.dedup();
+        if wanted.len() < 2 || vpc_id.is_empty() {
             return self.describe_vswitches(ids);
         }
         let mut out: Vec<VSwitchInfo> = Vec::new();
-        let mut page = 1u64;
-        loop {
+        let unseen = |out: &[VSwitchInfo]| -> Vec<String> {
+            wanted
+                .iter()
+                .filter(|id| !out.iter().any(|s| s.id == ***id))
+                .map(|id| id.to_string())
+                .collect()
+        };
+        for page in 1u64.. {
             let mut p = Params::default();
             p.set("VpcId", vpc_id)
                 .set("ZoneId", zone_id)
-                .set("PageSize", "50")
+                .set("PageSize", PAGE.to_string())
                 .set("PageNumber", page.to_string());
             let v = self.vpc.call(A, &p.borrow())?;
-            let (list, total) = parse::vswitches(A, &v)?;
-            let empty = list.is_empty();
+            let (list, total, on_page) =
+                parse::vswitches_where(A, &v, |id| wanted.iter().any(|w| *w == id))?;
             for s in list {
-                if ids.contains(&s.id) && !out.iter().any(|o| o.id == s.id) {
+                if !out.iter().any(|o| o.id == s.id) {
                     out.push(s);
                 }
             }
-            let all_shown = out.len() == ids.len();
-            if all_shown || empty || page * 50 >= total || page as usize >= ids.len() {
+            let pages_left = total.div_ceil(PAGE).saturating_sub(page);
+            let left = unseen(&out).len() as u64;
+            if left == 0 || on_page == 0 || pages_left >= left || page as usize >= MAX_PAGES {
                 break;
             }
-            page += 1;
         }
-        let unseen: Vec<String> = ids
-            .iter()
-            .filter(|id| !out.iter().any(|s| s.id == **id))
-            .cloned()
-            .collect();
-        if !unseen.is_empty() {
-            out.extend(self.describe_vswitches(&unseen)?);
+        let rest = unseen(&out);
+        if !rest.is_empty() {
+            out.extend(self.describe_vswitches(&rest)?);
         }
         Ok(out)
     }

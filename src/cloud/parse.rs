@@ -248,8 +248,21 @@ pub fn instance_types(v: &Value) -> (Vec<InstanceTypeLimits>, Option<String>) {
 
 /// `VSwitches.VSwitch[]` and `TotalCount`.
 pub fn vswitches(action: &str, v: &Value) -> Result<(Vec<VSwitchInfo>, u64), CloudError> {
-    let list = items(v, &["VSwitches", "VSwitch"])
+    vswitches_where(action, v, |_| true).map(|(list, total, _)| (list, total))
+}
+
+/// The `VSwitches.VSwitch[]` whose id is `wanted` (the others are not decoded, so one that does
+/// not decode cannot fail the call), `TotalCount`, and how many the page held in all.
+pub fn vswitches_where(
+    action: &str,
+    v: &Value,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<(Vec<VSwitchInfo>, u64, usize), CloudError> {
+    let all = items(v, &["VSwitches", "VSwitch"]);
+    let on_page = all.len();
+    let list = all
         .into_iter()
+        .filter(|s| wanted(&text(s, "VSwitchId")))
         .map(|s| {
             let id = text(s, "VSwitchId");
             let cidr_text = text(s, "CidrBlock");
@@ -282,7 +295,7 @@ pub fn vswitches(action: &str, v: &Value) -> Result<(Vec<VSwitchInfo>, u64), Clo
             })
         })
         .collect::<Result<Vec<_>, CloudError>>()?;
-    Ok((list, num(v, "TotalCount")))
+    Ok((list, num(v, "TotalCount"), on_page))
 }
 
 #[cfg(test)]
@@ -484,6 +497,11 @@ mod tests {
         let mut bad = v.clone();
         bad["VSwitches"]["VSwitch"][0]["CidrBlock"] = json!("x");
         assert!(vswitches("DescribeVSwitches", &bad).is_err());
+        // A listing decodes only the vSwitches asked for: another's bad CIDR does not matter.
+        let (s, total, on_page) =
+            vswitches_where("DescribeVSwitches", &bad, |id| id == "vsw-b").unwrap();
+        assert_eq!((s.len(), total, on_page), (0, 1, 1));
+        assert!(vswitches_where("DescribeVSwitches", &bad, |id| id == "vsw-a").is_err());
         let mut v6 = v.clone();
         v6["VSwitches"]["VSwitch"][0]["Ipv6CidrBlock"] = json!("2408:4005:3c4:a00::/64");
         let (s, _) = vswitches("DescribeVSwitches", &v6).unwrap();

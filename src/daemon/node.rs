@@ -30,6 +30,7 @@ pub struct NodeInfo {
     pub region_id: String,
     pub zone_id: String,
     pub vswitch_id: String,
+    /// Empty when metadata did not tell.
     pub vpc_id: String,
     pub primary_mac: String,
 }
@@ -66,7 +67,13 @@ pub fn discover(config: &Config) -> Result<(NodeInfo, Cloud)> {
     let zone_id = meta.zone_id().map_err(|e| m("zone-id").context(e))?;
     let vswitch_id = meta.vswitch_id().map_err(|e| m("vswitch-id").context(e))?;
     let primary_mac = meta.primary_mac().map_err(|e| m("mac").context(e))?;
-    let vpc_id = meta.vpc_id().map_err(|e| m("vpc-id").context(e))?;
+    // Only for describing vSwitches in one listing: without it, one call each.
+    let vpc_id = meta.vpc_id().unwrap_or_else(|e| {
+        log::warn!(
+            "metadata vpc-id from {metadata_endpoint}: {e}; vSwitches are described one by one"
+        );
+        String::new()
+    });
     let key_pair = config
         .access_key
         .as_deref()
