@@ -646,3 +646,38 @@ fn del_does_not_hang_on_a_daemon_that_never_answers() {
     );
     drop(listener);
 }
+
+#[test]
+fn the_plugin_logs_to_stderr_warnings_by_default_more_with_terway_log() {
+    // A retried ADD of one attachment finds its own host veth and replaces it, which the
+    // plugin says at `info`: not by default, on stderr with TERWAY_LOG=info; stdout stays the
+    // CNI result either way.
+    require_root();
+    let mut node = Node::new(36);
+    node.start_daemon();
+    let conf = node.netconf("1.0.0");
+    let pod = Netns::new("twpod");
+    let id = "0123456789abcdef-retried";
+    node.cni("ADD", id, &pod.path(), &conf).assert_ok();
+    let quiet = node.cni("ADD", id, &pod.path(), &conf);
+    quiet.assert_ok();
+    assert_eq!(quiet.stderr, "", "warnings only by default");
+    let told = cni_in(
+        &node.ns.name,
+        "ADD",
+        id,
+        &pod.path(),
+        &conf,
+        &[("TERWAY_LOG", "info")],
+    );
+    told.assert_ok();
+    assert!(
+        told.stderr
+            .starts_with("terway plugin ADD 0123456789ab: INFO removing stale host veth tw"),
+        "{}",
+        told.stderr
+    );
+    assert_eq!(told.stderr.lines().count(), 1, "{}", told.stderr);
+    assert!(pod.ping(&node.node_ip));
+    node.cni("DEL", id, &pod.path(), &conf).assert_ok();
+}

@@ -3,6 +3,7 @@
 pub mod conf;
 pub mod env;
 pub mod lock;
+pub mod log;
 pub mod plugin;
 pub mod result;
 

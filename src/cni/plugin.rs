@@ -29,6 +29,12 @@ const DEL_TIMEOUT: Duration = Duration::from_secs(3);
 pub fn main() -> u8 {
     // A panic is a bug: say so on stderr; `catch_unwind` below turns it into one error object.
     std::panic::set_hook(Box::new(|info| eprintln!("terway plugin bug: {info}")));
+    let var = |name: &str| std::env::var(name).ok();
+    super::log::init(
+        var("CNI_COMMAND").as_deref(),
+        var("CNI_CONTAINERID").as_deref(),
+        var("TERWAY_LOG").as_deref(),
+    );
     let mut stdin = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
         return fail(None, &Error::io("read network config from stdin", e));
