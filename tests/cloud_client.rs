@@ -346,6 +346,12 @@ fn vswitches_of_a_zone_come_from_one_listing() {
         1
     );
     assert_eq!(calls(), 1);
+    let twice = ids(&[VSW_B, VSW_B]);
+    assert_eq!(
+        ecs.describe_vswitches_in(&vpc, zone, &twice).unwrap().len(),
+        1
+    );
+    assert_eq!(calls(), 1);
     assert_eq!(
         ecs.describe_vswitches_in("", zone, &ids(&[VSW_A, VSW_B]))
             .unwrap()

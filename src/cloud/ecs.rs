@@ -458,7 +458,8 @@ impl Ecs {
         wanted.sort();
         wanted.dedup();
         if wanted.len() < 2 || vpc_id.is_empty() {
-            return self.describe_vswitches(ids);
+            let each: Vec<String> = wanted.iter().map(|id| id.to_string()).collect();
+            return self.describe_vswitches(&each);
         }
         let mut out: Vec<VSwitchInfo> = Vec::new();
         let unseen = |out: &[VSwitchInfo]| -> Vec<String> {
