@@ -766,26 +766,13 @@ fn check_host_peer(
         );
         check_route(pod_routes, &want, &shown, problems);
     }
-    let gw = IpAddr::V4(POD_GATEWAY);
-    let neigh = pod.neighs(pod_link.index)?.into_iter().find(|n| n.ip == gw);
-    let host_mac = host_link.as_ref().and_then(|l| l.mac);
-    match neigh {
-        None => problems.push(format!(
-            "pod neighbour {POD_GATEWAY} on {POD_PEER_IFNAME} is missing"
-        )),
-        Some(n) => {
-            if !n.permanent {
-                problems.push(format!("pod neighbour {POD_GATEWAY} is not permanent"));
-            }
-            if host_mac.is_some() && n.mac != host_mac {
-                problems.push(format!(
-                    "pod neighbour {POD_GATEWAY} points to {}, want the host veth MAC {}",
-                    n.mac.as_ref().map_or("nothing".into(), format_mac),
-                    host_mac.as_ref().map_or(String::new(), format_mac)
-                ));
-            }
-        }
-    }
+    veth::check_gateway_neigh(
+        &pod.neighs(pod_link.index)?,
+        IpAddr::V4(POD_GATEWAY),
+        host_link.as_ref().and_then(|l| l.mac),
+        POD_PEER_IFNAME,
+        problems,
+    );
     Ok(())
 }
 

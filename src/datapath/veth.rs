@@ -20,7 +20,7 @@ use v6::{host_route6, pod_default_route6};
 #[path = "veth_check.rs"]
 mod check;
 pub use check::check;
-pub(super) use check::show_route;
+pub(super) use check::{check_gateway_neigh, show_route};
 
 /// What to build.
 #[derive(Debug)]

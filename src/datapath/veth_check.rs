@@ -143,8 +143,9 @@ fn check_inner(spec: &VethSpec, problems: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
-/// The pod's permanent neighbour for its link-local gateway `gw`, pointing at the host veth.
-fn check_gateway_neigh(
+/// The pod's permanent neighbour for its link-local gateway `gw`, pointing at the host veth
+/// (also exclusive ENI mode's `veth1`).
+pub(in crate::datapath) fn check_gateway_neigh(
     neighs: &[crate::netlink::Neigh],
     gw: IpAddr,
     host_mac: Option<[u8; 6]>,
